@@ -1,0 +1,86 @@
+"""Inference speed on this machine: eager fp32 NCHW (the BasicSR / Real-ESRGAN path) against
+upres's default path and each dtype / layout option, plus self-ensemble x8 against one pass.
+
+    python benchmarks/bench_inference.py [--model realesrgan-x4plus] [--size 256] [--repeat 1]
+
+Every figure comes from this one run, on the same model and input; ratios are against eager fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from skimage import data
+
+from upres.inference import Upscaler
+from upres.metrics import psnr_float
+from upres.weights import load_model
+
+
+def timed(fn, repeat: int, warmup=None) -> tuple[float, np.ndarray]:
+    """Best of ``repeat`` runs, after one small warm-up call (oneDNN builds kernels on first use)."""
+    if warmup is not None:
+        warmup()
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="realesrgan-x4plus")
+    parser.add_argument("--size", type=int, default=256, help="input side in pixels")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per case; the best is kept")
+    parser.add_argument("--skip-ensemble", action="store_true")
+    args = parser.parse_args()
+
+    model = load_model(args.model)
+    photo = data.astronaut()  # a real 512x512 photo shipped by scikit-image
+    img = photo[:args.size, 64:64 + args.size].astype(np.float32) / 255
+    x = torch.from_numpy(img.transpose(2, 0, 1).copy())[None]
+    out_mp = (args.size * model.hparams["scale"]) ** 2 / 1e6
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {args.model}, "
+          f"input {args.size}x{args.size}, output {out_mp:.2f} MP")
+
+    def eager(inp=x):
+        with torch.inference_mode():
+            return model(inp)[0].permute(1, 2, 0).numpy()
+
+    small = img[:32, :32]
+    base_s, ref = timed(eager, args.repeat, lambda: eager(x[..., :32, :32]))
+    rows = [("eager fp32 NCHW (BasicSR path)", base_s, None)]
+    default = Upscaler(model)
+    cases = [(f"upres default ({str(default.dtype).replace('torch.', '')}, "
+              f"{'channels_last' if default.options.channels_last else 'NCHW'})", default)]
+    for dtype in ("fp32", "bf16"):
+        for cl in (False, True):
+            cases.append((f"upres {dtype} {'channels_last' if cl else 'NCHW'}",
+                          Upscaler(model, dtype=dtype, channels_last=cl)))
+    outputs = {}
+    for name, up in cases:
+        seconds, out = timed(lambda up=up: up.upscale_float(img), args.repeat,
+                             lambda up=up: up.upscale_float(small))
+        outputs[name] = out
+        rows.append((name, seconds, psnr_float(out, ref)))
+    print(f"{'case':44s} {'seconds':>8s} {'MP/s':>7s} {'speed-up':>8s} {'PSNR vs fp32':>12s}")
+    for name, seconds, psnr in rows:
+        shown = "reference" if psnr is None else f"{psnr:.1f} dB"
+        print(f"{name:44s} {seconds:8.2f} {out_mp / seconds:7.3f} {base_s / seconds:7.2f}x "
+              f"{shown:>12s}")
+    if not args.skip_ensemble:
+        one = rows[1][1]
+        ens = Upscaler(model, self_ensemble="mean")
+        seconds, _ = timed(lambda: ens.upscale_float(img), args.repeat,
+                           lambda: ens.upscale_float(small))
+        print(f"{'self-ensemble x8 (mean), default path':44s} {seconds:8.2f} "
+              f"{out_mp / seconds:7.3f}   {seconds / one:.2f}x the time of one default pass")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""``upres`` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from upres import __version__
+
+EXIT_ERROR = 1  # some inputs failed; the rest were processed
+EXIT_USAGE = 2  # nothing could be done (bad model, options or config)
+
+
+class CliError(Exception):
+    """An error that stops the command; printed without a traceback."""
+
+
+def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("inference")
+    g.add_argument("--tile", type=int, default=512,
+                   help="input tile side in pixels; 0 runs whole images (default: 512)")
+    g.add_argument("--tile-overlap", type=int, default=128,
+                   help="input pixels shared by neighbouring tiles (default: 128)")
+    g.add_argument("--self-ensemble", choices=("off", "mean", "median"), default="off",
+                   help="average the 8 flips/rotations (8x slower, higher PSNR; default: off)")
+    g.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, ...")
+    g.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32")
+    g.add_argument("--batch-size", type=int, default=0,
+                   help="tiles per forward pass (default 0: 4 on CUDA, 1 elsewhere)")
+    g.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="keep NCHW memory layout (channels_last is the default)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+
+
+def _inference_kwargs(args: argparse.Namespace) -> dict:
+    return dict(tile=args.tile, tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble,
+                device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                channels_last=args.channels_last, compile=args.compile)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="upres", description="PSNR-first 4x single-image super-resolution (RRDBNet).")
+    parser.add_argument("--version", action="version", version=f"upres {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("upscale", help="upscale image files or folders",
+                       description="Upscale images with a pretrained name or a weights file. "
+                       "Unreadable files are reported by name; the others are still processed "
+                       "and the exit code is 1 at the end. Inputs are never overwritten.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output folder")
+    p.add_argument("--model", default="realesrgan-x4plus",
+                   help="pretrained name (realesrgan-x4plus, realesrgan-x4plus-anime) or a "
+                   ".safetensors / .pth / ncnn .param path (default: realesrgan-x4plus)")
+    p.add_argument("--ext", choices=("png", "webp", "jpg"), default="png",
+                   help="output format (default: png; 16-bit needs png)")
+    p.add_argument("--suffix", default="", help="text added to each output file's stem")
+    p.add_argument("--alpha", choices=("bicubic", "model"), default="bicubic",
+                   help="how to upscale an alpha channel (default: bicubic)")
+    _add_inference_options(p)
+    p.set_defaults(func=cmd_upscale)
+
+    p = sub.add_parser("convert", help="convert weights between formats",
+                       description="Convert weights: SRC is a pretrained name, a .pth, a "
+                       ".safetensors or an ncnn .param; DST's extension (.safetensors or .pth) "
+                       "chooses the format. .pth output is BasicSR-style {'params_ema': ...}.")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("dst", metavar="DST")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("demo", help="upscale a sample photo shipped by scikit-image",
+                       description="Write scikit-image's 'chelsea' photo (300x451) to "
+                       "OUT_DIR/input.png and upscale it 4x with realesrgan-x4plus.")
+    p.add_argument("-o", "--output", default="demo-output", metavar="OUT_DIR")
+    _add_inference_options(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _collect_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    from upres.images import list_images
+
+    files, errors = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                errors.append(f"{path}: folder holds no images")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            errors.append(f"{path}: no such file or folder")
+    return files, errors
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from upres.images import ImageError
+    from upres.inference import Upscaler
+
+    files, errors = _collect_inputs(args.inputs)
+    for message in errors:
+        print(f"error: {message}", file=sys.stderr)
+    out_dir = Path(args.output)
+    upscaler = Upscaler(args.model, alpha=args.alpha, **_inference_kwargs(args))
+    inputs_resolved = {f.resolve() for f in files}
+    written: set[Path] = set()
+    failed = len(errors)
+    bar = tqdm(files, desc="images", unit="img", disable=None)
+    for src in bar:
+        dst = out_dir / f"{src.stem}{args.suffix}.{args.ext}"
+        if dst.resolve() in inputs_resolved:
+            tqdm.write(f"error: {src}: output {dst} would overwrite an input; "
+                       "choose another -o or --suffix", file=sys.stderr)
+            failed += 1
+            continue
+        if dst.resolve() in written:
+            tqdm.write(f"error: {src}: output {dst} was already written for another input "
+                       "with the same name", file=sys.stderr)
+            failed += 1
+            continue
+        tiles_bar = None
+
+        def progress(done: int, total: int, src=src) -> None:
+            nonlocal tiles_bar
+            if total > 1 and tiles_bar is None:
+                tiles_bar = tqdm(total=total, desc=f"  tiles {src.name}", leave=False,
+                                 disable=None)
+            if tiles_bar is not None:
+                tiles_bar.n = done
+                tiles_bar.refresh()
+        try:
+            upscaler.upscale_file(src, dst, progress)
+            written.add(dst.resolve())
+        except ImageError as err:
+            tqdm.write(f"error: {err}", file=sys.stderr)
+            failed += 1
+        finally:
+            if tiles_bar is not None:
+                tiles_bar.close()
+    bar.close()
+    print(f"wrote {len(written)} image(s) to {out_dir}" + (f"; {failed} failed" if failed else ""))
+    return EXIT_ERROR if failed else 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from upres.weights import convert
+
+    weights = convert(args.src, args.dst)
+    print(f"wrote {args.dst} ({weights.arch} {weights.hparams})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        from skimage import data
+    except ImportError:
+        raise CliError("the demo photo comes from scikit-image: pip install 'upres[demo]'") from None
+    from upres.images import write_image
+    from upres.inference import Upscaler
+
+    out_dir = Path(args.output)
+    src, dst = out_dir / "input.png", out_dir / "upscaled_x4.png"
+    write_image(src, data.chelsea())
+    upscaler = Upscaler("realesrgan-x4plus", **_inference_kwargs(args))
+    print(f"upscaling {src} with realesrgan-x4plus on {upscaler.device} "
+          f"({str(upscaler.dtype).replace('torch.', '')}) ...")
+    upscaler.upscale_file(src, dst)
+    print(f"wrote {dst.resolve()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from upres.images import ImageError
+    from upres.weights import WeightsError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CliError, WeightsError, ImageError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def main_entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    main_entry()
