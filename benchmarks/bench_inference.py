@@ -3,7 +3,8 @@ upres's default path and each dtype / layout option, plus self-ensemble x8 again
 
     python benchmarks/bench_inference.py [--model realesrgan-x4plus] [--size 256] [--repeat 1]
 
-Every figure comes from this one run, on the same model and input; ratios are against eager fp32.
+Every figure comes from this one run, on the same model and input; speed-ups are against the
+faster of the two eager fp32 measurements (first and last).
 """
 
 from __future__ import annotations
@@ -68,9 +69,13 @@ def main() -> None:
                              lambda up=up: up.upscale_float(small))
         outputs[name] = out
         rows.append((name, seconds, psnr_float(out, ref)))
+    # eager again, last: the first large run of a process pays for page faults and allocator growth
+    again_s, _ = timed(eager, args.repeat)
+    rows.append(("eager fp32 NCHW, measured again last", again_s, None))
+    base_s = min(base_s, again_s)
     print(f"{'case':44s} {'seconds':>8s} {'MP/s':>7s} {'speed-up':>8s} {'PSNR vs fp32':>12s}")
     for name, seconds, psnr in rows:
-        shown = "reference" if psnr is None else f"{psnr:.1f} dB"
+        shown = "(reference)" if psnr is None else f"{psnr:.1f} dB"
         print(f"{name:44s} {seconds:8.2f} {out_mp / seconds:7.3f} {base_s / seconds:7.2f}x "
               f"{shown:>12s}")
     if not args.skip_ensemble:

@@ -71,6 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", metavar="DST")
     p.set_defaults(func=cmd_convert)
 
+    p = sub.add_parser("train", help="train or fine-tune RRDBNet on LR/HR pairs",
+                       description="Train from a YAML config (a path, or a shipped name: "
+                       "recipe-x4plus, smoke-cpu). Overrides: key.path=value, e.g. train.lr=1e-4. "
+                       "Multi-GPU: torchrun --nproc_per_node N -m upres.cli train CONFIG ...")
+    p.add_argument("config", metavar="CONFIG", help="YAML file or shipped config name")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--data", metavar="DIR", help="competition folder (train/lr, train/hr, "
+                   "optional val/lr, val/hr); sets data.root")
+    p.add_argument("--run-dir", metavar="DIR", help="run folder (default: runs/<config name>)")
+    p.add_argument("--resume", metavar="auto|PATH",
+                   help="resume from a checkpoint; auto takes the latest in the run folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("demo", help="upscale a sample photo shipped by scikit-image",
                        description="Write scikit-image's 'chelsea' photo (300x451) to "
                        "OUT_DIR/input.png and upscale it 4x with realesrgan-x4plus.")
@@ -157,6 +171,30 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from upres.config import load_config, resolve_config_path
+    from upres.train import TrainingError, TrainingInterrupted, train
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.root={args.data}")
+    cfg = load_config(args.config, overrides)
+    run_dir = Path(args.run_dir or Path("runs") / resolve_config_path(args.config).stem)
+    try:
+        result = train(cfg, run_dir, args.resume, command=["upres", *sys.argv[1:]],
+                       progress=not args.quiet)
+    except TrainingInterrupted as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 130
+    except TrainingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    if result.best_psnr > -float("inf"):
+        print(f"best val PSNR {result.best_psnr:.3f} dB; weights: {run_dir / 'best.safetensors'}")
+    print(f"finished step {result.step}; last weights: {run_dir / 'last.safetensors'}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     try:
         from skimage import data
@@ -177,13 +215,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from upres.config import ConfigError
+    from upres.data import DataError
     from upres.images import ImageError
     from upres.weights import WeightsError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CliError, WeightsError, ImageError, ValueError, OSError) as err:
+    except (CliError, ConfigError, DataError, WeightsError, ImageError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

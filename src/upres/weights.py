@@ -109,6 +109,32 @@ def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str
     model.load_state_dict(state_dict, strict=True)
 
 
+def load_matching(model: nn.Module, weights: LoadedWeights, strict: bool = True) -> dict:
+    """Initialise ``model`` from ``weights``. Strict: everything must fit, and a different
+    architecture or width is explained. Non-strict: tensors whose names and shapes match are
+    loaded and the rest keep their initialisation. Returns which tensors were loaded."""
+    expected = model.state_dict()
+    if strict:
+        mine = getattr(model, "hparams", {})
+        diffs = [f"{k}: weights {weights.hparams[k]} vs model {mine[k]}"
+                 for k in sorted(set(mine) & set(weights.hparams)) if weights.hparams[k] != mine[k]]
+        if diffs:
+            hint = ""
+            if weights.hparams.get("scale") != mine.get("scale"):
+                hint = (f" x{weights.hparams.get('scale')} weights do not fit an "
+                        f"x{mine.get('scale')} model: RRDBNet pixel-unshuffles the input for "
+                        "scales 2 and 1, so conv_first takes a different number of channels.")
+            raise WeightsError(f"{weights.source}: hyperparameters differ from the model's: "
+                               f"{'; '.join(diffs)}.{hint} Match the model to the weights, or set "
+                               "init.strict: false to load only the tensors whose shapes match")
+        load_into(model, weights.state_dict, weights.source)
+        return {"loaded": sorted(expected), "skipped": []}
+    loaded = {k: v for k, v in weights.state_dict.items()
+              if k in expected and v.shape == expected[k].shape}
+    model.load_state_dict(loaded, strict=False)
+    return {"loaded": sorted(loaded), "skipped": sorted(set(expected) - set(loaded))}
+
+
 # --------------------------------------------------------------------------- file formats
 
 
