@@ -220,7 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     from upres.images import ImageError
     from upres.weights import WeightsError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # ``train`` overrides may come after options: key=value words
+        if args.command != "train" or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
     try:
         return args.func(args)
     except (CliError, ConfigError, DataError, WeightsError, ImageError, ValueError, OSError) as err:
