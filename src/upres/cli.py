@@ -85,6 +85,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("eval", help="score predictions against ground truth (PSNR, SSIM)",
+                       description="PSNR and SSIM as BasicSR computes them (uint8, crop border, "
+                       "RGB or BT.601 Y). With --lr, bicubic upsampling of the LR is scored beside "
+                       "every image. Files are matched by name; mismatches are errors.")
+    p.add_argument("--pred", required=True, metavar="DIR")
+    p.add_argument("--gt", required=True, metavar="DIR")
+    p.add_argument("--lr", metavar="DIR", help="LR inputs, to score bicubic beside")
+    p.add_argument("--crop-border", type=int, default=4, help="pixels cut from each edge (default 4)")
+    p.add_argument("--y", action="store_true", help="score the Y channel (BT.601) instead of RGB")
+    p.add_argument("--csv", metavar="FILE", help="write per-image scores and the mean")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="predict a test folder with one model or an ensemble",
+                       description="Upscale every image of --input into the new folder --output "
+                       "(PNG, same names, exactly scale x size). Several --model: soft voting with "
+                       "--weights psnr (w_i = PSNR_i / sum PSNR, the recipe's rule), inv-mse "
+                       "(w_i proportional to 1/MSE_i), fit (non-negative weights summing to 1 that "
+                       "minimise the validation MSE) or explicit w1,w2,... PSNR-based weights need "
+                       "--val DIR (with lr/ and hr/). Weights and validation PSNRs are written to "
+                       "OUTPUT.ensemble.json.")
+    p.add_argument("--model", action="append", required=True, metavar="M",
+                   help="pretrained name or weights path; repeat for an ensemble")
+    p.add_argument("--input", required=True, metavar="DIR")
+    p.add_argument("--output", required=True, metavar="DIR", help="a new folder")
+    p.add_argument("--weights", default="psnr", help="psnr | inv-mse | fit | w1,w2,... (default psnr)")
+    p.add_argument("--val", metavar="DIR", help="validation folder with lr/ and hr/")
+    p.add_argument("--zip", action="store_true", help="also write OUTPUT.zip")
+    p.add_argument("--report", metavar="DIR", help="HTML report of the validation predictions")
+    _add_inference_options(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("report", help="HTML report comparing prediction folders",
+                       description="Per-image PSNR/SSIM table (bicubic and each prediction folder) "
+                       "and zoomed crops (bicubic | predictions | ground truth), offline HTML.")
+    p.add_argument("--pred", action="append", required=True, metavar="[NAME=]DIR",
+                   help="prediction folder; repeatable")
+    p.add_argument("--gt", required=True, metavar="DIR")
+    p.add_argument("--lr", required=True, metavar="DIR")
+    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.add_argument("--crop-border", type=int, default=4)
+    p.add_argument("--y", action="store_true")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("demo", help="upscale a sample photo shipped by scikit-image",
                        description="Write scikit-image's 'chelsea' photo (300x451) to "
                        "OUT_DIR/input.png and upscale it 4x with realesrgan-x4plus.")
@@ -195,6 +238,56 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from upres.evaluate import evaluate_folders, mean_score, write_scores_csv
+
+    scores = evaluate_folders(args.pred, args.gt, args.lr, args.crop_border, args.y)
+    mean = mean_score(scores)
+    label = "PSNR-Y" if args.y else "PSNR"
+    line = f"{len(scores)} images: mean {label} {mean.psnr:.4f} dB, SSIM {mean.ssim:.4f}"
+    if mean.bicubic_psnr is not None:
+        line += f" (bicubic {mean.bicubic_psnr:.4f} dB, SSIM {mean.bicubic_ssim:.4f})"
+    if args.csv:
+        write_scores_csv(scores, args.csv)
+        line += f"; per-image scores in {args.csv}"
+    print(line)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from upres.ensemble import predict
+    from upres.inference import InferenceOptions
+
+    result = predict(args.model, args.input, args.output, args.weights, args.val, args.zip,
+                     InferenceOptions(**_inference_kwargs(args)), report_dir=args.report)
+    print(f"wrote {len(result.files)} image(s) to {result.output}")
+    if len(args.model) > 1:
+        print("weights: " + ", ".join(f"{m}={w:.4f}" for m, w in zip(args.model, result.weights)))
+    if result.val:
+        for name, value in result.val["models"].items():
+            print(f"val PSNR {name}: {value:.4f} dB")
+        print(f"val PSNR ensemble: {result.val['ensemble']:.4f} dB")
+    if result.zip_path:
+        print(f"wrote {result.zip_path}")
+    if args.report:
+        print(f"report: {Path(args.report) / 'index.html'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from upres.report import build_report
+
+    preds = {}
+    for item in args.pred:
+        name, sep, folder = item.partition("=")
+        if not sep:
+            name, folder = Path(item).name, item
+        preds[name] = Path(folder)
+    index = build_report(args.gt, args.lr, preds, args.output, args.crop_border, args.y)
+    print(f"report: {index}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     try:
         from skimage import data
@@ -217,6 +310,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from upres.config import ConfigError
     from upres.data import DataError
+    from upres.ensemble import PredictError
+    from upres.evaluate import EvalError
     from upres.images import ImageError
     from upres.weights import WeightsError
 
@@ -228,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     try:
         return args.func(args)
-    except (CliError, ConfigError, DataError, WeightsError, ImageError, ValueError, OSError) as err:
+    except (CliError, ConfigError, DataError, EvalError, PredictError, WeightsError, ImageError,
+            ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -76,6 +76,7 @@ class TrainConfig(_Strict):
     nonfinite: Literal["stop", "skip"] = "stop"
     log_every: int = Field(50, ge=1)
     val_every: int = Field(5000, ge=1)
+    val_at_start: bool = False  # score the initial (e.g. pretrained) weights as step 0
     checkpoint_every: int = Field(5000, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     device: str = "auto"

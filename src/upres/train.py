@@ -257,10 +257,24 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
             old.unlink()
         return path
 
+    def run_validation() -> None:
+        nonlocal last_val, bicubic, best_psnr
+        last_val = validate(ema if ema is not None else model, cache, val_idx, cfg, device, bicubic)
+        bicubic = {"bicubic_psnr": last_val["bicubic_psnr"]}
+        log({"step": step, **last_val})
+        bar.write(f"step {step}: val PSNR {last_val['val_psnr']:.3f} dB "
+                  f"(Y {last_val['val_psnr_y']:.3f}, SSIM {last_val['val_ssim']:.4f}; "
+                  f"bicubic {last_val['bicubic_psnr']:.3f})")
+        if last_val["val_psnr"] > best_psnr:
+            best_psnr = last_val["val_psnr"]
+            export("best", {"val_psnr": best_psnr})
+
     from tqdm import tqdm
     bar = tqdm(total=tc.iterations, initial=step, desc="train", unit="it",
                disable=not (main and progress), dynamic_ncols=True)
     model.train()
+    if main and val_idx and tc.val_at_start and step == 0:
+        run_validation()
     skipped, tick, tick_step = 0, time.perf_counter(), step
     try:
         with _StopFlag() as stop:
@@ -307,16 +321,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
                     bar.set_postfix(loss=f"{loss.item():.4g}", lr=f"{lr_now:.2e}")
                     log({"step": step, "loss": loss.item(), "lr": lr_now, "it_per_s": rate})
                 if main and val_idx and (step % tc.val_every == 0 or step == tc.iterations):
-                    last_val = validate(ema if ema is not None else model, cache, val_idx, cfg,
-                                        device, bicubic)
-                    bicubic = {"bicubic_psnr": last_val["bicubic_psnr"]}
-                    log({"step": step, **last_val})
-                    bar.write(f"step {step}: val PSNR {last_val['val_psnr']:.3f} dB "
-                              f"(Y {last_val['val_psnr_y']:.3f}, SSIM {last_val['val_ssim']:.4f}; "
-                              f"bicubic {last_val['bicubic_psnr']:.3f})")
-                    if last_val["val_psnr"] > best_psnr:
-                        best_psnr = last_val["val_psnr"]
-                        export("best", {"val_psnr": best_psnr})
+                    run_validation()
                 if world > 1 and step % tc.val_every == 0:
                     dist.barrier()
                 if main and (step % tc.checkpoint_every == 0 or stop.signal is not None

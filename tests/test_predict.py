@@ -1,0 +1,149 @@
+import json
+import re
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import tiny_rrdbnet
+from datasets import photo, write_pair
+from upres import images, metrics
+from upres.cli import main
+from upres.ensemble import PredictError, fit_weights, predict, project_to_simplex, weights_from_psnr
+from upres.evaluate import EvalError, evaluate_folders
+from upres.weights import save_model
+
+
+def test_fit_recovers_known_weights():
+    rng = np.random.default_rng(0)
+    true_w = np.array([0.6, 0.3, 0.1, 0.0])
+    preds = [rng.random((4, 16, 16, 3)) for _ in range(3)]
+    targets = [np.tensordot(true_w, p, axes=1) for p in preds]
+    w = fit_weights(preds, targets)
+    np.testing.assert_allclose(w, true_w, atol=1e-4)
+    assert w.min() >= 0 and w.sum() == pytest.approx(1)
+
+
+def test_fit_stays_on_the_simplex_when_best_is_outside():
+    rng = np.random.default_rng(1)
+    p = rng.random((2, 8, 8, 3))
+    target = 1.5 * p[0] - 0.5 * p[1]  # unconstrained optimum has a negative weight
+    w = fit_weights([p], [target])
+    np.testing.assert_allclose(w, [1.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(project_to_simplex(np.array([2.0, 0.0, -1.0])), [1.0, 0.0, 0.0])
+
+
+def test_psnr_weight_rules():
+    np.testing.assert_allclose(weights_from_psnr([30, 20], "psnr"), [0.6, 0.4])
+    np.testing.assert_allclose(weights_from_psnr([30, 20], "inv-mse"), [10 / 11, 1 / 11])
+
+
+@pytest.fixture
+def setup(tmp_path):
+    m1, m2 = tmp_path / "m1.safetensors", tmp_path / "m2.safetensors"
+    save_model(tiny_rrdbnet(seed=1), m1)
+    save_model(tiny_rrdbnet(seed=2, num_feat=12), m2)  # ensembles may mix widths
+    img = photo("astronaut")
+    for i in range(2):
+        write_pair(tmp_path / "val", ".", f"v{i}", img[100 + 40 * i:164 + 40 * i, 200:264])
+    test_dir = tmp_path / "test"
+    images.write_image(test_dir / "a.png", img[:20, :28])
+    images.write_image(test_dir / "b.jpg", img[50:66, 60:80])
+    images.write_image(test_dir / "g.png", img[:12, :12, 1])  # gray stays gray
+    return tmp_path, [m1, m2]
+
+
+def test_submission_folder_and_ensemble_json(setup):
+    root, models = setup
+    out = root / "sub"
+    result = predict(models, root / "test", out, weights="fit", val_dir=root / "val", make_zip=True,
+                     progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "g.png"]
+    assert images.read_image(out / "a.png").shape == (80, 112, 3)
+    assert images.read_image(out / "b.png").shape == (64, 80, 3)
+    assert images.read_image(out / "g.png").shape == (48, 48)
+    info = json.loads((root / "sub.ensemble.json").read_text())
+    assert info["weights"] == pytest.approx(result.weights)
+    assert sum(result.weights) == pytest.approx(1)
+    assert set(info["validation_psnr"]["models"]) == {"m1", "m2"}
+    # the fitted ensemble is at least as good as its best member on the validation set
+    assert info["validation_psnr"]["ensemble"] >= max(info["validation_psnr"]["models"].values()) - 0.05
+    with zipfile.ZipFile(root / "sub.zip") as zf:
+        assert sorted(zf.namelist()) == ["a.png", "b.png", "g.png"]
+    with pytest.raises(PredictError, match="exists and is not empty"):
+        predict(models, root / "test", out, weights="0.5,0.5", progress=False)
+
+
+def test_fused_output_is_the_weighted_mean(setup):
+    root, models = setup
+    predict(models, root / "test", root / "w", weights="0.25,0.75", progress=False)
+    from upres.inference import Upscaler
+    a = images.to_float(images.read_image(root / "test/a.png"))
+    f1 = Upscaler(models[0]).upscale_float(a)
+    f2 = Upscaler(models[1]).upscale_float(a)
+    expect = images.from_float(0.25 * f1 + 0.75 * f2, np.uint8)
+    assert np.abs(images.read_image(root / "w/a.png").astype(int) - expect).max() <= 1
+
+
+def test_psnr_weights_need_val(setup):
+    root, models = setup
+    with pytest.raises(PredictError, match="needs --val"):
+        predict(models, root / "test", root / "x", weights="psnr", progress=False)
+    assert not (root / "x").exists()
+
+
+def test_eval_numbers_match_independent_computation(setup, capsys):
+    root, _ = setup
+    val = root / "val"
+    pred = root / "pred"
+    for p in images.list_images(val / "lr"):
+        lr = images.read_image(p)
+        images.write_image(pred / p.name, np.repeat(np.repeat(lr, 4, 0), 4, 1))  # nearest x4
+    csv_path = root / "s.csv"
+    assert main(["eval", "--pred", str(pred), "--gt", str(val / "hr"), "--lr", str(val / "lr"),
+                 "--csv", str(csv_path)]) == 0
+    rows = [line.split(",") for line in csv_path.read_text().splitlines()]
+    assert rows[0] == ["name", "psnr", "ssim", "bicubic_psnr", "bicubic_ssim"]
+    for row in rows[1:-1]:
+        gt = images.read_image(val / "hr" / f"{row[0]}.png").astype(np.float64)
+        near = images.read_image(pred / f"{row[0]}.png").astype(np.float64)
+        mse = np.mean((gt[4:-4, 4:-4] - near[4:-4, 4:-4]) ** 2)
+        assert float(row[1]) == pytest.approx(10 * np.log10(255 ** 2 / mse), abs=1e-4)
+    assert rows[-1][0] == "mean"
+    assert float(rows[-1][1]) == pytest.approx(np.mean([float(r[1]) for r in rows[1:-1]]), abs=1e-3)
+    assert "mean PSNR" in capsys.readouterr().out
+
+
+def test_eval_mismatches_name_the_files(setup, capsys):
+    root, _ = setup
+    with pytest.raises(EvalError, match=r"v1.png: no counterpart"):
+        evaluate_folders(root / "test", root / "val/hr")
+    images.write_image(root / "p2/v0.png", np.zeros((10, 10, 3), np.uint8))
+    images.write_image(root / "p2/v1.png", np.zeros((10, 10, 3), np.uint8))
+    code = main(["eval", "--pred", str(root / "p2"), "--gt", str(root / "val/hr")])
+    assert code == 2
+    assert "v0.png: size 10x10 differs from" in capsys.readouterr().err
+
+
+def test_report_images_exist_and_numbers_match_csv(setup):
+    root, models = setup
+    report = root / "report"
+    predict(models, root / "test", root / "sub", weights="psnr", val_dir=root / "val",
+            report_dir=report, progress=False)
+    page = (report / "index.html").read_text()
+    assert "http" not in page  # opens offline, nothing fetched
+    for src in re.findall(r"<img src='([^']+)'", page):
+        assert images.read_image(report / src).ndim == 3
+    assert len(re.findall(r"<img src=", page)) == 2
+    # table cells equal the per-model CSVs digit for digit
+    rows = re.findall(r"<tr(?: class=mean)?><td>([^<]+)</td>((?:<td>[^<]*</td>)+)</tr>", page)
+    table = {name: re.findall(r"<td>([^<]*)</td>", cells) for name, cells in rows}
+    for k, name in enumerate(["m1", "m2", "ensemble"]):
+        for line in (report / f"scores_{name}.csv").read_text().splitlines()[1:]:
+            cols = line.split(",")
+            assert table[cols[0]][2 + 2 * k:4 + 2 * k] == cols[1:3]
+            assert table[cols[0]][:2] == cols[3:5]
+    ens = [line.split(",") for line in (report / "scores_ensemble.csv").read_text().splitlines()]
+    gt = images.read_image(root / "val/hr/v0.png")
+    pr = images.read_image(report / "predictions/ensemble/v0.png")
+    assert float(ens[1][1]) == pytest.approx(metrics.psnr(pr, gt, 4), abs=1e-4)
