@@ -128,6 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--y", action="store_true")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("experiment", help="run a plan of training arms and tabulate them",
+                       description="Train every arm of PLAN (same data, seed, iterations and "
+                       "validation), skipping finished arms and resuming an interrupted one, then "
+                       "write OUT/table.md, OUT/table.csv and OUT/psnr.png.")
+    p.add_argument("plan", metavar="PLAN", help="plan YAML or a shipped plan name "
+                   "(seed-ablation-cpu, recipe-comparison)")
+    p.add_argument("--data", metavar="DIR", help="data folder (overrides the plan's)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: runs/experiments/<plan>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_experiment)
+
     p = sub.add_parser("demo", help="upscale a sample photo shipped by scikit-image",
                        description="Write scikit-image's 'chelsea' photo (300x451) to "
                        "OUT_DIR/input.png and upscale it 4x with realesrgan-x4plus.")
@@ -285,6 +296,18 @@ def cmd_report(args: argparse.Namespace) -> int:
         preds[name] = Path(folder)
     index = build_report(args.gt, args.lr, preds, args.output, args.crop_border, args.y)
     print(f"report: {index}")
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from upres.config import resolve_config_path
+    from upres.experiment import load_plan, run_plan
+
+    plan = load_plan(args.plan)
+    out = Path(args.out or Path("runs") / "experiments" / resolve_config_path(args.plan).stem)
+    written = run_plan(plan, out, args.data, progress=not args.quiet)
+    print((out / "table.md").read_text(), end="")
+    print("wrote " + ", ".join(str(p) for p in written.values()))
     return 0
 
 

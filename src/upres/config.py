@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -29,6 +29,11 @@ class ModelConfig(_Strict):
     num_feat: int = Field(64, ge=1)
     num_block: int = Field(23, ge=1)
     num_grow_ch: int = Field(32, ge=1)
+    # Variants (see upres.arch): RRDB groups after upsampling steps, gated dense convolutions,
+    # and the rotation model (4 rotated copies through one network, averaged).
+    post_up_blocks: list[int] = Field(default_factory=list, max_length=2)
+    gated: bool = False
+    rotation: bool = False
 
     def hparams(self) -> dict:
         return self.model_dump(exclude={"arch"})
@@ -108,30 +113,45 @@ class Config(_Strict):
         return self
 
 
+def _submodel(annotation) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as ``Arm``, ``list[Arm]`` or ``Arm | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _model_fields(model: type[BaseModel], path: list[str | int]) -> list[str]:
-    """Names valid at ``path`` (for the did-you-mean hint)."""
+    """Names valid at ``path`` (for the did-you-mean hint); list indices are stepped over."""
     for key in path:
+        if isinstance(key, int):
+            continue
         field = model.model_fields.get(str(key))
-        if field is None or not isinstance(field.annotation, type) or not issubclass(
-                field.annotation, BaseModel):
+        sub = _submodel(field.annotation) if field is not None else None
+        if sub is None:
             return []
-        model = field.annotation
+        model = sub
     return list(model.model_fields)
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def format_errors(err: ValidationError, source: str, schema: type[BaseModel] | None = None,
+                  what: str = "configuration") -> str:
+    """One line per error, naming the key path; unknown keys get a did-you-mean hint."""
     lines = []
     for e in err.errors():
-        loc = [p for p in e["loc"]]
+        loc = list(e["loc"])
         path = ".".join(str(p) for p in loc) or "(top level)"
         if e["type"] == "extra_forbidden":
-            valid = _model_fields(Config, loc[:-1])
+            valid = _model_fields(schema or Config, loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
             hint = f"; did you mean '{'.'.join(map(str, loc[:-1] + close))}'?" if close else ""
             lines.append(f"  {path}: unknown key{hint} (valid here: {', '.join(valid)})")
         else:
             lines.append(f"  {path}: {e['msg']} (got {e.get('input')!r})")
-    return f"{source}: invalid configuration:\n" + "\n".join(lines)
+    return f"{source}: invalid {what}:\n" + "\n".join(lines)
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -159,15 +179,17 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def resolve_config_path(path: str | Path) -> Path:
-    """A config path, or the name of a shipped one (``smoke-cpu``, ``recipe-x4plus``)."""
+    """A config path, or the name of a shipped config or experiment plan (``smoke-cpu``,
+    ``recipe-x4plus``, ``seed-ablation-cpu``)."""
     path = Path(path)
     if path.exists():
         return path
-    shipped = SHIPPED_CONFIGS / (path.name if path.suffix else f"{path.name}.yaml")
-    if shipped.exists():
-        return shipped
-    raise ConfigError(f"{path}: no such config file (shipped: "
-                      f"{', '.join(p.stem for p in sorted(SHIPPED_CONFIGS.glob('*.yaml')))})")
+    name = path.name if path.suffix else f"{path.name}.yaml"
+    for folder in (SHIPPED_CONFIGS, SHIPPED_CONFIGS / "experiments"):
+        if (folder / name).exists():
+            return folder / name
+    shipped = sorted(p.stem for p in SHIPPED_CONFIGS.rglob("*.yaml"))
+    raise ConfigError(f"{path}: no such config file (shipped: {', '.join(shipped)})")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
@@ -189,7 +211,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
+        raise ConfigError(format_errors(err, source)) from None
 
 
 def dump_config(cfg: Config) -> str:

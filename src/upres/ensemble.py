@@ -123,6 +123,14 @@ def _rgb_input(img: np.ndarray, path: Path) -> np.ndarray:
     return f
 
 
+def model_names(models: list[str | Path]) -> list[str]:
+    """Short unique labels: the file stem, with its folder where stems repeat (runs/a/best)."""
+    paths = [Path(str(m)) for m in models]
+    stems = [p.stem if p.suffix else str(p) for p in paths]
+    return [f"{p.parent.name}/{s}" if stems.count(s) > 1 and p.suffix else s
+            for p, s in zip(paths, stems)]
+
+
 class Predictor:
     """Several models, one inference path each, fused by soft voting."""
 
@@ -135,7 +143,7 @@ class Predictor:
         if len(scales) != 1:
             raise PredictError(f"models have different scales {sorted(scales)}; an ensemble needs one")
         self.scale = scales.pop()
-        self.names = names or [Path(str(m)).stem if Path(str(m)).suffix else str(m) for m in models]
+        self.names = names or model_names(models)
 
     def predict_float(self, rgb: np.ndarray) -> list[np.ndarray]:
         return [u.upscale_float(rgb) for u in self.upscalers]
@@ -170,10 +178,10 @@ class Predictor:
 def _val_report(predictor: Predictor, val: dict, weights: np.ndarray, val_dir: Path,
                 report_dir: Path) -> Path:
     """Write each model's and the ensemble's validation predictions, then the HTML report."""
-    from upres.report import build_report
+    from upres.report import build_report, safe_name
 
     names = [*predictor.names, "ensemble"] if len(predictor.names) > 1 else list(predictor.names)
-    folders = {name: report_dir / "predictions" / name for name in names}
+    folders = {name: report_dir / "predictions" / safe_name(name) for name in names}
     for f, p in zip(val["files"], val["preds"]):
         hr = images.read_image(f["hr"])
         outs = list(p) + ([_fuse(list(p), weights)] if len(names) > len(predictor.names) else [])

@@ -5,6 +5,7 @@ offline from disk; its numbers come from the same scoring and formatting as the 
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 import cv2
@@ -16,6 +17,11 @@ from upres.fileio import atomic_write_bytes
 
 CROP = 96  # HR pixels of the zoomed window
 ZOOM = 2
+
+
+def safe_name(name: str) -> str:
+    """A label usable as a file name (model labels may contain '/')."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
 def fmt(key: str, value: float | None) -> str:
@@ -54,7 +60,7 @@ def build_report(gt_dir: str | Path, lr_dir: str | Path, preds: dict[str, Path],
     scores: dict[str, list[ImageScore]] = {}
     for name, folder in preds.items():
         scores[name] = evaluate_folders(folder, gt_dir, lr_dir, crop_border, y_channel)
-        atomic_write_bytes(out_dir / f"scores_{name}.csv", scores_csv(scores[name]).encode())
+        atomic_write_bytes(out_dir / f"scores_{safe_name(name)}.csv", scores_csv(scores[name]).encode())
     first = next(iter(scores.values()))
     names = list(preds)
     rows = []

@@ -85,8 +85,18 @@ def infer_rrdbnet_hparams(state_dict: dict[str, torch.Tensor], source: str = "st
     factor = in_ch // num_out_ch if in_ch % num_out_ch == 0 else 1
     scale = {1: 4, 4: 2, 16: 1}.get(factor, 4)
     num_in_ch = in_ch // {4: 1, 2: 4, 1: 16}[scale]
-    return dict(num_in_ch=num_in_ch, num_out_ch=num_out_ch, scale=scale, num_feat=first.shape[0],
-                num_block=max(blocks) + 1 if blocks else 0, num_grow_ch=grow.shape[0])
+    hparams = dict(num_in_ch=num_in_ch, num_out_ch=num_out_ch, scale=scale, num_feat=first.shape[0],
+                   num_block=max(blocks) + 1 if blocks else 0, num_grow_ch=grow.shape[0])
+    post_up = []
+    for k in (1, 2):
+        found = {int(m.group(1)) for key in state_dict
+                 if (m := re.match(rf"body_up{k}\.(\d+)\.", key))}
+        if found:
+            post_up.append(max(found) + 1)
+    gated = "body.0.rdb1.gate1.weight" in state_dict
+    if post_up or gated:  # rotation leaves no trace in shapes; our metadata records it
+        hparams.update(post_up_blocks=post_up, gated=gated, rotation=False)
+    return hparams
 
 
 def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
