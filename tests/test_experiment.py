@@ -1,4 +1,5 @@
 import csv
+import json
 
 import pytest
 import yaml
@@ -33,10 +34,13 @@ def test_two_arm_plan_writes_table_and_plot(tmp_path, capsys):
     assert main(["experiment", str(plan), "--out", str(out), "--quiet"]) == 0
     rows = list(csv.reader((out / "table.csv").open()))
     assert rows[0][:3] == ["arm", "psnr@2", "psnr@4"]
-    assert [r[0] for r in rows[1:]] == ["base", "rot"]
+    assert [r[0] for r in rows[1:]] == ["base", "rot", "(bicubic)"]
     assert rows[1][-2] == "1.00x"
     assert float(rows[2][-2].rstrip("x")) > 0  # a speed ratio; its size is a benchmark's business
     assert all(float(v) > 0 for r in rows[1:] for v in r[1:3])
+    bicubic = [json.loads(x) for x in (out / "arms/base/metrics.jsonl").read_text().splitlines()
+               if "bicubic_psnr" in x][0]["bicubic_psnr"]
+    assert float(rows[3][1]) == pytest.approx(bicubic, abs=1e-3)
     assert "| base |" in (out / "table.md").read_text()
     assert (out / "psnr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert load_config(out / "arms/rot/config.yaml").model.rotation is True

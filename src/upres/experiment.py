@@ -58,16 +58,18 @@ def arm_config(plan: Plan, arm: Arm, data: str | None):
     return load_config(plan.base, overrides + ([f"data.root={root}"] if root else []))
 
 
-def read_metrics(run_dir: Path) -> tuple[dict[int, float], float]:
-    """Validation PSNR by step, and the median training speed (it/s) after the first window."""
-    psnr, rates = {}, []
+def read_metrics(run_dir: Path) -> tuple[dict[int, float], float, float | None]:
+    """Validation PSNR by step, the median training speed (it/s) after the first window, and
+    the bicubic PSNR of the same validation images."""
+    psnr, rates, bicubic = {}, [], None
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
         if "val_psnr" in record:
             psnr[record["step"]] = record["val_psnr"]
+            bicubic = record.get("bicubic_psnr", bicubic)
         if "it_per_s" in record:
             rates.append(record["it_per_s"])
-    return psnr, float(np.median(rates[1:] or rates)) if rates else float("nan")
+    return psnr, float(np.median(rates[1:] or rates)) if rates else float("nan"), bicubic
 
 
 def run_plan(plan: Plan, out_dir: str | Path, data: str | None = None,
@@ -93,15 +95,15 @@ def run_plan(plan: Plan, out_dir: str | Path, data: str | None = None,
     return write_results(plan, results, out_dir)
 
 
-def write_results(plan: Plan, results: dict[str, tuple[dict[int, float], float]],
+def write_results(plan: Plan, results: dict[str, tuple[dict[int, float], float, float | None]],
                   out_dir: Path) -> dict[str, Path]:
-    steps = plan.report_at or sorted({s for psnr, _ in results.values() for s in psnr})
+    steps = plan.report_at or sorted({s for psnr, _, _ in results.values() for s in psnr})
     base_name = plan.arms[0].name
     base_rate = results[base_name][1]
     header = ["arm", *[f"psnr@{s}" for s in steps], "it/s", "slow-down vs " + base_name, "init"]
     rows = []
     for arm in plan.arms:
-        psnr, rate = results[arm.name]
+        psnr, rate, _ = results[arm.name]
         init_file = out_dir / "arms" / arm.name / "init_report.json"
         init = ""
         if init_file.exists():
@@ -109,6 +111,9 @@ def write_results(plan: Plan, results: dict[str, tuple[dict[int, float], float]]
             init = f"{rep['source']}: {len(rep['loaded'])} loaded, {len(rep['skipped'])} kept"
         rows.append([arm.name, *[f"{psnr[s]:.3f}" if s in psnr else "" for s in steps],
                      f"{rate:.2f}", f"{base_rate / rate:.2f}x", init])
+    bicubic = results[base_name][2]
+    if bicubic is not None:  # the same validation images upsampled by bicubic, for scale
+        rows.append(["(bicubic)", *[f"{bicubic:.3f}"] * len(steps), "", "", ""])
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows([header, *rows])
     atomic_write_bytes(out_dir / "table.csv", buf.getvalue().encode())
