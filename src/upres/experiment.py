@@ -131,7 +131,8 @@ def write_results(plan: Plan, results: dict[str, tuple[dict[int, float], float, 
         ax.plot(sorted(psnr), [psnr[s] for s in sorted(psnr)], marker="o", label=arm.name)
     ax.set_xlabel("iteration")
     ax.set_ylabel("validation PSNR (dB)")
-    ax.set_title(f"{Path(plan.base).stem}: {len(plan.arms)} arms, seed {plan.seed}")
+    ax.set_title(f"{out_dir.name} (base {Path(plan.base).stem}): {len(plan.arms)} arms, "
+                 f"seed {plan.seed}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -213,6 +213,9 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
         step, best_psnr = int(state["step"]), float(state["best_psnr"])
         if main:
             print(f"resumed from {ckpt_path} at step {step}", file=sys.stderr)
+            if state.get("config") != dump_config(cfg):
+                print("warning: the checkpoint was written with a different configuration; "
+                      "continuing with the current one", file=sys.stderr)
 
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                               else None) if world > 1 else model
@@ -287,10 +290,14 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
                 with _autocast(device, tc.precision):
                     sr = forward(lr_b)
                 loss = loss_fn(tc.loss, sr.float(), hr_b, tc.charbonnier_eps)
-                finite = torch.isfinite(loss.detach()).to(torch.int32)
+                # One small all-reduce keeps the ranks in step: any rank's non-finite loss or
+                # stop signal applies to all, so no rank waits forever for another.
+                flags = torch.stack([(~torch.isfinite(loss.detach())).to(torch.int32).reshape(()),
+                                     torch.tensor(int(stop.signal is not None), device=device)])
                 if world > 1:
-                    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-                if not finite.item():
+                    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                nonfinite, stop_now = (bool(v) for v in flags.tolist())
+                if nonfinite:
                     if tc.nonfinite == "stop":
                         last = latest_checkpoint(run_dir)
                         raise TrainingError(
@@ -324,12 +331,13 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
                     run_validation()
                 if world > 1 and step % tc.val_every == 0:
                     dist.barrier()
-                if main and (step % tc.checkpoint_every == 0 or stop.signal is not None
-                             or step == tc.iterations):
+                if world == 1:
+                    stop_now = stop.signal is not None
+                if main and (step % tc.checkpoint_every == 0 or stop_now or step == tc.iterations):
                     saved = checkpoint()
-                if stop.signal is not None:
+                if stop_now:
                     if main:
-                        bar.write(f"stopped by signal {stop.signal} at step {step}; "
+                        bar.write(f"stopped by a signal at step {step}; "
                                   f"checkpoint {saved}; resume with --resume auto")
                     raise TrainingInterrupted(f"interrupted at step {step}; resume with "
                                               f"--resume auto (checkpoint in {run_dir})")
