@@ -40,7 +40,7 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
 
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
-        pickle.dump({"params_ema": Evil()}, f)
+        pickle.dump({"params_ema": Evil()}, f, protocol=2)
     with pytest.raises(W.WeightsError, match=r"evil\.pth: refused to load"):
         W.load_model(path)
     assert not marker.exists()
