@@ -29,11 +29,13 @@ def test_all_problems_reported_at_once_with_file_names(tmp_path):
     assert "cut.png: cannot decode image" in msg
 
 
-def test_resolve_splits_reports_missing_partners_before_training(tmp_path):
+def test_missing_partners_are_reported_with_decode_checks(tmp_path):
     make_competition(tmp_path)
     (tmp_path / "val/hr/0000.png").unlink()
+    splits = resolve_splits(DataConfig(root=str(tmp_path)))
+    assert splits.problems == [f"{tmp_path / 'val/lr/0000.png'}: no HR partner in {tmp_path / 'val/hr'}"]
     with pytest.raises(DataError, match=r"val/lr/0000.png: no HR partner"):
-        resolve_splits(DataConfig(root=str(tmp_path)))
+        PairCache(splits.train + splits.val, 4, tmp_path / "c", False, splits.problems)
     with pytest.raises(DataError, match="no training data"):
         resolve_splits(DataConfig())
 

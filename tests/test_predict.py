@@ -147,3 +147,14 @@ def test_report_images_exist_and_numbers_match_csv(setup):
     gt = images.read_image(root / "val/hr/v0.png")
     pr = images.read_image(report / "predictions/ensemble/v0.png")
     assert float(ens[1][1]) == pytest.approx(metrics.psnr(pr, gt, 4), abs=1e-4)
+
+
+def test_unreadable_input_leaves_no_half_written_submission(setup, capsys):
+    root, models = setup
+    (root / "test/zz.png").write_bytes(b"\x89PNG broken")
+    code = main(["predict", "--model", str(models[0]), "--input", str(root / "test"),
+                 "--output", str(root / "sub")])
+    assert code == 2
+    assert "zz.png: cannot decode image" in capsys.readouterr().err
+    assert not (root / "sub").exists()
+    assert [p.name for p in root.iterdir() if p.name.startswith(".sub")] == []

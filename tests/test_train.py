@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 
 from datasets import make_competition
 from upres import train as train_mod
+from upres.cli import main
 from upres.config import dump_config, load_config
 from upres.train import TrainingError, train
 from upres.weights import WeightsError, load_model, load_weights
@@ -181,3 +182,19 @@ def test_two_gloo_processes_equal_one_process_on_the_union_batch(comp, tmp_path)
     # only rank 0 wrote: one training record and one validation record, not two of each
     records = [json.loads(x) for x in (tmp_path / "ddp/metrics.jsonl").read_text().splitlines()]
     assert [sorted(r)[0] for r in records] == ["it_per_s", "bicubic_psnr"]
+
+
+def test_train_cli_lists_every_data_problem_and_exits_2(tmp_path, capsys):
+    comp = make_competition(tmp_path / "comp")
+    (tmp_path / "comp/train/hr/0001.png").unlink()
+    (tmp_path / "comp/val/lr/0002.png").write_bytes(b"not a png")
+    code = main(["train", "smoke-cpu", "--data", str(comp), "--run-dir", str(tmp_path / "run"),
+                 "--quiet", f"data.cache_dir={tmp_path / 'cache'}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "2 problem(s)" in err  # pairing and decoding problems, reported together
+    assert "train/lr/0001.png: no HR partner" in err
+    assert "val/lr/0002.png: cannot decode image" in err
+    assert not (tmp_path / "run/checkpoints").exists()
+    code = main(["train", "smoke-cpu", "train.lr=-1"])
+    assert code == 2 and "train.lr: Input should be greater than 0" in capsys.readouterr().err

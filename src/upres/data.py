@@ -89,22 +89,21 @@ class PairCache:
     unchanged ones are reused by later runs."""
 
     def __init__(self, pairs: list[Pair], scale: int, cache_dir: str | Path | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, known_problems: list[str] | None = None) -> None:
         self.pairs = pairs
         self.scale = scale
         self.root = Path(cache_dir) if cache_dir else default_cache_dir()
         self.entries: list[tuple[Path, Path]] = []
-        self._build(progress)
+        self._build(progress, list(known_problems or []))
 
     def _entry_dir(self, pair: Pair) -> tuple[Path, str]:
         key = json.dumps([_stat_key(pair.lr), _stat_key(pair.hr)])
         digest = hashlib.sha256(key.encode()).hexdigest()[:24]
         return self.root / digest[:2] / digest, key
 
-    def _build(self, progress: bool) -> None:
+    def _build(self, progress: bool, problems: list[str]) -> None:
         from tqdm import tqdm
 
-        problems = []
         todo = []
         for pair in self.pairs:
             folder, key = self._entry_dir(pair)
@@ -214,11 +213,13 @@ class StepSampler(Sampler[int]):
 class DataSplits:
     train: list[Pair]
     val: list[Pair]
+    problems: list[str]  # pairing problems, reported with the decode checks (PairCache)
 
 
 def resolve_splits(data_cfg, seed: int = 0) -> DataSplits:
-    """Train and validation pairs from a competition folder or explicit folders; all problems of
-    both splits are reported together."""
+    """Train and validation pairs from a competition folder or explicit folders. Pairing problems
+    of both splits are returned, so that ``PairCache`` reports them together with the decode
+    checks; missing folders raise at once."""
     root = Path(data_cfg.root) if data_cfg.root else None
     train_lr = data_cfg.train_lr or (root / "train" / "lr" if root else None)
     train_hr = data_cfg.train_hr or (root / "train" / "hr" if root else None)
@@ -235,11 +236,11 @@ def resolve_splits(data_cfg, seed: int = 0) -> DataSplits:
         if len(train) < 2 and not problems:
             problems.append(f"{train_lr}: at least 2 pairs are needed to split off validation")
         train, val = split_pairs(train, data_cfg.val_split, seed) if len(train) >= 2 else (train, [])
-    if problems:
+    if any("folder does not exist" in p for p in problems) or (problems and not train):
         raise DataError(f"{len(problems)} problem(s) in the training data:\n  " + "\n  ".join(problems))
     if data_cfg.val_max_images:
         val = val[:data_cfg.val_max_images]
-    return DataSplits(train, val)
+    return DataSplits(train, val, problems)
 
 
 def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:

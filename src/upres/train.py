@@ -172,7 +172,8 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
     splits = resolve_splits(cfg.data, tc.seed)
     all_pairs = splits.train + splits.val
     if main:
-        cache = PairCache(all_pairs, cfg.model.scale, cfg.data.cache_dir, progress=progress)
+        cache = PairCache(all_pairs, cfg.model.scale, cfg.data.cache_dir, progress=progress,
+                          known_problems=splits.problems)
     if world > 1:
         dist.barrier()
     if not main:
