@@ -78,3 +78,14 @@ def test_write_is_atomic_on_failure(tmp_path, photo):
         images.write_image(path.with_suffix(".jpg"), np.zeros((4, 4, 4), np.uint8))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["keep.png"]  # no temp files left
+
+
+@pytest.mark.parametrize("outscale, shape", [(2, (40, 48, 3)), (3.5, (70, 84, 3)), (6, (120, 144, 3))])
+def test_outscale_resizes_the_result(outscale, shape):
+    img = np.random.default_rng(0).integers(0, 255, (20, 24, 3), dtype=np.uint8)
+    out = Upscaler(tiny_rrdbnet(), tile=0, outscale=outscale).upscale_array(img)
+    assert out.shape == shape and out.dtype == np.uint8
+    plain = Upscaler(tiny_rrdbnet(), tile=0).upscale_array(img)
+    if outscale == 2:  # area resize of the x4 result: 2x2 block means
+        expect = plain.reshape(40, 2, 48, 2, 3).mean(axis=(1, 3))
+        assert np.abs(out.astype(float) - expect).max() <= 1

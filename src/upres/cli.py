@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suffix", default="", help="text added to each output file's stem")
     p.add_argument("--alpha", choices=("bicubic", "model"), default="bicubic",
                    help="how to upscale an alpha channel (default: bicubic)")
+    p.add_argument("--outscale", type=float, default=None,
+                   help="final scale when it differs from the model's, e.g. 2 or 3.5 with an x4 "
+                   "model (resized after the model: area when shrinking, Lanczos when growing)")
     _add_inference_options(p)
     p.set_defaults(func=cmd_upscale)
 
@@ -176,7 +179,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     for message in errors:
         print(f"error: {message}", file=sys.stderr)
     out_dir = Path(args.output)
-    upscaler = Upscaler(args.model, alpha=args.alpha, **_inference_kwargs(args))
+    upscaler = Upscaler(args.model, alpha=args.alpha, outscale=args.outscale,
+                        **_inference_kwargs(args))
     inputs_resolved = {f.resolve() for f in files}
     written: set[Path] = set()
     failed = len(errors)

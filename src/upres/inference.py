@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -124,6 +125,7 @@ class InferenceOptions:
     batch_size: int = 0  # tiles per forward pass; 0: 4 on CUDA, 1 elsewhere
     compile: bool = False  # torch.compile the model (test against eager on new platforms)
     alpha: Literal["bicubic", "model"] = "bicubic"
+    outscale: float | None = None  # final scale if not the model's (Lanczos / area resize)
 
 
 class Upscaler:
@@ -140,6 +142,8 @@ class Upscaler:
             raise ValueError(f"self_ensemble must be off, mean or median, not {opts.self_ensemble!r}")
         if opts.tile < 0 or opts.tile_overlap < 0 or opts.batch_size < 0:
             raise ValueError("tile, tile_overlap and batch_size must be >= 0")
+        if opts.outscale is not None and opts.outscale <= 0:
+            raise ValueError(f"outscale must be positive, not {opts.outscale}")
         if opts.tile and opts.tile_overlap >= opts.tile:
             raise ValueError(f"tile_overlap ({opts.tile_overlap}) must be smaller than the tile "
                              f"({opts.tile})")
@@ -150,6 +154,8 @@ class Upscaler:
         if not isinstance(model, nn.Module):
             model = load_model(model)
         self.model = model.eval().to(self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # tiles share one shape: tune kernels once
         if opts.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.scale = int(model.hparams["scale"])
@@ -236,6 +242,11 @@ class Upscaler:
             out = out @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
         if alpha is not None:
             out = np.concatenate([out, self._upscale_alpha(alpha)[..., None]], axis=2)
+        if self.options.outscale and self.options.outscale != self.scale:
+            size = (round(img.shape[1] * self.options.outscale),
+                    round(img.shape[0] * self.options.outscale))
+            shrink = self.options.outscale < self.scale
+            out = cv2.resize(out, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LANCZOS4)
         return images.from_float(out, img.dtype)
 
     def upscale_float(self, rgb: np.ndarray) -> np.ndarray:
