@@ -100,8 +100,24 @@ def test_convert_between_formats(tmp_path):
     c = W.load_weights(tmp_path / "c.pth")
     for k, v in model.state_dict().items():
         assert torch.equal(c.state_dict[k], v)
-    with pytest.raises(W.WeightsError, match="cannot save to '.onnx'"):
-        W.convert(tmp_path / "a.pth", tmp_path / "d.onnx")
+    with pytest.raises(W.WeightsError, match="cannot save to '.tflite'"):
+        W.convert(tmp_path / "a.pth", tmp_path / "d.tflite")
+
+
+@pytest.mark.parametrize("scale", [4, 2])
+def test_onnx_export_runs_in_onnxruntime_at_other_sizes(tmp_path, scale):
+    import onnxruntime
+
+    model = tiny_rrdbnet(scale=scale)
+    W.save_model(model, tmp_path / "m.safetensors")
+    W.convert(tmp_path / "m.safetensors", tmp_path / "m.onnx")
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
+    x = np.random.default_rng(0).random((3, 3, 20, 28), dtype=np.float32)
+    (y,) = session.run(None, {"input": x})
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert y.shape == ref.shape == (3, 3, 20 * scale, 28 * scale)
+    assert np.abs(y - ref).max() < 1e-4
 
 
 def test_missing_and_garbage_files_are_named(tmp_path):

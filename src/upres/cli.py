@@ -68,8 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="convert weights between formats",
                        description="Convert weights: SRC is a pretrained name, a .pth, a "
-                       ".safetensors or an ncnn .param; DST's extension (.safetensors or .pth) "
-                       "chooses the format. .pth output is BasicSR-style {'params_ema': ...}.")
+                       ".safetensors or an ncnn .param; DST's extension (.safetensors, .pth or "
+                       ".onnx) chooses the format. .pth output is BasicSR-style "
+                       "{'params_ema': ...}; .onnx has dynamic batch/height/width and needs "
+                       "pip install 'upres[onnx]'.")
     p.add_argument("src", metavar="SRC")
     p.add_argument("dst", metavar="DST")
     p.set_defaults(func=cmd_convert)

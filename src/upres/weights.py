@@ -344,15 +344,40 @@ def save_basicsr_pth(state_dict: dict[str, torch.Tensor], path: str | Path) -> N
         torch.save({"params_ema": tensors}, tmp)
 
 
+def export_onnx(model: nn.Module, path: str | Path, opset: int = 18) -> None:
+    """ONNX with dynamic batch, height and width (torch.export-based exporter), for onnxruntime,
+    chaiNNer and other runtimes. Needs ``pip install 'upres[onnx]'``."""
+    try:
+        import onnxscript  # noqa: F401  (the exporter's own dependency; fail with a clear hint)
+    except ImportError:
+        raise WeightsError(f"{path}: ONNX export needs onnx and onnxscript: "
+                           "pip install 'upres[onnx]'") from None
+    model = model.eval().to("cpu")
+    m = getattr(model, "input_multiple", 1)
+    side = 16 * m
+    dims = {0: torch.export.Dim("batch", min=1, max=64)}
+    for axis, name in ((2, "height"), (3, "width")):  # sizes must stay multiples of m
+        dims[axis] = torch.export.Dim(name, min=1, max=8192) * m if m > 1 else \
+            torch.export.Dim(name, min=1, max=8192)
+    program = torch.onnx.export(model, (torch.rand(2, model.hparams.get("num_in_ch", 3), side, side),),
+                                dynamo=True, input_names=["input"], output_names=["output"],
+                                dynamic_shapes={"x": dims}, opset_version=opset, verbose=False)
+    with atomic_path(path) as tmp:
+        program.save(str(tmp))
+
+
 def save_model(model: nn.Module, path: str | Path, extra: dict | None = None) -> None:
-    """Save by the destination's extension: ``.safetensors`` or a BasicSR-style ``.pth``."""
+    """Save by the destination's extension: ``.safetensors``, a BasicSR-style ``.pth``, or
+    ``.onnx``."""
     path = Path(path)
     if path.suffix.lower() == ".safetensors":
         save_safetensors(model.state_dict(), path, type(model).__name__, model.hparams, extra)
     elif path.suffix.lower() in (".pth", ".pt"):
         save_basicsr_pth(model.state_dict(), path)
+    elif path.suffix.lower() == ".onnx":
+        export_onnx(model, path)
     else:
-        raise WeightsError(f"{path}: cannot save to {path.suffix!r}; use .safetensors or .pth")
+        raise WeightsError(f"{path}: cannot save to {path.suffix!r}; use .safetensors, .pth or .onnx")
 
 
 def convert(src: str | Path, dst: str | Path) -> LoadedWeights:
