@@ -83,6 +83,10 @@ def test_sigkill_then_resume_gives_identical_weights(comp, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    # the log holds each step once, as the uninterrupted run's does
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    straight = [json.loads(x)["step"] for x in (tmp_path / "straight/metrics.jsonl").read_text().splitlines()]
+    assert steps == straight
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_130(comp, tmp_path):

@@ -229,7 +229,14 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
     writer = None
     if main:
         from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(run_dir / "tb"))
+        # After a resume, drop what the interrupted run logged past its checkpoint, in the
+        # TensorBoard curves (purge_step) and in metrics.jsonl, so each step appears once.
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step + 1 if ckpt_path else None)
+        log_path = run_dir / "metrics.jsonl"
+        if ckpt_path is not None and log_path.exists():
+            kept = [line for line in log_path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= step]
+            atomic_write_bytes(log_path, "".join(f"{line}\n" for line in kept).encode())
     metrics_file = open(run_dir / "metrics.jsonl", "a") if main else None
     bicubic = None
     last_val: dict = {}
