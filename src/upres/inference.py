@@ -129,7 +129,7 @@ class InferenceOptions:
 
 
 class Upscaler:
-    """Upscale images with one model; all memory scales with the tile, not the image."""
+    """Upscale images with one model; activation memory scales with the tile, not the image."""
 
     def __init__(self, model: nn.Module | str | Path, options: InferenceOptions | None = None,
                  **overrides) -> None:
