@@ -25,7 +25,7 @@ def test_dihedral_group_inverts():
         assert torch.equal(dihedral_inverse(dihedral(x, k), k), x)
 
 
-@pytest.mark.parametrize("size, tile, overlap", [(700, 512, 128), (513, 512, 128), (100, 40, 10),
+@pytest.mark.parametrize("size, tile, overlap", [(700, 512, 192), (513, 512, 192), (100, 40, 10),
                                                  (300, 64, 48)])
 def test_tiles_cover_and_weights_partition_unity(size, tile, overlap):
     starts = tile_starts(size, tile, overlap)
@@ -41,9 +41,9 @@ def test_tiled_equals_whole_image_on_a_real_photo_at_default_overlap(photo):
     model = tiny_rrdbnet(num_block=2)
     img = photo[:256, :448].astype(np.float32) / 255
     whole = Upscaler(model, tile=0, dtype="fp32").upscale_float(img)
-    # tile 288 with the default overlap (128) puts two tiles across, sharing exactly 128 pixels
-    tiled_up = Upscaler(model, tile=288, dtype="fp32")
-    assert tile_starts(448, 288, tiled_up.options.tile_overlap) == [0, 160]
+    # tile 320 with the default overlap (192) puts two tiles across, sharing exactly 192 pixels
+    tiled_up = Upscaler(model, tile=320, dtype="fp32")
+    assert tile_starts(448, 320, tiled_up.options.tile_overlap) == [0, 128]
     tiled = tiled_up.upscale_float(img)
     assert tiled.shape == whole.shape == (1024, 1792, 3)
     assert np.abs(tiled - whole).max() < 1 / 255

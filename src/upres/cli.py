@@ -20,8 +20,8 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("inference")
     g.add_argument("--tile", type=int, default=512,
                    help="input tile side in pixels; 0 runs whole images (default: 512)")
-    g.add_argument("--tile-overlap", type=int, default=128,
-                   help="input pixels shared by neighbouring tiles (default: 128)")
+    g.add_argument("--tile-overlap", type=int, default=192,
+                   help="input pixels shared by neighbouring tiles (default: 192)")
     g.add_argument("--self-ensemble", choices=("off", "mean", "median"), default="off",
                    help="average the 8 flips/rotations (8x slower, higher PSNR; default: off)")
     g.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, ...")

@@ -90,7 +90,7 @@ class TrainConfig(_Strict):
 class ValConfig(_Strict):
     crop_border: int | None = Field(None, ge=0)  # default: the scale
     tile: int = Field(0, ge=0)
-    tile_overlap: int = Field(128, ge=0)
+    tile_overlap: int = Field(192, ge=0)
     self_ensemble: Literal["off", "mean", "median"] = "off"
 
 
