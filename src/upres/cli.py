@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="PSNR and SSIM as BasicSR computes them (uint8, crop border, "
                        "RGB or BT.601 Y). With --lr, bicubic upsampling of the LR is scored beside "
                        "every image. Files are matched by name; mismatches are errors.")
-    p.add_argument("--pred", required=True, metavar="DIR")
-    p.add_argument("--gt", required=True, metavar="DIR")
+    p.add_argument("--pred", required=True, metavar="DIR", help="predicted (upscaled) images")
+    p.add_argument("--gt", required=True, metavar="DIR", help="ground-truth HR images, same names")
     p.add_argument("--lr", metavar="DIR", help="LR inputs, to score bicubic beside")
     p.add_argument("--crop-border", type=int, default=4, help="pixels cut from each edge (default 4)")
     p.add_argument("--y", action="store_true", help="score the Y channel (BT.601) instead of RGB")
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "OUTPUT.ensemble.json.")
     p.add_argument("--model", action="append", required=True, metavar="M",
                    help="pretrained name or weights path; repeat for an ensemble")
-    p.add_argument("--input", required=True, metavar="DIR")
+    p.add_argument("--input", required=True, metavar="DIR", help="folder of LR test images")
     p.add_argument("--output", required=True, metavar="DIR", help="a new folder")
     p.add_argument("--weights", default="psnr", help="psnr | inv-mse | fit | w1,w2,... (default psnr)")
     p.add_argument("--val", metavar="DIR", help="validation folder with lr/ and hr/")
@@ -126,11 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "and zoomed crops (bicubic | predictions | ground truth), offline HTML.")
     p.add_argument("--pred", action="append", required=True, metavar="[NAME=]DIR",
                    help="prediction folder; repeatable")
-    p.add_argument("--gt", required=True, metavar="DIR")
-    p.add_argument("--lr", required=True, metavar="DIR")
-    p.add_argument("-o", "--output", required=True, metavar="DIR")
-    p.add_argument("--crop-border", type=int, default=4)
-    p.add_argument("--y", action="store_true")
+    p.add_argument("--gt", required=True, metavar="DIR", help="ground-truth HR images")
+    p.add_argument("--lr", required=True, metavar="DIR", help="LR inputs (for bicubic)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="report folder")
+    p.add_argument("--crop-border", type=int, default=4, help="pixels cut from each edge (default 4)")
+    p.add_argument("--y", action="store_true", help="score the Y channel (BT.601) instead of RGB")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("experiment", help="run a plan of training arms and tabulate them",
