@@ -202,3 +202,16 @@ def test_train_cli_lists_every_data_problem_and_exits_2(tmp_path, capsys):
     assert not (tmp_path / "run/checkpoints").exists()
     code = main(["train", "smoke-cpu", "train.lr=-1"])
     assert code == 2 and "train.lr: Input should be greater than 0" in capsys.readouterr().err
+
+
+def test_fp16_training_on_cpu_is_refused_clearly(comp, tmp_path):
+    cfg = tiny_cfg(comp, tmp_path, "train.precision=fp16", "train.iterations=1", "train.device=cpu")
+    with pytest.raises(ValueError, match="fp16 is supported on CUDA only"):
+        train(cfg, tmp_path / "run", progress=False)
+
+
+def test_bf16_training_on_cpu_runs(comp, tmp_path):
+    cfg = tiny_cfg(comp, tmp_path, "train.precision=bf16", "train.channels_last=true",
+                   "train.iterations=3", "train.val_every=3")
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result.step == 3 and result.last_val["val_psnr"] > 0

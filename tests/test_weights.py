@@ -185,3 +185,14 @@ def test_ncnn_bin_that_does_not_match_param_is_refused(tmp_path):
     binfile.write_bytes(src.with_suffix(".bin").read_bytes()[:100_000])
     with pytest.raises(W.WeightsError, match=r"m\.bin: file ends inside layer"):
         W.load_weights(param)
+
+
+def test_damaged_pretrained_cache_is_rebuilt_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cached = tmp_path / "upres" / "realesrgan-x4plus-anime.safetensors"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"truncated")
+    with pytest.warns(UserWarning, match="converting realesrgan-x4plus-anime again"):
+        weights = W.load_pretrained("realesrgan-x4plus-anime")
+    assert weights.hparams["num_block"] == 6
+    assert W.load_weights_file(cached).state_dict.keys() == weights.state_dict.keys()

@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from upres.arch import build_model
 from upres.config import Config, dump_config
 from upres.data import CropDataset, PairCache, StepSampler, bicubic_upscale, resolve_splits
 from upres.fileio import atomic_path, atomic_write_bytes
-from upres.inference import Upscaler, resolve_device
+from upres.inference import Upscaler, autocast_context, resolve_device, resolve_dtype
 from upres.weights import load_matching, load_weights, save_model
 
 
@@ -123,14 +122,6 @@ def _setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cuda", local) if use_cuda else torch.device("cpu")
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("train.precision fp16 needs CUDA; use bf16 or fp32 on the CPU")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 class _StopFlag:
     """SIGINT/SIGTERM set a flag; the loop checkpoints at the end of the step and stops."""
 
@@ -198,6 +189,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
     optimizer = opt_cls(model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
     scheduler = make_scheduler(optimizer, tc)
     scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
+    amp_dtype = resolve_dtype(tc.precision, device)  # the same rules as inference: fp16 is CUDA-only
 
     # Resume: model, EMA, optimiser, schedule, scaler, RNG, step (the data order follows the step).
     step, best_psnr = 0, -math.inf
@@ -295,7 +287,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
                 hr_b = hr_b.to(device, non_blocking=True)
                 if tc.channels_last:
                     lr_b = lr_b.contiguous(memory_format=torch.channels_last)
-                with _autocast(device, tc.precision):
+                with autocast_context(device, amp_dtype):
                     sr = forward(lr_b)
                 loss = loss_fn(tc.loss, sr.float(), hr_b, tc.charbonnier_eps)
                 # One small all-reduce keeps the ranks in step: any rank's non-finite loss or

@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import re
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -298,8 +299,8 @@ def load_pretrained(name: str) -> LoadedWeights:
     if cached.exists():
         try:
             return _load_safetensors(cached)
-        except WeightsError:
-            pass  # a damaged cache entry is rebuilt below
+        except WeightsError as err:
+            warnings.warn(f"{err}; converting {name} again", stacklevel=2)
     weights = _load_ncnn(pretrained_ncnn_files(name))
     weights.metadata = {"source": f"ncnn:{PRETRAINED[name]}"}
     cached.parent.mkdir(parents=True, exist_ok=True)
