@@ -10,6 +10,7 @@ faster of the two eager fp32 measurements (first and last).
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import numpy as np
@@ -56,13 +57,13 @@ def main() -> None:
     small = img[:32, :32]
     base_s, ref = timed(eager, args.repeat, lambda: eager(x[..., :32, :32]))
     rows = [("eager fp32 NCHW (BasicSR path)", base_s, None)]
-    default = Upscaler(model)
+    default = Upscaler(copy.deepcopy(model))  # each case gets its own copy: no shared layout
     cases = [(f"upres default ({str(default.dtype).replace('torch.', '')}, "
               f"{'channels_last' if default.options.channels_last else 'NCHW'})", default)]
     for dtype in ("fp32", "bf16"):
         for cl in (False, True):
             cases.append((f"upres {dtype} {'channels_last' if cl else 'NCHW'}",
-                          Upscaler(model, dtype=dtype, channels_last=cl)))
+                          Upscaler(copy.deepcopy(model), dtype=dtype, channels_last=cl)))
     outputs = {}
     for name, up in cases:
         seconds, out = timed(lambda up=up: up.upscale_float(img), args.repeat,
@@ -80,7 +81,7 @@ def main() -> None:
               f"{shown:>12s}")
     if not args.skip_ensemble:
         one = rows[1][1]
-        ens = Upscaler(model, self_ensemble="mean")
+        ens = Upscaler(copy.deepcopy(model), self_ensemble="mean")
         seconds, _ = timed(lambda: ens.upscale_float(img), args.repeat,
                            lambda: ens.upscale_float(small))
         print(f"{'self-ensemble x8 (mean), default path':44s} {seconds:8.2f} "

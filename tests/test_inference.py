@@ -135,3 +135,11 @@ def test_compiled_path_matches_eager(photo):
     eager = Upscaler(tiny_rrdbnet(), tile=0, dtype="fp32").upscale_float(img)
     compiled = Upscaler(tiny_rrdbnet(), tile=0, dtype="fp32", compile=True).upscale_float(img)
     np.testing.assert_allclose(compiled, eager, atol=1e-4)
+
+
+def test_layout_follows_each_upscaler_even_for_a_shared_model(photo):
+    model = tiny_rrdbnet()
+    Upscaler(model, channels_last=True)
+    assert model.conv_first.weight.is_contiguous(memory_format=torch.channels_last)
+    Upscaler(model, channels_last=False)
+    assert model.conv_first.weight.is_contiguous()

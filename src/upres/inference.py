@@ -157,8 +157,10 @@ class Upscaler:
         self.model = model.eval().to(self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # tiles share one shape: tune kernels once
-        if opts.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        # Set the weights' layout both ways: a model shared with an earlier Upscaler may have
+        # been converted already.
+        self.model = self.model.to(memory_format=torch.channels_last if opts.channels_last
+                                   else torch.contiguous_format)
         self.scale = int(model.hparams["scale"])
         self.multiple = int(getattr(model, "input_multiple", 1))
         self.in_ch = int(model.hparams.get("num_in_ch", 3))
