@@ -88,7 +88,7 @@ def validate(model: nn.Module, cache: PairCache, indices: list[int], cfg: Config
     """Mean PSNR (RGB and Y) and SSIM over the validation pairs, on uint8-rounded outputs of the
     same inference path as ``upscale``; bicubic scored beside it."""
     was_training = model.training
-    up = Upscaler(model, device=str(device), dtype="fp32", channels_last=False,
+    up = Upscaler(model, device=str(device), dtype="fp32", channels_last=cfg.train.channels_last,
                   tile=cfg.val.tile, tile_overlap=cfg.val.tile_overlap,
                   self_ensemble=cfg.val.self_ensemble)
     border = cfg.model.scale if cfg.val.crop_border is None else cfg.val.crop_border
