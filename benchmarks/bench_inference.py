@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from skimage import data
 
-from upres.inference import Upscaler
+from upres.inference import Upscaler, resolve_device
 from upres.metrics import psnr_float
 from upres.weights import load_model
 
@@ -40,30 +40,37 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="input side in pixels")
     parser.add_argument("--repeat", type=int, default=1, help="runs per case; the best is kept")
     parser.add_argument("--skip-ensemble", action="store_true")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (eager runs there too)")
     args = parser.parse_args()
 
-    model = load_model(args.model)
+    device = resolve_device(args.device)
+    model = load_model(args.model).to(device)
     photo = data.astronaut()  # a real 512x512 photo shipped by scikit-image
     img = photo[:args.size, 64:64 + args.size].astype(np.float32) / 255
-    x = torch.from_numpy(img.transpose(2, 0, 1).copy())[None]
+    x = torch.from_numpy(img.transpose(2, 0, 1).copy())[None].to(device)
     out_mp = (args.size * model.hparams["scale"]) ** 2 / 1e6
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {args.model}, "
+    print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, "
+          f"model {args.model}, "
           f"input {args.size}x{args.size}, output {out_mp:.2f} MP")
 
     def eager(inp=x):
         with torch.inference_mode():
-            return model(inp)[0].permute(1, 2, 0).numpy()
+            out = model(inp)[0].permute(1, 2, 0).float().cpu().numpy()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return out
 
     small = img[:32, :32]
     base_s, ref = timed(eager, args.repeat, lambda: eager(x[..., :32, :32]))
     rows = [("eager fp32 NCHW (BasicSR path)", base_s, None)]
-    default = Upscaler(copy.deepcopy(model))  # each case gets its own copy: no shared layout
+    # each case gets its own copy of the model, so no layout leaks from one case into the next
+    default = Upscaler(copy.deepcopy(model), device=str(device))
     cases = [(f"upres default ({str(default.dtype).replace('torch.', '')}, "
               f"{'channels_last' if default.options.channels_last else 'NCHW'})", default)]
-    for dtype in ("fp32", "bf16"):
+    for dtype in ("fp32", "bf16", "fp16") if device.type == "cuda" else ("fp32", "bf16"):
         for cl in (False, True):
-            cases.append((f"upres {dtype} {'channels_last' if cl else 'NCHW'}",
-                          Upscaler(copy.deepcopy(model), dtype=dtype, channels_last=cl)))
+            up = Upscaler(copy.deepcopy(model), device=str(device), dtype=dtype, channels_last=cl)
+            cases.append((f"upres {dtype} {'channels_last' if cl else 'NCHW'}", up))
     outputs = {}
     for name, up in cases:
         seconds, out = timed(lambda up=up: up.upscale_float(img), args.repeat,
@@ -81,7 +88,7 @@ def main() -> None:
               f"{shown:>12s}")
     if not args.skip_ensemble:
         one = rows[1][1]
-        ens = Upscaler(copy.deepcopy(model), self_ensemble="mean")
+        ens = Upscaler(copy.deepcopy(model), device=str(device), self_ensemble="mean")
         seconds, _ = timed(lambda: ens.upscale_float(img), args.repeat,
                            lambda: ens.upscale_float(small))
         print(f"{'self-ensemble x8 (mean), default path':44s} {seconds:8.2f} "
