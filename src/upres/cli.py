@@ -34,6 +34,11 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
 
 
+def _add_scoring_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--crop-border", type=int, default=4, help="pixels cut from each edge (default 4)")
+    p.add_argument("--y", action="store_true", help="score the Y channel (BT.601) instead of RGB")
+
+
 def _inference_kwargs(args: argparse.Namespace) -> dict:
     return dict(tile=args.tile, tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble,
                 device=args.device, dtype=args.dtype, batch_size=args.batch_size,
@@ -97,8 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred", required=True, metavar="DIR", help="predicted (upscaled) images")
     p.add_argument("--gt", required=True, metavar="DIR", help="ground-truth HR images, same names")
     p.add_argument("--lr", metavar="DIR", help="LR inputs, to score bicubic beside")
-    p.add_argument("--crop-border", type=int, default=4, help="pixels cut from each edge (default 4)")
-    p.add_argument("--y", action="store_true", help="score the Y channel (BT.601) instead of RGB")
+    _add_scoring_options(p)
     p.add_argument("--csv", metavar="FILE", help="write per-image scores and the mean")
     p.set_defaults(func=cmd_eval)
 
@@ -129,8 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt", required=True, metavar="DIR", help="ground-truth HR images")
     p.add_argument("--lr", required=True, metavar="DIR", help="LR inputs (for bicubic)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="report folder")
-    p.add_argument("--crop-border", type=int, default=4, help="pixels cut from each edge (default 4)")
-    p.add_argument("--y", action="store_true", help="score the Y channel (BT.601) instead of RGB")
+    _add_scoring_options(p)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("experiment", help="run a plan of training arms and tabulate them",

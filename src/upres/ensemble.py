@@ -152,7 +152,7 @@ class Predictor:
         """Each model's predictions and PSNR on ``val_dir/lr`` vs ``val_dir/hr``."""
         border = self.scale if crop_border is None else crop_border
         files = match_by_stem({"lr": val_dir / "lr", "hr": val_dir / "hr"})
-        preds, targets, per_model = [], [], [[] for _ in self.upscalers]
+        preds, targets, truths, per_model = [], [], [], [[] for _ in self.upscalers]
         for f in files:
             lr, hr = images.read_image(f["lr"]), images.read_image(f["hr"])
             if lr.shape[0] * self.scale != hr.shape[0] or lr.shape[1] * self.scale != hr.shape[1]:
@@ -161,16 +161,16 @@ class Predictor:
             for i, out in enumerate(outs):
                 per_model[i].append(metrics.psnr(_to_image(out, hr), hr, border))
             preds.append(np.stack(outs))
+            truths.append(hr)
             targets.append(images.to_float(hr) if hr.ndim == 3 else
                            np.repeat(images.to_float(hr)[..., None], 3, axis=2))
-        return {"files": files, "preds": preds, "targets": targets, "border": border,
+        return {"files": files, "preds": preds, "targets": targets, "hr": truths, "border": border,
                 "psnr": [float(np.mean(p)) for p in per_model]}
 
     @staticmethod
     def ensemble_psnr(val: dict, weights: np.ndarray) -> float:
         scores = []
-        for f, p in zip(val["files"], val["preds"]):
-            hr = images.read_image(f["hr"])
+        for hr, p in zip(val["hr"], val["preds"]):
             scores.append(metrics.psnr(_to_image(_fuse(list(p), weights), hr), hr, val["border"]))
         return float(np.mean(scores))
 
@@ -182,8 +182,7 @@ def _val_report(predictor: Predictor, val: dict, weights: np.ndarray, val_dir: P
 
     names = [*predictor.names, "ensemble"] if len(predictor.names) > 1 else list(predictor.names)
     folders = {name: report_dir / "predictions" / safe_name(name) for name in names}
-    for f, p in zip(val["files"], val["preds"]):
-        hr = images.read_image(f["hr"])
+    for f, hr, p in zip(val["files"], val["hr"], val["preds"]):
         outs = list(p) + ([_fuse(list(p), weights)] if len(names) > len(predictor.names) else [])
         for name, out in zip(names, outs):
             images.write_image(folders[name] / f"{f['hr'].stem}.png", _to_image(out, hr))

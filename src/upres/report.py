@@ -78,6 +78,8 @@ def build_report(gt_dir: str | Path, lr_dir: str | Path, preds: dict[str, Path],
     figures = []
     gt_files = {p.stem: p for p in images.list_images(gt_dir)}
     lr_files = {p.stem: p for p in images.list_images(lr_dir)}
+    pred_files = {name: {p.stem: p for p in images.list_images(folder)}
+                  for name, folder in preds.items()}
     for score in first:
         gt = images.read_image(gt_files[score.name])
         lr = images.read_image(lr_files[score.name])
@@ -85,8 +87,7 @@ def build_report(gt_dir: str | Path, lr_dir: str | Path, preds: dict[str, Path],
         y, x = busiest_window(gt, size)
         panels = [bicubic_for(lr, gt, lr_files[score.name], gt_files[score.name])]
         for name in names:
-            pred_files = {p.stem: p for p in images.list_images(preds[name])}
-            panels.append(images.read_image(pred_files[score.name]))
+            panels.append(images.read_image(pred_files[name][score.name]))
         panels.append(gt)
         crops = [np.repeat(np.repeat(p[y:y + size, x:x + size], ZOOM, 0), ZOOM, 1) for p in panels]
         rel = f"crops/{score.name}.png"
