@@ -19,7 +19,7 @@ demo: $(BIN)/upres
 
 test: $(BIN)/upres
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q
+	UPRES_NO_SKIPS=1 $(BIN)/python -m pytest -q
 
 bench: $(BIN)/upres
 	$(BIN)/python benchmarks/bench_inference.py

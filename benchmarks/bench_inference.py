@@ -17,9 +17,11 @@ import numpy as np
 import torch
 from skimage import data
 
-from upres.inference import Upscaler, resolve_device
-from upres.metrics import psnr_float
-from upres.weights import load_model
+from upres.inference.engine import resolve_device
+from upres.inference.upscaler import Upscaler
+from upres.io.loading import load_model
+from upres.models import describe
+from upres.scoring.metrics import psnr_float
 
 
 def timed(fn, repeat: int, warmup=None) -> tuple[float, np.ndarray]:
@@ -48,7 +50,7 @@ def main() -> None:
     photo = data.astronaut()  # a real 512x512 photo shipped by scikit-image
     img = photo[:args.size, 64:64 + args.size].astype(np.float32) / 255
     x = torch.from_numpy(img.transpose(2, 0, 1).copy())[None].to(device)
-    out_mp = (args.size * model.hparams["scale"]) ** 2 / 1e6
+    out_mp = (args.size * describe(model).scale) ** 2 / 1e6
     print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, "
           f"model {args.model}, "
           f"input {args.size}x{args.size}, output {out_mp:.2f} MP")

@@ -14,8 +14,9 @@ import time
 import numpy as np
 from skimage import data
 
-from upres.inference import Upscaler, tile_starts
-from upres.weights import load_model
+from upres.inference.engine import tile_starts
+from upres.inference.upscaler import Upscaler
+from upres.io.loading import load_model
 
 
 def main() -> None:

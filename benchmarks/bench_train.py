@@ -21,11 +21,11 @@ import torch
 from skimage import data
 from torch.utils.data import DataLoader, Dataset
 
-from upres import images
-from upres.arch import build_model
-from upres.config import load_config
-from upres.data import PairCache, find_pairs
-from upres.train import train
+from upres.io import images
+from upres.models import build_model
+from upres.training.config import load_config
+from upres.training.data import PairCache, find_pairs
+from upres.training.loop import train
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 

@@ -1,19 +1,22 @@
-"""``upres`` command line: a thin layer over the Python API."""
+"""``upres`` command line: a thin layer over the Python API. Every long-running command takes
+``--quiet`` and prints its result path last. Errors that upres raises on purpose (``UpresError``)
+and environment errors (``OSError``: permissions, disk space) print one line and exit 2;
+per-file failures exit 1 after the other files are done; anything else is a bug and shows its
+traceback. Building the parser imports no torch, so ``upres --help`` is fast."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from upres import __version__
+from upres.errors import TrainingError, TrainingInterrupted, UpresError
 
 EXIT_ERROR = 1  # some inputs failed; the rest were processed
-EXIT_USAGE = 2  # nothing could be done (bad model, options or config)
-
-
-class CliError(Exception):
-    """An error that stops the command; printed without a traceback."""
+EXIT_USAGE = 2  # nothing could be done (bad model, options, config or data)
+EXIT_INTERRUPTED = 130
 
 
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
@@ -34,6 +37,10 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
 
 
+def _add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def _add_scoring_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-border", type=int, default=4, help="pixels cut from each edge (default 4)")
     p.add_argument("--y", action="store_true", help="score the Y channel (BT.601) instead of RGB")
@@ -45,12 +52,7 @@ def _inference_kwargs(args: argparse.Namespace) -> dict:
                 channels_last=args.channels_last, compile=args.compile)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="upres", description="PSNR-first 4x single-image super-resolution (RRDBNet).")
-    parser.add_argument("--version", action="version", version=f"upres {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_upscale(sub) -> None:
     p = sub.add_parser("upscale", help="upscale image files or folders",
                        description="Upscale images with a pretrained name or a weights file. "
                        "Unreadable files are reported by name; the others are still processed "
@@ -68,22 +70,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outscale", type=float, default=None,
                    help="final scale when it differs from the model's, e.g. 2 or 3.5 with an x4 "
                    "model (resized after the model: area when shrinking, Lanczos when growing)")
+    _add_quiet(p)
     _add_inference_options(p)
     p.set_defaults(func=cmd_upscale)
 
+
+def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="convert weights between formats",
                        description="Convert weights: SRC is a pretrained name, a .pth, a "
                        ".safetensors or an ncnn .param; DST's extension (.safetensors, .pth or "
                        ".onnx) chooses the format. .pth output is BasicSR-style "
                        "{'params_ema': ...}; .onnx has dynamic batch/height/width and needs "
                        "pip install 'upres[onnx]'.")
-    p.add_argument("src", metavar="SRC")
-    p.add_argument("dst", metavar="DST")
+    p.add_argument("src", metavar="SRC", help="pretrained name or weights file")
+    p.add_argument("dst", metavar="DST", help="destination: .safetensors, .pth or .onnx")
     p.set_defaults(func=cmd_convert)
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train or fine-tune RRDBNet on LR/HR pairs",
                        description="Train from a YAML config (a path, or a shipped name: "
-                       "recipe-x4plus, smoke-cpu). Overrides: key.path=value, e.g. train.lr=1e-4. "
+                       "recipe-x4plus, finetune-cpu, smoke-cpu; see 'upres config list'). "
+                       "Overrides: key.path=value, e.g. train.lr=1e-4. "
                        "Multi-GPU: torchrun --nproc_per_node N -m upres.cli train CONFIG ...")
     p.add_argument("config", metavar="CONFIG", help="YAML file or shipped config name")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
@@ -92,9 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", metavar="DIR", help="run folder (default: runs/<config name>)")
     p.add_argument("--resume", metavar="auto|PATH",
                    help="resume from a checkpoint; auto takes the latest in the run folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_quiet(p)
     p.set_defaults(func=cmd_train)
 
+
+def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="score predictions against ground truth (PSNR, SSIM)",
                        description="PSNR and SSIM as BasicSR computes them (uint8, crop border, "
                        "RGB or BT.601 Y). With --lr, bicubic upsampling of the LR is scored beside "
@@ -106,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="FILE", help="write per-image scores and the mean")
     p.set_defaults(func=cmd_eval)
 
+
+def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="predict a test folder with one model or an ensemble",
                        description="Upscale every image of --input into the new folder --output "
                        "(PNG, same names, exactly scale x size). Several --model: soft voting with "
@@ -118,13 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pretrained name or weights path; repeat for an ensemble")
     p.add_argument("--input", required=True, metavar="DIR", help="folder of LR test images")
     p.add_argument("--output", required=True, metavar="DIR", help="a new folder")
-    p.add_argument("--weights", default="psnr", help="psnr | inv-mse | fit | w1,w2,... (default psnr)")
+    p.add_argument("--weights", default="psnr",
+                   help="ensemble coefficients: psnr | inv-mse | fit | w1,w2,... (default psnr)")
     p.add_argument("--val", metavar="DIR", help="validation folder with lr/ and hr/")
     p.add_argument("--zip", action="store_true", help="also write OUTPUT.zip")
     p.add_argument("--report", metavar="DIR", help="HTML report of the validation predictions")
+    _add_quiet(p)
     _add_inference_options(p)
     p.set_defaults(func=cmd_predict)
 
+
+def _add_report(sub) -> None:
     p = sub.add_parser("report", help="HTML report comparing prediction folders",
                        description="Per-image PSNR/SSIM table (bicubic and each prediction folder) "
                        "and zoomed crops (bicubic | predictions | ground truth), offline HTML.")
@@ -136,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scoring_options(p)
     p.set_defaults(func=cmd_report)
 
+
+def _add_experiment(sub) -> None:
     p = sub.add_parser("experiment", help="run a plan of training arms and tabulate them",
                        description="Train every arm of PLAN (same data, seed, iterations and "
                        "validation), skipping finished arms and resuming an interrupted one, then "
@@ -144,114 +162,93 @@ def build_parser() -> argparse.ArgumentParser:
                    "(seed-ablation-cpu, recipe-comparison)")
     p.add_argument("--data", metavar="DIR", help="data folder (overrides the plan's)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/experiments/<plan>)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_quiet(p)
     p.set_defaults(func=cmd_experiment)
 
+
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="upscale a sample photo shipped by scikit-image",
                        description="Write scikit-image's 'chelsea' photo (300x451) to "
                        "OUT_DIR/input.png and upscale it 4x with realesrgan-x4plus.")
-    p.add_argument("-o", "--output", default="demo-output", metavar="OUT_DIR")
+    p.add_argument("-o", "--output", default="demo-output", metavar="OUT_DIR",
+                   help="output folder (default: demo-output)")
+    _add_quiet(p)
     _add_inference_options(p)
     p.set_defaults(func=cmd_demo)
+
+
+def _add_config(sub) -> None:
+    p = sub.add_parser("config", help="list, show and describe training configs",
+                       description="The shipped configs and plans, and the JSON Schema of both "
+                       "(point your editor's YAML language server at it to complete and check "
+                       "configs).")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = actions.add_parser("list", help="shipped configs and experiment plans",
+                           description="Names of the shipped configs and experiment plans.")
+    q.set_defaults(func=cmd_config_list)
+    q = actions.add_parser("show", help="print a shipped config or plan",
+                           description="Print a shipped config or plan (or any config file).")
+    q.add_argument("name", metavar="NAME", help="shipped name (see 'upres config list') or path")
+    q.set_defaults(func=cmd_config_show)
+    q = actions.add_parser("schema", help="write the JSON Schema of configs",
+                           description="The JSON Schema of training configs (--plan: of "
+                           "experiment plans), with every field's description.")
+    q.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of printing")
+    q.add_argument("--plan", action="store_true", help="the schema of experiment plans")
+    q.set_defaults(func=cmd_config_schema)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="upres", description="PSNR-first 4x single-image super-resolution (RRDBNet).")
+    parser.add_argument("--version", action="version", version=f"upres {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_upscale, _add_convert, _add_train, _add_eval, _add_predict, _add_report,
+                _add_experiment, _add_demo, _add_config):
+        add(sub)
     return parser
 
 
-def _collect_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    from upres.images import list_images
+# --------------------------------------------------------------------------- commands
 
-    files, errors = [], []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = list_images(path)
-            if not found:
-                errors.append(f"{path}: folder holds no images")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            errors.append(f"{path}: no such file or folder")
-    return files, errors
+
+def _error(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"error: {message}", file=sys.stderr)
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from upres.inference.upscaler import Upscaler, upscale_files
 
-    from upres.images import ImageError
-    from upres.inference import Upscaler
-
-    files, errors = _collect_inputs(args.inputs)
-    for message in errors:
-        print(f"error: {message}", file=sys.stderr)
-    out_dir = Path(args.output)
     upscaler = Upscaler(args.model, alpha=args.alpha, outscale=args.outscale,
                         **_inference_kwargs(args))
-    inputs_resolved = {f.resolve() for f in files}
-    written: set[Path] = set()
-    failed = len(errors)
-    bar = tqdm(files, desc="images", unit="img", disable=None)
-    for src in bar:
-        dst = out_dir / f"{src.stem}{args.suffix}.{args.ext}"
-        if dst.resolve() in inputs_resolved:
-            tqdm.write(f"error: {src}: output {dst} would overwrite an input; "
-                       "choose another -o or --suffix", file=sys.stderr)
-            failed += 1
-            continue
-        if dst.resolve() in written:
-            tqdm.write(f"error: {src}: output {dst} was already written for another input "
-                       "with the same name", file=sys.stderr)
-            failed += 1
-            continue
-        tiles_bar = None
-
-        def progress(done: int, total: int, src=src) -> None:
-            nonlocal tiles_bar
-            if total > 1 and tiles_bar is None:
-                tiles_bar = tqdm(total=total, desc=f"  tiles {src.name}", leave=False,
-                                 disable=None)
-            if tiles_bar is not None:
-                tiles_bar.n = done
-                tiles_bar.refresh()
-        try:
-            upscaler.upscale_file(src, dst, progress)
-            written.add(dst.resolve())
-        except ImageError as err:
-            tqdm.write(f"error: {err}", file=sys.stderr)
-            failed += 1
-        finally:
-            if tiles_bar is not None:
-                tiles_bar.close()
-    bar.close()
-    print(f"wrote {len(written)} image(s) to {out_dir}" + (f"; {failed} failed" if failed else ""))
-    return EXIT_ERROR if failed else 0
+    result = upscale_files(upscaler, args.inputs, args.output, args.ext, args.suffix,
+                           progress=not args.quiet, on_error=_error)
+    failed = f"; {len(result.errors)} failed" if result.errors else ""
+    print(f"wrote {len(result.written)} image(s){failed} to {args.output}")
+    return EXIT_ERROR if result.errors else 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from upres.weights import convert
+    from upres.io.loading import convert
 
     weights = convert(args.src, args.dst)
-    print(f"wrote {args.dst} ({weights.arch} {weights.hparams})")
+    print(f"{weights.arch} {weights.hparams}: wrote {args.dst}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from upres.config import load_config, resolve_config_path
-    from upres.train import TrainingError, TrainingInterrupted, train
+    from upres.training.config import load_config, resolve_config_path
+    from upres.training.loop import train
 
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.root={args.data}")
     cfg = load_config(args.config, overrides)
     run_dir = Path(args.run_dir or Path("runs") / resolve_config_path(args.config).stem)
-    try:
-        result = train(cfg, run_dir, args.resume, command=["upres", *sys.argv[1:]],
-                       progress=not args.quiet)
-    except TrainingInterrupted as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 130
-    except TrainingError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_ERROR
+    result = train(cfg, run_dir, args.resume, command=["upres", *sys.argv[1:]],
+                   progress=not args.quiet)
     if result.best_psnr > -float("inf"):
         print(f"best val PSNR {result.best_psnr:.3f} dB; weights: {run_dir / 'best.safetensors'}")
     print(f"finished step {result.step}; last weights: {run_dir / 'last.safetensors'}")
@@ -259,7 +256,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from upres.evaluate import evaluate_folders, mean_score, write_scores_csv
+    from upres.scoring.evaluate import evaluate_folders, mean_score, write_scores_csv
 
     scores = evaluate_folders(args.pred, args.gt, args.lr, args.crop_border, args.y)
     mean = mean_score(scores)
@@ -275,27 +272,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from upres.ensemble import predict
-    from upres.inference import InferenceOptions
+    from upres.inference.predict import predict
+    from upres.inference.upscaler import InferenceOptions
 
     result = predict(args.model, args.input, args.output, args.weights, args.val, args.zip,
-                     InferenceOptions(**_inference_kwargs(args)), report_dir=args.report)
-    print(f"wrote {len(result.files)} image(s) to {result.output}")
+                     InferenceOptions(**_inference_kwargs(args)), progress=not args.quiet,
+                     report_dir=args.report)
     if len(args.model) > 1:
         print("weights: " + ", ".join(f"{m}={w:.4f}" for m, w in zip(args.model, result.weights)))
     if result.val:
         for name, value in result.val["models"].items():
             print(f"val PSNR {name}: {value:.4f} dB")
         print(f"val PSNR ensemble: {result.val['ensemble']:.4f} dB")
-    if result.zip_path:
-        print(f"wrote {result.zip_path}")
     if args.report:
         print(f"report: {Path(args.report) / 'index.html'}")
+    if result.zip_path:
+        print(f"wrote {result.zip_path}")
+    print(f"wrote {len(result.files)} image(s) to {result.output}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from upres.report import build_report
+    from upres.scoring.report import build_report
 
     preds = {}
     for item in args.pred:
@@ -309,8 +307,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from upres.config import resolve_config_path
-    from upres.experiment import load_plan, run_plan
+    from upres.training.config import load_plan, resolve_config_path
+    from upres.training.experiment import run_plan
 
     plan = load_plan(args.plan)
     out = Path(args.out or Path("runs") / "experiments" / resolve_config_path(args.plan).stem)
@@ -324,29 +322,53 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         from skimage import data
     except ImportError:
-        raise CliError("the demo photo comes from scikit-image: pip install 'upres[demo]'") from None
-    from upres.images import write_image
-    from upres.inference import Upscaler
+        raise UpresError("the demo photo comes from scikit-image: pip install 'upres[demo]'") from None
+    from upres.inference.upscaler import Upscaler
+    from upres.io.images import write_image
 
     out_dir = Path(args.output)
     src, dst = out_dir / "input.png", out_dir / "upscaled_x4.png"
     write_image(src, data.chelsea())
     upscaler = Upscaler("realesrgan-x4plus", **_inference_kwargs(args))
-    print(f"upscaling {src} with realesrgan-x4plus on {upscaler.device} "
-          f"({str(upscaler.dtype).replace('torch.', '')}) ...")
+    if not args.quiet:
+        print(f"upscaling {src} with realesrgan-x4plus on {upscaler.device} "
+              f"({str(upscaler.dtype).replace('torch.', '')}) ...")
     upscaler.upscale_file(src, dst)
     print(f"wrote {dst.resolve()}")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from upres.config import ConfigError
-    from upres.data import DataError
-    from upres.ensemble import PredictError
-    from upres.evaluate import EvalError
-    from upres.images import ImageError
-    from upres.weights import WeightsError
+def cmd_config_list(args: argparse.Namespace) -> int:
+    from upres.training.config import SHIPPED_CONFIGS, shipped_configs
 
+    for name, path in shipped_configs().items():
+        kind = "plan" if path.parent.name == "experiments" else "config"
+        print(f"{name:22s} {kind:6s} {path.relative_to(SHIPPED_CONFIGS)}")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from upres.training.config import resolve_config_path
+
+    print(resolve_config_path(args.name).read_text(), end="")
+    return 0
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    from upres.training.config import config_schema
+
+    text = json.dumps(config_schema(plan=args.plan), indent=2) + "\n"
+    if args.output:
+        from upres.io.files import atomic_write_bytes
+
+        atomic_write_bytes(args.output, text.encode())
+        print(f"wrote {args.output}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # ``train`` overrides may come after options: key=value words
@@ -355,13 +377,18 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     try:
         return args.func(args)
-    except (CliError, ConfigError, DataError, EvalError, PredictError, WeightsError, ImageError,
-            ValueError, OSError) as err:
+    except TrainingInterrupted as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except TrainingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except (UpresError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def main_entry() -> None:

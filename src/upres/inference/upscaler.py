@@ -1,0 +1,209 @@
+"""Images through the tile engine: gray, RGB and RGBA, 8 and 16 bit, ``outscale``, files, and the
+rules for upscaling many files into a folder (never overwrite an input, no two inputs on one
+output name, keep going past a bad file)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from upres.errors import ImageError, InferenceError
+from upres.inference.engine import Progress, SelfEnsemble, TileEngine, resolve_device, resolve_dtype
+from upres.io import images
+from upres.models import ModelDescriptor, describe
+
+
+@dataclass
+class InferenceOptions:
+    # Input tile side in pixels (0: whole image). RRDBNet x4plus sees far: two 512 tiles sharing
+    # 128 pixels (64 px of context at the hand-over) differed from the whole image by up to
+    # 3.3/255 on a real photo, sharing 192 (96 px) by 0.06/255; so neighbours share 192 pixels
+    # and hand over in the middle of that overlap.
+    tile: int = 512
+    tile_overlap: int = 192
+    self_ensemble: SelfEnsemble = "off"
+    device: str = "auto"
+    dtype: str = "auto"  # auto | fp32 | bf16 | fp16
+    channels_last: bool = True
+    batch_size: int = 0  # tiles per forward pass; 0: 4 on CUDA, 1 elsewhere
+    compile: bool = False  # torch.compile the model (test against eager on new platforms)
+    alpha: Literal["bicubic", "model"] = "bicubic"
+    outscale: float | None = None  # final scale if not the model's (Lanczos / area resize)
+
+
+class Upscaler:
+    """Upscale images with one model (an ``nn.Module``, a pretrained name or a weights path)."""
+
+    def __init__(self, model: nn.Module | str | Path, options: InferenceOptions | None = None,
+                 descriptor: ModelDescriptor | None = None, **overrides) -> None:
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(InferenceOptions)})
+        if unknown:
+            raise TypeError(f"unknown inference option {unknown[0]!r}")
+        opts = dataclasses.replace(options or InferenceOptions(), **overrides)  # caller's stays
+        if opts.outscale is not None and opts.outscale <= 0:
+            raise InferenceError(f"outscale must be positive, not {opts.outscale}")
+        if opts.batch_size < 0:
+            raise InferenceError("batch_size must be >= 0")
+        if not isinstance(model, nn.Module):
+            from upres.io.loading import load_model
+
+            model = load_model(model)
+        self.options = opts
+        self.descriptor = descriptor or describe(model)
+        self.device = resolve_device(opts.device)
+        self.dtype = resolve_dtype(opts.dtype, self.device, self.descriptor.dtypes)
+        # Set the weights' layout both ways: a model shared with an earlier Upscaler may have
+        # been converted already.
+        self.model = model.eval().to(self.device).to(
+            memory_format=torch.channels_last if opts.channels_last else torch.contiguous_format)
+        self.scale = self.descriptor.scale
+        forward = torch.compile(self.model) if opts.compile else self.model
+        self.engine = TileEngine(forward, self.descriptor, self.device, self.dtype, opts.tile,
+                                 opts.tile_overlap, opts.self_ensemble,
+                                 opts.batch_size or (4 if self.device.type == "cuda" else 1),
+                                 opts.channels_last)
+
+    def upscale_tensor(self, x: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
+        """(N, C, H, W) float in [0, 1] -> (N, C_out, sH, sW) float32 on the CPU, unclamped."""
+        return self.engine(x, progress)
+
+    def upscale_array(self, img: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+        """Upscale an HxW / HxWx3 / HxWx4 uint8 or uint16 array; mode and bit depth are kept.
+        Gray runs through the model as RGB and returns to gray; alpha is upscaled separately."""
+        float_img = images.to_float(img)
+        alpha = None
+        if float_img.ndim == 3 and float_img.shape[2] == 4:
+            float_img, alpha = float_img[..., :3], float_img[..., 3]
+        out = self._upscale_rgb(images.gray_to_rgb(float_img), progress)
+        if float_img.ndim == 2:
+            out = images.rgb_to_gray(out)
+        if alpha is not None:
+            out = np.concatenate([out, self._upscale_alpha(alpha)[..., None]], axis=2)
+        if self.options.outscale and self.options.outscale != self.scale:
+            size = (round(img.shape[1] * self.options.outscale),
+                    round(img.shape[0] * self.options.outscale))
+            shrink = self.options.outscale < self.scale
+            out = cv2.resize(out, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LANCZOS4)
+        return images.from_float(out, img.dtype)
+
+    def upscale_float(self, rgb: np.ndarray) -> np.ndarray:
+        """HxWx3 float32 RGB in [0, 1] -> (sH)x(sW)x3 float32, unclamped and unrounded."""
+        return self._upscale_rgb(rgb, None)
+
+    def _upscale_rgb(self, rgb: np.ndarray, progress: Progress | None) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+        if self.descriptor.in_channels == 1:
+            x = (x * torch.from_numpy(images.LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        y = self.engine(x, progress)[0]
+        if y.shape[0] == 1:
+            y = y.expand(3, -1, -1)
+        return y.permute(1, 2, 0).numpy()
+
+    def _upscale_alpha(self, alpha: np.ndarray) -> np.ndarray:
+        if self.options.alpha == "model":
+            return self._upscale_rgb(images.gray_to_rgb(alpha), None).mean(axis=2)
+        a = torch.from_numpy(np.ascontiguousarray(alpha))[None, None]
+        return F.interpolate(a, scale_factor=self.scale, mode="bicubic",
+                             align_corners=False)[0, 0].numpy()
+
+    def upscale_file(self, src: str | Path, dst: str | Path, progress: Progress | None = None) -> Path:
+        """Read, upscale and atomically write one image; returns the written path."""
+        result = self.upscale_array(images.read_image(src), progress)
+        images.write_image(dst, result)
+        return Path(dst)
+
+
+# --------------------------------------------------------------------------- many files
+
+
+def collect_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
+    """Image files from files and folders, and the problems found (missing, empty folders)."""
+    files, errors = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = images.list_images(path)
+            if not found:
+                errors.append(f"{path}: folder holds no images")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            errors.append(f"{path}: no such file or folder")
+    return files, errors
+
+
+@dataclass
+class BatchResult:
+    written: list[Path] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # one line per failed input, naming it
+
+
+class _TileBar:
+    """A per-image tile progress bar, shown only for images of more than one tile."""
+
+    def __init__(self, name: str, enabled: bool) -> None:
+        self.name, self.enabled, self.bar = name, enabled, None
+
+    def __call__(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self.enabled and total > 1 and self.bar is None:
+            self.bar = tqdm(total=total, desc=f"  tiles {self.name}", leave=False, disable=None)
+        if self.bar is not None:
+            self.bar.n = done
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def upscale_files(upscaler: Upscaler, inputs: Iterable[str | Path], out_dir: str | Path,
+                  ext: str = "png", suffix: str = "", progress: bool = True,
+                  on_error: Callable[[str], None] | None = None) -> BatchResult:
+    """Upscale files and folders into ``out_dir/<stem><suffix>.<ext>``. An input is never
+    overwritten, two inputs never write one output, and a bad file is reported (``on_error``,
+    as it happens) while the others go on."""
+    from tqdm import tqdm
+
+    result = BatchResult()
+    files, problems = collect_inputs(inputs)
+    report = on_error or (lambda message: None)
+
+    def fail(message: str) -> None:
+        result.errors.append(message)
+        report(message)
+
+    for message in problems:
+        fail(message)
+    out_dir = Path(out_dir)
+    inputs_resolved = {f.resolve() for f in files}
+    written: set[Path] = set()
+    for src in tqdm(files, desc="images", unit="img", disable=None if progress else True):
+        dst = out_dir / f"{src.stem}{suffix}.{ext}"
+        if dst.resolve() in inputs_resolved:
+            fail(f"{src}: output {dst} would overwrite an input; choose another -o or --suffix")
+            continue
+        if dst.resolve() in written:
+            fail(f"{src}: output {dst} was already written for another input with the same name")
+            continue
+        bar = _TileBar(src.name, progress)
+        try:
+            upscaler.upscale_file(src, dst, bar)
+            written.add(dst.resolve())
+            result.written.append(dst)
+        except ImageError as err:
+            fail(str(err))
+        finally:
+            bar.close()
+    return result

@@ -1,0 +1,116 @@
+"""Image files in and out: 8/16-bit PNG, JPEG, WebP; gray, RGB, RGBA. Arrays are HxW or HxWxC in
+RGB(A) order, dtype uint8 or uint16, as decoded; writes are atomic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from upres.errors import ImageError
+from upres.io.files import atomic_write_bytes
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+# BT.601 luma weights: gray images run through RGB models and come back as this mix.
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+__all__ = ["IMAGE_SUFFIXES", "LUMA", "ImageError", "list_images", "read_image", "write_image",
+           "encode_image", "to_float", "from_float", "gray_to_rgb", "rgb_to_gray", "scale_mismatch"]
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name."""
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file into an RGB(A) or gray array of its own bit depth."""
+    path = Path(path)
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise ImageError(f"{path}: cannot read file ({err.strerror or err})") from None
+    if raw.size == 0:
+        raise ImageError(f"{path}: file is empty")
+    img = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageError(f"{path}: cannot decode image (not an image, unsupported format, "
+                         "or truncated)")
+    if img.dtype not in (np.uint8, np.uint16):
+        raise ImageError(f"{path}: unsupported sample type {img.dtype} (expected 8 or 16 bit)")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 3:
+        if img.shape[2] == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        elif img.shape[2] == 4:
+            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+        else:
+            raise ImageError(f"{path}: unsupported channel count {img.shape[2]}")
+    return img
+
+
+def encode_image(img: np.ndarray, suffix: str) -> bytes:
+    """Encode an RGB(A)/gray array; 16-bit samples need PNG (or TIFF)."""
+    suffix = suffix.lower()
+    if img.dtype == np.uint16 and suffix not in (".png", ".tif", ".tiff"):
+        raise ImageError(f"16-bit images can be written as PNG or TIFF, not {suffix}")
+    if img.ndim == 3 and img.shape[2] == 4 and suffix not in (".png", ".webp", ".tif", ".tiff"):
+        raise ImageError(f"images with alpha can be written as PNG, WebP or TIFF, not {suffix}")
+    if img.ndim == 3:
+        code = cv2.COLOR_RGB2BGR if img.shape[2] == 3 else cv2.COLOR_RGBA2BGRA
+        img = cv2.cvtColor(img, code)
+    params = []
+    if suffix in (".jpg", ".jpeg"):
+        params = [cv2.IMWRITE_JPEG_QUALITY, 95]
+    elif suffix == ".webp":
+        params = [cv2.IMWRITE_WEBP_QUALITY, 101]  # >100 means lossless
+    ok, buf = cv2.imencode(suffix, img, params)
+    if not ok:
+        raise ImageError(f"cannot encode image as {suffix}")
+    return buf.tobytes()
+
+
+def write_image(path: str | Path, img: np.ndarray) -> None:
+    """Write atomically (temp file + rename), format by the file's extension."""
+    path = Path(path)
+    try:
+        data = encode_image(img, path.suffix)
+    except ImageError as err:
+        raise ImageError(f"{path}: {err}") from None
+    atomic_write_bytes(path, data)
+
+
+def max_value(dtype: np.dtype) -> int:
+    return 65535 if np.dtype(dtype) == np.uint16 else 255
+
+
+def to_float(img: np.ndarray) -> np.ndarray:
+    """Samples to float32 in [0, 1]."""
+    return img.astype(np.float32) / max_value(img.dtype)
+
+
+def from_float(img: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Float samples in [0, 1] to integers of ``dtype``, clipped and rounded."""
+    peak = max_value(dtype)
+    return np.clip(np.rint(img * peak), 0, peak).astype(dtype)
+
+
+def gray_to_rgb(img: np.ndarray) -> np.ndarray:
+    """HxW -> HxWx3 by repeating the samples; RGB passes through."""
+    return np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img
+
+
+def rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
+    """HxWx3 float -> HxW float with the BT.601 luma weights."""
+    return rgb @ LUMA
+
+
+def scale_mismatch(lr: np.ndarray, hr: np.ndarray, scale: int, lr_path, hr_path) -> str | None:
+    """The problem when ``hr`` is not exactly ``scale`` x ``lr`` in both sides, else None."""
+    if lr.shape[0] * scale == hr.shape[0] and lr.shape[1] * scale == hr.shape[1]:
+        return None
+    return (f"{hr_path}: size {hr.shape[1]}x{hr.shape[0]} is not {scale} x the LR size "
+            f"{lr.shape[1]}x{lr.shape[0]} of {lr_path}")

@@ -1,0 +1,91 @@
+"""The load/save entry points: a pretrained name or a path in, a model (and its descriptor) out;
+a model out to ``.safetensors``, BasicSR ``.pth`` or ``.onnx`` by the destination's extension."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from upres.errors import WeightsError
+from upres.io.checkpoints import (
+    LoadedWeights,
+    load_into,
+    read_pth,
+    read_safetensors,
+    write_basicsr_pth,
+    write_safetensors,
+)
+from upres.io.ncnn import read_ncnn
+from upres.io.pretrained import PRETRAINED, load_pretrained
+from upres.models import ModelDescriptor, build_model, describe
+
+
+def load_weights_file(path: str | Path) -> LoadedWeights:
+    """Read a weights file by its extension: .pth/.pt/.ckpt, .safetensors, or ncnn .param/.bin."""
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return read_safetensors(path)
+    if suffix in (".param", ".bin") and path.with_suffix(".param").exists():
+        return read_ncnn(path.with_suffix(".param"), path.with_suffix(".bin"))
+    if suffix in (".pth", ".pt", ".ckpt", ".bin"):
+        return read_pth(path)
+    raise WeightsError(f"{path}: unknown weights format {suffix!r} "
+                       "(expected .pth, .pt, .safetensors, or an ncnn .param)")
+
+
+def load_weights(spec: str | Path) -> LoadedWeights:
+    """A pretrained name or a path to any supported weights file."""
+    if isinstance(spec, str) and spec in PRETRAINED:
+        return load_pretrained(spec)
+    return load_weights_file(spec)
+
+
+def model_from_weights(weights: LoadedWeights) -> nn.Module:
+    """Build the recorded (or inferred) architecture and load the weights strictly."""
+    try:
+        model = build_model(weights.arch, weights.hparams)
+    except Exception as err:  # bad metadata: name the file
+        raise WeightsError(f"{weights.source}: cannot build {weights.arch} from its "
+                           f"hyperparameters: {err}") from None
+    load_into(model, weights.state_dict, weights.source)
+    return model.eval()
+
+
+def load_model(spec: str | Path) -> nn.Module:
+    """A ready ``eval()`` model from a pretrained name or a weights file."""
+    return model_from_weights(load_weights(spec))
+
+
+def load_described(spec: str | Path) -> tuple[nn.Module, ModelDescriptor]:
+    """The model and its descriptor: what the engine, predict and export consume."""
+    model = load_model(spec)
+    return model, describe(model)
+
+
+def save_model(model: nn.Module, path: str | Path, extra: dict | None = None) -> None:
+    """Save by the destination's extension: ``.safetensors``, a BasicSR-style ``.pth``, or
+    ``.onnx``."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        desc = describe(model)
+        write_safetensors(model.state_dict(), path, desc.arch, desc.hparams, extra)
+    elif suffix in (".pth", ".pt"):
+        write_basicsr_pth(model.state_dict(), path)
+    elif suffix == ".onnx":
+        from upres.io.onnx import export_onnx
+
+        export_onnx(model, describe(model), path)
+    else:
+        raise WeightsError(f"{path}: cannot save to {path.suffix!r}; use .safetensors, .pth or .onnx")
+
+
+def convert(src: str | Path, dst: str | Path) -> LoadedWeights:
+    """Convert between formats; the destination's extension chooses the output format."""
+    weights = load_weights(src)
+    save_model(model_from_weights(weights), dst, extra={"source": str(src)})
+    return weights

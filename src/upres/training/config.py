@@ -1,0 +1,310 @@
+"""Typed training configuration: YAML in, a pydantic schema that rejects unknown keys with a
+did-you-mean hint and names the key path of every error, plus ``a.b=value`` overrides. Every
+field carries its documentation; ``upres config schema`` writes the JSON Schema. Torch-free."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from upres.errors import ConfigError
+
+SHIPPED_CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _doc(text: str, default: Any = ..., **constraints) -> Any:
+    """A field with its documentation (shown by editors through ``upres config schema``)."""
+    return Field(default, description=text, **constraints)
+
+
+class ModelConfig(_Strict):
+    """The network: RRDBNet (BasicSR names) and the recipe's variants (see upres.models.rrdbnet)."""
+
+    arch: Literal["RRDBNet"] = _doc("Architecture name.", "RRDBNet")
+    scale: Literal[1, 2, 4] = _doc("Upscaling factor; x2 and x1 pixel-unshuffle the input first.", 4)
+    num_in_ch: int = _doc("Input channels (3 for RGB).", 3, ge=1)
+    num_out_ch: int = _doc("Output channels (3 for RGB).", 3, ge=1)
+    num_feat: int = _doc("Feature channels of the trunk (64 in x4plus; the recipe tried 96).", 64, ge=1)
+    num_block: int = _doc("RRDB blocks in the trunk (23 in x4plus).", 23, ge=1)
+    num_grow_ch: int = _doc("Growth channels of each dense block (32 in x4plus; the recipe tried "
+                            "48).", 32, ge=1)
+    post_up_blocks: list[int] = Field(
+        default_factory=list, max_length=2,
+        description="RRDB groups after the first ([n]) or both ([n1, n2]) upsampling steps: the "
+                    "I-R-U-R-U-O and I-R-U-R-U-R-O layouts. Empty: plain I-R-U-U-O.")
+    gated: bool = _doc("Gated dense-block convolutions: tanh(conv(x)) * sigmoid(gate(x)).", False)
+    rotation: bool = _doc("Rotation model: 4 rotated copies through one network, rotated back and "
+                          "averaged (train and test).", False)
+
+    def hparams(self) -> dict:
+        return self.model_dump(exclude={"arch"})
+
+
+class InitConfig(_Strict):
+    """Where the initial weights come from."""
+
+    source: str | None = _doc("Pretrained name (realesrgan-x4plus, realesrgan-x4plus-anime) or "
+                              "a weights path; null trains from scratch.", None)
+    strict: bool = _doc("Every tensor must fit (hyperparameter differences are explained); "
+                        "false loads only the tensors whose names and shapes match.", True)
+
+
+class DataConfig(_Strict):
+    """Training and validation pairs, crops and augmentation."""
+
+    root: str | None = _doc("Competition folder with train/lr, train/hr and optional val/lr, "
+                            "val/hr (--data sets it).", None)
+    train_lr: str | None = _doc("Explicit LR training folder (files matched by name).", None)
+    train_hr: str | None = _doc("Explicit HR training folder.", None)
+    val_lr: str | None = _doc("Explicit LR validation folder.", None)
+    val_hr: str | None = _doc("Explicit HR validation folder.", None)
+    val_split: float = _doc("Without validation folders: a fraction (< 1) or a count (>= 1) of "
+                            "the training pairs held out, chosen deterministically.", 0.1, ge=0)
+    val_max_images: int | None = _doc("Score at most this many validation pairs.", None, ge=1)
+    crop: int = _doc("HR crop side in pixels (the LR crop is crop / scale).", 128, ge=8)
+    hflip: bool = _doc("Random horizontal flips.", True)
+    rotate: bool = _doc("Random 90-degree rotations (with hflip: all 8 dihedral transforms).", True)
+    workers: int = _doc("DataLoader worker processes.", 2, ge=0)
+    cache_dir: str | None = _doc("Decoded-image cache; default $XDG_CACHE_HOME/upres/data.", None)
+
+
+class TrainConfig(_Strict):
+    """The optimisation loop, its schedule, precision, logging and checkpoints."""
+
+    iterations: int = _doc("Optimiser steps in all.", 400_000, ge=1)
+    batch_size: int = _doc("Crops per step, per process.", 16, ge=1)
+    lr: float = _doc("Initial learning rate.", 2e-4, gt=0)
+    optimizer: Literal["adam", "adamw"] = _doc("Optimiser.", "adam")
+    betas: tuple[float, float] = _doc("Adam betas.", (0.9, 0.99))
+    weight_decay: float = _doc("Weight decay (decoupled for adamw).", 0.0, ge=0)
+    scheduler: Literal["multistep", "cosine", "constant"] = _doc(
+        "Learning-rate schedule: multistep (x gamma at each milestone), cosine (to min_lr) or "
+        "constant.", "multistep")
+    milestones: list[int] = _doc("Steps at which multistep multiplies the rate by gamma.",
+                                 [200_000, 400_000, 600_000, 800_000])
+    gamma: float = _doc("Multistep factor (0.5 halves the rate).", 0.5, gt=0)
+    min_lr: float = _doc("Cosine floor.", 1e-7, ge=0)
+    loss: Literal["mse", "l1", "charbonnier"] = _doc("Pixel loss; mse maximises PSNR.", "mse")
+    charbonnier_eps: float = _doc("Charbonnier epsilon.", 1e-3, gt=0)
+    ema: float = _doc("EMA decay of the weights that are validated and exported; 0 disables "
+                      "the EMA copy.", 0.999, ge=0, lt=1)
+    grad_clip: float | None = _doc("Clip the gradient norm to this value.", None, gt=0)
+    precision: Literal["fp32", "bf16", "fp16"] = _doc(
+        "Autocast precision: bf16 (CPU or CUDA) or fp16 (CUDA only, with a GradScaler).", "fp32")
+    channels_last: bool = _doc("channels_last memory layout (faster convolutions).", False)
+    compile: bool = _doc("torch.compile the training forward pass.", False)
+    seed: int = _doc("Seed of the initialisation, pair order, crops and augmentation.", 0)
+    nonfinite: Literal["stop", "skip"] = _doc(
+        "On a non-finite loss: stop (naming the step, keeping the last good checkpoint) or skip "
+        "the batch.", "stop")
+    log_every: int = _doc("Steps between loss / learning-rate / speed records.", 50, ge=1)
+    val_every: int = _doc("Steps between validations.", 5000, ge=1)
+    val_at_start: bool = _doc("Score the initial (e.g. pretrained) weights as step 0.", False)
+    checkpoint_every: int = _doc("Steps between resumable checkpoints.", 5000, ge=1)
+    keep_checkpoints: int = _doc("Checkpoints kept (older ones are deleted).", 2, ge=1)
+    device: str = _doc("auto (cuda, mps, cpu), cpu, cuda, ...; torchrun sets one per process.",
+                       "auto")
+
+
+class ValConfig(_Strict):
+    """Validation through the same inference path as upscale."""
+
+    crop_border: int | None = _doc("Pixels cut from each edge before scoring; default: the scale.",
+                                   None, ge=0)
+    tile: int = _doc("Input tile side (0: whole images).", 0, ge=0)
+    tile_overlap: int = _doc("Input pixels shared by neighbouring tiles.", 192, ge=0)
+    self_ensemble: Literal["off", "mean", "median"] = _doc(
+        "Average the 8 flips/rotations when validating.", "off")
+
+
+class Config(_Strict):
+    """An upres training configuration (YAML)."""
+
+    model: ModelConfig = _doc("The network.", ModelConfig())
+    init: InitConfig = _doc("Initial weights.", InitConfig())
+    data: DataConfig = _doc("Training data.", DataConfig())
+    train: TrainConfig = _doc("The training loop.", TrainConfig())
+    val: ValConfig = _doc("Validation.", ValConfig())
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        if self.data.crop % self.model.scale:
+            raise ValueError(f"data.crop ({self.data.crop}) must be a multiple of model.scale "
+                             f"({self.model.scale})")
+        # Imported here so that `upres config` and `upres --help` never import torch.
+        from upres.models.rrdbnet import UNSHUFFLE
+
+        multiple = UNSHUFFLE[self.model.scale]
+        if (self.data.crop // self.model.scale) % multiple:
+            raise ValueError(f"data.crop / scale must be a multiple of {multiple} for scale "
+                             f"{self.model.scale} (pixel-unshuffle)")
+        return self
+
+
+# --------------------------------------------------------------------------- experiment plans
+
+
+class Arm(BaseModel):
+    """One training run of a plan."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Arm name (its folder name).")
+    overrides: dict[str, object] = Field(
+        {}, description='Dotted config keys for this arm, e.g. {"model.num_feat": 96}.')
+
+
+class Plan(BaseModel):
+    """An experiment plan: arms trained alike, then tabulated and plotted."""
+
+    model_config = ConfigDict(extra="forbid")
+    base: str = Field(description="A config path or shipped config name shared by all arms.")
+    data: str | None = Field(None, description="Data folder (--data overrides it).")
+    iterations: int = Field(ge=1, description="Training steps of every arm.")
+    val_every: int = Field(ge=1, description="Steps between validations (and checkpoints).")
+    report_at: list[int] = Field([], description="Steps shown in the table (default: every "
+                                 "validation).")
+    seed: int = Field(0, description="Seed shared by all arms.")
+    overrides: dict[str, object] = Field({}, description="Dotted config keys applied to every arm.")
+    arms: list[Arm] = Field(min_length=1, description="The arms, the first being the baseline.")
+
+
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _submodel(annotation) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as ``Arm``, ``list[Arm]`` or ``Arm | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _model_fields(model: type[BaseModel], path: list[str | int]) -> list[str]:
+    """Names valid at ``path`` (for the did-you-mean hint); list indices are stepped over."""
+    for key in path:
+        if isinstance(key, int):
+            continue
+        field = model.model_fields.get(str(key))
+        sub = _submodel(field.annotation) if field is not None else None
+        if sub is None:
+            return []
+        model = sub
+    return list(model.model_fields)
+
+
+def format_errors(err: ValidationError, source: str, schema: type[BaseModel] | None = None,
+                  what: str = "configuration") -> str:
+    """One line per error, naming the key path; unknown keys get a did-you-mean hint."""
+    lines = []
+    for e in err.errors():
+        loc = list(e["loc"])
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            valid = _model_fields(schema or Config, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            hint = f"; did you mean '{'.'.join(map(str, loc[:-1] + close))}'?" if close else ""
+            lines.append(f"  {path}: unknown key{hint} (valid here: {', '.join(valid)})")
+        else:
+            lines.append(f"  {path}: {e['msg']} (got {e.get('input')!r})")
+    return f"{source}: invalid {what}:\n" + "\n".join(lines)
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["train.lr=1e-4", "model.num_block=2"]`` -> nested dict, values parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        node = nested
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override")
+        node[leaf] = yaml.safe_load(value)
+    return nested
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config path, or the name of a shipped config or experiment plan (``smoke-cpu``,
+    ``recipe-x4plus``, ``seed-ablation-cpu``)."""
+    path = Path(path)
+    if path.exists():
+        return path
+    name = path.name if path.suffix else f"{path.name}.yaml"
+    for folder in (SHIPPED_CONFIGS, SHIPPED_CONFIGS / "experiments"):
+        if (folder / name).exists():
+            return folder / name
+    shipped = sorted(p.stem for p in SHIPPED_CONFIGS.rglob("*.yaml"))
+    raise ConfigError(f"{path}: no such config file (shipped: {', '.join(shipped)})")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                data: dict | None = None) -> Config:
+    """Load YAML (or defaults), apply overrides, validate."""
+    raw: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = resolve_config_path(path)
+        source = str(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    raw = _merge(raw, data or {})
+    raw = _merge(raw, parse_overrides(overrides or []))
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_errors(err, source)) from None
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def config_schema(plan: bool = False) -> dict:
+    """The JSON Schema of training configs (or experiment plans), for editors (YAML language
+    servers) to complete and check."""
+    schema = (Plan if plan else Config).model_json_schema()
+    schema["title"] = "upres experiment plan" if plan else "upres training configuration"
+    return schema
+
+
+def shipped_configs() -> dict[str, Path]:
+    """Shipped configs and experiment plans by name."""
+    return {p.stem: p for p in sorted(SHIPPED_CONFIGS.rglob("*.yaml"))}
+
+
+def load_plan(path: str | Path) -> Plan:
+    """An experiment plan (a path or shipped name), validated like a config."""
+    path = resolve_config_path(path)
+    try:
+        return Plan.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except ValidationError as err:
+        raise ConfigError(format_errors(err, str(path), Plan, "plan")) from None

@@ -1,0 +1,66 @@
+"""Test helpers: tiny models, a purely local model, and small competition-style folders made from
+scikit-image's real photos (no ../shared). Imported by tests as ``helpers``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from upres.io import images
+from upres.models import ModelDescriptor, RRDBNet
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+
+
+def tiny_rrdbnet(scale: int = 4, seed: int = 0, **kw) -> RRDBNet:
+    torch.manual_seed(seed)
+    args = dict(num_feat=8, num_block=1, num_grow_ch=4, scale=scale) | kw
+    return RRDBNet(**args).eval()
+
+
+class NearestX4(nn.Module):
+    """Purely local and rotation-equivariant: nearest-neighbour x4 (with its descriptor)."""
+
+    descriptor = ModelDescriptor(arch="nearest", scale=4)
+
+    def forward(self, x):
+        return F.interpolate(x, scale_factor=4, mode="nearest")
+
+
+def skimage_data():
+    return pytest.importorskip("skimage.data")
+
+
+def photo(name: str) -> np.ndarray:
+    """A real RGB uint8 photo shipped by scikit-image."""
+    img = getattr(skimage_data(), name)()
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    return np.ascontiguousarray(img[..., :3])
+
+
+def write_pair(root: Path, split: str, stem: str, hr: np.ndarray, scale: int = 4) -> None:
+    """An HR image and its area-downscaled LR, as ``split/hr/stem.png`` and ``split/lr/stem.png``."""
+    h, w = hr.shape[:2]
+    lr = cv2.resize(hr, (w // scale, h // scale), interpolation=cv2.INTER_AREA)
+    images.write_image(root / split / "hr" / f"{stem}.png", hr)
+    images.write_image(root / split / "lr" / f"{stem}.png", lr)
+
+
+def make_competition(root: Path, train_size: int = 256, val_size: int = 96) -> Path:
+    """Per photo: a training region from the left half and a disjoint, textured validation
+    region centred in the right half, so validation measures held-out pixels."""
+    for i, name in enumerate(PHOTOS):
+        img = photo(name)
+        h, w = img.shape[:2]
+        train_h, train_w = min(train_size, h) // 4 * 4, min(train_size, w // 2) // 4 * 4
+        write_pair(root, "train", f"{i:04d}", img[:train_h, :train_w])
+        y, x = h // 2 - val_size // 2, 3 * w // 4 - val_size // 2
+        write_pair(root, "val", f"{i:04d}", img[y:y + val_size, x:x + val_size])
+    return root

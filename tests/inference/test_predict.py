@@ -1,0 +1,132 @@
+import json
+import re
+import zipfile
+
+import numpy as np
+import pytest
+
+from helpers import photo, tiny_rrdbnet, write_pair
+from upres.cli import main
+from upres.errors import PredictError
+from upres.inference.predict import (
+    coefficients_from_psnr,
+    fit_coefficients,
+    predict,
+    project_to_simplex,
+)
+from upres.io import images
+from upres.io.loading import save_model
+from upres.scoring import metrics
+
+
+def test_fit_recovers_known_weights():
+    rng = np.random.default_rng(0)
+    true_w = np.array([0.6, 0.3, 0.1, 0.0])
+    preds = [rng.random((4, 16, 16, 3)) for _ in range(3)]
+    targets = [np.tensordot(true_w, p, axes=1) for p in preds]
+    w = fit_coefficients(preds, targets)
+    np.testing.assert_allclose(w, true_w, atol=1e-4)
+    assert w.min() >= 0 and w.sum() == pytest.approx(1)
+
+
+def test_fit_stays_on_the_simplex_when_best_is_outside():
+    rng = np.random.default_rng(1)
+    p = rng.random((2, 8, 8, 3))
+    target = 1.5 * p[0] - 0.5 * p[1]  # unconstrained optimum has a negative weight
+    w = fit_coefficients([p], [target])
+    np.testing.assert_allclose(w, [1.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(project_to_simplex(np.array([2.0, 0.0, -1.0])), [1.0, 0.0, 0.0])
+
+
+def test_psnr_weight_rules():
+    np.testing.assert_allclose(coefficients_from_psnr([30, 20], "psnr"), [0.6, 0.4])
+    np.testing.assert_allclose(coefficients_from_psnr([30, 20], "inv-mse"), [10 / 11, 1 / 11])
+
+
+@pytest.fixture
+def setup(tmp_path):
+    m1, m2 = tmp_path / "m1.safetensors", tmp_path / "m2.safetensors"
+    save_model(tiny_rrdbnet(seed=1), m1)
+    save_model(tiny_rrdbnet(seed=2, num_feat=12), m2)  # ensembles may mix widths
+    img = photo("astronaut")
+    for i in range(2):
+        write_pair(tmp_path / "val", ".", f"v{i}", img[100 + 40 * i:164 + 40 * i, 200:264])
+    test_dir = tmp_path / "test"
+    images.write_image(test_dir / "a.png", img[:20, :28])
+    images.write_image(test_dir / "b.jpg", img[50:66, 60:80])
+    images.write_image(test_dir / "g.png", img[:12, :12, 1])  # gray stays gray
+    return tmp_path, [m1, m2]
+
+
+def test_submission_folder_and_ensemble_json(setup):
+    root, models = setup
+    out = root / "sub"
+    result = predict(models, root / "test", out, weights="fit", val_dir=root / "val", make_zip=True,
+                     progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "g.png"]
+    assert images.read_image(out / "a.png").shape == (80, 112, 3)
+    assert images.read_image(out / "b.png").shape == (64, 80, 3)
+    assert images.read_image(out / "g.png").shape == (48, 48)
+    info = json.loads((root / "sub.ensemble.json").read_text())
+    assert info["weights"] == pytest.approx(result.weights)
+    assert sum(result.weights) == pytest.approx(1)
+    assert set(info["validation_psnr"]["models"]) == {"m1", "m2"}
+    # the fitted ensemble is at least as good as its best member on the validation set
+    assert info["validation_psnr"]["ensemble"] >= max(info["validation_psnr"]["models"].values()) - 0.05
+    with zipfile.ZipFile(root / "sub.zip") as zf:
+        assert sorted(zf.namelist()) == ["a.png", "b.png", "g.png"]
+    with pytest.raises(PredictError, match="exists and is not empty"):
+        predict(models, root / "test", out, weights="0.5,0.5", progress=False)
+
+
+def test_fused_output_is_the_weighted_mean(setup):
+    root, models = setup
+    predict(models, root / "test", root / "w", weights="0.25,0.75", progress=False)
+    from upres.inference.upscaler import Upscaler
+    a = images.to_float(images.read_image(root / "test/a.png"))
+    f1 = Upscaler(models[0]).upscale_float(a)
+    f2 = Upscaler(models[1]).upscale_float(a)
+    expect = images.from_float(0.25 * f1 + 0.75 * f2, np.uint8)
+    assert np.abs(images.read_image(root / "w/a.png").astype(int) - expect).max() <= 1
+
+
+def test_psnr_weights_need_val(setup):
+    root, models = setup
+    with pytest.raises(PredictError, match="needs --val"):
+        predict(models, root / "test", root / "x", weights="psnr", progress=False)
+    assert not (root / "x").exists()
+
+
+def test_report_images_exist_and_numbers_match_csv(setup):
+    root, models = setup
+    report = root / "report"
+    predict(models, root / "test", root / "sub", weights="psnr", val_dir=root / "val",
+            report_dir=report, progress=False)
+    page = (report / "index.html").read_text()
+    assert "http" not in page  # opens offline, nothing fetched
+    for src in re.findall(r"<img src='([^']+)'", page):
+        assert images.read_image(report / src).ndim == 3
+    assert len(re.findall(r"<img src=", page)) == 2
+    # table cells equal the per-model CSVs digit for digit
+    rows = re.findall(r"<tr(?: class=mean)?><td>([^<]+)</td>((?:<td>[^<]*</td>)+)</tr>", page)
+    table = {name: re.findall(r"<td>([^<]*)</td>", cells) for name, cells in rows}
+    for k, name in enumerate(["m1", "m2", "ensemble"]):
+        for line in (report / f"scores_{name}.csv").read_text().splitlines()[1:]:
+            cols = line.split(",")
+            assert table[cols[0]][2 + 2 * k:4 + 2 * k] == cols[1:3]
+            assert table[cols[0]][:2] == cols[3:5]
+    ens = [line.split(",") for line in (report / "scores_ensemble.csv").read_text().splitlines()]
+    gt = images.read_image(root / "val/hr/v0.png")
+    pr = images.read_image(report / "predictions/ensemble/v0.png")
+    assert float(ens[1][1]) == pytest.approx(metrics.psnr(pr, gt, 4), abs=1e-4)
+
+
+def test_unreadable_input_leaves_no_half_written_submission(setup, capsys):
+    root, models = setup
+    (root / "test/zz.png").write_bytes(b"\x89PNG broken")
+    code = main(["predict", "--model", str(models[0]), "--input", str(root / "test"),
+                 "--output", str(root / "sub")])
+    assert code == 2
+    assert "zz.png: cannot decode image" in capsys.readouterr().err
+    assert not (root / "sub").exists()
+    assert [p.name for p in root.iterdir() if p.name.startswith(".sub")] == []

@@ -1,0 +1,36 @@
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from helpers import tiny_rrdbnet
+from upres.io import images
+from upres.io.files import atomic_path, atomic_write_bytes
+from upres.io.loading import save_model
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_every_written_file_follows_the_umask(tmp_path, umask, mode):
+    """Images, safetensors, .pth and plain files alike get 0666 & ~umask."""
+    old = os.umask(umask)
+    try:
+        images.write_image(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
+        save_model(tiny_rrdbnet(), tmp_path / "m.safetensors")
+        save_model(tiny_rrdbnet(), tmp_path / "m.pth")
+        atomic_write_bytes(tmp_path / "t.txt", b"x")
+    finally:
+        os.umask(old)
+    for name in ("a.png", "m.safetensors", "m.pth", "t.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+
+
+def test_atomic_path_leaves_the_old_file_and_no_temp_on_failure(tmp_path):
+    target = tmp_path / "keep.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("disk trouble")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.bin"]
