@@ -9,29 +9,51 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from upres import __version__
 from upres.errors import TrainingError, TrainingInterrupted, UpresError
+from upres.io.limits import DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT
 
 EXIT_ERROR = 1  # some inputs failed; the rest were processed
 EXIT_USAGE = 2  # nothing could be done (bad model, options, config or data)
 EXIT_INTERRUPTED = 130
 
 
+def _number(kind: type, low: float, high: float | None = None, low_open: bool = False):
+    """An argparse type accepting ``kind`` values in [low, high] ((low, high] if low_open)."""
+    span = f"{'(' if low_open else '['}{low}, {'inf' if high is None else high}]"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        below = value <= low if low_open else value < low
+        if value != value or below or (high is not None and value > high):  # NaN too
+            raise argparse.ArgumentTypeError(f"{text} is out of range {span}")
+        return value
+    return parse
+
+
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("inference")
-    g.add_argument("--tile", type=int, default=512,
+    g.add_argument("--tile", type=_number(int, 0), default=512,
                    help="input tile side in pixels; 0 runs whole images (default: 512)")
-    g.add_argument("--tile-overlap", type=int, default=192,
+    g.add_argument("--tile-overlap", type=_number(int, 0), default=192,
                    help="input pixels shared by neighbouring tiles (default: 192)")
     g.add_argument("--self-ensemble", choices=("off", "mean", "median"), default="off",
                    help="average the 8 flips/rotations (8x slower, higher PSNR; default: off)")
     g.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, ...")
     g.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32")
-    g.add_argument("--batch-size", type=int, default=0,
+    g.add_argument("--batch-size", type=_number(int, 0), default=0,
                    help="tiles per forward pass (default 0: 4 on CUDA, 1 elsewhere)")
+    g.add_argument("--max-pixels", type=_number(int, 1, MAX_PIXELS_LIMIT), default=DEFAULT_MAX_PIXELS,
+                   help="refuse input images with more pixels than this, before decoding "
+                   f"(default: {DEFAULT_MAX_PIXELS:,}; at most {MAX_PIXELS_LIMIT:,})")
     g.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="keep NCHW memory layout (channels_last is the default)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -42,14 +64,15 @@ def _add_quiet(p: argparse.ArgumentParser) -> None:
 
 
 def _add_scoring_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--crop-border", type=int, default=4, help="pixels cut from each edge (default 4)")
+    p.add_argument("--crop-border", type=_number(int, 0), default=4,
+                   help="pixels cut from each edge (default 4)")
     p.add_argument("--y", action="store_true", help="score the Y channel (BT.601) instead of RGB")
 
 
 def _inference_kwargs(args: argparse.Namespace) -> dict:
     return dict(tile=args.tile, tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble,
                 device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                channels_last=args.channels_last, compile=args.compile)
+                channels_last=args.channels_last, compile=args.compile, max_pixels=args.max_pixels)
 
 
 def _add_upscale(sub) -> None:
@@ -67,9 +90,17 @@ def _add_upscale(sub) -> None:
     p.add_argument("--suffix", default="", help="text added to each output file's stem")
     p.add_argument("--alpha", choices=("bicubic", "model"), default="bicubic",
                    help="how to upscale an alpha channel (default: bicubic)")
-    p.add_argument("--outscale", type=float, default=None,
+    p.add_argument("--outscale", type=_number(float, 0, 16, low_open=True), default=None,
                    help="final scale when it differs from the model's, e.g. 2 or 3.5 with an x4 "
-                   "model (resized after the model: area when shrinking, Lanczos when growing)")
+                   "model (resized after the model: area when shrinking, Lanczos when growing; "
+                   "at most 16)")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", dest="existing", action="store_const", const="overwrite",
+                          default="error", help="replace outputs that exist already (default: "
+                          "an existing output is an error for that input)")
+    existing.add_argument("--skip-existing", dest="existing", action="store_const", const="skip",
+                          help="keep outputs that exist already and skip their inputs (resume an "
+                          "interrupted batch)")
     _add_quiet(p)
     _add_inference_options(p)
     p.set_defaults(func=cmd_upscale)
@@ -224,9 +255,10 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     upscaler = Upscaler(args.model, alpha=args.alpha, outscale=args.outscale,
                         **_inference_kwargs(args))
     result = upscale_files(upscaler, args.inputs, args.output, args.ext, args.suffix,
-                           progress=not args.quiet, on_error=_error)
+                           progress=not args.quiet, on_error=_error, existing=args.existing)
     failed = f"; {len(result.errors)} failed" if result.errors else ""
-    print(f"wrote {len(result.written)} image(s){failed} to {args.output}")
+    kept = f"; kept {len(result.skipped)} existing" if result.skipped else ""
+    print(f"wrote {len(result.written)} image(s){kept}{failed} to {args.output}")
     return EXIT_ERROR if result.errors else 0
 
 
@@ -368,7 +400,13 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as one line, like errors (not Python's file/line/source form)."""
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _format_warning
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # ``train`` overrides may come after options: key=value words

@@ -8,6 +8,10 @@ class UpresError(Exception):
     """A problem with the user's input, files or options; the message names what and where."""
 
 
+class DiskFullError(UpresError):
+    """A write ran out of space; the message names the file. Nothing half-written is left."""
+
+
 class ConfigError(UpresError):
     """A configuration or plan cannot be used; the message names the file and key paths."""
 
@@ -30,6 +34,10 @@ class InferenceError(UpresError):
 
 class DataError(UpresError):
     """Training data cannot be used; the message lists every problem with file names."""
+
+
+class CheckpointError(UpresError):
+    """A training checkpoint cannot be read; the message names the file."""
 
 
 class TrainingError(UpresError):

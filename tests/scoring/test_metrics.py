@@ -54,3 +54,51 @@ def test_floats_are_rounded_to_uint8_first(pair):
     assert metrics.psnr(as_float, gt) == math.inf
     with pytest.raises(EvalError, match="shapes differ"):
         metrics.psnr(gt, gt[:10])
+
+
+def _keys_bicubic(lr: np.ndarray, scale: int, a: float) -> np.ndarray:
+    """Separable cubic convolution (Keys) with half-pixel centres and edge clamping, in float64:
+    written out here independently of the library under test."""
+    def kernel(x):
+        x = np.abs(x)
+        return np.where(x <= 1, (a + 2) * x**3 - (a + 3) * x**2 + 1,
+                        np.where(x < 2, a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a, 0))
+
+    def resize_axis(img, axis):
+        n = img.shape[axis]
+        centres = (np.arange(n * scale) + 0.5) / scale - 0.5
+        base = np.floor(centres).astype(int)
+        out = 0
+        for tap in range(-1, 3):
+            idx = np.clip(base + tap, 0, n - 1)
+            w = kernel(centres - (base + tap))
+            shape = [1] * img.ndim
+            shape[axis] = -1
+            out = out + np.take(img, idx, axis=axis) * w.reshape(shape)
+        return out
+
+    return resize_axis(resize_axis(lr.astype(np.float64), 0), 1)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_bicubic_baseline_is_matlabs_a_minus_half_kernel(photo, dtype):
+    """The bicubic baseline uses MATLAB imresize's kernel (a = -0.5, as PIL's BICUBIC), not
+    OpenCV's INTER_CUBIC (a = -0.75), which scores differently."""
+    lr = photo[100:164, 200:264]
+    if dtype == np.uint16:
+        lr = lr.astype(np.uint16) * 257
+    ours = metrics.bicubic_upscale(lr, 4).astype(np.float64)
+    peak = np.iinfo(dtype).max
+    inner = (slice(8, -8), slice(8, -8))  # away from the borders, where edge rules differ
+    want = np.clip(_keys_bicubic(lr, 4, -0.5), 0, peak)
+    assert ours.shape == (256, 256, 3) and metrics.bicubic_upscale(lr, 4).dtype == dtype
+    assert np.abs(ours - want)[inner].max() <= 0.5 + 1e-3 * peak / 255  # rounding only
+    opencv_like = np.clip(_keys_bicubic(lr, 4, -0.75), 0, peak)
+    assert np.abs(ours - opencv_like)[inner].max() > 3 * peak / 255  # so the test can tell them apart
+    from PIL import Image
+
+    if dtype == np.uint8:  # PIL's BICUBIC, which rounds between its passes, within 2 levels
+        pil = np.asarray(Image.fromarray(lr).resize((256, 256), Image.Resampling.BICUBIC))
+        assert np.abs(ours - pil).max() <= 2
+    gray = metrics.bicubic_upscale(lr[..., 0], 4)
+    assert gray.shape == (256, 256) and gray.dtype == dtype

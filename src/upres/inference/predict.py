@@ -228,17 +228,43 @@ def _val_report(predictor: Predictor, val: dict, coefficients: np.ndarray, val_d
     return build_report(val_dir / "hr", val_dir / "lr", folders, report_dir, val["border"])
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_staging(output_dir: Path) -> list[Path]:
+    """Staging folders ``.NAME.PID.xxxx`` of ``output_dir`` left by a killed run (their process
+    is gone); a running predict's own folder is kept."""
+    removed = []
+    for folder in output_dir.parent.glob(f".{output_dir.name}.*"):
+        pid = folder.name[len(output_dir.name) + 2:].split(".")[0]
+        if folder.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 def _write_submission(predictor: Predictor, coefficients: np.ndarray, inputs: list[Path],
                       output_dir: Path, progress: bool) -> list[str]:
     """Fill a hidden staging folder and rename it to ``output_dir`` only when complete."""
     from tqdm import tqdm
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    remove_stale_staging(output_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.{os.getpid()}.",
+                                    dir=output_dir.parent))
     written = []
     try:
+        max_pixels = predictor.upscalers[0].options.max_pixels
         for src in tqdm(inputs, desc="predict", unit="img", disable=not progress):
-            img = images.read_image(src)
+            img = images.read_image(src, max_pixels)
+            predictor.upscalers[0].check_fits(img, src)
             fused = fuse(predictor.predict_float(rgb_input(img, src)), coefficients)
             images.write_image(staging / f"{src.stem}.png", to_image(fused, img))
             written.append(f"{src.stem}.png")

@@ -5,6 +5,7 @@ output name, keep going past a bad file)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,22 @@ class InferenceOptions:
     compile: bool = False  # torch.compile the model (test against eager on new platforms)
     alpha: Literal["bicubic", "model"] = "bicubic"
     outscale: float | None = None  # final scale if not the model's (Lanczos / area resize)
+    max_pixels: int = images.DEFAULT_MAX_PIXELS  # larger inputs are refused before decoding
+
+
+MAX_OUTSCALE = 16
+Existing = Literal["error", "overwrite", "skip"]
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (Linux MemAvailable, else free pages)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 class Upscaler:
@@ -49,8 +66,11 @@ class Upscaler:
         if unknown:
             raise TypeError(f"unknown inference option {unknown[0]!r}")
         opts = dataclasses.replace(options or InferenceOptions(), **overrides)  # caller's stays
-        if opts.outscale is not None and opts.outscale <= 0:
-            raise InferenceError(f"outscale must be positive, not {opts.outscale}")
+        if opts.outscale is not None and not 0 < opts.outscale <= MAX_OUTSCALE:
+            raise InferenceError(f"outscale must be in (0, {MAX_OUTSCALE}], not {opts.outscale}")
+        if not 0 < opts.max_pixels <= images.MAX_PIXELS_LIMIT:
+            raise InferenceError(f"max_pixels must be in [1, {images.MAX_PIXELS_LIMIT}], not "
+                                 f"{opts.max_pixels}")
         if opts.batch_size < 0:
             raise InferenceError("batch_size must be >= 0")
         if not isinstance(model, nn.Module):
@@ -115,10 +135,30 @@ class Upscaler:
         return F.interpolate(a, scale_factor=self.scale, mode="bicubic",
                              align_corners=False)[0, 0].numpy()
 
+    def output_bytes(self, img: np.ndarray) -> int:
+        """Host memory the result of ``img`` needs: the float32 accumulator and its HWC copy,
+        the alpha plane and the rounded output (model activations grow with the tile only)."""
+        h, w = img.shape[:2]
+        channels = img.shape[2] if img.ndim == 3 else 1
+        scale = max(self.scale, self.options.outscale or 0)
+        pixels = h * w * scale * scale
+        return pixels * (2 * 4 * max(channels, 3) + 4 + img.itemsize * channels)
+
+    def check_fits(self, img: np.ndarray, src: str | Path) -> None:
+        """Refuse, before any inference, a result that cannot fit in the memory available."""
+        need, have = self.output_bytes(img), available_memory()
+        if need > have:
+            h, w = img.shape[:2]
+            scale = self.options.outscale or self.scale
+            raise ImageError(f"{src}: the {round(w * scale)}x{round(h * scale)} result needs about "
+                             f"{need / 2**30:.1f} GiB of memory, and {have / 2**30:.1f} GiB is "
+                             "available; use a smaller input or --outscale")
+
     def upscale_file(self, src: str | Path, dst: str | Path, progress: Progress | None = None) -> Path:
         """Read, upscale and atomically write one image; returns the written path."""
-        result = self.upscale_array(images.read_image(src), progress)
-        images.write_image(dst, result)
+        img = images.read_image(src, self.options.max_pixels)
+        self.check_fits(img, src)
+        images.write_image(dst, self.upscale_array(img, progress))
         return Path(dst)
 
 
@@ -146,6 +186,7 @@ def collect_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[str]]
 class BatchResult:
     written: list[Path] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # one line per failed input, naming it
+    skipped: list[Path] = field(default_factory=list)  # outputs that existed (existing="skip")
 
 
 class _TileBar:
@@ -170,10 +211,12 @@ class _TileBar:
 
 def upscale_files(upscaler: Upscaler, inputs: Iterable[str | Path], out_dir: str | Path,
                   ext: str = "png", suffix: str = "", progress: bool = True,
-                  on_error: Callable[[str], None] | None = None) -> BatchResult:
+                  on_error: Callable[[str], None] | None = None,
+                  existing: Existing = "error") -> BatchResult:
     """Upscale files and folders into ``out_dir/<stem><suffix>.<ext>``. An input is never
     overwritten, two inputs never write one output, and a bad file is reported (``on_error``,
-    as it happens) while the others go on."""
+    as it happens) while the others go on. An existing output is an error unless ``existing``
+    is ``overwrite`` or ``skip`` (resume an interrupted batch)."""
     from tqdm import tqdm
 
     result = BatchResult()
@@ -196,6 +239,13 @@ def upscale_files(upscaler: Upscaler, inputs: Iterable[str | Path], out_dir: str
             continue
         if dst.resolve() in written:
             fail(f"{src}: output {dst} was already written for another input with the same name")
+            continue
+        if (dst.exists() or dst.is_symlink()) and existing != "overwrite":
+            if existing == "skip":
+                result.skipped.append(dst)
+            else:
+                fail(f"{src}: output {dst} exists; pass --overwrite to replace it or "
+                     "--skip-existing to keep it")
             continue
         bar = _TileBar(src.name, progress)
         try:

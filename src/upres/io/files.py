@@ -4,10 +4,18 @@ cache folder."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+from upres.errors import DiskFullError
+
+# Writers that do their own I/O (torch.save, safetensors) report a full disk in their own words
+# ("unexpected pos"); less than this much free space at the failure means the disk was full.
+_NEARLY_FULL = 4 * 2**20
 
 
 def cache_dir() -> Path:
@@ -40,10 +48,27 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         if os.stat(tmp).st_mode & 0o777 != mode:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        full = out_of_space(err, path.parent)  # before the temp file's space is given back
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if full:
+            raise DiskFullError(f"no space left on device while writing {path}") from err
         raise
+
+
+def out_of_space(err: BaseException, folder: Path) -> bool:
+    """Whether ``err`` (an OSError, or a library's own error) came from a full disk."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if not isinstance(err, (OSError, RuntimeError)):
+        return False
+    if "No space left" in str(err):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < _NEARLY_FULL
+    except OSError:
+        return False
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

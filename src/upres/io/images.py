@@ -3,6 +3,8 @@ RGB(A) order, dtype uint8 or uint16, as decoded; writes are atomic."""
 
 from __future__ import annotations
 
+import io
+import threading
 from pathlib import Path
 
 import cv2
@@ -10,31 +12,85 @@ import numpy as np
 
 from upres.errors import ImageError
 from upres.io.files import atomic_write_bytes
+from upres.io.limits import DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # BT.601 luma weights: gray images run through RGB models and come back as this mix.
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 __all__ = ["IMAGE_SUFFIXES", "LUMA", "ImageError", "list_images", "read_image", "write_image",
-           "encode_image", "to_float", "from_float", "gray_to_rgb", "rgb_to_gray", "scale_mismatch"]
+           "encode_image", "to_float", "from_float", "gray_to_rgb", "rgb_to_gray", "scale_mismatch",
+           "DEFAULT_MAX_PIXELS", "MAX_PIXELS_LIMIT"]
+
+
+# EXIF orientation -> (transpose, rot90 turns counter-clockwise, flip left-right), as
+# PIL.ImageOps.exif_transpose applies it: viewers show the image turned this way.
+_ORIENTATION = {2: (False, 0, True), 3: (False, 2, False), 4: (False, 2, True), 5: (True, 0, False),
+                6: (False, 3, False), 7: (True, 2, False), 8: (False, 1, False)}
+_PIL_LOCK = threading.Lock()
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name."""
+    """Image files directly in ``folder``, sorted by name. Dangling symbolic links with an image
+    suffix are listed too, so that reading them reports the problem instead of skipping it."""
     folder = Path(folder)
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                  and (p.is_file() or (p.is_symlink() and not p.exists())))
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file into an RGB(A) or gray array of its own bit depth."""
+def probe(path: Path, raw: bytes) -> tuple[tuple[int, int] | None, int]:
+    """(width, height) from the header, without decoding, and the EXIF orientation (1 = as
+    stored); (None, 1) where Pillow does not know the format."""
+    from PIL import Image, UnidentifiedImageError
+
+    with _PIL_LOCK:  # Pillow's own bomb check is a module global: off for the header read only
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            with Image.open(io.BytesIO(raw)) as im:
+                size = im.size
+                if im.format == "PNG":  # PNG's getexif() decodes the image: read the header's only
+                    exif = Image.Exif()
+                    if "exif" in im.info:
+                        exif.load(im.info["exif"])
+                else:
+                    exif = im.getexif()
+                orientation = exif.get(0x0112, 1)
+                return size, orientation if orientation in _ORIENTATION else 1
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            return None, 1
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+
+
+def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn a decoded array the way EXIF ``orientation`` says it is shown."""
+    if orientation not in _ORIENTATION:
+        return img
+    transpose, turns, flip = _ORIENTATION[orientation]
+    if transpose:
+        img = img.swapaxes(0, 1)
+    img = np.rot90(img, turns)
+    return np.ascontiguousarray(img[:, ::-1] if flip else img)
+
+
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an image file into an RGB(A) or gray array of its own bit depth, turned as its
+    EXIF orientation says; images over ``max_pixels`` are refused before decoding."""
     path = Path(path)
     try:
-        raw = np.fromfile(path, dtype=np.uint8)
+        raw = path.read_bytes()
     except OSError as err:
         raise ImageError(f"{path}: cannot read file ({err.strerror or err})") from None
-    if raw.size == 0:
+    if not raw:
         raise ImageError(f"{path}: file is empty")
-    img = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    size, orientation = probe(path, raw)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise ImageError(f"{path}: image too large: {size[0]}x{size[1]} = {size[0] * size[1]:,} "
+                         f"pixels, over the limit of {max_pixels:,} (--max-pixels)")
+    try:
+        img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:
+        raise ImageError(f"{path}: cannot decode image ({str(err).strip().splitlines()[-1]})") from None
     if img is None:
         raise ImageError(f"{path}: cannot decode image (not an image, unsupported format, "
                          "or truncated)")
@@ -49,7 +105,7 @@ def read_image(path: str | Path) -> np.ndarray:
             img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
         else:
             raise ImageError(f"{path}: unsupported channel count {img.shape[2]}")
-    return img
+    return apply_orientation(img, orientation)
 
 
 def encode_image(img: np.ndarray, suffix: str) -> bytes:

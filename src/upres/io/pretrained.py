@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from importlib import resources
 from pathlib import Path
 
-from upres.errors import WeightsError
+import torch
+
+from upres.errors import UpresError, WeightsError
 from upres.io.checkpoints import LoadedWeights, read_safetensors, write_safetensors
 from upres.io.files import cache_dir
 from upres.io.ncnn import read_ncnn
@@ -33,16 +36,65 @@ def pretrained_ncnn_files(name: str) -> Path:
     return Path(str(models / f"{PRETRAINED[name]}.param"))
 
 
+def tensors_sha256(state_dict: dict) -> str:
+    """A hash of the tensors' names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key].contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def files_sha256(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _verified_cache(cached: Path, name: str, source_hash: str) -> LoadedWeights | None:
+    """The cached conversion if it is intact and was made from today's source files; else a
+    warning and None (the caller converts again)."""
+    try:
+        weights = read_safetensors(cached)
+    except WeightsError as err:
+        warnings.warn(f"{err}; converting {name} again", stacklevel=3)
+        return None
+    recorded = weights.metadata.get("source_sha256")
+    if recorded != source_hash:
+        why = ("it records no hashes (an older upres wrote it)" if recorded is None else
+               f"it is not a conversion of the installed {name} files (source hash differs)")
+        warnings.warn(f"{cached}: {why}; converting {name} again", stacklevel=3)
+        return None
+    if weights.metadata.get("sha256") != tensors_sha256(weights.state_dict):
+        warnings.warn(f"{cached}: the tensors do not match their recorded hash (the file was "
+                      f"damaged or changed); converting {name} again", stacklevel=3)
+        return None
+    weights.source = name
+    return weights
+
+
 def load_pretrained(name: str) -> LoadedWeights:
-    """A pretrained model by name, converted once from ncnn and cached as safetensors."""
+    """A pretrained model by name, converted once from ncnn and cached as safetensors. The cache
+    records the hash of its tensors and of the source files, and is checked on every load; a
+    cache that cannot be written (read-only, full) is skipped with a warning."""
+    param = pretrained_ncnn_files(name)
+    source_hash = files_sha256(param, param.with_suffix(".bin"))
     cached = cache_dir() / f"{name}.safetensors"
     if cached.exists():
-        try:
-            return read_safetensors(cached)
-        except WeightsError as err:
-            warnings.warn(f"{err}; converting {name} again", stacklevel=2)
-    weights = read_ncnn(pretrained_ncnn_files(name))
-    weights.metadata = {"source": f"ncnn:{PRETRAINED[name]}"}
-    write_safetensors(weights.state_dict, cached, weights.arch, weights.hparams, weights.metadata)
+        weights = _verified_cache(cached, name, source_hash)
+        if weights is not None:
+            return weights
+    weights = read_ncnn(param)
+    weights.metadata = {"source": f"ncnn:{PRETRAINED[name]}", "source_sha256": source_hash,
+                        "sha256": tensors_sha256(weights.state_dict)}
+    try:
+        write_safetensors(weights.state_dict, cached, weights.arch, weights.hparams, weights.metadata)
+    except (OSError, UpresError) as err:
+        warnings.warn(f"cannot cache {name} in {cached.parent} ({err}); using the conversion in "
+                      "memory (set XDG_CACHE_HOME to a writable folder to keep it)", stacklevel=2)
     weights.source = name
     return weights

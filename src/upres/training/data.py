@@ -54,6 +54,10 @@ def split_pairs(pairs: list[Pair], val_split: float, seed: int = 0) -> tuple[lis
             [p for i, p in enumerate(pairs) if i in val_idx])
 
 
+# Bumped when decoding changes (2: EXIF orientation applied), so older entries are not reused.
+CACHE_FORMAT = 2
+
+
 def _stat_key(path: Path) -> list:
     st = path.stat()
     return [str(path.resolve()), st.st_size, st.st_mtime_ns]
@@ -90,7 +94,7 @@ class PairCache:
         self._build(progress, list(known_problems or []))
 
     def _entry_dir(self, pair: Pair) -> tuple[Path, str]:
-        key = json.dumps([_stat_key(pair.lr), _stat_key(pair.hr)])
+        key = json.dumps([CACHE_FORMAT, _stat_key(pair.lr), _stat_key(pair.hr)])
         digest = hashlib.sha256(key.encode()).hexdigest()[:24]
         return self.root / digest[:2] / digest, key
 

@@ -13,6 +13,7 @@ import copy
 import json
 import math
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -27,11 +28,11 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from upres.errors import TrainingError, TrainingInterrupted
+from upres.errors import CheckpointError, DiskFullError, TrainingError, TrainingInterrupted
 from upres.inference.engine import autocast_context, resolve_device, resolve_dtype
 from upres.inference.upscaler import Upscaler
 from upres.io.checkpoints import load_matching
-from upres.io.files import atomic_path, atomic_write_bytes
+from upres.io.files import atomic_path, atomic_write_bytes, out_of_space
 from upres.io.loading import load_weights, save_model
 from upres.models import build_model, describe
 from upres.scoring import metrics
@@ -104,9 +105,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
     if proc.main:
         write_run_files(cfg, proc.run_dir, command or sys.argv)
     state = build_state(cfg, proc.device)
-    ckpt_path = find_checkpoint(proc.run_dir, resume)
-    if ckpt_path is not None:
-        resume_state(state, ckpt_path, cfg, proc)
+    ckpt_path = resume_state(state, proc.run_dir, resume, cfg, proc) if resume else None
     forward = wrap_model(state.model, cfg, proc)
     loader = make_loader(data.dataset, cfg, proc, state.step)
     with RunLog(proc, tc.iterations, state.step, ckpt_path is not None, progress) as log, \
@@ -224,16 +223,45 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def find_checkpoint(run_dir: Path, resume: str | None) -> Path | None:
-    """``auto``: the newest checkpoint of the run folder (None in a new run); else a path."""
-    if resume == "auto":
-        return latest_checkpoint(run_dir)
-    return Path(resume) if resume else None
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint's contents (tensors only, never arbitrary pickles), or a named error."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0]})") from None
+    missing = {"step", "model", "optimizer", "scheduler", "scaler", "rng_cpu"} - set(saved)
+    if missing:
+        raise CheckpointError(f"{path}: not an upres checkpoint (missing {', '.join(sorted(missing))})")
+    return saved
 
 
-def resume_state(state: TrainState, path: Path, cfg: Config, proc: Process) -> None:
-    """Model, EMA, optimiser, schedule, scaler, RNG and step (the data order follows the step)."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+def resume_state(state: TrainState, run_dir: Path, resume: str, cfg: Config,
+                 proc: Process) -> Path | None:
+    """Restore model, EMA, optimiser, schedule, scaler, RNG and step (the data order follows the
+    step). ``auto`` takes the newest intact checkpoint of the run folder, passing over damaged
+    ones with a warning (None in a new run); a path must be readable."""
+    if resume != "auto":
+        path, saved = Path(resume), read_checkpoint(Path(resume))
+    else:
+        path = saved = None
+        candidates = sorted((run_dir / "checkpoints").glob("step_*.pt"), reverse=True)
+        for candidate in candidates:
+            try:
+                path, saved = candidate, read_checkpoint(candidate)
+                break
+            except CheckpointError as err:
+                if proc.main:
+                    print(f"warning: {err}; trying an older checkpoint", file=sys.stderr)
+        if saved is None and candidates:
+            raise CheckpointError(f"{run_dir / 'checkpoints'}: no intact checkpoint to resume "
+                                  "from; move the folder away to start afresh")
+        if saved is None:
+            return None
+    _restore(state, saved, path, cfg, proc)
+    return path
+
+
+def _restore(state: TrainState, saved: dict, path: Path, cfg: Config, proc: Process) -> None:
     state.model.load_state_dict(saved["model"])
     if state.ema is not None:
         state.ema.load_state_dict(saved["ema"])
@@ -439,8 +467,13 @@ class RunLog:
     def record(self, record: dict) -> None:
         if not self.proc.main:
             return
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as err:
+            if out_of_space(err, self.proc.run_dir):
+                raise DiskFullError(f"no space left on device while writing {self.file.name}") from err
+            raise
         for key, value in record.items():
             if key != "step":
                 self.writer.add_scalar(key, value, record["step"])
