@@ -1,100 +1,218 @@
-"""Inference speed on this machine: eager fp32 NCHW (the BasicSR / Real-ESRGAN path) against
-upres's default path and each dtype / layout option, plus self-ensemble x8 against one pass.
+"""Whole-process inference speed and memory on this machine, every figure from this one run:
+for each input size, the default ``upres upscale`` (model load included) against PyTorch alone
+(``--backend torch``), a standalone 10-line OpenVINO script on upres's own ONNX export, and eager
+fp32 NCHW PyTorch (the BasicSR / Real-ESRGAN path); each case in its own process, with its wall
+time, output MP/s, useful GFLOP/s (model FLOPs counted with torch's FlopCounterMode), the share of
+this machine's bf16 and fp32 matmul peaks measured in the same run, peak RSS (``wait4``) and the
+tiling compute multiplier. Then self-ensemble x8 against one pass, and a huge input through a tiny
+RRDBNet with a 2 GiB budget (bounded output memory).
 
-    python benchmarks/bench_inference.py [--model realesrgan-x4plus] [--size 256] [--repeat 1]
-
-Every figure comes from this one run, on the same model and input; speed-ups are against the
-faster of the two eager fp32 measurements (first and last).
+    .venv/bin/python benchmarks/bench_inference.py                      # about 25 min on 2 cores
+    .venv/bin/python benchmarks/bench_inference.py --sizes 256x256 --skip-huge   # quick look
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from skimage import data
 
-from upres.inference.engine import resolve_device
-from upres.inference.upscaler import Upscaler
-from upres.io.loading import load_model
-from upres.models import describe
-from upres.scoring.metrics import psnr_float
+PY = sys.executable
+OV_SCRIPT = textwrap.dedent("""
+    import sys, cv2, numpy as np, openvino as ov
+    onnx, src, dst = sys.argv[1:4]
+    core = ov.Core()
+    model = core.compile_model(core.read_model(onnx), "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
+    img = cv2.imread(src, cv2.IMREAD_COLOR)[:, :, ::-1].astype(np.float32) / 255
+    out = model(np.ascontiguousarray(img.transpose(2, 0, 1))[None])[0][0]
+    out = np.clip(out.transpose(1, 2, 0)[:, :, ::-1] * 255 + 0.5, 0, 255).astype(np.uint8)
+    cv2.imwrite(dst, out)
+""")
+EAGER_SCRIPT = textwrap.dedent("""
+    import sys, cv2, numpy as np, torch
+    from upres.io.loading import load_model
+    model_name, src, dst = sys.argv[1:4]
+    model = load_model(model_name)
+    img = cv2.imread(src, cv2.IMREAD_COLOR)[:, :, ::-1].astype(np.float32) / 255
+    with torch.inference_mode():
+        out = model(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None])[0]
+    out = np.clip(out.permute(1, 2, 0).numpy()[:, :, ::-1] * 255 + 0.5, 0, 255).astype(np.uint8)
+    cv2.imwrite(dst, out)
+""")
+ENSEMBLE_SCRIPT = textwrap.dedent("""
+    import sys, time, numpy as np
+    from skimage import data
+    from upres.inference.upscaler import Upscaler
+    side = int(sys.argv[1])
+    img = data.astronaut()[:side, 64:64 + side].astype(np.float32) / 255
+    times = {}
+    for mode in ("off", "mean"):
+        up = Upscaler("realesrgan-x4plus", self_ensemble=mode)
+        up.upscale_float(img[:32, :32])  # compiles kernels
+        start = time.perf_counter(); up.upscale_float(img); times[mode] = time.perf_counter() - start
+    print(times["off"], times["mean"], up.notes[0], up.engine.ensemble_batch)
+""")
 
 
-def timed(fn, repeat: int, warmup=None) -> tuple[float, np.ndarray]:
-    """Best of ``repeat`` runs, after one small warm-up call (oneDNN builds kernels on first use)."""
-    if warmup is not None:
-        warmup()
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
+def run(cmd: list[str]) -> dict:
+    """Wall seconds, peak RSS (bytes) and stderr of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    out, err = proc.stdout.read(), proc.stderr.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
+    return {"seconds": seconds, "rss": usage.ru_maxrss * 1024, "stderr": err, "stdout": out}
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 3072, repeat: int = 5) -> float:
+    """GFLOP/s of a large square matmul, best of ``repeat``."""
+    a, b = torch.rand(n, n, dtype=dtype), torch.rand(n, n, dtype=dtype)
+    a @ b
+    best = min(_time(lambda: a @ b) for _ in range(repeat))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _time(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def flops_per_pixel(model_name: str) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from upres.io.loading import load_model
+
+    model = load_model(model_name)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(torch.rand(1, 3, 64, 64))
+    return counter.get_total_flops() / (64 * 64)
+
+
+def photo_of_size(width: int, height: int) -> np.ndarray:
+    """scikit-image's astronaut, mirrored as often as needed: real photo content at any size."""
+    from skimage import data
+
+    tile = data.astronaut()
+    block = np.concatenate([tile, tile[:, ::-1]], axis=1)
+    block = np.concatenate([block, block[::-1]], axis=0)
+    reps = (-(-height // block.shape[0]), -(-width // block.shape[1]), 1)
+    return np.ascontiguousarray(np.tile(block, reps)[:height, :width])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="realesrgan-x4plus")
-    parser.add_argument("--size", type=int, default=256, help="input side in pixels")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per case; the best is kept")
-    parser.add_argument("--skip-ensemble", action="store_true")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (eager runs there too)")
+    parser.add_argument("--sizes", default="256x256,512x512,800x600,1920x1080")
+    parser.add_argument("--skip-huge", action="store_true", help="skip the 8000x6000 tiny-model case")
+    parser.add_argument("--huge", default="8000x6000")
     args = parser.parse_args()
+    from upres.io import images
 
-    device = resolve_device(args.device)
-    model = load_model(args.model).to(device)
-    photo = data.astronaut()  # a real 512x512 photo shipped by scikit-image
-    img = photo[:args.size, 64:64 + args.size].astype(np.float32) / 255
-    x = torch.from_numpy(img.transpose(2, 0, 1).copy())[None].to(device)
-    out_mp = (args.size * describe(model).scale) ** 2 / 1e6
-    print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, "
-          f"model {args.model}, "
-          f"input {args.size}x{args.size}, output {out_mp:.2f} MP")
+    work = Path(tempfile.mkdtemp(prefix="upres-bench-"))
+    bf16_peak, fp32_peak = matmul_peak(torch.bfloat16), matmul_peak(torch.float32)
+    fpp = flops_per_pixel(args.model)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; matmul peak bf16 "
+          f"{bf16_peak:.0f} GFLOP/s, fp32 {fp32_peak:.0f} GFLOP/s; {args.model}: "
+          f"{fpp / 1e6:.2f} MFLOP per input pixel", flush=True)
+    upres = [PY, "-m", "upres.cli", "upscale", "--model", args.model, "--quiet", "--verbose"]
+    images.write_image(work / "warm.png", photo_of_size(48, 48))
+    first = run([*upres, str(work / "warm.png"), "-o", str(work / "warm")])
+    print(f"first run (converts to OpenVINO IR, cached for later runs): {first['seconds']:.1f} s")
+    onnx = work / "model.onnx"
+    export = run([PY, "-m", "upres.cli", "convert", args.model, str(onnx)])
+    print(f"ONNX export for the standalone script: {export['seconds']:.1f} s (not timed below)")
+    (work / "ov.py").write_text(OV_SCRIPT)
+    (work / "eager.py").write_text(EAGER_SCRIPT)
 
-    def eager(inp=x):
-        with torch.inference_mode():
-            out = model(inp)[0].permute(1, 2, 0).float().cpu().numpy()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return out
+    header = ("| input | case | seconds | output MP/s | GFLOP/s | % bf16 peak | % fp32 peak "
+              "| peak RSS GiB | tiles (compute x) |")
+    print("\n" + header + "\n|" + "---|" * 9, flush=True)
+    summary = {}
+    for size in args.sizes.split(","):
+        w, h = map(int, size.split("x"))
+        src = work / f"in_{size}.png"
+        images.write_image(src, photo_of_size(w, h))
+        cases = [("upres default", [*upres, str(src), "-o", str(work / f"d_{size}")]),
+                 ("upres --backend torch", [*upres, "--backend", "torch", str(src), "-o",
+                                            str(work / f"t_{size}")])]
+        if w * h <= 800 * 600:
+            cases.append(("OpenVINO script (bf16, ONNX)", [PY, str(work / "ov.py"), str(onnx), str(src),
+                                                           str(work / f"ov_{size}.png")]))
+        if w * h <= 256 * 256:
+            cases.append(("eager fp32 NCHW (BasicSR path)", [PY, str(work / "eager.py"), args.model,
+                                                             str(src), str(work / f"e_{size}.png")]))
+        for name, cmd in cases:
+            r = run(cmd)
+            plan = re.search(r": (whole image|\d+x\d+ tiles of \d+x\d+), compute x([0-9.]+)", r["stderr"])
+            backend = re.search(r"backend (\w+ \(\w+\))", r["stderr"])
+            label = name + (f" [{backend.group(1)}]" if backend and name == "upres default" else "")
+            gflops = fpp * w * h / r["seconds"] / 1e9
+            tiles = f"{plan.group(1)} (x{float(plan.group(2)):.3f})" if plan else "whole image (x1.000)"
+            print(f"| {size} | {label} | {r['seconds']:.1f} | {w * h * 16 / 1e6 / r['seconds']:.3f} | "
+                  f"{gflops:.0f} | {100 * gflops / bf16_peak:.0f}% | {100 * gflops / fp32_peak:.0f}% | "
+                  f"{r['rss'] / 2**30:.2f} | {tiles} |", flush=True)
+            summary[(size, name)] = r["seconds"]
+            summary[(size, name, "rss")] = r["rss"]
+            summary[(size, name, "x")] = float(plan.group(2)) if plan else 1.0
 
-    small = img[:32, :32]
-    base_s, ref = timed(eager, args.repeat, lambda: eager(x[..., :32, :32]))
-    rows = [("eager fp32 NCHW (BasicSR path)", base_s, None)]
-    # each case gets its own copy of the model, so no layout leaks from one case into the next
-    default = Upscaler(copy.deepcopy(model), device=str(device))
-    cases = [(f"upres default ({str(default.dtype).replace('torch.', '')}, "
-              f"{'channels_last' if default.options.channels_last else 'NCHW'})", default)]
-    for dtype in ("fp32", "bf16", "fp16") if device.type == "cuda" else ("fp32", "bf16"):
-        for cl in (False, True):
-            up = Upscaler(copy.deepcopy(model), device=str(device), dtype=dtype, channels_last=cl)
-            cases.append((f"upres {dtype} {'channels_last' if cl else 'NCHW'}", up))
-    outputs = {}
-    for name, up in cases:
-        seconds, out = timed(lambda up=up: up.upscale_float(img), args.repeat,
-                             lambda up=up: up.upscale_float(small))
-        outputs[name] = out
-        rows.append((name, seconds, psnr_float(out, ref)))
-    # eager again, last: the first large run of a process pays for page faults and allocator growth
-    again_s, _ = timed(eager, args.repeat)
-    rows.append(("eager fp32 NCHW, measured again last", again_s, None))
-    base_s = min(base_s, again_s)
-    print(f"{'case':44s} {'seconds':>8s} {'MP/s':>7s} {'speed-up':>8s} {'PSNR vs fp32':>12s}")
-    for name, seconds, psnr in rows:
-        shown = "(reference)" if psnr is None else f"{psnr:.1f} dB"
-        print(f"{name:44s} {seconds:8.2f} {out_mp / seconds:7.3f} {base_s / seconds:7.2f}x "
-              f"{shown:>12s}")
-    if not args.skip_ensemble:
-        one = rows[1][1]
-        ens = Upscaler(copy.deepcopy(model), device=str(device), self_ensemble="mean")
-        seconds, _ = timed(lambda: ens.upscale_float(img), args.repeat,
-                           lambda: ens.upscale_float(small))
-        print(f"{'self-ensemble x8 (mean), default path':44s} {seconds:8.2f} "
-              f"{out_mp / seconds:7.3f}   {seconds / one:.2f}x the time of one default pass")
+    ens = run([PY, "-c", ENSEMBLE_SCRIPT, "256"])["stdout"].split()
+    one, eight = float(ens[0]), float(ens[1])
+    print(f"\nself-ensemble x8 (mean), 256x256, in one process: one pass {one:.2f} s, x8 {eight:.2f} s "
+          f"= {eight / one:.2f}x one pass ({' '.join(ens[2:4])}, {ens[4]} flips/rotations per pass)")
+    if not args.skip_huge:
+        _huge(args.huge, work, images, summary)
+    _targets(summary)
+
+
+def _huge(size: str, work: Path, images, summary: dict) -> None:
+    import torch as t
+
+    from upres.io.loading import save_model
+    from upres.models import RRDBNet
+
+    w, h = map(int, size.split("x"))
+    t.manual_seed(0)
+    save_model(RRDBNet(num_feat=16, num_block=1, num_grow_ch=8), work / "tiny.safetensors")
+    src = work / "huge.png"
+    images.write_image(src, photo_of_size(w, h))
+    r = run([PY, "-m", "upres.cli", "upscale", str(src), "-o", str(work / "huge_out"), "--model",
+             str(work / "tiny.safetensors"), "--max-memory", "2G", "--quiet", "--verbose"])
+    plan = re.search(r"huge.png: (.*)", r["stderr"])
+    result_mb = (work / "huge_out" / "huge.png").stat().st_size / 1e6
+    print(f"\n{size} through a tiny RRDBNet (16/8/1), --max-memory 2G: {r['seconds']:.0f} s, peak RSS "
+          f"{r['rss'] / 2**30:.2f} GiB, result {result_mb:.0f} MB PNG; plan {plan.group(1) if plan else '?'}")
+    summary["huge_rss"] = r["rss"]
+
+
+def _targets(s: dict) -> None:
+    print("\ntargets:")
+    for size in ("512x512", "800x600"):
+        if (size, "upres default") in s and (size, "OpenVINO script (bf16, ONNX)") in s:
+            ratio = s[(size, "OpenVINO script (bf16, ONNX)")] / s[(size, "upres default")]
+            print(f"- {size}: default vs standalone OpenVINO script: {ratio:.2f}x as fast (target >= 1)")
+    if ("256x256", "eager fp32 NCHW (BasicSR path)") in s:
+        ratio = s[("256x256", "eager fp32 NCHW (BasicSR path)")] / s[("256x256", "upres default")]
+        print(f"- 256x256: default vs eager fp32 NCHW: {ratio:.2f}x as fast (target >= 3)")
+    mults = {k[0]: v for k, v in s.items() if isinstance(k, tuple) and len(k) == 3 and k[2] == "x"
+             and k[1] == "upres default"}
+    print(f"- tiling multiplier, default: max x{max(mults.values()):.3f} over {', '.join(mults)} "
+          "(target <= 1.15)")
+    if ("512x512", "upres default", "rss") in s:
+        print(f"- 512x512 peak RSS: {s[('512x512', 'upres default', 'rss')] / 2**30:.2f} GiB (target <= 2)")
+    if "huge_rss" in s:
+        print(f"- huge input peak RSS: {s['huge_rss'] / 2**30:.2f} GiB (target < 3)")
 
 
 if __name__ == "__main__":

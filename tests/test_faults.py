@@ -39,6 +39,7 @@ from safetensors.torch import load_file, save_file
 
 from helpers import make_competition, photo, tiny_rrdbnet
 from upres.cli import main
+from upres.inference import memory
 from upres.inference import upscaler as upscaler_mod
 from upres.io import files as files_mod
 from upres.io import images
@@ -89,13 +90,14 @@ def test_01_decompression_bomb_is_named_and_the_rest_processed(tmp_path, model_f
 def test_01_a_result_too_big_for_memory_is_refused_before_inference(tmp_path, model_file, capsys,
                                                                      monkeypatch):
     images.write_image(tmp_path / "a.png", photo("astronaut")[:40, :60])
-    monkeypatch.setattr(upscaler_mod, "available_memory", lambda: 10_000_000)
+    monkeypatch.setattr(memory, "available_memory", lambda: 10_000_000)
     calls = []
     monkeypatch.setattr(upscaler_mod.Upscaler, "upscale_array", lambda *a: calls.append(a))
     code = _upscale(tmp_path / "a.png", "-o", tmp_path / "out", "--model", model_file, "--outscale", "16")
     err = capsys.readouterr().err
     assert code == 1 and calls == []
-    assert "a.png: the 960x640 result needs about" in err and "use a smaller input or --outscale" in err
+    assert "a.png: the 960x640 result needs about" in err
+    assert "--outscale need the whole result in memory" in err
 
 
 # --------------------------------------------------------------------------- 2

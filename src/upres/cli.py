@@ -38,10 +38,15 @@ def _number(kind: type, low: float, high: float | None = None, low_open: bool = 
     return parse
 
 
+def _tile(text: str):
+    return "auto" if text == "auto" else _number(int, 0)(text)
+
+
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("inference")
-    g.add_argument("--tile", type=_number(int, 0), default=512,
-                   help="input tile side in pixels; 0 runs whole images (default: 512)")
+    g.add_argument("--tile", type=_tile, default="auto",
+                   help="input tile side in pixels, 0 for whole images, or auto: the whole image "
+                   "when it fits --max-memory, else the fewest tiles that fit (default: auto)")
     g.add_argument("--tile-overlap", type=_number(int, 0), default=192,
                    help="input pixels shared by neighbouring tiles (default: 192)")
     g.add_argument("--self-ensemble", choices=("off", "mean", "median"), default="off",
@@ -57,6 +62,14 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="keep NCHW memory layout (channels_last is the default)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto",
+                   help="auto: OpenVINO on CPUs where it is installed and the model converts, "
+                   "else PyTorch (always PyTorch on CUDA and MPS)")
+    g.add_argument("--max-memory", metavar="SIZE", default=None,
+                   help="memory budget for --tile auto and the result, e.g. 8G or 512M "
+                   "(default: half the free RAM, or of the free GPU memory)")
+    g.add_argument("--verbose", action="store_true",
+                   help="print each image's tile plan and compute multiplier")
 
 
 def _add_quiet(p: argparse.ArgumentParser) -> None:
@@ -72,7 +85,8 @@ def _add_scoring_options(p: argparse.ArgumentParser) -> None:
 def _inference_kwargs(args: argparse.Namespace) -> dict:
     return dict(tile=args.tile, tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble,
                 device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                channels_last=args.channels_last, compile=args.compile, max_pixels=args.max_pixels)
+                channels_last=args.channels_last, compile=args.compile, max_pixels=args.max_pixels,
+                backend=args.backend, max_memory=args.max_memory)
 
 
 def _add_upscale(sub) -> None:
@@ -249,17 +263,31 @@ def _error(message: str) -> None:
     tqdm.write(f"error: {message}", file=sys.stderr)
 
 
+def _note(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
 def cmd_upscale(args: argparse.Namespace) -> int:
+    from upres.inference.shard import current_shard
     from upres.inference.upscaler import Upscaler, upscale_files
 
-    upscaler = Upscaler(args.model, alpha=args.alpha, outscale=args.outscale,
-                        **_inference_kwargs(args))
+    shard, device = current_shard(args.device)
+    kwargs = _inference_kwargs(args) | {"device": device}
+    upscaler = Upscaler(args.model, alpha=args.alpha, outscale=args.outscale, **kwargs)
+    if shard.main and not args.quiet:
+        _note("; ".join(upscaler.notes))
     result = upscale_files(upscaler, args.inputs, args.output, args.ext, args.suffix,
-                           progress=not args.quiet, on_error=_error, existing=args.existing)
-    failed = f"; {len(result.errors)} failed" if result.errors else ""
-    kept = f"; kept {len(result.skipped)} existing" if result.skipped else ""
-    print(f"wrote {len(result.written)} image(s){kept}{failed} to {args.output}")
-    return EXIT_ERROR if result.errors else 0
+                           progress=not args.quiet, on_error=_error, existing=args.existing,
+                           shard=shard, on_note=_note if args.verbose else None)
+    counts = [sum(c) for c in zip(*shard.gather((len(result.written), len(result.skipped),
+                                                 len(result.errors))))]
+    if shard.main:
+        failed = f"; {counts[2]} failed" if counts[2] else ""
+        kept = f"; kept {counts[1]} existing" if counts[1] else ""
+        print(f"wrote {counts[0]} image(s){kept}{failed} to {args.output}")
+    return EXIT_ERROR if counts[2] else 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -305,11 +333,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from upres.inference.predict import predict
+    from upres.inference.shard import current_shard
     from upres.inference.upscaler import InferenceOptions
 
+    shard, device = current_shard(args.device)
+    options = InferenceOptions(**_inference_kwargs(args) | {"device": device})
     result = predict(args.model, args.input, args.output, args.weights, args.val, args.zip,
-                     InferenceOptions(**_inference_kwargs(args)), progress=not args.quiet,
-                     report_dir=args.report)
+                     options, progress=not args.quiet, report_dir=args.report, shard=shard)
+    if not shard.main:
+        return 0
     if len(args.model) > 1:
         print("weights: " + ", ".join(f"{m}={w:.4f}" for m, w in zip(args.model, result.weights)))
     if result.val:
@@ -363,8 +395,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     write_image(src, data.chelsea())
     upscaler = Upscaler("realesrgan-x4plus", **_inference_kwargs(args))
     if not args.quiet:
-        print(f"upscaling {src} with realesrgan-x4plus on {upscaler.device} "
-              f"({str(upscaler.dtype).replace('torch.', '')}) ...")
+        print(f"upscaling {src} with realesrgan-x4plus on {upscaler.device}: "
+              f"{'; '.join(upscaler.notes)} ...")
     upscaler.upscale_file(src, dst)
     print(f"wrote {dst.resolve()}")
     return 0
@@ -406,7 +438,14 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    warnings.formatwarning = _format_warning
+    saved, warnings.formatwarning = warnings.formatwarning, _format_warning
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = saved
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # ``train`` overrides may come after options: key=value words

@@ -58,6 +58,7 @@ def test_descriptor_states_what_consumers_need():
                             num_grow_ch=4))
     assert desc == ModelDescriptor(arch="RRDBNet", scale=2, in_channels=1, out_channels=3,
                                    size_multiple=2, dtypes=("fp32", "bf16", "fp16"),
+                                   activation_channels=8,
                                    hparams=dict(num_in_ch=1, num_out_ch=3, scale=2, num_feat=8,
                                                 num_block=1, num_grow_ch=4))
     assert desc.supports("bf16") and not desc.supports("int8")

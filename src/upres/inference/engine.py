@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -99,11 +100,12 @@ def dihedral_inverse(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.flip(-1) if k >= 4 else x
 
 
-def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
-    """Evenly spread starts of equal tiles covering ``size``, neighbours overlapping >= overlap."""
+def tile_starts(size: int, tile: int, overlap: int, count: int | None = None) -> list[int]:
+    """Evenly spread starts of equal tiles covering ``size``, neighbours overlapping >= overlap
+    (``count`` tiles if given, else as few as that takes)."""
     if tile >= size:
         return [0]
-    n = -(-(size - overlap) // (tile - overlap))
+    n = count or -(-(size - overlap) // (tile - overlap))
     return [round(i * (size - tile) / (n - 1)) for i in range(n)]
 
 
@@ -124,27 +126,138 @@ def tile_ramps(starts: list[int], tile: int) -> list[torch.Tensor]:
     return ramps
 
 
+# --------------------------------------------------------------------------- tile plans
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Where the tiles of one (padded) input go."""
+
+    height: int
+    width: int
+    tile_h: int
+    tile_w: int
+    ys: tuple[int, ...]
+    xs: tuple[int, ...]
+    memory: int = 0  # estimated bytes for activations and the output band (0: not estimated)
+
+    @property
+    def tiles(self) -> int:
+        return len(self.ys) * len(self.xs)
+
+    @property
+    def multiplier(self) -> float:
+        """Pixels computed / pixels in the image: the compute wasted on overlaps, plus one."""
+        return self.tiles * self.tile_h * self.tile_w / (self.height * self.width)
+
+    def __str__(self) -> str:
+        shape = "whole image" if self.tiles == 1 else (
+            f"{len(self.xs)}x{len(self.ys)} tiles of {self.tile_w}x{self.tile_h}")
+        memory = f", ~{self.memory / 2**30:.2f} GiB" if self.memory else ""
+        return (f"{self.width}x{self.height}: {shape}, compute x{self.multiplier:.3f}{memory}")
+
+
+def fixed_plan(height: int, width: int, tile: int, overlap: int, multiple: int = 1) -> TilePlan:
+    """Equal tiles of ``tile`` pixels (0: the whole image), evenly spread."""
+    side = (tile or max(height, width)) // multiple * multiple or multiple
+    th, tw = min(side, height), min(side, width)
+    return TilePlan(height, width, th, tw, tuple(tile_starts(height, th, overlap)),
+                    tuple(tile_starts(width, tw, overlap)))
+
+
+def budget_plan(height: int, width: int, overlap: int, multiple: int,
+                memory: Callable[[int, int], int], budget: int) -> TilePlan:
+    """The whole image if ``memory(h, w)`` fits ``budget``, else the fewest tiles that fit (then
+    the least overlap), each sized to cover the image exactly: for n tiles on a side,
+    tile = ceil((size + (n - 1) * overlap) / n)."""
+    def side(size: int, n: int) -> int:
+        t = -(-(size + (n - 1) * overlap) // n)
+        return min(-(-t // multiple) * multiple, size)
+
+    def counts(size: int) -> list[int]:  # tiles must stay wider than the overlap
+        return [n for n in range(1, 257) if n == 1 or side(size, n) > overlap + multiple]
+
+    options = []
+    for ny in counts(height):
+        for nx in counts(width):
+            th, tw = side(height, ny), side(width, nx)
+            options.append((ny * nx, ny * nx * th * tw, ny, nx, th, tw))
+    for _, _, ny, nx, th, tw in sorted(options):
+        need = memory(th, tw)
+        if need <= budget:
+            return TilePlan(height, width, th, tw, tuple(tile_starts(height, th, overlap, ny)),
+                            tuple(tile_starts(width, tw, overlap, nx)), need)
+    raise InferenceError(f"a {width}x{height} input does not fit a memory budget of "
+                         f"{budget / 2**30:.2f} GiB even in tiles of {overlap + 2 * multiple} px; "
+                         "raise --max-memory or lower --tile-overlap")
+
+
 # --------------------------------------------------------------------------- engine
 
 
 class TileEngine:
-    """Runs ``model`` over (N, C, H, W) tensors in overlapping tiles; activation memory grows
-    with the tile, not the image."""
+    """Runs ``model`` over (1, C, H, W) tensors in overlapping tiles and hands the result over in
+    bands of finished rows, so that memory grows with the tile and the image width, not the
+    image area.
+
+    ``tile="auto"`` runs the whole image when it fits ``budget`` bytes, else the fewest tiles that
+    fit; the footprint is ``bytes_per_pixel`` (activations per input pixel, measured per
+    architecture, dtype and backend) times the tile area, plus the output band."""
 
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], descriptor: ModelDescriptor,
-                 device: torch.device, dtype: torch.dtype, tile: int = 512, tile_overlap: int = 192,
-                 self_ensemble: SelfEnsemble = "off", batch_size: int = 1,
-                 channels_last: bool = True) -> None:
+                 device: torch.device, dtype: torch.dtype, tile: int | Literal["auto"] = 512,
+                 tile_overlap: int = 192, self_ensemble: SelfEnsemble = "off", batch_size: int = 1,
+                 channels_last: bool = True, budget: int | None = None,
+                 bytes_per_pixel: float | None = None, ensemble_batch: int | None = None) -> None:
         if self_ensemble not in ("off", "mean", "median"):
             raise InferenceError(f"self_ensemble must be off, mean or median, not {self_ensemble!r}")
-        if tile < 0 or tile_overlap < 0 or batch_size < 1:
-            raise InferenceError("tile and tile_overlap must be >= 0, batch_size >= 1")
-        if tile and tile_overlap >= tile:
+        if tile != "auto" and (not isinstance(tile, int) or tile < 0):
+            raise InferenceError(f"tile must be 'auto' or a size >= 0, not {tile!r}")
+        if tile_overlap < 0 or batch_size < 1:
+            raise InferenceError("tile_overlap must be >= 0, batch_size >= 1")
+        if tile != "auto" and tile and tile_overlap >= tile:
             raise InferenceError(f"tile_overlap ({tile_overlap}) must be smaller than the tile ({tile})")
+        if tile == "auto" and (budget is None or bytes_per_pixel is None):
+            raise InferenceError("tile 'auto' needs a memory budget and the model's footprint")
         self.model, self.descriptor = model, descriptor
         self.device, self.dtype = device, dtype
         self.tile, self.tile_overlap = tile, tile_overlap
         self.self_ensemble, self.batch_size, self.channels_last = self_ensemble, batch_size, channels_last
+        self.budget, self.bytes_per_pixel = budget, bytes_per_pixel
+        # flips/rotations per forward pass: given, or as many as the budget allows (8 on CUDA
+        # with a fixed tile)
+        self.fixed_ensemble_batch = ensemble_batch
+        self.ensemble_batch = ensemble_batch or 1
+        self.last_plan: TilePlan | None = None
+
+    # -- planning
+
+    def band_bytes(self, tile_h: int, width: int) -> int:
+        """The float32 output band (accumulator and its finished rows) for one tile row."""
+        s = self.descriptor.scale
+        return 2 * 4 * self.descriptor.out_channels * tile_h * s * width * s
+
+    def plan(self, height: int, width: int) -> TilePlan:
+        """The tile plan for a padded input of this size (and the self-ensemble batch it allows)."""
+        m = self.descriptor.size_multiple
+        if self.tile != "auto":
+            plan = fixed_plan(height, width, self.tile, self.tile_overlap, m)
+            self.ensemble_batch = self.fixed_ensemble_batch or (8 if self.device.type == "cuda" else 1)
+        else:
+            bpp = self.bytes_per_pixel
+
+            def memory(th: int, tw: int) -> int:
+                return int(bpp * th * tw * self.batch_size) + self.band_bytes(th, width)
+
+            plan = budget_plan(height, width, self.tile_overlap, m, memory, self.budget)
+            spare = self.budget - plan.memory
+            per_copy = bpp * plan.tile_h * plan.tile_w * self.batch_size
+            self.ensemble_batch = self.fixed_ensemble_batch or next(
+                (b for b in (8, 4, 2) if (b - 1) * per_copy <= spare), 1)
+        self.last_plan = plan
+        return plan
+
+    # -- running
 
     def _run(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.device)
@@ -154,52 +267,105 @@ class TileEngine:
             return self.model(batch).float()
 
     def _run_ensembled(self, batch: torch.Tensor) -> torch.Tensor:
+        """The 8 flips/rotations, ``ensemble_batch`` of them per forward pass: those of one
+        shape (all 8 for a square tile, else 4 and 4) go through together."""
         if self.self_ensemble == "off":
             return self._run(batch)
-        outs = torch.stack([dihedral_inverse(self._run(dihedral(batch, k)), k) for k in range(8)])
+        square = batch.shape[-1] == batch.shape[-2]
+        groups = [list(range(8))] if square else [[0, 2, 4, 6], [1, 3, 5, 7]]
+        outs: list[torch.Tensor] = [None] * 8  # type: ignore[list-item]
+        n = batch.shape[0]
+        for group in groups:
+            for c in range(0, len(group), self.ensemble_batch):
+                ks = group[c:c + self.ensemble_batch]
+                result = self._run(torch.cat([dihedral(batch, k) for k in ks]))
+                for j, k in enumerate(ks):
+                    outs[k] = dihedral_inverse(result[j * n:(j + 1) * n], k)
+        stacked = torch.stack(outs)
         if self.self_ensemble == "mean":
-            return outs.mean(0)
-        return outs.sort(0).values[3:5].mean(0)  # median of 8: mean of the two middle values
+            return stacked.mean(0)
+        return stacked.sort(0).values[3:5].mean(0)  # median of 8: mean of the two middle values
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
         """(N, C, H, W) float in [0, 1] -> (N, C_out, sH, sW) float32 on the CPU, unclamped."""
         if x.ndim != 4:
             raise InferenceError(f"expected an (N, C, H, W) tensor, got shape {tuple(x.shape)}")
-        with cudnn_benchmark(self.device.type == "cuda"):  # tiles share one shape
-            return torch.cat([self._upscale_one(x[i:i + 1], progress) for i in range(x.shape[0])])
+        return torch.cat([torch.cat([rows for _, rows in self.stream(x[i:i + 1], progress)], 1)[None]
+                          for i in range(x.shape[0])])
 
-    def _upscale_one(self, x: torch.Tensor, progress: Progress | None) -> torch.Tensor:
-        _, _, h, w = x.shape
-        m, s = self.descriptor.size_multiple, self.descriptor.scale
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad to the model's size multiple (e.g. pixel-unshuffle models need sizes divisible by
+        it); the output is cropped back."""
+        h, w = x.shape[-2:]
+        m = self.descriptor.size_multiple
         pad_h, pad_w = (-h) % m, (-w) % m
-        if pad_h or pad_w:  # e.g. pixel-unshuffle models need sizes divisible by m
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if min(h, w) > max(pad_h, pad_w)
-                      else "replicate")
-        H, W = x.shape[-2:]
-        tile = self.tile or max(H, W)
-        th, tw = min(tile // m * m or m, H), min(tile // m * m or m, W)
-        ys, xs = tile_starts(H, th, self.tile_overlap), tile_starts(W, tw, self.tile_overlap)
-        wy = [v.repeat_interleave(s) for v in tile_ramps(ys, th)]
-        wx = [v.repeat_interleave(s) for v in tile_ramps(xs, tw)]
-        norm_y, norm_x = torch.zeros(H * s), torch.zeros(W * s)
-        for y0, v in zip(ys, wy):
-            norm_y[y0 * s:(y0 + th) * s] += v
-        for x0, v in zip(xs, wx):
-            norm_x[x0 * s:(x0 + tw) * s] += v
-        out = None
-        jobs = [(iy, ix) for iy in range(len(ys)) for ix in range(len(xs))]
-        bs = self.batch_size
-        for b in range(0, len(jobs), bs):
-            chunk = jobs[b:b + bs]
-            batch = torch.cat([x[..., ys[iy]:ys[iy] + th, xs[ix]:xs[ix] + tw] for iy, ix in chunk])
-            result = self._run_ensembled(batch).cpu()
-            if out is None:
-                out = torch.zeros(1, result.shape[1], H * s, W * s)
-            for (iy, ix), tile_out in zip(chunk, result):
-                weight = wy[iy][:, None] * wx[ix][None, :]
-                out[0, :, ys[iy] * s:(ys[iy] + th) * s, xs[ix] * s:(xs[ix] + tw) * s] += tile_out * weight
-            if progress:
-                progress(min(b + bs, len(jobs)), len(jobs))
-        out /= norm_y[:, None] * norm_x[None, :]
-        return out[..., :h * s, :w * s]
+        if not (pad_h or pad_w):
+            return x
+        return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if min(h, w) > max(pad_h, pad_w)
+                     else "replicate")
+
+    def _tile_row(self, x: torch.Tensor, plan: TilePlan, y0: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """(column index, output) of each tile in one row of the plan, ``batch_size`` at a time."""
+        th, tw, xs = plan.tile_h, plan.tile_w, plan.xs
+        for b in range(0, len(xs), self.batch_size):
+            chunk = range(b, min(b + self.batch_size, len(xs)))
+            batch = torch.cat([x[..., y0:y0 + th, xs[ix]:xs[ix] + tw] for ix in chunk])
+            yield from zip(chunk, self._run_ensembled(batch).cpu())
+
+    @torch.inference_mode()
+    def stream(self, x: torch.Tensor, progress: Progress | None = None
+               ) -> Iterator[tuple[int, torch.Tensor]]:
+        """(1, C, H, W) float in [0, 1] -> (first row, (C_out, rows, sW) float32) bands of
+        finished output rows, top to bottom; only one tile row's band is held at a time."""
+        _, _, h, w = x.shape
+        x = self._pad(x)
+        plan = self.plan(*x.shape[-2:])
+        s, th, tw = self.descriptor.scale, plan.tile_h, plan.tile_w
+        wy = [v.repeat_interleave(s) for v in tile_ramps(list(plan.ys), th)]
+        wx = [v.repeat_interleave(s) for v in tile_ramps(list(plan.xs), tw)]
+        band = _Band(self.descriptor.out_channels, plan.width * s)
+        for x0, v in zip(plan.xs, wx):
+            band.norm_x[x0 * s:(x0 + tw) * s] += v
+        done = 0
+        with cudnn_benchmark(self.device.type == "cuda"):  # tiles share one shape
+            for iy, y0 in enumerate(plan.ys):
+                band.extend(y0 * s, wy[iy])
+                for ix, tile_out in self._tile_row(x, plan, y0):
+                    band.add(y0 * s, plan.xs[ix] * s, tile_out * (wy[iy][:, None] * wx[ix][None, :]))
+                    done += 1
+                    if progress:
+                        progress(done, plan.tiles)
+                last = iy + 1 == len(plan.ys)
+                top, rows = band.take((y0 + th) * s if last else plan.ys[iy + 1] * s)
+                if top < h * s:
+                    yield top, rows[:, :h * s - top, :w * s]
+
+
+class _Band:
+    """The output rows that tiles still overlap: weighted sums and their row weights."""
+
+    def __init__(self, channels: int, width: int) -> None:
+        self.acc = torch.zeros(channels, 0, width)
+        self.norm_y = torch.zeros(0)
+        self.norm_x = torch.zeros(width)
+        self.top = 0  # output row of acc[:, 0]
+
+    def extend(self, y: int, weights: torch.Tensor) -> None:
+        """Cover rows up to ``y + len(weights)`` and add that tile row's row weights."""
+        grow = y + weights.numel() - self.top - self.norm_y.numel()
+        if grow > 0:
+            self.acc = torch.cat([self.acc, torch.zeros(self.acc.shape[0], grow, self.acc.shape[2])], 1)
+            self.norm_y = torch.cat([self.norm_y, torch.zeros(grow)])
+        self.norm_y[y - self.top:y - self.top + weights.numel()] += weights
+
+    def add(self, y: int, x: int, weighted: torch.Tensor) -> None:
+        self.acc[:, y - self.top:y - self.top + weighted.shape[1], x:x + weighted.shape[2]] += weighted
+
+    def take(self, until: int) -> tuple[int, torch.Tensor]:
+        """Normalise and hand over the rows above ``until``, which no later tile touches."""
+        n = until - self.top
+        rows = self.acc[:, :n] / (self.norm_y[:n, None] * self.norm_x[None, :])
+        top = self.top
+        self.acc, self.norm_y, self.top = self.acc[:, n:], self.norm_y[n:], until
+        return top, rows

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from upres.errors import EvalError, PredictError
+from upres.errors import EvalError, PredictError, UpresError
+from upres.inference.shard import Shard
 from upres.inference.upscaler import InferenceOptions, Upscaler
 from upres.io import images
 from upres.io.files import atomic_path, atomic_write_bytes
@@ -251,46 +252,71 @@ def remove_stale_staging(output_dir: Path) -> list[Path]:
 
 
 def _write_submission(predictor: Predictor, coefficients: np.ndarray, inputs: list[Path],
-                      output_dir: Path, progress: bool) -> list[str]:
-    """Fill a hidden staging folder and rename it to ``output_dir`` only when complete."""
+                      output_dir: Path, progress: bool, shard: Shard) -> list[str]:
+    """Fill a hidden staging folder (each process its share of the inputs) and rename it to
+    ``output_dir`` only when every process has finished."""
     from tqdm import tqdm
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(output_dir)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.{os.getpid()}.",
-                                    dir=output_dir.parent))
-    written = []
+    staging = None
+    if shard.main:
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(output_dir)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.{os.getpid()}.",
+                                        dir=output_dir.parent))
+    staging = shard.broadcast(staging)
+    written, failure = [], None
     try:
-        max_pixels = predictor.upscalers[0].options.max_pixels
-        for src in tqdm(inputs, desc="predict", unit="img", disable=not progress):
-            img = images.read_image(src, max_pixels)
-            predictor.upscalers[0].check_fits(img, src)
+        upscaler = predictor.upscalers[0]
+        for src in tqdm(shard.take(inputs), desc="predict", unit="img",
+                        disable=not (progress and shard.main)):
+            img = images.read_image(src, upscaler.options.max_pixels)
+            upscaler.check_fits(img, src)
             fused = fuse(predictor.predict_float(rgb_input(img, src)), coefficients)
             images.write_image(staging / f"{src.stem}.png", to_image(fused, img))
             written.append(f"{src.stem}.png")
+    except UpresError as err:
+        failure = err
+    outcomes = shard.gather((written, None if failure is None else str(failure)))
+    errors = [message for _, message in outcomes if message]
+    if errors or not shard.main:
+        if shard.main:
+            shutil.rmtree(staging, ignore_errors=True)
+        if failure is not None:
+            raise failure
+        if errors:
+            raise PredictError(errors[0])
+        return sorted(name for names, _ in outcomes for name in names)
+    try:
         if output_dir.exists():
             output_dir.rmdir()  # empty, checked before
         os.replace(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return sorted(written)
+    return sorted(name for names, _ in outcomes for name in names)
 
 
 def predict(models: list, input_dir: str | Path, output_dir: str | Path,
             weights: str = "psnr", val_dir: str | Path | None = None, make_zip: bool = False,
             options: InferenceOptions | None = None, progress: bool = True,
-            report_dir: str | Path | None = None) -> PredictResult:
+            report_dir: str | Path | None = None, shard: Shard | None = None) -> PredictResult:
     """Upscale every image of ``input_dir`` into the new folder ``output_dir`` (PNG, same stems),
     fusing several models by soft voting (``weights``: a rule or explicit coefficients).
 
     The folder is filled under a temporary name and renamed at the end, so it either holds the
-    whole submission or does not exist."""
+    whole submission or does not exist. Under torchrun each process (``shard``) predicts its share
+    of the inputs; validation, the report and the files beside the folder are rank 0's."""
+    shard = shard or Shard()
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     inputs = _check_request(input_dir, output_dir, val_dir, report_dir)
     predictor = Predictor(models, options)
-    chosen, val_scores = _choose_coefficients(predictor, weights, len(models), val_dir, report_dir)
-    written = _write_submission(predictor, chosen, inputs, output_dir, progress)
+    chosen, val_scores = shard.broadcast(
+        _choose_coefficients(predictor, weights, len(models), val_dir, report_dir)
+        if shard.main or val_dir is None else None)
+    written = _write_submission(predictor, chosen, inputs, output_dir, progress, shard)
+    if not shard.main:
+        return PredictResult(output_dir, [output_dir / n for n in written],
+                             [float(w) for w in chosen], val_scores)
     info = {"models": [str(m) for m in models], "weights": [float(w) for w in chosen],
             "weight_rule": weights if len(models) > 1 else "single model",
             "self_ensemble": (options or InferenceOptions()).self_ensemble,

@@ -5,7 +5,6 @@ output name, keep going past a bad file)."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,18 +17,22 @@ from torch import nn
 from torch.nn import functional as F
 
 from upres.errors import ImageError, InferenceError
+from upres.inference import memory
 from upres.inference.engine import Progress, SelfEnsemble, TileEngine, resolve_device, resolve_dtype
+from upres.inference.shard import Shard
 from upres.io import images
 from upres.models import ModelDescriptor, describe
 
 
 @dataclass
 class InferenceOptions:
-    # Input tile side in pixels (0: whole image). RRDBNet x4plus sees far: two 512 tiles sharing
-    # 128 pixels (64 px of context at the hand-over) differed from the whole image by up to
-    # 3.3/255 on a real photo, sharing 192 (96 px) by 0.06/255; so neighbours share 192 pixels
-    # and hand over in the middle of that overlap.
-    tile: int = 512
+    # Input tile side in pixels: "auto" runs the whole image when its measured activation memory
+    # fits the budget (max_memory), else the fewest tiles that fit, sized to cover the image
+    # exactly; 0 runs whole images; a number fixes the tile. RRDBNet x4plus sees far: two 512
+    # tiles sharing 128 pixels (64 px of context at the hand-over) differed from the whole image
+    # by up to 3.3/255 on a real photo, sharing 192 (96 px) by 0.06/255; so neighbours share 192
+    # pixels and hand over in the middle of that overlap.
+    tile: int | Literal["auto"] = "auto"
     tile_overlap: int = 192
     self_ensemble: SelfEnsemble = "off"
     device: str = "auto"
@@ -40,25 +43,30 @@ class InferenceOptions:
     alpha: Literal["bicubic", "model"] = "bicubic"
     outscale: float | None = None  # final scale if not the model's (Lanczos / area resize)
     max_pixels: int = images.DEFAULT_MAX_PIXELS  # larger inputs are refused before decoding
+    backend: Literal["auto", "torch", "openvino"] = "auto"  # auto: OpenVINO on CPUs if installed
+    max_memory: int | str | None = None  # budget in bytes or "8G"; None: half of what is free
+    cache_converted: bool = True  # keep OpenVINO conversions in the cache (not for training weights)
 
 
 MAX_OUTSCALE = 16
 Existing = Literal["error", "overwrite", "skip"]
 
 
-def available_memory() -> int:
-    """Bytes of memory available to a new allocation (Linux MemAvailable, else free pages)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+def _check_options(opts: InferenceOptions) -> None:
+    if opts.outscale is not None and not 0 < opts.outscale <= MAX_OUTSCALE:
+        raise InferenceError(f"outscale must be in (0, {MAX_OUTSCALE}], not {opts.outscale}")
+    if not 0 < opts.max_pixels <= images.MAX_PIXELS_LIMIT:
+        raise InferenceError(f"max_pixels must be in [1, {images.MAX_PIXELS_LIMIT}], not "
+                             f"{opts.max_pixels}")
+    if opts.batch_size < 0:
+        raise InferenceError("batch_size must be >= 0")
+    if opts.backend not in ("auto", "torch", "openvino"):
+        raise InferenceError(f"backend must be auto, torch or openvino, not {opts.backend!r}")
 
 
 class Upscaler:
-    """Upscale images with one model (an ``nn.Module``, a pretrained name or a weights path)."""
+    """Upscale images with one model (an ``nn.Module``, a pretrained name or a weights path).
+    ``notes`` says which backend, precision and tiling it chose, and why."""
 
     def __init__(self, model: nn.Module | str | Path, options: InferenceOptions | None = None,
                  descriptor: ModelDescriptor | None = None, **overrides) -> None:
@@ -66,13 +74,7 @@ class Upscaler:
         if unknown:
             raise TypeError(f"unknown inference option {unknown[0]!r}")
         opts = dataclasses.replace(options or InferenceOptions(), **overrides)  # caller's stays
-        if opts.outscale is not None and not 0 < opts.outscale <= MAX_OUTSCALE:
-            raise InferenceError(f"outscale must be in (0, {MAX_OUTSCALE}], not {opts.outscale}")
-        if not 0 < opts.max_pixels <= images.MAX_PIXELS_LIMIT:
-            raise InferenceError(f"max_pixels must be in [1, {images.MAX_PIXELS_LIMIT}], not "
-                                 f"{opts.max_pixels}")
-        if opts.batch_size < 0:
-            raise InferenceError("batch_size must be >= 0")
+        _check_options(opts)
         if not isinstance(model, nn.Module):
             from upres.io.loading import load_model
 
@@ -81,16 +83,71 @@ class Upscaler:
         self.descriptor = descriptor or describe(model)
         self.device = resolve_device(opts.device)
         self.dtype = resolve_dtype(opts.dtype, self.device, self.descriptor.dtypes)
+        self.scale = self.descriptor.scale
+        self.notes: list[str] = []
         # Set the weights' layout both ways: a model shared with an earlier Upscaler may have
         # been converted already.
         self.model = model.eval().to(self.device).to(
             memory_format=torch.channels_last if opts.channels_last else torch.contiguous_format)
-        self.scale = self.descriptor.scale
-        forward = torch.compile(self.model) if opts.compile else self.model
-        self.engine = TileEngine(forward, self.descriptor, self.device, self.dtype, opts.tile,
+        forward, self.backend = self._backend(opts)
+        engine_dtype = self.dtype if self.backend == "torch" else torch.float32
+        self.budget = memory.parse_size(opts.max_memory) or memory.default_budget(self.device)
+        tile, bpp = self._footprint(opts, forward)
+        self.engine = TileEngine(forward, self.descriptor, self.device, engine_dtype, tile,
                                  opts.tile_overlap, opts.self_ensemble,
                                  opts.batch_size or (4 if self.device.type == "cuda" else 1),
-                                 opts.channels_last)
+                                 opts.channels_last and self.backend == "torch", self.budget, bpp)
+
+    @property
+    def dtype_name(self) -> str:
+        return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def _backend(self, opts: InferenceOptions):
+        """The forward callable and the backend's name. ``auto`` takes OpenVINO on a CPU where
+        it is installed and the model converts, PyTorch otherwise (always on CUDA and MPS)."""
+        from upres.inference import openvino_backend as ovb
+
+        want = opts.backend
+        if want == "auto":
+            if self.device.type != "cpu":
+                want = "torch"
+            elif not ovb.openvino_available():
+                self.notes.append("backend torch (OpenVINO is not installed: pip install 'upres[openvino]')")
+                want = "torch"
+            else:
+                want = "openvino"
+        if want == "openvino":
+            if self.device.type != "cpu":
+                raise InferenceError(f"the openvino backend runs on the CPU, not {self.device.type}")
+            if not ovb.openvino_available():
+                raise InferenceError("backend openvino needs the openvino package: "
+                                     "pip install 'upres[openvino]'")
+            try:
+                forward = ovb.OpenVinoModel(self.model, self.descriptor, self.dtype_name,
+                                            cache=opts.cache_converted)
+                self.notes.append(f"backend openvino ({self.dtype_name})")
+                return forward, "openvino"
+            except Exception as err:  # any conversion failure: PyTorch still runs the model
+                if opts.backend == "openvino":
+                    raise InferenceError(f"OpenVINO could not convert the model: {err}") from None
+                reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+                self.notes.append(f"backend torch (OpenVINO could not convert the model: {reason})")
+        elif not self.notes:
+            self.notes.append(f"backend torch ({self.dtype_name})")
+        return (torch.compile(self.model) if opts.compile else self.model), "torch"
+
+    def _footprint(self, opts: InferenceOptions, forward) -> tuple:
+        """The engine's tile setting and the model's measured bytes per input pixel."""
+        if opts.tile != "auto":
+            return opts.tile, None
+        if self.device.type == "cuda":
+            return "auto", memory.measure_cuda(forward, self.descriptor, self.device)
+        bpp = memory.bytes_per_pixel(self.descriptor, self.backend, self.dtype_name)
+        if bpp is None:
+            self.notes.append(f"tiles of 512 (no measured footprint for {self.descriptor.arch} "
+                              f"with {self.backend} {self.dtype_name})")
+            return 512, None
+        return "auto", bpp
 
     def upscale_tensor(self, x: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
         """(N, C, H, W) float in [0, 1] -> (N, C_out, sH, sW) float32 on the CPU, unclamped."""
@@ -136,30 +193,65 @@ class Upscaler:
                              align_corners=False)[0, 0].numpy()
 
     def output_bytes(self, img: np.ndarray) -> int:
-        """Host memory the result of ``img`` needs: the float32 accumulator and its HWC copy,
-        the alpha plane and the rounded output (model activations grow with the tile only)."""
+        """Host memory the whole result of ``img`` needs: the float32 output and its HWC copy,
+        the alpha plane and the rounded output."""
         h, w = img.shape[:2]
         channels = img.shape[2] if img.ndim == 3 else 1
         scale = max(self.scale, self.options.outscale or 0)
         pixels = h * w * scale * scale
         return pixels * (2 * 4 * max(channels, 3) + 4 + img.itemsize * channels)
 
-    def check_fits(self, img: np.ndarray, src: str | Path) -> None:
-        """Refuse, before any inference, a result that cannot fit in the memory available."""
-        need, have = self.output_bytes(img), available_memory()
+    def streams(self, img: np.ndarray, dst: str | Path) -> bool:
+        """Whether the result can be written band by band: PNG, gray or RGB, the model's scale."""
+        plain = img.ndim == 2 or img.shape[2] == 3
+        own_scale = self.options.outscale in (None, self.scale)
+        return Path(dst).suffix.lower() == ".png" and plain and own_scale
+
+    def check_fits(self, img: np.ndarray, src: str | Path, dst: str | Path | None = None) -> None:
+        """Refuse, before any inference, a result that cannot be held within the budget (one
+        that streams to PNG needs only its bands, which the tile plan accounts for)."""
+        if dst is not None and self.streams(img, dst):
+            return
+        need, have = self.output_bytes(img), min(self.budget, memory.available_memory())
         if need > have:
             h, w = img.shape[:2]
             scale = self.options.outscale or self.scale
+            why = ("" if dst is None else " (JPEG and WebP output, alpha and --outscale need the "
+                   "whole result in memory; PNG output of gray or RGB streams)")
             raise ImageError(f"{src}: the {round(w * scale)}x{round(h * scale)} result needs about "
-                             f"{need / 2**30:.1f} GiB of memory, and {have / 2**30:.1f} GiB is "
-                             "available; use a smaller input or --outscale")
+                             f"{need / 2**30:.1f} GiB of memory, over the {have / 2**30:.1f} GiB "
+                             f"budget{why}; use a smaller input, --outscale or --max-memory")
 
     def upscale_file(self, src: str | Path, dst: str | Path, progress: Progress | None = None) -> Path:
-        """Read, upscale and atomically write one image; returns the written path."""
+        """Read, upscale and atomically write one image; returns the written path. Large PNG
+        results are written band by band as the tiles finish them."""
         img = images.read_image(src, self.options.max_pixels)
-        self.check_fits(img, src)
-        images.write_image(dst, self.upscale_array(img, progress))
+        self.check_fits(img, src, dst)
+        if self.streams(img, dst) and self.output_bytes(img) > self.budget // 4:
+            self.write_png_streamed(img, dst, progress)
+        else:
+            images.write_image(dst, self.upscale_array(img, progress))
         return Path(dst)
+
+    def write_png_streamed(self, img: np.ndarray, dst: str | Path,
+                           progress: Progress | None = None) -> None:
+        """Upscale a gray or RGB image straight into a PNG file, rows written as they finish:
+        memory grows with the tile and the width, not the area."""
+        h, w = img.shape[:2]
+        gray = img.ndim == 2
+        x = torch.from_numpy(np.ascontiguousarray(images.gray_to_rgb(images.to_float(img))
+                                                  .transpose(2, 0, 1)))[None]
+        if self.descriptor.in_channels == 1:
+            x = (x * torch.from_numpy(images.LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+        def rows():
+            for _, band in self.engine.stream(x, progress):
+                rgb = (band.expand(3, -1, -1) if band.shape[0] == 1 else band).permute(1, 2, 0).numpy()
+                out = images.from_float(images.rgb_to_gray(rgb) if gray else rgb, img.dtype)
+                big_endian = out.astype(">u2") if img.dtype == np.uint16 else out
+                yield from (row.tobytes() for row in big_endian.reshape(out.shape[0], -1))
+
+        images.write_png_rows(dst, rows(), w * self.scale, h * self.scale, gray, img.itemsize * 8)
 
 
 # --------------------------------------------------------------------------- many files
@@ -209,16 +301,38 @@ class _TileBar:
             self.bar.close()
 
 
+def plan_outputs(files: list[Path], out_dir: Path, ext: str, suffix: str
+                 ) -> list[tuple[Path, Path, str | None]]:
+    """(input, output, problem) for every file, the same in every process: an output that would
+    overwrite an input, or that an earlier input already claims, is a problem."""
+    inputs_resolved = {f.resolve() for f in files}
+    claimed: set[Path] = set()
+    jobs = []
+    for src in files:
+        dst = out_dir / f"{src.stem}{suffix}.{ext}"
+        problem = None
+        if dst.resolve() in inputs_resolved:
+            problem = f"{src}: output {dst} would overwrite an input; choose another -o or --suffix"
+        elif dst.resolve() in claimed:
+            problem = f"{src}: output {dst} was already written for another input with the same name"
+        claimed.add(dst.resolve())
+        jobs.append((src, dst, problem))
+    return jobs
+
+
 def upscale_files(upscaler: Upscaler, inputs: Iterable[str | Path], out_dir: str | Path,
                   ext: str = "png", suffix: str = "", progress: bool = True,
                   on_error: Callable[[str], None] | None = None,
-                  existing: Existing = "error") -> BatchResult:
+                  existing: Existing = "error", shard: Shard | None = None,
+                  on_note: Callable[[str], None] | None = None) -> BatchResult:
     """Upscale files and folders into ``out_dir/<stem><suffix>.<ext>``. An input is never
     overwritten, two inputs never write one output, and a bad file is reported (``on_error``,
     as it happens) while the others go on. An existing output is an error unless ``existing``
-    is ``overwrite`` or ``skip`` (resume an interrupted batch)."""
+    is ``overwrite`` or ``skip`` (resume an interrupted batch). Under torchrun each process
+    (``shard``) takes its share of the files; ``on_note`` hears each image's tile plan."""
     from tqdm import tqdm
 
+    shard = shard or Shard()
     result = BatchResult()
     files, problems = collect_inputs(inputs)
     report = on_error or (lambda message: None)
@@ -227,31 +341,26 @@ def upscale_files(upscaler: Upscaler, inputs: Iterable[str | Path], out_dir: str
         result.errors.append(message)
         report(message)
 
-    for message in problems:
+    for message in problems if shard.main else []:
         fail(message)
-    out_dir = Path(out_dir)
-    inputs_resolved = {f.resolve() for f in files}
-    written: set[Path] = set()
-    for src in tqdm(files, desc="images", unit="img", disable=None if progress else True):
-        dst = out_dir / f"{src.stem}{suffix}.{ext}"
-        if dst.resolve() in inputs_resolved:
-            fail(f"{src}: output {dst} would overwrite an input; choose another -o or --suffix")
-            continue
-        if dst.resolve() in written:
-            fail(f"{src}: output {dst} was already written for another input with the same name")
-            continue
-        if (dst.exists() or dst.is_symlink()) and existing != "overwrite":
+    jobs = shard.take(plan_outputs(files, Path(out_dir), ext, suffix))
+    for src, dst, problem in tqdm(jobs, desc="images", unit="img",
+                                  disable=None if progress and shard.main else True):
+        if problem is None and (dst.exists() or dst.is_symlink()) and existing != "overwrite":
             if existing == "skip":
                 result.skipped.append(dst)
-            else:
-                fail(f"{src}: output {dst} exists; pass --overwrite to replace it or "
-                     "--skip-existing to keep it")
+                continue
+            problem = (f"{src}: output {dst} exists; pass --overwrite to replace it or "
+                       "--skip-existing to keep it")
+        if problem:
+            fail(problem)
             continue
-        bar = _TileBar(src.name, progress)
+        bar = _TileBar(src.name, progress and shard.main)
         try:
             upscaler.upscale_file(src, dst, bar)
-            written.add(dst.resolve())
             result.written.append(dst)
+            if on_note and upscaler.engine.last_plan is not None:
+                on_note(f"{src.name}: {upscaler.engine.last_plan}")
         except ImageError as err:
             fail(str(err))
         finally:

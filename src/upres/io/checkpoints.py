@@ -6,6 +6,7 @@ Nothing here ever unpickles arbitrary objects: ``.pth`` files go through
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 from dataclasses import dataclass, field
@@ -151,3 +152,13 @@ def load_matching(model: nn.Module, weights: LoadedWeights, strict: bool = True)
               if k in expected and v.shape == expected[k].shape}
     model.load_state_dict(loaded, strict=False)
     return {"loaded": sorted(loaded), "skipped": sorted(set(expected) - set(loaded))}
+
+
+def tensors_sha256(state_dict: dict) -> str:
+    """A hash of the tensors' names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key].contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

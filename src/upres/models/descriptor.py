@@ -17,6 +17,7 @@ class ModelDescriptor:
     out_channels: int = 3
     size_multiple: int = 1  # input height and width must be multiples of this (the engine pads)
     dtypes: tuple[str, ...] = DTYPE_NAMES  # compute dtypes that give correct output
+    activation_channels: int = 64  # the width activation memory grows with (see inference.memory)
     hparams: dict = field(default_factory=dict)  # constructor arguments; rebuild with build_model
 
     def supports(self, dtype: str) -> bool:

@@ -164,9 +164,14 @@ class RRDBNet(nn.Module):
 def describe(model: RRDBNet) -> ModelDescriptor:
     """RRDBNet and all its variants run correctly in fp32, bf16 and fp16."""
     h = model.hparams
+    # Activation memory grows with num_feat (the feature maps at the output resolution dominate).
+    # Measured by benchmarks/bench_memory.py: the rotation model's two batched branches need
+    # 1.9x the plain model in PyTorch, post-upsampling RRDB groups up to 1.6x; both are
+    # counted as 2x.
+    factor = (2 if h.get("rotation") else 1) * (2 if h.get("post_up_blocks") else 1)
     return ModelDescriptor(arch=NAME, scale=h["scale"], in_channels=h["num_in_ch"],
                            out_channels=h["num_out_ch"], size_multiple=UNSHUFFLE[h["scale"]],
-                           hparams=dict(h))
+                           activation_channels=h["num_feat"] * factor, hparams=dict(h))
 
 
 def detect(state_dict: dict[str, torch.Tensor]) -> bool:

@@ -123,6 +123,9 @@ class ValConfig(_Strict):
     tile_overlap: int = _doc("Input pixels shared by neighbouring tiles.", 192, ge=0)
     self_ensemble: Literal["off", "mean", "median"] = _doc(
         "Average the 8 flips/rotations when validating.", "off")
+    backend: Literal["torch", "openvino"] = _doc(
+        "Inference backend for validation: torch (exact fp32), or openvino on CPUs (converts "
+        "the weights at every validation: worth it only for long validations).", "torch")
 
 
 class Config(_Strict):

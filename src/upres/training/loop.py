@@ -366,7 +366,8 @@ def validate(model: nn.Module, cache: PairCache, indices: list[int], cfg: Config
     was_training = model.training
     up = Upscaler(model, device=str(device), dtype="fp32", channels_last=cfg.train.channels_last,
                   tile=cfg.val.tile, tile_overlap=cfg.val.tile_overlap,
-                  self_ensemble=cfg.val.self_ensemble)
+                  self_ensemble=cfg.val.self_ensemble, backend=cfg.val.backend,
+                  cache_converted=False)
     border = cfg.model.scale if cfg.val.crop_border is None else cfg.val.crop_border
     scores = {"psnr": [], "psnr_y": [], "ssim": []}
     bic = []

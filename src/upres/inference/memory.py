@@ -1,0 +1,83 @@
+"""How much memory inference may use and how much a model needs per input pixel.
+
+The footprints are measured, not guessed: ``benchmarks/bench_memory.py`` runs each architecture,
+backend and dtype in a fresh process at two input sizes, takes the peak RSS (VmHWM) growth per
+input pixel, divides by the model's ``activation_channels`` (activation memory grows with the
+feature width), and writes ``footprints.json`` beside this file. On CUDA the footprint is
+measured on the spot with ``torch.cuda.max_memory_allocated``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from upres.errors import InferenceError
+from upres.models import ModelDescriptor
+
+FOOTPRINTS = Path(__file__).with_name("footprints.json")
+BUDGET_FRACTION = 0.5  # of the memory available when the job starts
+
+
+@lru_cache(maxsize=1)
+def footprints() -> dict:
+    return json.loads(FOOTPRINTS.read_text())
+
+
+def bytes_per_pixel(descriptor: ModelDescriptor, backend: str, dtype: str) -> float | None:
+    """Peak bytes per input pixel for batch 1 (activations and output), or None if unmeasured."""
+    table = footprints()["bytes_per_pixel_per_channel"].get(descriptor.arch, {})
+    per_channel = table.get(f"{backend}-{dtype}")
+    return None if per_channel is None else per_channel * descriptor.activation_channels
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (Linux MemAvailable, else free pages)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def default_budget(device: torch.device) -> int:
+    """A safe share of what is free: half the available RAM, or of the free GPU memory."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * BUDGET_FRACTION)
+    return int(available_memory() * BUDGET_FRACTION)
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """``8G``, ``512M``, ``2.5GiB`` or a number of bytes."""
+    if text is None or isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([kKmMgGtT]?)(i?[bB])?\s*", str(text))
+    if not match:
+        raise InferenceError(f"memory size {text!r}: expected e.g. 8G, 512M or a byte count")
+    scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[match.group(2).lower()]
+    return int(float(match.group(1)) * scale)
+
+
+def measure_cuda(forward, descriptor: ModelDescriptor, device: torch.device,
+                 sizes: tuple[int, int] = (64, 128)) -> float:
+    """Bytes per input pixel on CUDA, from the allocator's peak at two input sizes."""
+    peaks = []
+    for side in sizes:
+        side = -(-side // descriptor.size_multiple) * descriptor.size_multiple
+        x = torch.rand(1, descriptor.in_channels, side, side, device=device)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        with torch.inference_mode():
+            forward(x)
+        torch.cuda.synchronize(device)
+        peaks.append((side * side, torch.cuda.max_memory_allocated(device) - base))
+    (p0, m0), (p1, m1) = peaks
+    return max((m1 - m0) / (p1 - p0), m1 / p1)

@@ -1,0 +1,61 @@
+"""Inference across processes: under ``torchrun`` (WORLD_SIZE > 1) each process takes every
+world-th input, on its own device (``cuda:LOCAL_RANK`` where there are GPUs), and the processes
+agree on the results through ``torch.distributed`` (NCCL on GPUs, gloo on CPUs)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Shard:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def take(self, items: list) -> list:
+        """This process's share: every world-th item, starting at its rank."""
+        return items[self.rank::self.world]
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def gather(self, value) -> list:
+        """Every process's ``value``, in rank order (on every process)."""
+        if self.world == 1:
+            return [value]
+        out = [None] * self.world
+        dist.all_gather_object(out, value)
+        return out
+
+    def broadcast(self, value):
+        """Rank 0's ``value`` on every process."""
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def current_shard(device: str = "auto") -> tuple[Shard, str]:
+    """This process's shard and the device it should use; starts the process group under
+    torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Shard(), device
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device in ("auto", "cuda") and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Shard(rank, world), device
