@@ -106,8 +106,10 @@ def write_basicsr_pth(state_dict: dict[str, torch.Tensor], path: str | Path) -> 
         torch.save({"params_ema": tensors}, tmp)
 
 
-def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Strict load whose error names every missing, unexpected and mis-shaped key."""
+def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str,
+              assign: bool = False) -> None:
+    """Strict load whose error names every missing, unexpected and mis-shaped key (``assign``:
+    the tensors become the parameters, as a model built on the meta device needs)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -123,7 +125,10 @@ def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str
                 shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
                 parts.append(f"{title} keys: {shown}")
         raise WeightsError(f"{source}: weights do not fit the model; " + "; ".join(parts))
-    model.load_state_dict(state_dict, strict=True)
+    if assign:  # parameters must be float32 and contiguous, whatever the file stored
+        state_dict = {k: v.float().contiguous() if v.is_floating_point() else v
+                      for k, v in state_dict.items()}
+    model.load_state_dict(state_dict, strict=True, assign=assign)
 
 
 def load_matching(model: nn.Module, weights: LoadedWeights, strict: bool = True) -> dict:

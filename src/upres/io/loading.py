@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from upres.errors import WeightsError
@@ -47,11 +48,12 @@ def load_weights(spec: str | Path) -> LoadedWeights:
 def model_from_weights(weights: LoadedWeights) -> nn.Module:
     """Build the recorded (or inferred) architecture and load the weights strictly."""
     try:
-        model = build_model(weights.arch, weights.hparams)
+        with torch.device("meta"):  # no random initialisation: every tensor is loaded next
+            model = build_model(weights.arch, weights.hparams)
     except Exception as err:  # bad metadata: name the file
         raise WeightsError(f"{weights.source}: cannot build {weights.arch} from its "
                            f"hyperparameters: {err}") from None
-    load_into(model, weights.state_dict, weights.source)
+    load_into(model, weights.state_dict, weights.source, assign=True)
     return model.eval()
 
 
