@@ -37,8 +37,8 @@ def test_a_model_that_does_not_convert_falls_back_with_one_line(tiny_model, monk
     monkeypatch.setattr(ovb, "OpenVinoModel", fail)
     up = Upscaler(tiny_model, device="cpu")
     assert up.backend == "torch"
-    assert up.notes == ["backend torch (OpenVINO could not convert the model: Unsupported "
-                        "operation: aten::weird)"]
+    assert up.notes == [f"backend torch ({up.dtype_name}; OpenVINO could not convert the model: "
+                        "Unsupported operation: aten::weird)"]
     with pytest.raises(InferenceError, match="OpenVINO could not convert the model"):
         Upscaler(tiny_model, device="cpu", backend="openvino")
 
@@ -47,6 +47,7 @@ def test_without_openvino_auto_uses_pytorch_and_says_why(tiny_model, monkeypatch
     monkeypatch.setattr(ovb, "openvino_available", lambda: False)
     up = Upscaler(tiny_model, device="cpu")
     assert up.backend == "torch" and "OpenVINO is not installed" in up.notes[0]
+    assert Upscaler(tiny_model, device="cpu", compile=True).backend == "torch"
     with pytest.raises(InferenceError, match="needs the openvino package"):
         Upscaler(tiny_model, device="cpu", backend="openvino")
 

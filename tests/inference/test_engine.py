@@ -144,9 +144,9 @@ def test_compiled_path_matches_eager(photo):
 
 def test_layout_follows_each_upscaler_even_for_a_shared_model(photo):
     model = tiny_rrdbnet()
-    Upscaler(model, channels_last=True)
+    Upscaler(model, channels_last=True, backend="torch")
     assert model.conv_first.weight.is_contiguous(memory_format=torch.channels_last)
-    Upscaler(model, channels_last=False)
+    Upscaler(model, channels_last=False, backend="torch")
     assert model.conv_first.weight.is_contiguous()
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -167,9 +168,9 @@ def fixed_plan(height: int, width: int, tile: int, overlap: int, multiple: int =
 
 def budget_plan(height: int, width: int, overlap: int, multiple: int,
                 memory: Callable[[int, int], int], budget: int) -> TilePlan:
-    """The whole image if ``memory(h, w)`` fits ``budget``, else the fewest tiles that fit (then
-    the least overlap), each sized to cover the image exactly: for n tiles on a side,
-    tile = ceil((size + (n - 1) * overlap) / n)."""
+    """The whole image if ``memory(h, w)`` fits ``budget``, else the tiles that fit with the
+    least compute spent on overlaps (then the fewest), each sized to cover the image exactly: for
+    n tiles on a side, tile = ceil((size + (n - 1) * overlap) / n)."""
     def side(size: int, n: int) -> int:
         t = -(-(size + (n - 1) * overlap) // n)
         return min(-(-t // multiple) * multiple, size)
@@ -181,7 +182,7 @@ def budget_plan(height: int, width: int, overlap: int, multiple: int,
     for ny in counts(height):
         for nx in counts(width):
             th, tw = side(height, ny), side(width, nx)
-            options.append((ny * nx, ny * nx * th * tw, ny, nx, th, tw))
+            options.append((ny * nx * th * tw, ny * nx, ny, nx, th, tw))
     for _, _, ny, nx, th, tw in sorted(options):
         need = memory(th, tw)
         if need <= budget:
@@ -229,6 +230,7 @@ class TileEngine:
         self.fixed_ensemble_batch = ensemble_batch
         self.ensemble_batch = ensemble_batch or 1
         self.last_plan: TilePlan | None = None
+        self.reserved = 0  # bytes of the budget already taken (the input image); set per call
 
     # -- planning
 
@@ -249,8 +251,9 @@ class TileEngine:
             def memory(th: int, tw: int) -> int:
                 return int(bpp * th * tw * self.batch_size) + self.band_bytes(th, width)
 
-            plan = budget_plan(height, width, self.tile_overlap, m, memory, self.budget)
-            spare = self.budget - plan.memory
+            budget = self.budget - self.reserved
+            plan = budget_plan(height, width, self.tile_overlap, m, memory, budget)
+            spare = budget - plan.memory
             per_copy = bpp * plan.tile_h * plan.tile_w * self.batch_size
             self.ensemble_batch = self.fixed_ensemble_batch or next(
                 (b for b in (8, 4, 2) if (b - 1) * per_copy <= spare), 1)
@@ -302,21 +305,25 @@ class TileEngine:
         pad_h, pad_w = (-h) % m, (-w) % m
         if not (pad_h or pad_w):
             return x
-        return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if min(h, w) > max(pad_h, pad_w)
-                     else "replicate")
+        mode = "reflect" if min(h, w) > max(pad_h, pad_w) else "replicate"
+        if x.is_floating_point():
+            return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        edge = "reflect" if mode == "reflect" else "edge"  # integer samples: numpy pads them
+        return torch.from_numpy(np.pad(x.numpy(), [(0, 0), (0, 0), (0, pad_h), (0, pad_w)], mode=edge))
 
     def _tile_row(self, x: torch.Tensor, plan: TilePlan, y0: int) -> Iterator[tuple[int, torch.Tensor]]:
         """(column index, output) of each tile in one row of the plan, ``batch_size`` at a time."""
         th, tw, xs = plan.tile_h, plan.tile_w, plan.xs
         for b in range(0, len(xs), self.batch_size):
             chunk = range(b, min(b + self.batch_size, len(xs)))
-            batch = torch.cat([x[..., y0:y0 + th, xs[ix]:xs[ix] + tw] for ix in chunk])
+            batch = _as_float(torch.cat([x[..., y0:y0 + th, xs[ix]:xs[ix] + tw] for ix in chunk]))
             yield from zip(chunk, self._run_ensembled(batch).cpu())
 
     @torch.inference_mode()
     def stream(self, x: torch.Tensor, progress: Progress | None = None
                ) -> Iterator[tuple[int, torch.Tensor]]:
-        """(1, C, H, W) float in [0, 1] -> (first row, (C_out, rows, sW) float32) bands of
+        """(1, C, H, W) float in [0, 1] (or uint8 / uint16 samples, converted tile by tile, so a
+        huge input costs its own size only) -> (first row, (C_out, rows, sW) float32) bands of
         finished output rows, top to bottom; only one tile row's band is held at a time."""
         _, _, h, w = x.shape
         x = self._pad(x)
@@ -327,6 +334,13 @@ class TileEngine:
         band = _Band(self.descriptor.out_channels, plan.width * s)
         for x0, v in zip(plan.xs, wx):
             band.norm_x[x0 * s:(x0 + tw) * s] += v
+        if plan.tiles == 1:  # the whole image: nothing to blend
+            with cudnn_benchmark(self.device.type == "cuda"):
+                out = self._run_ensembled(_as_float(x)).cpu()[0]
+            if progress:
+                progress(1, 1)
+            yield 0, out[:, :h * s, :w * s]
+            return
         done = 0
         with cudnn_benchmark(self.device.type == "cuda"):  # tiles share one shape
             for iy, y0 in enumerate(plan.ys):
@@ -340,6 +354,14 @@ class TileEngine:
                 top, rows = band.take((y0 + th) * s if last else plan.ys[iy + 1] * s)
                 if top < h * s:
                     yield top, rows[:, :h * s - top, :w * s]
+
+
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    """Samples in [0, 1]: integer images are divided by their peak."""
+    if x.is_floating_point():
+        return x
+    peak = 65535.0 if x.dtype in (torch.uint16, torch.int32) else 255.0
+    return x.float().div_(peak)
 
 
 class _Band:

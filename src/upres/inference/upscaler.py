@@ -85,11 +85,16 @@ class Upscaler:
         self.dtype = resolve_dtype(opts.dtype, self.device, self.descriptor.dtypes)
         self.scale = self.descriptor.scale
         self.notes: list[str] = []
-        # Set the weights' layout both ways: a model shared with an earlier Upscaler may have
-        # been converted already.
-        self.model = model.eval().to(self.device).to(
-            memory_format=torch.channels_last if opts.channels_last else torch.contiguous_format)
+        self.model = model.eval().to(self.device)
         forward, self.backend = self._backend(opts)
+        if self.backend == "torch":
+            # Set the weights' layout both ways: a model shared with an earlier Upscaler may
+            # have been converted already.
+            self.model.to(memory_format=torch.channels_last if opts.channels_last
+                          else torch.contiguous_format)
+            forward = torch.compile(self.model) if opts.compile else self.model
+        else:
+            self.model = None  # OpenVINO holds its own copy of the weights
         engine_dtype = self.dtype if self.backend == "torch" else torch.float32
         self.budget = memory.parse_size(opts.max_memory) or memory.default_budget(self.device)
         tile, bpp = self._footprint(opts, forward)
@@ -112,10 +117,11 @@ class Upscaler:
 
         want = opts.backend
         if want == "auto":
-            if self.device.type != "cpu":
+            if self.device.type != "cpu" or opts.compile:  # --compile asks for PyTorch
                 want = "torch"
             elif not ovb.openvino_available():
-                self.notes.append("backend torch (OpenVINO is not installed: pip install 'upres[openvino]')")
+                self.notes.append(f"backend torch ({self.dtype_name}; OpenVINO is not installed: "
+                                  "pip install 'upres[openvino]')")
                 want = "torch"
             else:
                 want = "openvino"
@@ -134,10 +140,11 @@ class Upscaler:
                 if opts.backend == "openvino":
                     raise InferenceError(f"OpenVINO could not convert the model: {err}") from None
                 reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-                self.notes.append(f"backend torch (OpenVINO could not convert the model: {reason})")
+                self.notes.append(f"backend torch ({self.dtype_name}; OpenVINO could not convert "
+                                  f"the model: {reason})")
         elif not self.notes:
             self.notes.append(f"backend torch ({self.dtype_name})")
-        return (torch.compile(self.model) if opts.compile else self.model), "torch"
+        return self.model, "torch"
 
     def _footprint(self, opts: InferenceOptions, forward) -> tuple:
         """The engine's tile setting and the model's measured bytes per input pixel."""
@@ -239,22 +246,31 @@ class Upscaler:
     def write_png_streamed(self, img: np.ndarray, dst: str | Path,
                            progress: Progress | None = None) -> None:
         """Upscale a gray or RGB image straight into a PNG file, rows written as they finish:
-        memory grows with the tile and the width, not the area."""
+        memory grows with the tile and the width, not the area. The input stays in its own
+        samples (converted tile by tile) and counts against the budget."""
         h, w = img.shape[:2]
         gray = img.ndim == 2
-        x = torch.from_numpy(np.ascontiguousarray(images.gray_to_rgb(images.to_float(img))
-                                                  .transpose(2, 0, 1)))[None]
-        if self.descriptor.in_channels == 1:
-            x = (x * torch.from_numpy(images.LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        if self.descriptor.in_channels == 1:  # single-channel models see the luma
+            f = images.to_float(img)
+            x = torch.from_numpy(np.ascontiguousarray(f if gray else images.rgb_to_gray(f)))[None, None]
+        else:
+            samples = img.astype(np.int32) if img.dtype == np.uint16 else img  # torch lacks uint16 ops
+            x = torch.from_numpy(images.gray_to_rgb(samples)).permute(2, 0, 1)[None]
+        self.engine.reserved = x.numel() * x.element_size()
 
         def rows():
             for _, band in self.engine.stream(x, progress):
-                rgb = (band.expand(3, -1, -1) if band.shape[0] == 1 else band).permute(1, 2, 0).numpy()
-                out = images.from_float(images.rgb_to_gray(rgb) if gray else rgb, img.dtype)
-                big_endian = out.astype(">u2") if img.dtype == np.uint16 else out
-                yield from (row.tobytes() for row in big_endian.reshape(out.shape[0], -1))
+                for r in range(0, band.shape[1], 64):  # a few rows at a time: small temporaries
+                    part = band[:, r:r + 64]
+                    rgb = (part.expand(3, -1, -1) if part.shape[0] == 1 else part).permute(1, 2, 0).numpy()
+                    out = images.from_float(images.rgb_to_gray(rgb) if gray else rgb, img.dtype)
+                    big_endian = out.astype(">u2") if img.dtype == np.uint16 else out
+                    yield from (row.tobytes() for row in big_endian.reshape(out.shape[0], -1))
 
-        images.write_png_rows(dst, rows(), w * self.scale, h * self.scale, gray, img.itemsize * 8)
+        try:
+            images.write_png_rows(dst, rows(), w * self.scale, h * self.scale, gray, img.itemsize * 8)
+        finally:
+            self.engine.reserved = 0
 
 
 # --------------------------------------------------------------------------- many files

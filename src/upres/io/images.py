@@ -151,7 +151,10 @@ def to_float(img: np.ndarray) -> np.ndarray:
 def from_float(img: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Float samples in [0, 1] to integers of ``dtype``, clipped and rounded."""
     peak = max_value(dtype)
-    return np.clip(np.rint(img * peak), 0, peak).astype(dtype)
+    out = np.multiply(img, np.float32(peak), dtype=np.float32)  # one temporary, then in place
+    np.rint(out, out=out)
+    np.clip(out, 0, peak, out=out)
+    return out.astype(dtype)
 
 
 def gray_to_rgb(img: np.ndarray) -> np.ndarray:

@@ -40,6 +40,8 @@ UNSHUFFLE = {4: 1, 2: 2, 1: 4}
 def _scaled_kaiming_(modules: list[nn.Module], scale: float) -> None:
     """BasicSR's ``default_init_weights``: Kaiming-normal weights times ``scale``, zero bias."""
     for module in modules:
+        if module.weight.is_meta:  # built to be loaded (upres.io.loading): nothing to draw
+            continue
         nn.init.kaiming_normal_(module.weight)
         module.weight.data.mul_(scale)
         if module.bias is not None:
