@@ -33,9 +33,10 @@ def main() -> None:
         img = np.concatenate([photo, photo[:, ::-1]], axis=1)[:, :width].astype(np.float32) / 255
         starts = tile_starts(width, args.tile, overlap)
         t0 = time.perf_counter()
-        whole = Upscaler(model, tile=0, dtype="fp32").upscale_float(img)
+        whole = Upscaler(model, tile=0, dtype="fp32", backend="torch").upscale_float(img)
         t1 = time.perf_counter()
-        tiled = Upscaler(model, tile=args.tile, tile_overlap=overlap, dtype="fp32").upscale_float(img)
+        tiled = Upscaler(model, tile=args.tile, tile_overlap=overlap, dtype="fp32",
+                         backend="torch").upscale_float(img)
         t2 = time.perf_counter()
         diff = np.abs(tiled - whole) * 255
         print(f"{overlap:8d} {img.shape[0]:4d}x{width:<4d} {str(starts):>12s} {diff.max():16.4f} "

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import pickle
 import signal
 import sys
@@ -30,6 +29,7 @@ from torch.utils.data import DataLoader
 
 from upres.errors import CheckpointError, DiskFullError, TrainingError, TrainingInterrupted
 from upres.inference.engine import autocast_context, resolve_device, resolve_dtype
+from upres.inference.shard import current_shard
 from upres.inference.upscaler import Upscaler
 from upres.io.checkpoints import load_matching
 from upres.io.files import atomic_path, atomic_write_bytes, out_of_space
@@ -146,17 +146,9 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
 
 
 def setup_process(device_name: str, run_dir: Path) -> Process:
-    """Rank, world size and device; torchrun's environment turns on DDP."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Process(run_dir, 0, 1, resolve_device(device_name))
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.set_device(local)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Process(run_dir, rank, world, torch.device("cuda", local) if use_cuda else torch.device("cpu"))
+    """Rank, world size and device; torchrun's environment turns on DDP (as for inference)."""
+    shard, device = current_shard(device_name)
+    return Process(run_dir, shard.rank, shard.world, resolve_device(device))
 
 
 def prepare_data(cfg: Config, proc: Process, progress: bool) -> TrainData:
