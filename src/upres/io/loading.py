@@ -19,7 +19,7 @@ from upres.io.checkpoints import (
 )
 from upres.io.ncnn import read_ncnn
 from upres.io.pretrained import PRETRAINED, load_pretrained
-from upres.models import ModelDescriptor, build_model, describe
+from upres.models import build_model, describe
 
 
 def load_weights_file(path: str | Path) -> LoadedWeights:
@@ -60,12 +60,6 @@ def model_from_weights(weights: LoadedWeights) -> nn.Module:
 def load_model(spec: str | Path) -> nn.Module:
     """A ready ``eval()`` model from a pretrained name or a weights file."""
     return model_from_weights(load_weights(spec))
-
-
-def load_described(spec: str | Path) -> tuple[nn.Module, ModelDescriptor]:
-    """The model and its descriptor: what the engine, predict and export consume."""
-    model = load_model(spec)
-    return model, describe(model)
 
 
 def save_model(model: nn.Module, path: str | Path, extra: dict | None = None) -> None:
