@@ -66,8 +66,9 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
                    help="auto: OpenVINO on CPUs where it is installed and the model converts, "
                    "else PyTorch (always PyTorch on CUDA and MPS)")
     g.add_argument("--max-memory", metavar="SIZE", default=None,
-                   help="memory budget for --tile auto and the result, e.g. 8G or 512M "
-                   "(default: half the free RAM, or of the free GPU memory)")
+                   help="memory target for the whole process on a CPU (for tiles and the result "
+                   "on a GPU), e.g. 8G or 512M; a planning target, not a hard limit (default: "
+                   "tiles planned for half the free RAM, or of the free GPU memory)")
     g.add_argument("--verbose", action="store_true",
                    help="print each image's tile plan and compute multiplier")
 

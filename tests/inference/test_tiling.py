@@ -49,7 +49,8 @@ def test_default_budget_on_a_24_gib_machine_wastes_at_most_15_percent(size, monk
     assert plan.multiplier <= 1.15, plan
 
 
-def test_auto_tiles_match_the_whole_image_on_a_real_photo(photo):
+def test_auto_tiles_match_the_whole_image_on_a_real_photo(photo, monkeypatch):
+    monkeypatch.setattr(memory, "process_rss", lambda: 0)  # the budget below is all for tiles
     model = tiny_rrdbnet(num_block=2)
     img = photo[:200, :360].astype(np.float32) / 255
     whole = Upscaler(model, tile=0, dtype="fp32", backend="torch").upscale_float(img)
@@ -79,6 +80,7 @@ def test_streamed_png_equals_the_whole_result(tmp_path, photo, mode):
 
 
 def test_large_png_results_stream_and_others_are_refused_beyond_the_budget(tmp_path, photo, monkeypatch):
+    monkeypatch.setattr(memory, "process_rss", lambda: 0)
     img = photo[:64, :64]
     images.write_image(tmp_path / "a.png", img)
     up = Upscaler(tiny_rrdbnet(), dtype="fp32", backend="torch", max_memory="1M")
@@ -117,3 +119,15 @@ def test_memory_sizes_parse():
     assert memory.parse_size("1.5GiB") == int(1.5 * 2**30) and memory.parse_size(1000) == 1000
     with pytest.raises(InferenceError, match="expected e.g. 8G"):
         memory.parse_size("lots")
+
+
+def test_max_memory_caps_the_whole_process(tiny_model, monkeypatch):
+    monkeypatch.setattr(memory, "process_rss", lambda: 2**30)
+    up = Upscaler(tiny_model, backend="torch", max_memory="3G")
+    assert up.budget == 2 * 2**30  # what the process already holds is taken off
+    with pytest.raises(InferenceError, match="below what this process already holds"):
+        Upscaler(tiny_model, backend="torch", max_memory="512M")
+
+
+def test_process_rss_is_read():
+    assert memory.process_rss() > 50 * 2**20  # this Python with torch loaded

@@ -46,6 +46,15 @@ def available_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def process_rss() -> int:
+    """Bytes this process holds now (libraries, models): what a --max-memory cap already spends."""
+    try:
+        match = re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text())
+    except OSError:
+        return 0
+    return int(match.group(1)) * 1024 if match else 0
+
+
 def default_budget(device: torch.device) -> int:
     """A safe share of what is free: half the available RAM, or of the free GPU memory."""
     if device.type == "cuda":

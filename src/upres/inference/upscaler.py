@@ -44,7 +44,7 @@ class InferenceOptions:
     outscale: float | None = None  # final scale if not the model's (Lanczos / area resize)
     max_pixels: int = images.DEFAULT_MAX_PIXELS  # larger inputs are refused before decoding
     backend: Literal["auto", "torch", "openvino"] = "auto"  # auto: OpenVINO on CPUs if installed
-    max_memory: int | str | None = None  # budget in bytes or "8G"; None: half of what is free
+    max_memory: int | str | None = None  # process target, bytes or "8G"; None: half of what is free
     cache_converted: bool = True  # keep OpenVINO conversions in the cache (not for training weights)
 
 
@@ -96,7 +96,7 @@ class Upscaler:
         else:
             self.model = None  # OpenVINO holds its own copy of the weights
         engine_dtype = self.dtype if self.backend == "torch" else torch.float32
-        self.budget = memory.parse_size(opts.max_memory) or memory.default_budget(self.device)
+        self.budget = self._budget(opts)
         tile, bpp = self._footprint(opts, forward)
         self.engine = TileEngine(forward, self.descriptor, self.device, engine_dtype, tile,
                                  opts.tile_overlap, opts.self_ensemble,
@@ -105,6 +105,19 @@ class Upscaler:
                                  # measured: one batch of 8 flips is slower than 8 passes for
                                  # PyTorch on a CPU (11.3x vs 8.9x one pass at 128x128)
                                  1 if self.backend == "torch" and self.device.type == "cpu" else None)
+
+    def _budget(self, opts: InferenceOptions) -> int:
+        """Bytes for activations, bands and the input. ``max_memory`` is a target for the whole
+        process on the CPU, so what it already holds (libraries, the model) is taken off; the
+        default is half of what is free."""
+        cap = memory.parse_size(opts.max_memory)
+        if cap is None:
+            return memory.default_budget(self.device)
+        held = memory.process_rss() if self.device.type == "cpu" else 0
+        if cap - held <= 0:
+            raise InferenceError(f"--max-memory {opts.max_memory} is below what this process "
+                                 f"already holds ({held / 2**30:.2f} GiB: libraries and the model)")
+        return cap - held
 
     @property
     def dtype_name(self) -> str:
