@@ -340,7 +340,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     shard, device = current_shard(args.device)
     options = InferenceOptions(**_inference_kwargs(args) | {"device": device})
     result = predict(args.model, args.input, args.output, args.weights, args.val, args.zip,
-                     options, progress=not args.quiet, report_dir=args.report, shard=shard)
+                     options, progress=not args.quiet, report_dir=args.report, shard=shard,
+                     on_note=_note if shard.main and not args.quiet else None)
     if not shard.main:
         return 0
     if len(args.model) > 1:

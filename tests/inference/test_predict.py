@@ -130,3 +130,12 @@ def test_unreadable_input_leaves_no_half_written_submission(setup, capsys):
     assert "zz.png: cannot decode image" in capsys.readouterr().err
     assert not (root / "sub").exists()
     assert [p.name for p in root.iterdir() if p.name.startswith(".sub")] == []
+
+
+def test_predict_says_which_backend_each_model_runs_on(setup):
+    root, models = setup
+    notes = []
+    predict(models, root / "test", root / "n", weights="0.5,0.5", progress=False,
+            on_note=notes.append)
+    assert [n.split(":")[0] for n in notes] == ["m1", "m2"]
+    assert all("backend " in n for n in notes)

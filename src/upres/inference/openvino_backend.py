@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +58,9 @@ def _cached_ir(model: nn.Module, descriptor: ModelDescriptor, folder: Path):
         ov.save_model(converted, str(tmp), compress_to_fp16=False)
         os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
         os.replace(tmp, xml)
-    except (OSError, RuntimeError):
-        pass  # an unwritable cache only costs the conversion next time
+    except (OSError, RuntimeError) as err:  # an unwritable cache costs the conversion next time
+        warnings.warn(f"cannot keep the converted model in {folder} ({err}); it will be "
+                      "converted again next time", stacklevel=3)
     return converted
 
 

@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -299,7 +300,8 @@ def _write_submission(predictor: Predictor, coefficients: np.ndarray, inputs: li
 def predict(models: list, input_dir: str | Path, output_dir: str | Path,
             weights: str = "psnr", val_dir: str | Path | None = None, make_zip: bool = False,
             options: InferenceOptions | None = None, progress: bool = True,
-            report_dir: str | Path | None = None, shard: Shard | None = None) -> PredictResult:
+            report_dir: str | Path | None = None, shard: Shard | None = None,
+            on_note: Callable[[str], None] | None = None) -> PredictResult:
     """Upscale every image of ``input_dir`` into the new folder ``output_dir`` (PNG, same stems),
     fusing several models by soft voting (``weights``: a rule or explicit coefficients).
 
@@ -310,6 +312,9 @@ def predict(models: list, input_dir: str | Path, output_dir: str | Path,
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     inputs = _check_request(input_dir, output_dir, val_dir, report_dir)
     predictor = Predictor(models, options)
+    for name, upscaler in zip(predictor.names, predictor.upscalers):
+        if on_note:  # which backend and precision each model runs with, and why
+            on_note(f"{name}: {'; '.join(upscaler.notes)}")
     chosen, val_scores = shard.broadcast(
         _choose_coefficients(predictor, weights, len(models), val_dir, report_dir)
         if shard.main or val_dir is None else None)

@@ -346,7 +346,7 @@ def plan_outputs(files: list[Path], out_dir: Path, ext: str, suffix: str
         if dst.resolve() in inputs_resolved:
             problem = f"{src}: output {dst} would overwrite an input; choose another -o or --suffix"
         elif dst.resolve() in claimed:
-            problem = f"{src}: output {dst} was already written for another input with the same name"
+            problem = f"{src}: output {dst} is also the output of an earlier input with the same name"
         claimed.add(dst.resolve())
         jobs.append((src, dst, problem))
     return jobs

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from upres.errors import WeightsError
+from upres.errors import ArchitectureError, WeightsError
 from upres.io.checkpoints import (
     LoadedWeights,
     load_into,
@@ -50,7 +50,7 @@ def model_from_weights(weights: LoadedWeights) -> nn.Module:
     try:
         with torch.device("meta"):  # no random initialisation: every tensor is loaded next
             model = build_model(weights.arch, weights.hparams)
-    except Exception as err:  # bad metadata: name the file
+    except (ArchitectureError, TypeError, ValueError) as err:  # bad metadata: name the file
         raise WeightsError(f"{weights.source}: cannot build {weights.arch} from its "
                            f"hyperparameters: {err}") from None
     load_into(model, weights.state_dict, weights.source, assign=True)
