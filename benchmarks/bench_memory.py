@@ -47,7 +47,7 @@ def measure_one(spec: str, backend: str, dtype: str, side: int) -> dict:
     """In this process: peak RSS growth for one forward pass at ``side`` x ``side``."""
     import torch
 
-    from upres.inference.engine import autocast_context
+    from upres.inference.torch_backend import autocast_context
     from upres.models import describe
 
     model = _model(spec)

@@ -44,6 +44,7 @@ from upres.inference import upscaler as upscaler_mod
 from upres.io import files as files_mod
 from upres.io import images
 from upres.io import pretrained as P
+from upres.io.checkpoints import tensors_sha256
 from upres.io.loading import save_model
 from upres.training import loop as loop_mod
 
@@ -183,7 +184,7 @@ def test_04_another_model_copied_over_the_cache_is_not_used(tmp_path, monkeypatc
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     good = P.load_pretrained("realesrgan-x4plus-anime").state_dict
     impostor = {k: v + 1 for k, v in good.items()}
-    meta = dict(load_file_metadata(_cached(tmp_path)), sha256=P.tensors_sha256(impostor),
+    meta = dict(load_file_metadata(_cached(tmp_path)), sha256=tensors_sha256(impostor),
                 source_sha256="0" * 64)
     save_file(impostor, str(_cached(tmp_path)), metadata=meta)
     with pytest.warns(UserWarning, match="not a conversion of the installed"):

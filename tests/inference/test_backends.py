@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -6,6 +10,8 @@ from helpers import tiny_rrdbnet
 from upres.errors import InferenceError
 from upres.inference import openvino_backend as ovb
 from upres.inference.upscaler import Upscaler
+from upres.io import images
+from upres.io.loading import save_model
 from upres.scoring import metrics
 
 
@@ -52,17 +58,87 @@ def test_without_openvino_auto_uses_pytorch_and_says_why(tiny_model, monkeypatch
         Upscaler(tiny_model, device="cpu", backend="openvino")
 
 
-def test_converted_model_is_cached_and_reused(tiny_model, tmp_path, monkeypatch):
+def test_converted_module_is_cached_and_reused(tiny_model, tmp_path, monkeypatch):
     pytest.importorskip("openvino")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     Upscaler(tiny_model, device="cpu", backend="openvino")
-    cached = sorted(p.name for p in (tmp_path / "upres" / "openvino").glob("RRDBNet-*"))
-    assert len(cached) == 2 and cached[0].endswith(".bin") and cached[1].endswith(".xml")
-    monkeypatch.setattr(ovb, "_convert", lambda *a: pytest.fail("converted again"))
+    cached = sorted(p.suffix for p in (tmp_path / "upres" / "openvino").glob("mod-*"))
+    assert cached == [".bin", ".json", ".xml"]
+    monkeypatch.setattr(ovb, "convert", lambda *a: pytest.fail("converted again"))
     again = Upscaler(tiny_model, device="cpu", backend="openvino", dtype="fp32")
     x = np.random.default_rng(0).random((12, 16, 3), dtype=np.float32)
     ref = Upscaler(tiny_model, device="cpu", backend="torch", dtype="fp32").upscale_float(x)
     assert np.abs(again.upscale_float(x) - ref).max() < 1e-4
+
+
+def _saved_tiny(path, seed=0):
+    torch.manual_seed(seed)
+    model = tiny_rrdbnet()
+    save_model(model, path)
+    return model
+
+
+def test_a_weights_file_converted_once_runs_from_the_cache_without_loading_it(tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    model = _saved_tiny(tmp_path / "m.safetensors")
+    x = np.random.default_rng(0).random((12, 16, 3), dtype=np.float32)
+    ref = Upscaler(model, backend="torch", dtype="fp32").upscale_float(x)
+    first = Upscaler(tmp_path / "m.safetensors", backend="openvino", dtype="fp32")
+    import upres.io.loading as loading
+
+    monkeypatch.setattr(loading, "load_model", lambda *a: pytest.fail("loaded the weights again"))
+    monkeypatch.setattr(ovb, "convert", lambda *a: pytest.fail("converted again"))
+    second = Upscaler(tmp_path / "m.safetensors", backend="openvino", dtype="fp32")
+    assert second.descriptor == first.descriptor and second.scale == 4
+    for up in (first, second):
+        assert np.abs(up.upscale_float(x) - ref).max() < 1e-4
+    monkeypatch.undo()
+    # new weights under the same name are a new source: converted, never the stale model
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    other = _saved_tiny(tmp_path / "m.safetensors", seed=1)
+    ref_other = Upscaler(other, backend="torch", dtype="fp32").upscale_float(x)
+    up = Upscaler(tmp_path / "m.safetensors", backend="openvino", dtype="fp32")
+    assert np.abs(up.upscale_float(x) - ref_other).max() < 1e-4
+
+
+def test_a_damaged_cache_entry_is_converted_again(tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    model = _saved_tiny(tmp_path / "m.safetensors")
+    Upscaler(tmp_path / "m.safetensors", backend="openvino", dtype="fp32")
+    (weights,) = (tmp_path / "cache" / "upres" / "openvino").glob("src-*.bin")
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle of a convolution
+    weights.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="damaged OpenVINO cache entry .*do not match"):
+        up = Upscaler(tmp_path / "m.safetensors", backend="openvino", dtype="fp32")
+    x = np.random.default_rng(0).random((12, 16, 3), dtype=np.float32)
+    ref = Upscaler(model, backend="torch", dtype="fp32").upscale_float(x)
+    assert np.abs(up.upscale_float(x) - ref).max() < 1e-4
+
+
+def test_upscale_from_the_cache_imports_no_pytorch(tmp_path):
+    """The start-up a small image pays: with the conversion cached, ``upres upscale`` on a CPU
+    reads the IR and never imports PyTorch (nor builds the network)."""
+    pytest.importorskip("openvino")
+    _saved_tiny(tmp_path / "m.safetensors")
+    images.write_image(tmp_path / "in.png", np.zeros((8, 8, 3), np.uint8))
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    probe = ("import sys, runpy; sys.argv = ['upres', 'upscale', '--model', sys.argv[1], sys.argv[2],"
+             " '-o', sys.argv[3], '--overwrite', '--quiet']\n"
+             "try:\n    runpy.run_module('upres.cli', run_name='__main__')\n"
+             "except SystemExit as e:\n    assert not e.code, e.code\n"
+             "print('torch' in sys.modules)")
+    args = [sys.executable, "-c", probe, str(tmp_path / "m.safetensors"), str(tmp_path / "in.png"),
+            str(tmp_path / "out")]
+    runs = [subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+            for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    assert runs[0].stdout.split()[-1] == "True"  # the first run converts with PyTorch
+    assert runs[1].stdout.split()[-1] == "False"
+    assert images.read_image(tmp_path / "out" / "in.png").shape == (32, 32, 3)
 
 
 def test_openvino_serves_self_ensemble_and_tiles(photo):

@@ -42,7 +42,9 @@ def test_pretrained_is_cached_as_safetensors(tmp_path, monkeypatch):
     assert cached.exists()
     assert first.hparams == dict(num_in_ch=3, num_out_ch=3, scale=4, num_feat=64, num_block=6,
                                  num_grow_ch=32)
-    monkeypatch.setattr(P, "read_ncnn", lambda *a: pytest.fail("cache not used"))
+    import upres.io.ncnn
+
+    monkeypatch.setattr(upres.io.ncnn, "read_ncnn", lambda *a: pytest.fail("cache not used"))
     second = P.load_pretrained("realesrgan-x4plus-anime")
     assert torch.equal(second.state_dict["conv_last.weight"], first.state_dict["conv_last.weight"])
 

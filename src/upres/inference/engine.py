@@ -1,104 +1,38 @@
-"""The tile engine: tensors in, tensors out, for any callable model described by a
-``ModelDescriptor``. Device and dtype choice, seamless overlapping tiles run in batches, padding
-to the model's size multiple, and the geometric self-ensemble (8 flips/rotations, mean or
-median), which works tile by tile. It never loads files or knows about image modes."""
+"""The tile engine: host arrays in, host arrays out, for any callable model (a PyTorch module on
+its device, an OpenVINO compiled model, ...) described by a ``ModelDescriptor``. Seamless
+overlapping tiles run in batches, padding to the model's size multiple, and the geometric
+self-ensemble (8 flips/rotations, mean or median), which works tile by tile. It never loads
+files, knows about image modes or imports PyTorch."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import torch
-from torch.nn import functional as F
 
 from upres.errors import InferenceError
-from upres.models import ModelDescriptor
+from upres.models.descriptor import ModelDescriptor
 
 SelfEnsemble = Literal["off", "mean", "median"]
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 Progress = Callable[[int, int], None]
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InferenceError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InferenceError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True where oneDNN has native bf16 kernels (AVX512-BF16 / AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_dtype(dtype: str, device: torch.device,
-                  supported: tuple[str, ...] = tuple(DTYPES)) -> torch.dtype:
-    """``auto``: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32, each only where the
-    model supports it (fp32 otherwise). fp16 is CUDA-only."""
-    if dtype == "auto":
-        if device.type == "cuda" and "fp16" in supported:
-            return torch.float16
-        if device.type == "cpu" and cpu_has_fast_bf16() and "bf16" in supported:
-            return torch.bfloat16
-        return torch.float32
-    if dtype not in DTYPES:
-        raise InferenceError(f"unknown dtype {dtype!r}; choose auto, fp32, bf16 or fp16")
-    if dtype == "fp16" and device.type != "cuda":
-        raise InferenceError(f"dtype fp16 is supported on CUDA only, not on {device.type}; "
-                             "use bf16 or fp32")
-    if dtype not in supported:
-        raise InferenceError(f"dtype {dtype} is not supported by this model (supported: "
-                             f"{', '.join(supported)})")
-    return DTYPES[dtype]
-
-
-def autocast_context(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    """Mixed precision by autocast (weights stay fp32); fp32 runs plainly."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-@contextlib.contextmanager
-def cudnn_benchmark(enabled: bool) -> Iterator[None]:
-    """Tune cuDNN kernels for the call's fixed tile shape, then restore the caller's setting."""
-    old = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = enabled or old
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = old
+Model = Callable[[np.ndarray], np.ndarray]  # (N, C, H, W) float32 -> (N, C_out, sH, sW) float32
 
 
 # --------------------------------------------------------------------------- geometry
 
 
-def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th of the 8 flips/rotations of the last two dims (k in 0..7)."""
+def dihedral(x: np.ndarray, k: int) -> np.ndarray:
+    """The k-th of the 8 flips/rotations of the last two axes (k in 0..7)."""
     if k >= 4:
-        x = x.flip(-1)
-    return torch.rot90(x, k % 4, dims=(-2, -1))
+        x = x[..., ::-1]
+    return np.rot90(x, k % 4, axes=(-2, -1))
 
 
-def dihedral_inverse(x: torch.Tensor, k: int) -> torch.Tensor:
-    x = torch.rot90(x, -(k % 4), dims=(-2, -1))
-    return x.flip(-1) if k >= 4 else x
+def dihedral_inverse(x: np.ndarray, k: int) -> np.ndarray:
+    x = np.rot90(x, -(k % 4), axes=(-2, -1))
+    return x[..., ::-1] if k >= 4 else x
 
 
 def tile_starts(size: int, tile: int, overlap: int, count: int | None = None) -> list[int]:
@@ -110,19 +44,20 @@ def tile_starts(size: int, tile: int, overlap: int, count: int | None = None) ->
     return [round(i * (size - tile) / (n - 1)) for i in range(n)]
 
 
-def tile_ramps(starts: list[int], tile: int) -> list[torch.Tensor]:
+def tile_ramps(starts: list[int], tile: int) -> list[np.ndarray]:
     """1-D blending ramps per tile. Where two tiles overlap by ``ov``, each keeps the half nearer
     its own centre and the hand-over is a linear ramp ``ov / 4`` wide around the middle; pixels
     near a tile's cut edge (little context) get weight ~0, so the output has no seam."""
     ramps = []
-    pos = torch.arange(tile, dtype=torch.float32) + 0.5
+    pos = np.arange(tile, dtype=np.float32) + np.float32(0.5)
     for i, s in enumerate(starts):
-        w = torch.ones(tile)
+        w = np.ones(tile, np.float32)
         for ov, dist in ((starts[i - 1] + tile - s if i > 0 else 0, pos),
                          (s + tile - starts[i + 1] if i + 1 < len(starts) else 0, tile - pos)):
             if ov > 0:
                 band = max(ov / 4, 1.0)
-                w = torch.minimum(w, ((dist - (ov - band) / 2) / band).clamp(1e-4, 1))
+                w = np.minimum(w, np.clip((dist - np.float32((ov - band) / 2)) / np.float32(band),
+                                          1e-4, 1).astype(np.float32))
         ramps.append(w)
     return ramps
 
@@ -197,19 +132,21 @@ def budget_plan(height: int, width: int, overlap: int, multiple: int,
 
 
 class TileEngine:
-    """Runs ``model`` over (1, C, H, W) tensors in overlapping tiles and hands the result over in
+    """Runs ``model`` over (1, C, H, W) arrays in overlapping tiles and hands the result over in
     bands of finished rows, so that memory grows with the tile and the image width, not the
     image area.
 
     ``tile="auto"`` runs the whole image when it fits ``budget`` bytes, else the fewest tiles that
     fit; the footprint is ``bytes_per_pixel`` (activations per input pixel, measured per
-    architecture, dtype and backend) times the tile area, plus the output band."""
+    architecture, dtype and backend) times the tile area, plus the output band.
+    ``ensemble_batch`` is how many flips/rotations go through one forward pass: a number, or None
+    for as many as the budget allows (8 with a fixed tile)."""
 
-    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], descriptor: ModelDescriptor,
-                 device: torch.device, dtype: torch.dtype, tile: int | Literal["auto"] = 512,
-                 tile_overlap: int = 192, self_ensemble: SelfEnsemble = "off", batch_size: int = 1,
-                 channels_last: bool = True, budget: int | None = None,
-                 bytes_per_pixel: float | None = None, ensemble_batch: int | None = None) -> None:
+    def __init__(self, model: Model, descriptor: ModelDescriptor,
+                 tile: int | Literal["auto"] = 512, tile_overlap: int = 192,
+                 self_ensemble: SelfEnsemble = "off", batch_size: int = 1,
+                 budget: int | None = None, bytes_per_pixel: float | None = None,
+                 ensemble_batch: int | None = None) -> None:
         if self_ensemble not in ("off", "mean", "median"):
             raise InferenceError(f"self_ensemble must be off, mean or median, not {self_ensemble!r}")
         if tile != "auto" and (not isinstance(tile, int) or tile < 0):
@@ -221,12 +158,9 @@ class TileEngine:
         if tile == "auto" and (budget is None or bytes_per_pixel is None):
             raise InferenceError("tile 'auto' needs a memory budget and the model's footprint")
         self.model, self.descriptor = model, descriptor
-        self.device, self.dtype = device, dtype
         self.tile, self.tile_overlap = tile, tile_overlap
-        self.self_ensemble, self.batch_size, self.channels_last = self_ensemble, batch_size, channels_last
+        self.self_ensemble, self.batch_size = self_ensemble, batch_size
         self.budget, self.bytes_per_pixel = budget, bytes_per_pixel
-        # flips/rotations per forward pass: given, or as many as the budget allows (8 on CUDA
-        # with a fixed tile)
         self.fixed_ensemble_batch = ensemble_batch
         self.ensemble_batch = ensemble_batch or 1
         self.last_plan: TilePlan | None = None
@@ -244,7 +178,7 @@ class TileEngine:
         m = self.descriptor.size_multiple
         if self.tile != "auto":
             plan = fixed_plan(height, width, self.tile, self.tile_overlap, m)
-            self.ensemble_batch = self.fixed_ensemble_batch or (8 if self.device.type == "cuda" else 1)
+            self.ensemble_batch = self.fixed_ensemble_batch or 8
         else:
             bpp = self.bytes_per_pixel
 
@@ -262,66 +196,57 @@ class TileEngine:
 
     # -- running
 
-    def _run(self, batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.to(self.device)
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        with autocast_context(self.device, self.dtype):
-            return self.model(batch).float()
-
-    def _run_ensembled(self, batch: torch.Tensor) -> torch.Tensor:
+    def _run_ensembled(self, batch: np.ndarray) -> np.ndarray:
         """The 8 flips/rotations, ``ensemble_batch`` of them per forward pass: those of one
         shape (all 8 for a square tile, else 4 and 4) go through together."""
         if self.self_ensemble == "off":
-            return self._run(batch)
+            return self.model(batch)
         square = batch.shape[-1] == batch.shape[-2]
         groups = [list(range(8))] if square else [[0, 2, 4, 6], [1, 3, 5, 7]]
-        outs: list[torch.Tensor] = [None] * 8  # type: ignore[list-item]
+        outs: list[np.ndarray] = [None] * 8  # type: ignore[list-item]
         n = batch.shape[0]
         for group in groups:
             for c in range(0, len(group), self.ensemble_batch):
                 ks = group[c:c + self.ensemble_batch]
-                result = self._run(torch.cat([dihedral(batch, k) for k in ks]))
+                result = self.model(np.concatenate([dihedral(batch, k) for k in ks]))
                 for j, k in enumerate(ks):
                     outs[k] = dihedral_inverse(result[j * n:(j + 1) * n], k)
-        stacked = torch.stack(outs)
         if self.self_ensemble == "mean":
-            return stacked.mean(0)
-        return stacked.sort(0).values[3:5].mean(0)  # median of 8: mean of the two middle values
+            total = outs[0].copy()
+            for out in outs[1:]:
+                total += out
+            return total / np.float32(8)
+        # median of 8: the mean of the two middle values
+        return np.sort(np.stack(outs), axis=0)[3:5].mean(0, dtype=np.float32)
 
-    @torch.inference_mode()
-    def __call__(self, x: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
-        """(N, C, H, W) float in [0, 1] -> (N, C_out, sH, sW) float32 on the CPU, unclamped."""
+    def __call__(self, x: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+        """(N, C, H, W) float in [0, 1] -> (N, C_out, sH, sW) float32, unclamped."""
         if x.ndim != 4:
-            raise InferenceError(f"expected an (N, C, H, W) tensor, got shape {tuple(x.shape)}")
-        return torch.cat([torch.cat([rows for _, rows in self.stream(x[i:i + 1], progress)], 1)[None]
-                          for i in range(x.shape[0])])
+            raise InferenceError(f"expected an (N, C, H, W) array, got shape {tuple(x.shape)}")
+        return np.stack([np.concatenate([rows for _, rows in self.stream(x[i:i + 1], progress)], 1)
+                         for i in range(x.shape[0])])
 
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+    def _pad(self, x: np.ndarray) -> np.ndarray:
         """Pad to the model's size multiple (e.g. pixel-unshuffle models need sizes divisible by
-        it); the output is cropped back."""
+        it) by reflection (edge replication for tiny inputs); the output is cropped back."""
         h, w = x.shape[-2:]
         m = self.descriptor.size_multiple
         pad_h, pad_w = (-h) % m, (-w) % m
         if not (pad_h or pad_w):
             return x
-        mode = "reflect" if min(h, w) > max(pad_h, pad_w) else "replicate"
-        if x.is_floating_point():
-            return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-        edge = "reflect" if mode == "reflect" else "edge"  # integer samples: numpy pads them
-        return torch.from_numpy(np.pad(x.numpy(), [(0, 0), (0, 0), (0, pad_h), (0, pad_w)], mode=edge))
+        mode = "reflect" if min(h, w) > max(pad_h, pad_w) else "edge"
+        return np.pad(x, [(0, 0), (0, 0), (0, pad_h), (0, pad_w)], mode=mode)
 
-    def _tile_row(self, x: torch.Tensor, plan: TilePlan, y0: int) -> Iterator[tuple[int, torch.Tensor]]:
+    def _tile_row(self, x: np.ndarray, plan: TilePlan, y0: int) -> Iterator[tuple[int, np.ndarray]]:
         """(column index, output) of each tile in one row of the plan, ``batch_size`` at a time."""
         th, tw, xs = plan.tile_h, plan.tile_w, plan.xs
         for b in range(0, len(xs), self.batch_size):
             chunk = range(b, min(b + self.batch_size, len(xs)))
-            batch = _as_float(torch.cat([x[..., y0:y0 + th, xs[ix]:xs[ix] + tw] for ix in chunk]))
-            yield from zip(chunk, self._run_ensembled(batch).cpu())
+            batch = _as_float(np.concatenate([x[..., y0:y0 + th, xs[ix]:xs[ix] + tw] for ix in chunk]))
+            yield from zip(chunk, self._run_ensembled(batch))
 
-    @torch.inference_mode()
-    def stream(self, x: torch.Tensor, progress: Progress | None = None
-               ) -> Iterator[tuple[int, torch.Tensor]]:
+    def stream(self, x: np.ndarray, progress: Progress | None = None
+               ) -> Iterator[tuple[int, np.ndarray]]:
         """(1, C, H, W) float in [0, 1] (or uint8 / uint16 samples, converted tile by tile, so a
         huge input costs its own size only) -> (first row, (C_out, rows, sW) float32) bands of
         finished output rows, top to bottom; only one tile row's band is held at a time."""
@@ -329,62 +254,64 @@ class TileEngine:
         x = self._pad(x)
         plan = self.plan(*x.shape[-2:])
         s, th, tw = self.descriptor.scale, plan.tile_h, plan.tile_w
-        wy = [v.repeat_interleave(s) for v in tile_ramps(list(plan.ys), th)]
-        wx = [v.repeat_interleave(s) for v in tile_ramps(list(plan.xs), tw)]
-        band = _Band(self.descriptor.out_channels, plan.width * s)
-        for x0, v in zip(plan.xs, wx):
-            band.norm_x[x0 * s:(x0 + tw) * s] += v
         if plan.tiles == 1:  # the whole image: nothing to blend
-            with cudnn_benchmark(self.device.type == "cuda"):
-                out = self._run_ensembled(_as_float(x)).cpu()[0]
+            out = self._run_ensembled(_as_float(x))[0]
             if progress:
                 progress(1, 1)
             yield 0, out[:, :h * s, :w * s]
             return
+        wy = [np.repeat(v, s) for v in tile_ramps(list(plan.ys), th)]
+        wx = [np.repeat(v, s) for v in tile_ramps(list(plan.xs), tw)]
+        band = _Band(self.descriptor.out_channels, plan.width * s)
+        for x0, v in zip(plan.xs, wx):
+            band.norm_x[x0 * s:(x0 + tw) * s] += v
         done = 0
-        with cudnn_benchmark(self.device.type == "cuda"):  # tiles share one shape
-            for iy, y0 in enumerate(plan.ys):
-                band.extend(y0 * s, wy[iy])
-                for ix, tile_out in self._tile_row(x, plan, y0):
-                    band.add(y0 * s, plan.xs[ix] * s, tile_out * (wy[iy][:, None] * wx[ix][None, :]))
-                    done += 1
-                    if progress:
-                        progress(done, plan.tiles)
-                last = iy + 1 == len(plan.ys)
-                top, rows = band.take((y0 + th) * s if last else plan.ys[iy + 1] * s)
-                if top < h * s:
-                    yield top, rows[:, :h * s - top, :w * s]
+        for iy, y0 in enumerate(plan.ys):
+            band.extend(y0 * s, wy[iy])
+            for ix, tile_out in self._tile_row(x, plan, y0):
+                tile_out *= wy[iy][:, None]
+                tile_out *= wx[ix][None, :]
+                band.add(y0 * s, plan.xs[ix] * s, tile_out)
+                done += 1
+                if progress:
+                    progress(done, plan.tiles)
+            last = iy + 1 == len(plan.ys)
+            top, rows = band.take((y0 + th) * s if last else plan.ys[iy + 1] * s)
+            if top < h * s:
+                yield top, rows[:, :h * s - top, :w * s]
 
 
-def _as_float(x: torch.Tensor) -> torch.Tensor:
-    """Samples in [0, 1]: integer images are divided by their peak."""
-    if x.is_floating_point():
+def _as_float(x: np.ndarray) -> np.ndarray:
+    """float32 samples in [0, 1]: integer images are divided by their peak."""
+    if x.dtype == np.float32:
         return x
-    peak = 65535.0 if x.dtype in (torch.uint16, torch.int32) else 255.0
-    return x.float().div_(peak)
+    if np.issubdtype(x.dtype, np.floating):
+        return x.astype(np.float32)
+    return x.astype(np.float32) / np.float32(np.iinfo(x.dtype).max)
 
 
 class _Band:
     """The output rows that tiles still overlap: weighted sums and their row weights."""
 
     def __init__(self, channels: int, width: int) -> None:
-        self.acc = torch.zeros(channels, 0, width)
-        self.norm_y = torch.zeros(0)
-        self.norm_x = torch.zeros(width)
+        self.acc = np.zeros((channels, 0, width), np.float32)
+        self.norm_y = np.zeros(0, np.float32)
+        self.norm_x = np.zeros(width, np.float32)
         self.top = 0  # output row of acc[:, 0]
 
-    def extend(self, y: int, weights: torch.Tensor) -> None:
+    def extend(self, y: int, weights: np.ndarray) -> None:
         """Cover rows up to ``y + len(weights)`` and add that tile row's row weights."""
-        grow = y + weights.numel() - self.top - self.norm_y.numel()
+        grow = y + weights.size - self.top - self.norm_y.size
         if grow > 0:
-            self.acc = torch.cat([self.acc, torch.zeros(self.acc.shape[0], grow, self.acc.shape[2])], 1)
-            self.norm_y = torch.cat([self.norm_y, torch.zeros(grow)])
-        self.norm_y[y - self.top:y - self.top + weights.numel()] += weights
+            fresh = np.zeros((self.acc.shape[0], grow, self.acc.shape[2]), np.float32)
+            self.acc = np.concatenate([self.acc, fresh], 1)
+            self.norm_y = np.concatenate([self.norm_y, np.zeros(grow, np.float32)])
+        self.norm_y[y - self.top:y - self.top + weights.size] += weights
 
-    def add(self, y: int, x: int, weighted: torch.Tensor) -> None:
+    def add(self, y: int, x: int, weighted: np.ndarray) -> None:
         self.acc[:, y - self.top:y - self.top + weighted.shape[1], x:x + weighted.shape[2]] += weighted
 
-    def take(self, until: int) -> tuple[int, torch.Tensor]:
+    def take(self, until: int) -> tuple[int, np.ndarray]:
         """Normalise and hand over the rows above ``until``, which no later tile touches."""
         n = until - self.top
         rows = self.acc[:, :n] / (self.norm_y[:n, None] * self.norm_x[None, :])

@@ -4,7 +4,7 @@ The footprints are measured, not guessed: ``benchmarks/bench_memory.py`` runs ea
 backend and dtype in a fresh process at two input sizes, takes the peak RSS (VmHWM) growth per
 input pixel, divides by the model's ``activation_channels`` (activation memory grows with the
 feature width), and writes ``footprints.json`` beside this file. On CUDA the footprint is
-measured on the spot with ``torch.cuda.max_memory_allocated``."""
+measured on the spot (``torch_backend.measure_cuda``)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,8 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-import torch
-
 from upres.errors import InferenceError
-from upres.models import ModelDescriptor
+from upres.models.descriptor import ModelDescriptor
 
 FOOTPRINTS = Path(__file__).with_name("footprints.json")
 BUDGET_FRACTION = 0.5  # of the memory available when the job starts
@@ -55,10 +53,12 @@ def process_rss() -> int:
     return int(match.group(1)) * 1024 if match else 0
 
 
-def default_budget(device: torch.device) -> int:
+def default_budget(device: str) -> int:
     """A safe share of what is free: half the available RAM, or of the free GPU memory."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
+    if device.startswith("cuda"):
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
         return int(free * BUDGET_FRACTION)
     return int(available_memory() * BUDGET_FRACTION)
 
@@ -72,21 +72,3 @@ def parse_size(text: str | int | None) -> int | None:
         raise InferenceError(f"memory size {text!r}: expected e.g. 8G, 512M or a byte count")
     scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[match.group(2).lower()]
     return int(float(match.group(1)) * scale)
-
-
-def measure_cuda(forward, descriptor: ModelDescriptor, device: torch.device,
-                 sizes: tuple[int, int] = (64, 128)) -> float:
-    """Bytes per input pixel on CUDA, from the allocator's peak at two input sizes."""
-    peaks = []
-    for side in sizes:
-        side = -(-side // descriptor.size_multiple) * descriptor.size_multiple
-        x = torch.rand(1, descriptor.in_channels, side, side, device=device)
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        with torch.inference_mode():
-            forward(x)
-        torch.cuda.synchronize(device)
-        peaks.append((side * side, torch.cuda.max_memory_allocated(device) - base))
-    (p0, m0), (p1, m1) = peaks
-    return max((m1 - m0) / (p1 - p0), m1 / p1)

