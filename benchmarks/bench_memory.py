@@ -53,9 +53,14 @@ def measure_one(spec: str, backend: str, dtype: str, side: int) -> dict:
     model = _model(spec)
     desc = describe(model)
     if backend == "openvino":
-        from upres.inference.openvino_backend import OpenVinoModel
+        from upres.inference import openvino_backend as ovb
 
-        forward, amp, layout = OpenVinoModel(model, desc, dtype), torch.float32, torch.contiguous_format
+        compiled = ovb.OpenVinoModel(ovb.convert(model, desc), dtype)
+
+        def forward(x):
+            return torch.from_numpy(compiled(x.numpy()))
+
+        amp, layout = torch.float32, torch.contiguous_format
     else:
         forward, layout = model.to(memory_format=torch.channels_last), torch.channels_last
         amp = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
