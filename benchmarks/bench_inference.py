@@ -4,10 +4,12 @@ for each input size, the default ``upres upscale`` (model load included) against
 fp32 NCHW PyTorch (the BasicSR / Real-ESRGAN path); each case in its own process, with its wall
 time, output MP/s, useful GFLOP/s (model FLOPs counted with torch's FlopCounterMode), the share of
 this machine's bf16 and fp32 matmul peaks measured in the same run, peak RSS (``wait4``) and the
-tiling compute multiplier. Then self-ensemble x8 against one pass, and a huge input through a tiny
-RRDBNet with a 2 GiB budget (bounded output memory).
+tiling compute multiplier. The cases a target compares (default against the script or eager
+PyTorch) run ``--repeat`` times interleaved and report the median (peak RSS: the largest). Then
+self-ensemble x8 against one pass, and a huge input through a tiny RRDBNet with a 2 GiB budget
+(bounded output memory).
 
-    .venv/bin/python benchmarks/bench_inference.py                      # about 25 min on 2 cores
+    .venv/bin/python benchmarks/bench_inference.py                      # about 35 min on 2 cores
     .venv/bin/python benchmarks/bench_inference.py --sizes 256x256 --skip-huge   # quick look
 """
 
@@ -118,6 +120,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="256x256,512x512,800x600,1920x1080")
     parser.add_argument("--skip-huge", action="store_true", help="skip the 8000x6000 tiny-model case")
     parser.add_argument("--huge", default="8000x6000")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of each case a target compares (median reported)")
     args = parser.parse_args()
     from upres.io import images
 
@@ -154,18 +158,30 @@ def main() -> None:
         if w * h <= 256 * 256:
             cases.append(("eager fp32 NCHW (BasicSR path)", [PY, str(work / "eager.py"), args.model,
                                                              str(src), str(work / f"e_{size}.png")]))
-        for name, cmd in cases:
-            r = run(cmd)
+        # The cases a target compares run `repeat` times, interleaved (A B A B ...): one run of
+        # each differs by up to 0.5 s on this machine, so medians are compared.
+        rounds = args.repeat if len(cases) > 2 else 1
+        samples: dict[str, list[dict]] = {name: [] for name, _ in cases}
+        for i in range(rounds):
+            for name, cmd in cases:
+                if i == 0 or name != "upres --backend torch":  # not in a target: once
+                    samples[name].append(run(cmd))
+        for name, _ in cases:
+            runs = sorted(samples[name], key=lambda r: r["seconds"])
+            r = runs[len(runs) // 2]  # the median run
             plan = re.search(r": (whole image|\d+x\d+ tiles of \d+x\d+), compute x([0-9.]+)", r["stderr"])
             backend = re.search(r"backend (\w+ \(\w+\))", r["stderr"])
             label = name + (f" [{backend.group(1)}]" if backend and name == "upres default" else "")
             gflops = fpp * w * h / r["seconds"] / 1e9
             tiles = f"{plan.group(1)} (x{float(plan.group(2)):.3f})" if plan else "whole image (x1.000)"
-            print(f"| {size} | {label} | {r['seconds']:.1f} | {w * h * 16 / 1e6 / r['seconds']:.3f} | "
+            each = ", ".join(f"{x['seconds']:.1f}" for x in samples[name])
+            seconds = f"{r['seconds']:.1f}" + (f" ({each})" if len(runs) > 1 else "")
+            rss = max(x["rss"] for x in runs)
+            print(f"| {size} | {label} | {seconds} | {w * h * 16 / 1e6 / r['seconds']:.3f} | "
                   f"{gflops:.0f} | {100 * gflops / bf16_peak:.0f}% | {100 * gflops / fp32_peak:.0f}% | "
-                  f"{r['rss'] / 2**30:.2f} | {tiles} |", flush=True)
+                  f"{rss / 2**30:.2f} | {tiles} |", flush=True)
             summary[(size, name)] = r["seconds"]
-            summary[(size, name, "rss")] = r["rss"]
+            summary[(size, name, "rss")] = rss
             summary[(size, name, "x")] = float(plan.group(2)) if plan else 1.0
 
     ens, note = run([PY, "-c", ENSEMBLE_SCRIPT, "256"])["stdout"].strip().split("|")

@@ -113,6 +113,8 @@ def budget_plan(height: int, width: int, overlap: int, multiple: int,
     def counts(size: int) -> list[int]:  # tiles must stay wider than the overlap
         return [n for n in range(1, 257) if n == 1 or side(size, n) > overlap + multiple]
 
+    if memory(height, width) <= budget:  # the usual case: the whole image fits
+        return TilePlan(height, width, height, width, (0,), (0,), memory(height, width))
     options = []
     for ny in counts(height):
         for nx in counts(width):
@@ -177,7 +179,8 @@ class TileEngine:
         """The tile plan for a padded input of this size (and the self-ensemble batch it allows)."""
         m = self.descriptor.size_multiple
         if self.tile != "auto":
-            plan = fixed_plan(height, width, self.tile, self.tile_overlap, m)
+            tile = self.tile and max(self.tile, -(-self.descriptor.min_size // m) * m)
+            plan = fixed_plan(height, width, tile, self.tile_overlap, m)
             self.ensemble_batch = self.fixed_ensemble_batch or 8
         else:
             bpp = self.bytes_per_pixel
@@ -227,11 +230,12 @@ class TileEngine:
                          for i in range(x.shape[0])])
 
     def _pad(self, x: np.ndarray) -> np.ndarray:
-        """Pad to the model's size multiple (e.g. pixel-unshuffle models need sizes divisible by
-        it) by reflection (edge replication for tiny inputs); the output is cropped back."""
+        """Pad to the model's size multiple and minimum (pixel-unshuffle models need sizes
+        divisible by their factor, window transformers whole windows) by reflection (edge
+        replication for tiny inputs); the output is cropped back."""
         h, w = x.shape[-2:]
-        m = self.descriptor.size_multiple
-        pad_h, pad_w = (-h) % m, (-w) % m
+        m, least = self.descriptor.size_multiple, self.descriptor.min_size
+        pad_h, pad_w = (-max(h, least)) % m + max(least - h, 0), (-max(w, least)) % m + max(least - w, 0)
         if not (pad_h or pad_w):
             return x
         mode = "reflect" if min(h, w) > max(pad_h, pad_w) else "edge"

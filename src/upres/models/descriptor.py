@@ -16,6 +16,7 @@ class ModelDescriptor:
     in_channels: int = 3
     out_channels: int = 3
     size_multiple: int = 1  # input height and width must be multiples of this (the engine pads)
+    min_size: int = 0  # input height and width must be at least this (the engine pads)
     dtypes: tuple[str, ...] = DTYPE_NAMES  # compute dtypes that give correct output
     activation_channels: int = 64  # the width activation memory grows with (see inference.memory)
     hparams: dict = field(default_factory=dict)  # constructor arguments; rebuild with build_model
