@@ -1,8 +1,10 @@
 # Two commands do all set-up from a fresh clone: `make demo` and `make test`.
 PY ?= python3
 VENV ?= .venv
-# CPU PyTorch. GPU users: make demo TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu128"
-TORCH_SPEC ?= torch==2.13.0
+# PyTorch and torchvision as PyPI ships them for Linux (CUDA builds that also run on the CPU);
+# torchvision is for spandrel, which provides the SwinIR/HAT/DAT/... architectures.
+# Other builds: make demo TORCH_SPEC="torch torchvision --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 BIN = $(VENV)/bin
 
 .PHONY: demo test lint bench clean
@@ -10,8 +12,8 @@ BIN = $(VENV)/bin
 $(BIN)/upres: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[pretrained,demo,test]"
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e ".[pretrained,demo,zoo,test]"
 	touch $@
 
 demo: $(BIN)/upres

@@ -134,12 +134,13 @@ def _add_convert(sub) -> None:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train or fine-tune RRDBNet on LR/HR pairs",
-                       description="Train from a YAML config (a path, or a shipped name: "
-                       "recipe-x4plus, finetune-cpu, smoke-cpu; see 'upres config list'). "
+    p = sub.add_parser("train", help="train or fine-tune a model on LR/HR pairs",
+                       description="Train from a YAML config (a path, a shipped name: "
+                       "recipe-x4plus, finetune-cpu, smoke-cpu, or an architecture preset: "
+                       "hat-s, swinir-light, dat, span, ...; see 'upres config list'). "
                        "Overrides: key.path=value, e.g. train.lr=1e-4. "
                        "Multi-GPU: torchrun --nproc_per_node N -m upres.cli train CONFIG ...")
-    p.add_argument("config", metavar="CONFIG", help="YAML file or shipped config name")
+    p.add_argument("config", metavar="CONFIG", help="YAML file, shipped config or preset name")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--data", metavar="DIR", help="competition folder (train/lr, train/hr, "
                    "optional val/lr, val/hr); sets data.root")
@@ -205,7 +206,7 @@ def _add_experiment(sub) -> None:
                        "validation), skipping finished arms and resuming an interrupted one, then "
                        "write OUT/table.md, OUT/table.csv and OUT/psnr.png.")
     p.add_argument("plan", metavar="PLAN", help="plan YAML or a shipped plan name "
-                   "(seed-ablation-cpu, recipe-comparison)")
+                   "(seed-ablation-cpu, recipe-comparison, arch-zoo-cpu, arch-zoo-gpu)")
     p.add_argument("--data", metavar="DIR", help="data folder (overrides the plan's)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/experiments/<plan>)")
     _add_quiet(p)
@@ -405,17 +406,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_config_list(args: argparse.Namespace) -> int:
+    from upres.models import zoo
     from upres.training.config import SHIPPED_CONFIGS, shipped_configs
 
     for name, path in shipped_configs().items():
         kind = "plan" if path.parent.name == "experiments" else "config"
         print(f"{name:22s} {kind:6s} {path.relative_to(SHIPPED_CONFIGS)}")
+    for name, preset in zoo.PRESETS.items():  # `upres train NAME` = zoo.yaml with this preset
+        print(f"{name:22s} {'preset':6s} {preset.arch}: {preset.source}")
     return 0
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    from upres.training.config import resolve_config_path
+    from upres.models import zoo
+    from upres.training.config import dump_config, load_config, resolve_config_path
 
+    if args.name in zoo.PRESETS and not Path(args.name).exists():
+        preset = zoo.PRESETS[args.name]
+        print(f"# preset {args.name}: {preset.source}\n# zoo.yaml with model.preset: {args.name}")
+        print(dump_config(load_config(args.name)), end="")
+        return 0
     print(resolve_config_path(args.name).read_text(), end="")
     return 0
 

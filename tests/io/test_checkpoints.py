@@ -144,7 +144,7 @@ def test_bad_hparams_metadata_names_the_file_and_key(tmp_path):
     for name, meta, match in [
         ("json", {"arch": "RRDBNet", "hparams": "{not json"}, "hparams' is not valid JSON"),
         ("list", {"arch": "RRDBNet", "hparams": "[1, 2]"}, "hparams' must be a JSON object"),
-        ("arch", {"arch": "SwinIR", "hparams": "{}"}, "unknown architecture 'SwinIR'"),
+        ("arch", {"arch": "NoSuchNet", "hparams": "{}"}, "unknown architecture 'NoSuchNet'"),
         ("value", {"arch": "RRDBNet", "hparams": '{"scale": 3}'}, "scale 1, 2 or 4, not 3"),
     ]:
         path = tmp_path / f"{name}.safetensors"

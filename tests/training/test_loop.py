@@ -194,7 +194,7 @@ def test_two_gloo_processes_equal_one_process_on_the_union_batch(comp, tmp_path)
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
     # only rank 0 wrote: one training record and one validation record, not two of each
     records = [json.loads(x) for x in (tmp_path / "ddp/metrics.jsonl").read_text().splitlines()]
-    assert [sorted(r)[0] for r in records] == ["it_per_s", "bicubic_psnr"]
+    assert [sorted(r)[0] for r in records] == ["params", "it_per_s", "bicubic_psnr"]
 
 
 def test_train_cli_lists_every_data_problem_and_exits_2(tmp_path, capsys):

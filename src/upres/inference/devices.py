@@ -32,12 +32,12 @@ def pick_device(device: str = "auto") -> str:
 
 def pick_dtype(dtype: str, device: str, supported: tuple[str, ...],
                fast_bf16: Callable[[], bool]) -> str:
-    """``auto``: fp16 on CUDA, bf16 on CPUs with native bf16 (``fast_bf16``), else fp32, each only
-    where the model supports it (fp32 otherwise). fp16 is CUDA-only."""
+    """``auto``: fp16 on CUDA (bf16 for models not safe in fp16), bf16 on CPUs with native bf16
+    (``fast_bf16``), else fp32, each only where the model supports it. fp16 is CUDA-only."""
     kind = device.split(":")[0]
     if dtype == "auto":
-        if kind == "cuda" and "fp16" in supported:
-            return "fp16"
+        if kind == "cuda":  # fp16 where the model is safe in it, else bf16 (window transformers)
+            return next((d for d in ("fp16", "bf16") if d in supported), "fp32")
         if kind == "cpu" and "bf16" in supported and fast_bf16():
             return "bf16"
         return "fp32"

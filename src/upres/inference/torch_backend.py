@@ -82,7 +82,8 @@ class TorchModel:
 
     @torch.inference_mode()
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        batch = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+        # a copy: some networks (spandrel's RCAN) scale their input in place
+        batch = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, copy=True)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with cudnn_benchmark(self.device.type == "cuda"), autocast_context(self.device, self.dtype):

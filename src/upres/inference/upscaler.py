@@ -91,6 +91,10 @@ class Upscaler:
         if forward is None:
             forward = self._torch(model)
         self.scale = self.descriptor.scale
+        wanted = "fp16" if self.device.startswith("cuda") else "bf16"
+        if opts.dtype == "auto" and wanted not in self.descriptor.dtypes:
+            self.notes.append(f"{wanted} is not safe for {self.descriptor.arch}: it runs in "
+                              f"{self.dtype_name}")
         self.budget = self._budget(opts)
         tile, bpp = self._footprint(opts, forward)
         on_cpu = self.device == "cpu"

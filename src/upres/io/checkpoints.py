@@ -36,9 +36,10 @@ class LoadedWeights:
 
 
 def unwrap_state_dict(obj: object, source: str) -> dict[str, torch.Tensor]:
-    """Pick ``params_ema``, then ``params``, then a bare state dict; strip ``module.`` prefixes."""
+    """Pick ``params_ema``, then ``params``, ``state_dict`` or ``model`` (the layouts of BasicSR,
+    HAT, DAT, ...), then a bare state dict; strip ``module.`` prefixes."""
     if isinstance(obj, dict):
-        for key in ("params_ema", "params", "state_dict"):
+        for key in ("params_ema", "params", "state_dict", "model"):
             if key in obj and isinstance(obj[key], dict):
                 obj = obj[key]
                 break
@@ -141,10 +142,11 @@ def load_matching(model: nn.Module, weights: LoadedWeights, strict: bool = True)
     if strict:
         mine = describe(model).hparams
         diffs = [f"{k}: weights {weights.hparams[k]} vs model {mine[k]}"
-                 for k in sorted(set(mine) & set(weights.hparams)) if weights.hparams[k] != mine[k]]
+                 for k in sorted(set(mine) & set(weights.hparams))
+                 if json.dumps(weights.hparams[k]) != json.dumps(mine[k])]  # (1, 2) == [1, 2]
         if diffs:
             hint = ""
-            if weights.hparams.get("scale") != mine.get("scale"):
+            if weights.arch == "RRDBNet" and weights.hparams.get("scale") != mine.get("scale"):
                 hint = (f" x{weights.hparams.get('scale')} weights do not fit an "
                         f"x{mine.get('scale')} model: RRDBNet pixel-unshuffles the input for "
                         "scales 2 and 1, so conv_first takes a different number of channels.")

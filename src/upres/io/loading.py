@@ -46,14 +46,29 @@ def load_weights(spec: str | Path) -> LoadedWeights:
 
 
 def model_from_weights(weights: LoadedWeights) -> nn.Module:
-    """Build the recorded (or inferred) architecture and load the weights strictly."""
+    """Build the recorded (or inferred) architecture and load the weights strictly; an SR
+    architecture outside upres's list is built by spandrel from the state dict."""
+    from upres.models import ARCHITECTURES, zoo
+
+    if weights.arch not in ARCHITECTURES and weights.arch not in zoo.FAMILIES:
+        if not zoo.is_spandrel_arch(weights.arch):
+            known = ", ".join([*ARCHITECTURES, *zoo.FAMILIES])
+            raise WeightsError(f"{weights.source}: unknown architecture '{weights.arch}' (upres: "
+                               f"{known}; or any SR architecture of spandrel)")
+        return zoo.load_any(weights.state_dict, weights.source)
     try:
-        with torch.device("meta"):  # no random initialisation: every tensor is loaded next
+        try:
+            with torch.device("meta"):  # no random initialisation: every tensor is loaded next
+                model = build_model(weights.arch, weights.hparams)
+        except ArchitectureError:  # some networks compute at build time: build for real
             model = build_model(weights.arch, weights.hparams)
     except (ArchitectureError, TypeError, ValueError) as err:  # bad metadata: name the file
         raise WeightsError(f"{weights.source}: cannot build {weights.arch} from its "
                            f"hyperparameters: {err}") from None
     load_into(model, weights.state_dict, weights.source, assign=True)
+    if any(t.is_meta for t in model.buffers()):  # buffers kept out of the state dict: real build
+        model = build_model(weights.arch, weights.hparams)
+        load_into(model, weights.state_dict, weights.source)
     return model.eval()
 
 
@@ -69,7 +84,8 @@ def save_model(model: nn.Module, path: str | Path, extra: dict | None = None) ->
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         desc = describe(model)
-        write_safetensors(model.state_dict(), path, desc.arch, desc.hparams, extra)
+        write_safetensors(model.state_dict(), path, desc.arch, desc.hparams,
+                          {"scale": desc.scale, **(extra or {})})
     elif suffix in (".pth", ".pt"):
         write_basicsr_pth(model.state_dict(), path)
     elif suffix == ".onnx":

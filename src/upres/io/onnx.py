@@ -26,9 +26,15 @@ def export_onnx(model: nn.Module, descriptor: ModelDescriptor, path: str | Path,
     for axis, name in ((2, "height"), (3, "width")):  # sizes must stay multiples of m
         dim = torch.export.Dim(name, min=1, max=8192)
         dims[axis] = dim * m if m > 1 else dim
-    example = torch.rand(2, descriptor.in_channels, 16 * m, 16 * m)
-    program = torch.onnx.export(model, (example,), dynamo=True, input_names=["input"],
-                                output_names=["output"], dynamic_shapes={"x": dims},
-                                opset_version=opset, verbose=False)
+    side = max(16 * m, -(-descriptor.min_size // m) * m * 2)
+    example = torch.rand(2, descriptor.in_channels, side, side)
+    try:
+        program = torch.onnx.export(model, (example,), dynamo=True, input_names=["input"],
+                                    output_names=["output"], dynamic_shapes=(dims,),
+                                    opset_version=opset, verbose=False)
+    except Exception as err:  # the exporter's many error types: name the model and the cause
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise WeightsError(f"{path}: {descriptor.arch} does not export to ONNX with dynamic "
+                           f"sizes ({first}); use .safetensors or .pth") from None
     with atomic_path(path) as tmp:
         program.save(str(tmp))

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from upres.errors import ConfigError
+from upres.models import zoo
 
 SHIPPED_CONFIGS = Path(__file__).parent.parent / "configs"
 
@@ -25,27 +26,95 @@ def _doc(text: str, default: Any = ..., **constraints) -> Any:
     return Field(default, description=text, **constraints)
 
 
-class ModelConfig(_Strict):
-    """The network: RRDBNet (BasicSR names) and the recipe's variants (see upres.models.rrdbnet)."""
+_RRDB_ONLY = ("num_in_ch", "num_out_ch", "num_feat", "num_block", "num_grow_ch", "post_up_blocks",
+              "gated", "rotation")
+_PARAM_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list[int]": list[int],
+                "list[float]": list[float], "float | None": float | None}
 
-    arch: Literal["RRDBNet"] = _doc("Architecture name.", "RRDBNet")
-    scale: Literal[1, 2, 4] = _doc("Upscaling factor; x2 and x1 pixel-unshuffle the input first.", 4)
-    num_in_ch: int = _doc("Input channels (3 for RGB).", 3, ge=1)
-    num_out_ch: int = _doc("Output channels (3 for RGB).", 3, ge=1)
-    num_feat: int = _doc("Feature channels of the trunk (64 in x4plus; the recipe tried 96).", 64, ge=1)
-    num_block: int = _doc("RRDB blocks in the trunk (23 in x4plus).", 23, ge=1)
-    num_grow_ch: int = _doc("Growth channels of each dense block (32 in x4plus; the recipe tried "
-                            "48).", 32, ge=1)
+
+class ModelConfig(_Strict):
+    """The network: RRDBNet (BasicSR names) and the recipe's variants (see upres.models.rrdbnet),
+    or a curated spandrel architecture (see upres.models.zoo) set by ``arch`` or ``preset``."""
+
+    arch: Literal[("RRDBNet", *zoo.FAMILIES)] = _doc(  # type: ignore[valid-type]
+        "Architecture: RRDBNet (upres's own) or a spandrel family: "
+        + ", ".join(zoo.FAMILIES) + ".", "RRDBNet")
+    preset: Literal[tuple(zoo.PRESETS)] | None = _doc(  # type: ignore[valid-type]
+        "A published size of a spandrel family (sets arch): "
+        + "; ".join(f"{k}: {v.source}" for k, v in zoo.PRESETS.items()) + ".", None)
+    params: dict[str, Any] = _doc(
+        "Hyperparameters of a spandrel family (its constructor arguments, on top of the preset), "
+        "e.g. {embed_dim: 60, depths: [4, 4]}; checked against the family's signature.", {})
+    scale: int = _doc("Upscaling factor; RRDBNet: 4, or 2 and 1 (pixel-unshuffled input).", 4,
+                      ge=1, le=8)
+    num_in_ch: int = _doc("RRDBNet: input channels (3 for RGB).", 3, ge=1)
+    num_out_ch: int = _doc("RRDBNet: output channels (3 for RGB).", 3, ge=1)
+    num_feat: int = _doc("RRDBNet: feature channels of the trunk (64 in x4plus; the recipe tried "
+                         "96).", 64, ge=1)
+    num_block: int = _doc("RRDBNet: RRDB blocks in the trunk (23 in x4plus).", 23, ge=1)
+    num_grow_ch: int = _doc("RRDBNet: growth channels of each dense block (32 in x4plus; the "
+                            "recipe tried 48).", 32, ge=1)
     post_up_blocks: list[int] = Field(
         default_factory=list, max_length=2,
-        description="RRDB groups after the first ([n]) or both ([n1, n2]) upsampling steps: the "
-                    "I-R-U-R-U-O and I-R-U-R-U-R-O layouts. Empty: plain I-R-U-U-O.")
-    gated: bool = _doc("Gated dense-block convolutions: tanh(conv(x)) * sigmoid(gate(x)).", False)
-    rotation: bool = _doc("Rotation model: 4 rotated copies through one network, rotated back and "
-                          "averaged (train and test).", False)
+        description="RRDBNet: RRDB groups after the first ([n]) or both ([n1, n2]) upsampling "
+                    "steps: the I-R-U-R-U-O and I-R-U-R-U-R-O layouts. Empty: plain I-R-U-U-O.")
+    gated: bool = _doc("RRDBNet: gated dense-block convolutions: tanh(conv(x)) * "
+                       "sigmoid(gate(x)).", False)
+    rotation: bool = _doc("RRDBNet: rotation model: 4 rotated copies through one network, rotated "
+                          "back and averaged (train and test).", False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _arch_from_preset(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("preset") in zoo.PRESETS:
+            arch = zoo.PRESETS[raw["preset"]].arch
+            if raw.get("arch", arch) != arch:
+                raise ValueError(f"preset {raw['preset']} is a {arch}, not a {raw['arch']}")
+            raw = {**raw, "arch": arch}
+        return raw
+
+    @model_validator(mode="after")
+    def _check_family(self) -> ModelConfig:
+        if self.arch == "RRDBNet":
+            if self.params:
+                raise ValueError("model.params are for spandrel families; RRDBNet takes its "
+                                 "options as model keys (num_feat, num_block, ...)")
+            if self.scale not in (1, 2, 4):
+                raise ValueError(f"RRDBNet scales are 1, 2 and 4, not {self.scale}")
+            return self
+        stray = sorted(set(_RRDB_ONLY) & self.model_fields_set)
+        if stray:
+            raise ValueError(f"{', '.join(stray)}: RRDBNet options; put {self.arch} "
+                             "hyperparameters under model.params")
+        _check_params(self.arch, self.params)
+        return self
 
     def hparams(self) -> dict:
-        return self.model_dump(exclude={"arch"})
+        """The constructor arguments of the network."""
+        if self.arch == "RRDBNet":
+            return self.model_dump(include={"scale", *_RRDB_ONLY})
+        return zoo.hyperparameters(self.arch, self.scale, self.preset, self.params)
+
+
+def _check_params(arch: str, params: dict) -> None:
+    """Unknown names (with a did-you-mean hint) and ill-typed values of a family's arguments."""
+    from pydantic import TypeAdapter
+
+    table = zoo.param_tables()[arch]
+    scale_key = zoo.FAMILIES[arch].scale_key
+    for key, value in params.items():
+        if key == scale_key:
+            raise ValueError(f"model.params.{key}: the scale is model.scale")
+        if key not in table:
+            close = difflib.get_close_matches(key, list(table), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"model.params.{key}: unknown {arch} hyperparameter{hint} (valid: "
+                             f"{', '.join(k for k in table if k != scale_key)})")
+        try:
+            TypeAdapter(_PARAM_TYPES[table[key]["type"]]).validate_python(value, strict=False)
+        except ValidationError:
+            raise ValueError(f"model.params.{key}: expected {table[key]['type']}, got "
+                             f"{value!r}") from None
 
 
 class InitConfig(_Strict):
@@ -80,6 +149,10 @@ class TrainConfig(_Strict):
     """The optimisation loop, its schedule, precision, logging and checkpoints."""
 
     iterations: int = _doc("Optimiser steps in all.", 400_000, ge=1)
+    time_budget: str | None = _doc(
+        "Wall-clock budget of this process's training, e.g. 30m, 2h, 90s: the run ends at the "
+        "first step past it (or at iterations) with a final validation, checkpoint and export; "
+        "a resumed run gets the budget again.", None, pattern=r"^\s*\d+(\.\d+)?\s*[smh]\s*$")
     batch_size: int = _doc("Crops per step, per process.", 16, ge=1)
     lr: float = _doc("Initial learning rate.", 2e-4, gt=0)
     optimizer: Literal["adam", "adamw"] = _doc("Optimiser.", "adam")
@@ -114,6 +187,11 @@ class TrainConfig(_Strict):
                        "auto")
 
 
+    def budget_seconds(self) -> float:
+        text = self.time_budget.strip()
+        return float(text[:-1]) * {"s": 1, "m": 60, "h": 3600}[text[-1]]
+
+
 class ValConfig(_Strict):
     """Validation through the same inference path as upscale."""
 
@@ -142,6 +220,8 @@ class Config(_Strict):
         if self.data.crop % self.model.scale:
             raise ValueError(f"data.crop ({self.data.crop}) must be a multiple of model.scale "
                              f"({self.model.scale})")
+        if self.model.arch != "RRDBNet":
+            return self
         # Imported here so that `upres config` and `upres --help` never import torch.
         from upres.models.rrdbnet import UNSHUFFLE
 
@@ -170,7 +250,13 @@ class Plan(BaseModel):
     model_config = ConfigDict(extra="forbid")
     base: str = Field(description="A config path or shipped config name shared by all arms.")
     data: str | None = Field(None, description="Data folder (--data overrides it).")
-    iterations: int = Field(ge=1, description="Training steps of every arm.")
+    iterations: int = Field(ge=1, description="Training steps of every arm (with time_budget: "
+                            "the most steps).")
+    time_budget: str | None = Field(
+        None, pattern=r"^\s*\d+(\.\d+)?\s*[smh]\s*$",
+        description="The same wall-clock budget for every arm (e.g. 3m): arms are compared at "
+                    "equal time, not equal steps; the table gives each arm's steps, speed and "
+                    "parameters.")
     val_every: int = Field(ge=1, description="Steps between validations (and checkpoints).")
     report_at: list[int] = Field([], description="Steps shown in the table (default: every "
                                  "validation).")
@@ -260,14 +346,20 @@ def resolve_config_path(path: str | Path) -> Path:
         if (folder / name).exists():
             return folder / name
     shipped = sorted(p.stem for p in SHIPPED_CONFIGS.rglob("*.yaml"))
-    raise ConfigError(f"{path}: no such config file (shipped: {', '.join(shipped)})")
+    raise ConfigError(f"{path}: no such config file (shipped: {', '.join(shipped)}; presets: "
+                      f"{', '.join(zoo.PRESETS)})")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 data: dict | None = None) -> Config:
-    """Load YAML (or defaults), apply overrides, validate."""
+    """Load YAML (or defaults; a preset name such as ``hat-s`` is ``zoo.yaml`` with that
+    preset), apply overrides, validate."""
     raw: dict = {}
     source = "defaults"
+    if path is not None and not Path(path).exists() and str(path) in zoo.PRESETS:
+        # a preset name: the shared zoo settings with that preset
+        data = _merge(data or {}, {"model": {"preset": str(path)}})
+        path = SHIPPED_CONFIGS / "zoo.yaml"
     if path is not None:
         path = resolve_config_path(path)
         source = str(path)

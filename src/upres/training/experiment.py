@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,24 +26,39 @@ def _dotted(overrides: dict) -> list[str]:
 def arm_config(plan: Plan, arm: Arm, data: str | None):
     common = [f"train.iterations={plan.iterations}", f"train.val_every={plan.val_every}",
               f"train.seed={plan.seed}", f"train.checkpoint_every={plan.val_every}"]
+    if plan.time_budget:
+        common.append(f"train.time_budget={plan.time_budget}")
     overrides = common + _dotted(plan.overrides) + _dotted(arm.overrides)
     parse_overrides(overrides)  # fail early on a malformed key
     root = data or plan.data
     return load_config(plan.base, overrides + ([f"data.root={root}"] if root else []))
 
 
-def read_metrics(run_dir: Path) -> tuple[dict[int, float], float, float | None]:
-    """Validation PSNR by step, the median training speed (it/s) after the first window, and
-    the bicubic PSNR of the same validation images."""
-    psnr, rates, bicubic = {}, [], None
+@dataclass
+class ArmResult:
+    psnr: dict[int, float]  # validation PSNR by step
+    rate: float  # median training speed (it/s) after the first window
+    bicubic: float | None  # bicubic PSNR of the same validation images
+    seconds: dict[int, float] = field(default_factory=dict)  # training seconds at each validation
+    params: int | None = None
+
+
+def read_metrics(run_dir: Path) -> ArmResult:
+    """An arm's results from its ``metrics.jsonl``."""
+    result = ArmResult({}, float("nan"), None)
+    rates = []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
         if "val_psnr" in record:
-            psnr[record["step"]] = record["val_psnr"]
-            bicubic = record.get("bicubic_psnr", bicubic)
+            result.psnr[record["step"]] = record["val_psnr"]
+            result.bicubic = record.get("bicubic_psnr", result.bicubic)
+            if "train_seconds" in record:
+                result.seconds[record["step"]] = record["train_seconds"]
         if "it_per_s" in record:
             rates.append(record["it_per_s"])
-    return psnr, float(np.median(rates[1:] or rates)) if rates else float("nan"), bicubic
+        result.params = record.get("params", result.params)
+    result.rate = float(np.median(rates[1:] or rates)) if rates else float("nan")
+    return result
 
 
 def run_plan(plan: Plan, out_dir: str | Path, data: str | None = None,
@@ -68,49 +84,97 @@ def run_plan(plan: Plan, out_dir: str | Path, data: str | None = None,
     return write_results(plan, results, out_dir)
 
 
-def write_results(plan: Plan, results: dict[str, tuple[dict[int, float], float, float | None]],
-                  out_dir: Path) -> dict[str, Path]:
-    steps = plan.report_at or sorted({s for psnr, _, _ in results.values() for s in psnr})
-    base_name = plan.arms[0].name
-    base_rate = results[base_name][1]
-    header = ["arm", *[f"psnr@{s}" for s in steps], "it/s", "slow-down vs " + base_name, "init"]
-    rows = []
-    for arm in plan.arms:
-        psnr, rate, _ = results[arm.name]
-        init_file = out_dir / "arms" / arm.name / "init_report.json"
-        init = ""
-        if init_file.exists():
-            rep = json.loads(init_file.read_text())
-            init = f"{rep['source']}: {len(rep['loaded'])} loaded, {len(rep['skipped'])} kept"
-        rows.append([arm.name, *[f"{psnr[s]:.3f}" if s in psnr else "" for s in steps],
-                     f"{rate:.2f}", f"{base_rate / rate:.2f}x", init])
-    bicubic = results[base_name][2]
+def write_results(plan: Plan, results: dict[str, ArmResult], out_dir: Path) -> dict[str, Path]:
+    header, rows = (_budget_table if plan.time_budget else _step_table)(plan, results, out_dir)
+    bicubic = results[plan.arms[0].name].bicubic
     if bicubic is not None:  # the same validation images upsampled by bicubic, for scale
-        rows.append(["(bicubic)", *[f"{bicubic:.3f}"] * len(steps), "", "", ""])
+        cells = [f"{bicubic:.3f}" if h.startswith(("psnr", "val PSNR", "best")) else ""
+                 for h in header[1:]]
+        rows.append(["(bicubic)", *cells])
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows([header, *rows])
     atomic_write_bytes(out_dir / "table.csv", buf.getvalue().encode())
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
     atomic_write_bytes(out_dir / "table.md", ("\n".join(md) + "\n").encode())
+    _plot(plan, results, out_dir)
+    return {"table.md": out_dir / "table.md", "table.csv": out_dir / "table.csv",
+            "psnr.png": out_dir / "psnr.png"}
 
+
+def _init_note(out_dir: Path, arm: Arm) -> str:
+    init_file = out_dir / "arms" / arm.name / "init_report.json"
+    if not init_file.exists():
+        return ""
+    rep = json.loads(init_file.read_text())
+    return f"{rep['source']}: {len(rep['loaded'])} loaded, {len(rep['skipped'])} kept"
+
+
+def _step_table(plan: Plan, results: dict[str, ArmResult], out_dir: Path):
+    """Arms at equal steps: PSNR at the reported steps, speed and slow-down."""
+    steps = plan.report_at or sorted({s for r in results.values() for s in r.psnr})
+    base_name = plan.arms[0].name
+    base_rate = results[base_name].rate
+    header = ["arm", *[f"psnr@{s}" for s in steps], "it/s", "slow-down vs " + base_name, "init"]
+    rows = []
+    for arm in plan.arms:
+        r = results[arm.name]
+        rows.append([arm.name, *[f"{r.psnr[s]:.3f}" if s in r.psnr else "" for s in steps],
+                     f"{r.rate:.2f}", f"{base_rate / r.rate:.2f}x", _init_note(out_dir, arm)])
+    return header, rows
+
+
+def _budget_table(plan: Plan, results: dict[str, ArmResult], out_dir: Path):
+    """Arms at equal time: the last and best PSNR, steps reached, speed and size."""
+    header = ["arm", "arch", "params (M)", "steps", "it/s", "val PSNR (last)", "best", "init"]
+    rows = []
+    for arm in plan.arms:
+        r = results[arm.name]
+        arch = arm_config(plan, arm, None).model.arch
+        last = max(r.psnr) if r.psnr else None
+        rows.append([arm.name, arch, f"{r.params / 1e6:.3f}" if r.params else "",
+                     str(last or ""), f"{r.rate:.2f}",
+                     f"{r.psnr[last]:.3f}" if last else "",
+                     f"{max(r.psnr.values()):.3f}" if r.psnr else "", _init_note(out_dir, arm)])
+    return header, rows
+
+
+def _plot(plan: Plan, results: dict[str, ArmResult], out_dir: Path) -> None:
+    """PSNR against steps; with a time budget, against training time and against size."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    panels = 2 if plan.time_budget else 1
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.5), squeeze=False)
+    ax = axes[0][0]
     for arm in plan.arms:
-        psnr = results[arm.name][0]
-        ax.plot(sorted(psnr), [psnr[s] for s in sorted(psnr)], marker="o", label=arm.name)
-    ax.set_xlabel("iteration")
+        r = results[arm.name]
+        xs = sorted(r.psnr)
+        times = [r.seconds.get(s) for s in xs]
+        use_time = plan.time_budget and all(t is not None for t in times)
+        ax.plot([t / 60 for t in times] if use_time else xs, [r.psnr[s] for s in xs], marker="o",
+                label=arm.name)
+    ax.set_xlabel("training minutes" if plan.time_budget else "iteration")
     ax.set_ylabel("validation PSNR (dB)")
+    budget = f", {plan.time_budget} each" if plan.time_budget else ""
     ax.set_title(f"{out_dir.name} (base {Path(plan.base).stem}): {len(plan.arms)} arms, "
-                 f"seed {plan.seed}")
+                 f"seed {plan.seed}{budget}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    if plan.time_budget:
+        ax = axes[0][1]
+        for arm in plan.arms:
+            r = results[arm.name]
+            if r.params and r.psnr:
+                ax.scatter([r.params / 1e6], [r.psnr[max(r.psnr)]], s=40)
+                ax.annotate(arm.name, (r.params / 1e6, r.psnr[max(r.psnr)]), fontsize=8,
+                            xytext=(4, 4), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters (millions, log)")
+        ax.set_ylabel("validation PSNR at the budget (dB)")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(out_dir / "psnr.png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
-    return {"table.md": out_dir / "table.md", "table.csv": out_dir / "table.csv",
-            "psnr.png": out_dir / "psnr.png"}

@@ -86,6 +86,8 @@ class TrainState:
     best_psnr: float = -math.inf
     skipped: int = 0
     last_val: dict = field(default_factory=dict)
+    started: float = 0.0  # time.monotonic() when this process began training
+    deadline: float | None = None  # time.monotonic() at which train.time_budget is spent
     init_report: dict = field(default_factory=dict)
 
     @property
@@ -110,26 +112,32 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
     loader = make_loader(data.dataset, cfg, proc, state.step)
     with RunLog(proc, tc.iterations, state.step, ckpt_path is not None, progress) as log, \
             StopFlag() as stop:
+        state.started = time.monotonic()
+        if state.step == 0:  # the network's size, once (experiment tables show it)
+            log.record({"step": 0, "params": sum(p.numel() for p in state.model.parameters())})
         if proc.main and data.val_idx and tc.val_at_start and state.step == 0:
             run_validation(state, data, cfg, proc, log)
         log.start_clock()
+        state.deadline = state.started + tc.budget_seconds() if tc.time_budget else None
         for lr_b, hr_b in loader:
             state.step += 1
             outcome = train_step(state, forward, lr_b, hr_b, cfg, proc, stop)
             if outcome.skipped:
                 log.record({"step": state.step, "skipped_nonfinite": state.skipped})
             log.tick()
-            if state.step % tc.log_every == 0 or state.step == tc.iterations:
+            last = state.step == tc.iterations or outcome.over_budget
+            if state.step % tc.log_every == 0 or last:
                 log.training(state, outcome.loss)
-            if proc.main and data.val_idx and (state.step % tc.val_every == 0
-                                                or state.step == tc.iterations):
+            if proc.main and data.val_idx and (state.step % tc.val_every == 0 or last):
                 run_validation(state, data, cfg, proc, log)
-            if proc.world > 1 and state.step % tc.val_every == 0:
+            if proc.world > 1 and (state.step % tc.val_every == 0 or last):
                 dist.barrier()  # the other ranks wait while rank 0 validates
             stop_now = outcome.stop if proc.world > 1 else stop.signal is not None  # (incl. validation)
-            if proc.main and (state.step % tc.checkpoint_every == 0 or stop_now
-                              or state.step == tc.iterations):
+            if proc.main and (state.step % tc.checkpoint_every == 0 or stop_now or last):
                 saved = save_checkpoint(state, cfg, proc.run_dir)
+            if outcome.over_budget and not stop_now:
+                log.message(f"time budget {tc.time_budget} reached at step {state.step}")
+                break
             if stop_now:
                 if proc.main:
                     log.message(f"stopped by a signal at step {state.step}; "
@@ -311,6 +319,7 @@ class StepOutcome:
     loss: torch.Tensor
     skipped: bool  # non-finite loss, batch skipped (train.nonfinite: skip)
     stop: bool  # a stop signal reached some rank
+    over_budget: bool = False  # train.time_budget is spent (on some rank)
 
 
 def train_step(state: TrainState, forward: nn.Module, lr_b: torch.Tensor, hr_b: torch.Tensor,
@@ -323,13 +332,15 @@ def train_step(state: TrainState, forward: nn.Module, lr_b: torch.Tensor, hr_b: 
     with autocast_context(device, state.amp_dtype):
         sr = forward(lr_b)
     loss = loss_fn(tc.loss, sr.float(), hr_b, tc.charbonnier_eps)
-    # One small all-reduce keeps the ranks in step: any rank's non-finite loss or stop signal
-    # applies to all, so no rank waits forever for another.
+    # One small all-reduce keeps the ranks in step: any rank's non-finite loss, stop signal or
+    # spent time budget applies to all, so no rank waits forever for another.
+    over = state.deadline is not None and time.monotonic() >= state.deadline
     flags = torch.stack([(~torch.isfinite(loss.detach())).to(torch.int32).reshape(()),
-                         torch.tensor(int(stop.signal is not None), device=device)])
+                         torch.tensor(int(stop.signal is not None), device=device),
+                         torch.tensor(int(over), device=device)])
     if proc.world > 1:
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    nonfinite, stop_now = (bool(v) for v in flags.tolist())
+    nonfinite, stop_now, over = (bool(v) for v in flags.tolist())
     if nonfinite and tc.nonfinite == "stop":
         raise TrainingError(
             f"step {state.step}: the {tc.loss} loss is {loss.item()} (non-finite); stopped "
@@ -348,7 +359,7 @@ def train_step(state: TrainState, forward: nn.Module, lr_b: torch.Tensor, hr_b: 
     state.scheduler.step()
     if not nonfinite and state.ema is not None:
         ema_update(state.ema, state.model, tc.ema)
-    return StepOutcome(loss, nonfinite, stop_now)
+    return StepOutcome(loss, nonfinite, stop_now, over)
 
 
 def validate(model: nn.Module, cache: PairCache, indices: list[int], cfg: Config,
@@ -384,7 +395,7 @@ def run_validation(state: TrainState, data: TrainData, cfg: Config, proc: Proces
                               data.bicubic_psnr)
     data.bicubic_psnr = state.last_val["bicubic_psnr"]
     val = state.last_val
-    log.record({"step": state.step, **val})
+    log.record({"step": state.step, **val, "train_seconds": round(time.monotonic() - state.started, 2)})
     log.message(f"step {state.step}: val PSNR {val['val_psnr']:.3f} dB "
                 f"(Y {val['val_psnr_y']:.3f}, SSIM {val['val_ssim']:.4f}; "
                 f"bicubic {val['bicubic_psnr']:.3f})")
