@@ -151,3 +151,32 @@ def test_openvino_serves_self_ensemble_and_tiles(photo):
     np.testing.assert_allclose(ov, ref, atol=1e-4)
     with torch.no_grad():
         assert model.conv_first.weight.requires_grad  # the wrapped module is left as it was
+
+
+def test_conversion_sends_no_telemetry():
+    """openvino.convert_model reports usage to Google Analytics unless the user opted out; even
+    where the user imported openvino (and its telemetry) first, upres's conversions send nothing."""
+    pytest.importorskip("openvino")
+    probe = (
+        "import openvino_telemetry, openvino\n"
+        "calls = []\n"
+        "for n in ('send_event', 'start_session', 'end_session', 'force_shutdown', 'send_error'):\n"
+        "    setattr(openvino_telemetry.Telemetry, n, lambda *a, n=n, **k: calls.append(n))\n"
+        "from upres.models import RRDBNet\n"
+        "from upres.inference.upscaler import Upscaler\n"
+        "model = RRDBNet(num_feat=8, num_block=1, num_grow_ch=4)\n"
+        "up = Upscaler(model, device='cpu', backend='openvino', cache_converted=False)\n"
+        "assert up.backend == 'openvino'\n"
+        "print(len(calls))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "0"
+
+
+def test_importing_openvino_through_upres_blocks_its_telemetry():
+    pytest.importorskip("openvino")
+    probe = ("import sys\nfrom upres.inference import openvino_backend as ovb\nov = ovb._ov()\n"
+             "ov.Core()\nprint(sys.modules.get('openvino_telemetry', 'absent'))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "None"  # blocked: OpenVINO uses its own stub

@@ -224,3 +224,26 @@ def test_train_a_preset_for_a_time_budget(tmp_path):
     assert next(r["params"] for r in records if "params" in r) == sum(
         p.numel() for p in load_model(run / "last.safetensors").parameters())
     assert describe(load_model(run / "last.pth")).arch == "SPAN"
+
+
+def test_backends_a_family_does_not_support_are_refused_before_trying(tmp_path):
+    """OpenVINO's converter and torch.export crash (segfault) on some families, which no
+    handler can catch: upres knows them and does not try."""
+    dat = tiny("DAT").eval()
+    up = Upscaler(dat, device="cpu")  # auto: PyTorch, and says why
+    assert up.backend == "torch"
+    assert "OpenVINO does not convert DAT: OpenVINO's converter crashes" in up.notes[0]
+    with pytest.raises(Exception, match="backend openvino: OpenVINO does not convert DAT"):
+        Upscaler(dat, device="cpu", backend="openvino")
+    with pytest.raises(WeightsError, match=r"m.onnx: SPAN does not export to ONNX: torch.export crashes"):
+        save_model(tiny("SPAN"), tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_converted_window_transformer_matches_pytorch():
+    pytest.importorskip("openvino")
+    model = tiny("HAT").eval()
+    x = np.random.default_rng(0).random((24, 40, 3), dtype=np.float32)
+    ref = Upscaler(model, backend="torch", dtype="fp32", tile=0).upscale_float(x)
+    ov = Upscaler(model, backend="openvino", dtype="fp32", tile=0, cache_converted=False)
+    assert np.abs(ov.upscale_float(x) - ref).max() < 1e-4

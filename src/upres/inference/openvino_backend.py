@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
+import sys
 import secrets
 import warnings
 from functools import lru_cache
@@ -29,17 +31,25 @@ IR_FORMAT = 2  # bump when the conversion changes: older IRs are then converted 
 
 
 def openvino_available() -> bool:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("openvino") is not None
+
+
+def _ov():
+    """``import openvino`` with its usage telemetry off. Importing openvino (and every
+    ``convert_model``) reports to Google Analytics unless the user opted out; upres does not let
+    it: where upres imports openvino first, the telemetry package is blocked and OpenVINO falls
+    back to its own stub (set UPRES_OPENVINO_TELEMETRY=1 to leave it on)."""
+    if "openvino" not in sys.modules and os.environ.get("UPRES_OPENVINO_TELEMETRY") != "1":
+        sys.modules.setdefault("openvino_telemetry", None)  # ``import openvino_telemetry`` fails
+    import openvino
+
+    return openvino
 
 
 @lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
     """Whether OpenVINO's CPU plugin has native bf16 (AVX512-BF16 / AMX)."""
-    import openvino as ov
+    ov = _ov()
 
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
@@ -80,7 +90,7 @@ def module_key(model, descriptor: ModelDescriptor) -> str:
 def read_cached(key: str, folder: Path | None = None):
     """(IR, descriptor) stored under ``key``, or None. A damaged entry (unreadable sidecar, IR
     bytes that no longer match their recorded hash) warns and reads as missing."""
-    import openvino as ov
+    ov = _ov()
 
     folder = folder or ir_folder()
     xml, meta = folder / f"{key}.xml", folder / f"{key}.json"
@@ -101,21 +111,40 @@ def read_cached(key: str, folder: Path | None = None):
 
 def convert(model, descriptor: ModelDescriptor):
     """The PyTorch module as an OpenVINO model with dynamic batch, height and width."""
-    import openvino as ov
+    ov = _ov()
     import torch
 
-    side = 16 * descriptor.size_multiple
+    side = max(16, descriptor.min_size) * descriptor.size_multiple
     example = torch.rand(1, descriptor.in_channels, side, side)
     shape = ov.PartialShape([-1, descriptor.in_channels, -1, -1])
-    with torch.no_grad():
+    with torch.no_grad(), _no_telemetry():
         return ov.convert_model(model.eval().to("cpu"), example_input=example, input=[shape])
+
+
+@contextlib.contextmanager
+def _no_telemetry():
+    """``openvino.convert_model`` reports usage to Google Analytics unless the user opted out;
+    a conversion by upres never does (OpenVINO's own stub takes the telemetry's place)."""
+    from openvino.tools.ovc import convert_impl, telemetry_stub, telemetry_utils, utils
+
+    modules = [m for m in (convert_impl, telemetry_utils, utils) if hasattr(m, "tm")]
+    saved = convert_impl.init_ovc_telemetry, [m.tm for m in modules]
+    convert_impl.init_ovc_telemetry = lambda *args, **kwargs: telemetry_stub.Telemetry()
+    for module in modules:
+        module.tm = telemetry_stub
+    try:
+        yield
+    finally:
+        convert_impl.init_ovc_telemetry = saved[0]
+        for module, tm in zip(modules, saved[1]):
+            module.tm = tm
 
 
 def store(ir, descriptor: ModelDescriptor, key: str, folder: Path | None = None) -> None:
     """Keep a conversion: IR under temporary names renamed into place, then the sidecar (which
     marks the entry complete). A cache that cannot be written warns and costs a conversion next
     time."""
-    import openvino as ov
+    ov = _ov()
 
     folder = folder or ir_folder()
     xml = folder / f"{key}.xml"
@@ -140,7 +169,7 @@ class OpenVinoModel:
     OpenVINO model; ``blobs`` is where OpenVINO keeps compiled blobs (None: not kept)."""
 
     def __init__(self, ir, precision: str = "bf16", blobs: Path | None = None) -> None:
-        import openvino as ov
+        ov = _ov()
 
         if precision not in PRECISIONS:
             raise ValueError(f"OpenVINO precision must be bf16 or fp32, not {precision!r}")

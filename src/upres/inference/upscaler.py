@@ -153,6 +153,12 @@ class Upscaler:
             if cache and not is_spec:
                 key = ovb.module_key(self.model, self.descriptor)
                 hit = ovb.read_cached(key)
+        refusal = self._openvino_refusal() if hit is None else None
+        if refusal:
+            if self.options.backend == "openvino":
+                raise InferenceError(f"backend openvino: {refusal}; use --backend torch")
+            self._why_torch = refusal
+            return None
         try:
             if hit is None:
                 ir = ovb.convert(self.model, self.descriptor)
@@ -177,6 +183,21 @@ class Upscaler:
         self.notes.append(f"backend openvino ({self.dtype_name})")
         self.model = None  # OpenVINO holds its own copy of the weights
         return forward
+
+    def _openvino_refusal(self) -> str | None:
+        """Why this model is not converted (a converter crash cannot be caught): a curated
+        family known not to convert; under ``auto``, any spandrel architecture upres has not
+        verified."""
+        from upres.models import zoo
+
+        arch = self.descriptor.arch
+        why = zoo.backend_refusal(arch, "openvino")
+        if why:
+            return f"OpenVINO does not convert {arch}: {why}"
+        unverified = arch not in zoo.FAMILIES and zoo.is_spandrel_module(self.model)
+        if unverified and self.options.backend == "auto":
+            return f"OpenVINO is not verified for {arch}"
+        return None
 
     def _load(self, model) -> nn.Module:
         """The PyTorch module (loaded if given by name or path) and its descriptor."""

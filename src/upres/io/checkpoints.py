@@ -167,5 +167,5 @@ def tensors_sha256(state_dict: dict) -> str:
     for key in sorted(state_dict):
         t = state_dict[key].contiguous()
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()

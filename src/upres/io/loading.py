@@ -90,8 +90,14 @@ def save_model(model: nn.Module, path: str | Path, extra: dict | None = None) ->
         write_basicsr_pth(model.state_dict(), path)
     elif suffix == ".onnx":
         from upres.io.onnx import export_onnx
+        from upres.models import zoo
 
-        export_onnx(model, describe(model), path)
+        desc = describe(model)
+        why = zoo.backend_refusal(desc.arch, "onnx")
+        if why:
+            raise WeightsError(f"{path}: {desc.arch} does not export to ONNX: {why}; use "
+                               ".safetensors or .pth")
+        export_onnx(model, desc, path)
     else:
         raise WeightsError(f"{path}: cannot save to {path.suffix!r}; use .safetensors, .pth or .onnx")
 

@@ -32,6 +32,11 @@ class Family:
     width_key: str  # the feature width (activation memory grows with it)
     sr_defaults: dict = field(default_factory=dict)  # beyond spandrel's defaults, for SR
     paper: str = ""
+    # Measured with tiny models against PyTorch fp32 (torch 2.14.1, OpenVINO 2026.4.1): why
+    # OpenVINO conversion or ONNX export is not offered ("" = works). A crash cannot be caught,
+    # so upres does not try.
+    no_openvino: str = ""
+    no_onnx: str = ""
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in [
@@ -42,15 +47,20 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
            {"img_range": 1.0, "window_size": 16, "mlp_ratio": 2.0},
            "Chen et al., HAT, CVPR 2023"),
     Family("DAT", "DAT:DAT", "upscale", "embed_dim", {"img_range": 1.0},
-           "Chen et al., Dual Aggregation Transformer, ICCV 2023"),
+           "Chen et al., Dual Aggregation Transformer, ICCV 2023",
+           no_openvino="OpenVINO's converter crashes on it (segmentation fault)",
+           no_onnx="the exported graph fails in onnxruntime (a LayerNormalization of size 0)"),
     Family("ATD", "ATD:ATD", "upscale", "embed_dim",
            {"img_range": 1.0, "upsampler": "pixelshuffle", "window_size": 16},
-           "Zhang et al., Adaptive Token Dictionary, CVPR 2024"),
+           "Zhang et al., Adaptive Token Dictionary, CVPR 2024",
+           no_onnx="torch.onnx cannot convert its exported program"),
     Family("DRCT", "DRCT:DRCT", "upscale", "embed_dim",
            {"img_range": 1.0, "upsampler": "pixelshuffle"},
-           "Hsu et al., DRCT, CVPRW 2024"),
+           "Hsu et al., DRCT, CVPRW 2024",
+           no_onnx="the exported graph runs but differs from PyTorch by up to 0.13"),
     Family("SPAN", "SPAN:SPAN", "upscale", "feature_channels", {"num_in_ch": 3, "num_out_ch": 3},
-           "Wan et al., SPAN, CVPRW 2024 (NTIRE 2024 efficient SR)"),
+           "Wan et al., SPAN, CVPRW 2024 (NTIRE 2024 efficient SR)",
+           no_onnx="torch.export crashes on it (segmentation fault)"),
     Family("RealPLKSR", "PLKSR:RealPLKSR", "upscaling_factor", "dim", {},
            "Lee et al., PLKSR, 2024; RealPLKSR variant from neosr / traiNNer-redux"),
     Family("PLKSR", "PLKSR:PLKSR", "upscaling_factor", "dim", {},
@@ -64,6 +74,14 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
     Family("Compact", "Compact:Compact", "upscale", "num_feat", {},
            "Wang et al., Real-ESRGAN's SRVGGNetCompact, ICCVW 2021"),
 ]}
+
+
+def backend_refusal(arch: str, backend: str) -> str | None:
+    """Why a curated family is not converted to ``openvino`` or ``onnx``, else None."""
+    family = FAMILIES.get(arch)
+    if family is None:
+        return None
+    return family.no_openvino if backend == "openvino" else family.no_onnx or None
 
 
 @dataclass(frozen=True)
