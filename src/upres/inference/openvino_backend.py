@@ -15,8 +15,8 @@ import hashlib
 import importlib.util
 import json
 import os
-import sys
 import secrets
+import sys
 import warnings
 from functools import lru_cache
 from pathlib import Path
