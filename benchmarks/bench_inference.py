@@ -131,7 +131,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; matmul peak bf16 "
           f"{bf16_peak:.0f} GFLOP/s, fp32 {fp32_peak:.0f} GFLOP/s; {args.model}: "
           f"{fpp / 1e6:.2f} MFLOP per input pixel", flush=True)
-    upres = [PY, "-m", "upres.cli", "upscale", "--model", args.model, "--quiet", "--verbose"]
+    upres = [PY, "-m", "upres.cli", "upscale", "--model", args.model, "--quiet", "--verbose", "--overwrite"]
     images.write_image(work / "warm.png", photo_of_size(48, 48))
     first = run([*upres, str(work / "warm.png"), "-o", str(work / "warm")])
     print(f"first run (converts to OpenVINO IR, cached for later runs): {first['seconds']:.1f} s")
