@@ -247,3 +247,12 @@ def test_converted_window_transformer_matches_pytorch():
     ref = Upscaler(model, backend="torch", dtype="fp32", tile=0).upscale_float(x)
     ov = Upscaler(model, backend="openvino", dtype="fp32", tile=0, cache_converted=False)
     assert np.abs(ov.upscale_float(x) - ref).max() < 1e-4
+
+
+def test_a_family_config_dumps_and_loads_back(tmp_path):
+    from upres.training.config import dump_config
+
+    cfg = load_config(None, ["model.preset=hat-s", "model.params={depths: [2, 2]}"])
+    (tmp_path / "c.yaml").write_text(dump_config(cfg))
+    again = load_config(tmp_path / "c.yaml")
+    assert again.model.hparams() == cfg.model.hparams() and "num_feat" not in dump_config(cfg)

@@ -378,7 +378,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def dump_config(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The config as YAML that loads back to the same config (a spandrel family's dump leaves
+    out the RRDBNet keys, which that family refuses)."""
+    exclude = {"model": set(_RRDB_ONLY)} if cfg.model.arch != "RRDBNet" else None
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude=exclude), sort_keys=False)
 
 
 def config_schema(plan: bool = False) -> dict:
