@@ -243,10 +243,11 @@ def test_backends_a_family_does_not_support_are_refused_before_trying(tmp_path):
 def test_converted_window_transformer_matches_pytorch():
     pytest.importorskip("openvino")
     model = tiny("HAT").eval()
-    x = np.random.default_rng(0).random((24, 40, 3), dtype=np.float32)
-    ref = Upscaler(model, backend="torch", dtype="fp32", tile=0).upscale_float(x)
     ov = Upscaler(model, backend="openvino", dtype="fp32", tile=0, cache_converted=False)
-    assert np.abs(ov.upscale_float(x) - ref).max() < 1e-4
+    for shape in ((24, 40), (100, 132), (13, 21)):  # smaller and larger than the traced example
+        x = np.random.default_rng(0).random((*shape, 3), dtype=np.float32)
+        ref = Upscaler(model, backend="torch", dtype="fp32", tile=0).upscale_float(x)
+        assert np.abs(ov.upscale_float(x) - ref).max() < 1e-4
 
 
 def test_a_family_config_dumps_and_loads_back(tmp_path):
@@ -256,3 +257,47 @@ def test_a_family_config_dumps_and_loads_back(tmp_path):
     (tmp_path / "c.yaml").write_text(dump_config(cfg))
     again = load_config(tmp_path / "c.yaml")
     assert again.model.hparams() == cfg.model.hparams() and "num_feat" not in dump_config(cfg)
+
+
+def test_an_official_checkpoint_fine_tunes(tmp_path):
+    """``init.source`` with a paper-layout HAT checkpoint: detected, loaded strictly, trained."""
+    from spandrel.architectures.HAT import HAT
+
+    from helpers import make_competition
+    from upres.training.loop import train
+
+    torch.manual_seed(1)
+    official = HAT(upscale=4, **TINY["HAT"], img_range=1.0, upsampler="pixelshuffle")
+    torch.save({"params_ema": official.state_dict()}, tmp_path / "HAT_SRx4.pth")
+    data = make_competition(tmp_path / "data", train_size=96, val_size=48)
+    cfg = load_config(None, ["model.arch=HAT", f"model.params={json.dumps(TINY['HAT'])}",
+                             f"init.source={tmp_path / 'HAT_SRx4.pth'}", f"data.root={data}",
+                             "data.crop=32", "data.workers=0", "train.batch_size=2",
+                             "train.iterations=3", "train.val_every=3", "val.tile=0"])
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result.init_report["skipped"] == [] and len(result.init_report["loaded"]) > 10
+    tuned = load_model(tmp_path / "run" / "last.safetensors")
+    changed = [k for k, v in tuned.state_dict().items()
+               if v.is_floating_point() and not torch.equal(v, official.state_dict()[k])]
+    assert changed  # the weights moved from the checkpoint's
+
+
+def test_onnx_export_of_a_family_that_exports_matches_pytorch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model = tiny("Compact").eval()
+    save_model(model, tmp_path / "c.onnx")
+    x = np.random.default_rng(0).random((1, 3, 12, 20), dtype=np.float32)
+    session = ort.InferenceSession(str(tmp_path / "c.onnx"))
+    out = session.run(None, {session.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(out, model(torch.from_numpy(x)).numpy(), atol=1e-5)
+
+
+def test_auto_dtype_falls_back_where_a_family_is_not_safe():
+    from upres.inference.devices import pick_dtype
+
+    assert pick_dtype("auto", "cuda", ("fp32", "bf16", "fp16"), lambda: True) == "fp16"
+    assert pick_dtype("auto", "cuda", ("fp32", "bf16"), lambda: True) == "bf16"  # HAT, SwinIR
+    assert pick_dtype("auto", "cuda:1", ("fp32",), lambda: True) == "fp32"
+    assert pick_dtype("auto", "cpu", ("fp32", "bf16"), lambda: False) == "fp32"
+    assert "fp16" not in describe(tiny("SwinIR")).dtypes

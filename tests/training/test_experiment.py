@@ -60,7 +60,11 @@ def test_two_arm_plan_writes_table_and_plot(tmp_path, capsys):
 
 
 def test_shipped_plans_validate():
-    for name in ("seed-ablation-cpu", "recipe-comparison"):
+    from upres.training.config import shipped_configs
+
+    plans = [n for n, p in shipped_configs().items() if p.parent.name == "experiments"]
+    assert {"seed-ablation-cpu", "recipe-comparison", "arch-zoo-cpu", "arch-zoo-gpu"} <= set(plans)
+    for name in plans:
         plan = load_plan(name)
         for arm in plan.arms:
             arm_config(plan, arm, "/data")  # every arm's config passes the schema
@@ -72,3 +76,14 @@ def test_bad_plan_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"(?s)p.yaml: invalid plan.*arms.0.overides: unknown key; "
                        r"did you mean 'arms.0.overrides'"):
         load_plan(path)
+
+
+def test_a_bad_arm_fails_before_any_arm_trains(tmp_path):
+    from upres.training.experiment import run_plan
+
+    path = tmp_path / "p.yaml"
+    path.write_text("base: smoke-cpu\niterations: 2\nval_every: 1\narms: [{name: a}, "
+                    "{name: b, overrides: {model.preset: span}}]\n")
+    with pytest.raises(ConfigError, match="preset span is a SPAN, not a RRDBNet"):
+        run_plan(load_plan(path), tmp_path / "out", str(tmp_path / "nodata"))
+    assert not (tmp_path / "out" / "arms").exists()

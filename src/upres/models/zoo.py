@@ -143,7 +143,8 @@ PRESETS: dict[str, Preset] = {
         "mlp_ratio": 2.0, "gc": 32},
         "DRCT-L (DRCT paper; official DRCT-L_SRx4 options), 27.6M"),
     "span": Preset("SPAN", {"feature_channels": 48},
-                   "SPAN (NTIRE 2024 efficient SR winner; official x4 options), 0.4M"),
+                   "SPAN (NTIRE 2024 efficient SR winner; official x4 options), 2.2M in its training "
+                   "form (Conv3XC branches; the paper counts the re-parameterised network)"),
     "realplksr": Preset("RealPLKSR", {"dim": 64, "n_blocks": 28, "kernel_size": 17},
                         "RealPLKSR (neosr / traiNNer-redux defaults), 7.4M"),
     "plksr": Preset("PLKSR", {"dim": 64, "n_blocks": 28, "kernel_size": 17},

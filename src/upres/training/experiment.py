@@ -68,8 +68,9 @@ def run_plan(plan: Plan, out_dir: str | Path, data: str | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / "plan.yaml", yaml.safe_dump(plan.model_dump(), sort_keys=False).encode())
     results = {}
+    configs = {arm.name: arm_config(plan, arm, data) for arm in plan.arms}  # every arm checked first
     for arm in plan.arms:
-        cfg = arm_config(plan, arm, data)
+        cfg = configs[arm.name]
         run_dir = out_dir / "arms" / arm.name
         if (run_dir / "last.safetensors").exists():
             print(f"arm {arm.name}: finished earlier, kept")
