@@ -267,7 +267,7 @@ def test_an_official_checkpoint_fine_tunes(tmp_path):
     from upres.training.loop import train
 
     torch.manual_seed(1)
-    official = HAT(upscale=4, **TINY["HAT"], img_range=1.0, upsampler="pixelshuffle")
+    official = HAT(**zoo.hyperparameters("HAT", 4, None, TINY["HAT"]))
     torch.save({"params_ema": official.state_dict()}, tmp_path / "HAT_SRx4.pth")
     data = make_competition(tmp_path / "data", train_size=96, val_size=48)
     cfg = load_config(None, ["model.arch=HAT", f"model.params={json.dumps(TINY['HAT'])}",

@@ -144,7 +144,11 @@ def load_matching(model: nn.Module, weights: LoadedWeights, strict: bool = True)
         diffs = [f"{k}: weights {weights.hparams[k]} vs model {mine[k]}"
                  for k in sorted(set(mine) & set(weights.hparams))
                  if json.dumps(weights.hparams[k]) != json.dumps(mine[k])]  # (1, 2) == [1, 2]
-        if diffs:
+        try:  # every tensor must fit; differing hyperparameters explain why not
+            load_into(model, weights.state_dict, weights.source)
+        except WeightsError:
+            if not diffs:
+                raise
             hint = ""
             if weights.arch == "RRDBNet" and weights.hparams.get("scale") != mine.get("scale"):
                 hint = (f" x{weights.hparams.get('scale')} weights do not fit an "
@@ -152,8 +156,7 @@ def load_matching(model: nn.Module, weights: LoadedWeights, strict: bool = True)
                         "scales 2 and 1, so conv_first takes a different number of channels.")
             raise WeightsError(f"{weights.source}: hyperparameters differ from the model's: "
                                f"{'; '.join(diffs)}.{hint} Match the model to the weights, or set "
-                               "init.strict: false to load only the tensors whose shapes match")
-        load_into(model, weights.state_dict, weights.source)
+                               "init.strict: false to load only the tensors whose shapes match") from None
         return {"loaded": sorted(expected), "skipped": []}
     loaded = {k: v for k, v in weights.state_dict.items()
               if k in expected and v.shape == expected[k].shape}
