@@ -1,0 +1,111 @@
+"""Blind recipe estimation: which fingerprint group made an LR image, from the LR alone.
+
+Each LR image is cut into patches of ``PATCH`` pixels; a patch is described by its spectrum
+(energy in radial frequency bands, relative to the total), its blockiness on the 8-pixel JPEG
+grid, a robust noise estimate and the lag-1 correlation of its high-pass residual. A logistic
+regression on standardized features predicts the group of each patch; an image's probabilities
+are the mean over its patches. The model is stored as plain numbers in fingerprint.json (no
+pickles)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from upres.degradation.kernels import blockiness, luma
+
+PATCH = 32
+BANDS = 8
+
+
+def _band_index(size: int) -> np.ndarray:
+    f = np.fft.fftfreq(size)
+    radius = np.sqrt(f[:, None] ** 2 + f[None, :] ** 2) / 0.5  # 1.0 at the Nyquist edge
+    return np.minimum((radius * BANDS).astype(int), BANDS)  # corners share the last band
+
+
+_BANDS = _band_index(PATCH)
+_HANN = np.outer(np.hanning(PATCH), np.hanning(PATCH)).astype(np.float32)
+
+
+def patch_features(y: np.ndarray) -> np.ndarray:
+    """Features of one luma patch (PATCH x PATCH, at a multiple of 8 in the image)."""
+    p = y - y.mean()
+    power = np.abs(np.fft.fft2(p * _HANN)) ** 2
+    bands = np.bincount(_BANDS.ravel(), power.ravel(), minlength=BANDS + 1)[1:]
+    rel = np.log(bands / max(bands.sum(), 1e-6) + 1e-8)
+    hp = p[1:-1, 1:-1] * 4 - p[:-2, 1:-1] - p[2:, 1:-1] - p[1:-1, :-2] - p[1:-1, 2:]
+    noise = np.log(np.median(np.abs(hp)) + 1e-3)
+    hv = hp - hp.mean()
+    var = max(float((hv * hv).mean()), 1e-8)
+    corr = float(((hv[:, 1:] * hv[:, :-1]).mean() + (hv[1:] * hv[:-1]).mean()) / (2 * var))
+    contrast = np.log(p.std() + 1e-3)
+    return np.concatenate([rel, [np.log(blockiness(y)), noise, corr, contrast,
+                                 noise - contrast]]).astype(np.float32)
+
+
+def image_features(lr: np.ndarray, max_patches: int = 256) -> np.ndarray:
+    """Features of up to ``max_patches`` patches on an evenly spread, 8-aligned grid."""
+    y = luma(lr)
+    h, w = y.shape
+    rows = np.arange(0, h - PATCH + 1, 8)  # overlapping patches, on the JPEG grid
+    cols = np.arange(0, w - PATCH + 1, 8)
+    if not len(rows) or not len(cols):
+        raise ValueError(f"image {w}x{h} is smaller than a {PATCH}x{PATCH} patch")
+    spots = [(r, c) for r in rows for c in cols]
+    if len(spots) > max_patches:
+        spots = [spots[i] for i in np.linspace(0, len(spots) - 1, max_patches).astype(int)]
+    return np.stack([patch_features(y[r:r + PATCH, c:c + PATCH]) for r, c in spots])
+
+
+def train(features: list[np.ndarray], groups: list[int], folds: int = 5, seed: int = 0) -> dict:
+    """Fit the classifier on every image; report image-level accuracy cross-validated by image
+    (no image's patches are in both the training and the scored folds) beside chance."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    labels = np.asarray(groups)
+    n_classes = int(labels.max()) + 1
+    chance = float(np.bincount(labels).max() / len(labels))
+    correct, scored = 0, 0
+    counts = np.bincount(labels)
+    k = int(min(folds, counts[counts > 0].min())) if len(counts) > 1 else 0
+    if k >= 2:
+        splitter = StratifiedKFold(k, shuffle=True, random_state=seed)
+        for train_idx, test_idx in splitter.split(np.zeros(len(labels)), labels):
+            model = _fit(LogisticRegression, [features[i] for i in train_idx], labels[train_idx])
+            for i in test_idx:
+                correct += int(predict(model, features[i], n_classes).argmax() == labels[i])
+                scored += 1
+    model = _fit(LogisticRegression, features, labels)
+    model.update(accuracy=correct / scored if scored else None, chance=chance, folds=k,
+                 images=len(labels))
+    return model
+
+
+def _fit(cls, features: list[np.ndarray], labels: np.ndarray) -> dict:
+    x = np.concatenate(features)
+    y = np.concatenate([[g] * len(f) for f, g in zip(features, labels)])
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    classes = np.unique(y)
+    if len(classes) == 1:
+        return {"mean": mean.tolist(), "std": std.tolist(), "classes": classes.tolist(),
+                "coef": [[0.0] * x.shape[1]], "intercept": [0.0]}
+    clf = cls(max_iter=2000, C=1.0).fit((x - mean) / std, y)
+    coef, intercept = clf.coef_, clf.intercept_
+    if len(classes) == 2:  # sklearn stores one row for two classes
+        coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
+    return {"mean": mean.tolist(), "std": std.tolist(), "classes": classes.tolist(),
+            "coef": np.asarray(coef).tolist(), "intercept": np.asarray(intercept).tolist()}
+
+
+def predict(model: dict, features: np.ndarray, n_groups: int | None = None) -> np.ndarray:
+    """Group probabilities of one image (mean of its patches' softmax)."""
+    x = (features - np.asarray(model["mean"])) / np.asarray(model["std"])
+    logits = x @ np.asarray(model["coef"]).T + np.asarray(model["intercept"])
+    logits -= logits.max(1, keepdims=True)
+    p = np.exp(logits)
+    p /= p.sum(1, keepdims=True)
+    mean = p.mean(0)
+    out = np.zeros(n_groups or (max(model["classes"]) + 1))
+    out[np.asarray(model["classes"])] = mean
+    return out

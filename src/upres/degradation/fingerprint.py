@@ -1,0 +1,256 @@
+"""``upres fingerprint``: fit every training pair's degradation, group the pairs into recipes, and
+describe each group well enough to synthesize more pairs like it.
+
+Grouping: two pairs belong together when their kernel profiles agree within a few standard errors
+of the fit (plus a small floor for what a linear kernel cannot model), their residual noise levels
+within a factor of two, their JPEG blockiness within 0.2 and their residual correlation within
+0.15. Average-linkage clustering with that tolerance as the cut chooses the number of groups;
+groups smaller than ``min_group`` pairs join their nearest group."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from upres.degradation import kernels, recipes
+from upres.errors import DataError
+from upres.io.files import atomic_write_bytes
+
+FORMAT = "upres-fingerprint/1"
+TOLERANCE = {"profile_z": 4.0, "profile_floor": 0.0015, "noise_ratio": 2.0, "blockiness": 0.2,
+             "correlation": 0.15}
+
+
+@dataclass
+class PairStats:
+    name: str
+    group: int
+    noise: float
+    blockiness: float
+    correlation: float
+    offset: tuple[float, float]
+    spread: float
+    bicubic_psnr: float
+    recipe: str | None = None  # the true recipe, when the set records it
+
+
+@dataclass
+class Group:
+    id: int
+    count: int
+    kernel: list[list[float]]  # mean fitted kernel, sums to 1
+    noise: float  # median residual level
+    blockiness: float
+    correlation: float
+    spread: float
+    offset: tuple[float, float]
+    bicubic_psnr: float
+    post: dict  # estimated after-resampling step: {"kind": "none" | "noise" | "jpeg", "level": ...}
+    examples: list[str] = field(default_factory=list)
+    recipes: dict[str, int] = field(default_factory=dict)  # true recipe counts, when known
+
+
+@dataclass
+class Fingerprint:
+    scale: int
+    kernel_size: int
+    pairs: list[PairStats]
+    groups: list[Group]
+    classifier: dict | None = None  # blind LR classifier (see upres.degradation.blind)
+    seconds: float = 0.0
+    source: str = ""
+
+    def proportions(self) -> np.ndarray:
+        counts = np.array([g.count for g in self.groups], float)
+        return counts / counts.sum()
+
+    def purity(self) -> float | None:
+        """Share of pairs whose group's most common true recipe is their own (None: unknown)."""
+        if not self.pairs or any(p.recipe is None for p in self.pairs):
+            return None
+        return sum(max(g.recipes.values()) for g in self.groups) / len(self.pairs)
+
+    def save(self, path: str | Path) -> None:
+        data = {"format": FORMAT, **asdict(self)}
+        atomic_write_bytes(path, json.dumps(data, indent=1).encode())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Fingerprint:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: not a readable fingerprint ({err})") from None
+        if not isinstance(data, dict) or data.pop("format", None) != FORMAT:
+            raise DataError(f"{path}: not an upres fingerprint (written by `upres fingerprint`)")
+        data["pairs"] = [PairStats(**p) for p in data["pairs"]]
+        data["groups"] = [Group(**g) for g in data["groups"]]
+        return cls(**data)
+
+    def kernel(self, group: int) -> np.ndarray:
+        return np.asarray(self.groups[group].kernel, np.float32)
+
+
+def distances(fits: list[kernels.PairFit]) -> np.ndarray:
+    """Pairwise distances in units of the grouping tolerance (1.0: at the edge)."""
+    from scipy.spatial.distance import cdist
+
+    tol = TOLERANCE
+    profiles = np.array([f.profile() for f in fits])
+    se = np.array([f.profile_se for f in fits])
+    rms = cdist(profiles, profiles) / np.sqrt(profiles.shape[1])
+    d = rms / (tol["profile_z"] * np.sqrt(se[:, None] ** 2 + se[None] ** 2 + tol["profile_floor"] ** 2))
+    for values, width in ((np.log([max(f.noise, 1e-3) for f in fits]), np.log(tol["noise_ratio"])),
+                          ([f.blockiness for f in fits], tol["blockiness"]),
+                          ([f.correlation for f in fits], tol["correlation"])):
+        v = np.asarray(values, float)
+        np.maximum(d, np.abs(v[:, None] - v[None]) / width, out=d)
+    return d
+
+
+def cluster(fits: list[kernels.PairFit], min_group: int | None = None) -> np.ndarray:
+    """Group labels 0..G-1, largest group first."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    n = len(fits)
+    if n == 1:
+        return np.zeros(1, int)
+    d = distances(fits)
+    labels = AgglomerativeClustering(None, metric="precomputed", linkage="average",
+                                     distance_threshold=1.0).fit_predict(d)
+    min_group = min_group or max(2, round(0.02 * n))
+    while True:  # fold the smallest undersized group into its nearest (average distance) group
+        ids, counts = np.unique(labels, return_counts=True)
+        small = [i for i, c in zip(ids, counts) if c < min_group]
+        if not small or len(ids) == 1:
+            break
+        g = min(small, key=lambda i: counts[list(ids).index(i)])
+        members = labels == g
+        others = [i for i in ids if i != g]
+        nearest = min(others, key=lambda o: d[np.ix_(members, labels == o)].mean())
+        labels[members] = nearest
+    order = sorted(np.unique(labels), key=lambda i: -(labels == i).sum())
+    return np.array([order.index(v) for v in labels])
+
+
+def _bicubic_psnr(lr: np.ndarray, hr: np.ndarray, scale: int, block: int = kernels.BLOCK) -> float:
+    """Bicubic PSNR on a central crop of at most ``block`` LR pixels a side (8-bit RGB)."""
+    import cv2
+
+    h, w = lr.shape[:2]
+    bh, bw = min(block, h), min(block, w)
+    y, x = (h - bh) // 2, (w - bw) // 2
+    up = cv2.resize(np.ascontiguousarray(lr[y:y + bh, x:x + bw]), (bw * scale, bh * scale),
+                    interpolation=cv2.INTER_CUBIC).astype(np.float64)
+    ref = hr[y * scale:(y + bh) * scale, x * scale:(x + bw) * scale].astype(np.float64)
+    c = scale  # border pixels, as in validation
+    mse = ((up - ref)[c:-c, c:-c] ** 2).mean()
+    return float(10 * np.log10(255 ** 2 / max(mse, 1e-10)))
+
+
+def synthesize(hr: np.ndarray, kernel: np.ndarray, post: dict, scale: int, seed: int) -> np.ndarray:
+    """An 8-bit LR image made from an 8-bit RGB HR image by a fitted kernel and post step."""
+    lr = kernels.apply_kernel(hr.astype(np.float32), kernel, scale)
+    lr = np.clip(np.rint(lr), 0, 255).astype(np.uint8)
+    if post["kind"] == "noise":
+        lr = recipes.add_noise(lr, post["level"], seed)
+    elif post["kind"] == "jpeg":
+        lr = recipes.jpeg_roundtrip(lr, int(post["level"]))
+    return lr
+
+
+_LUMA_NOISE = float(np.sqrt((np.array([0.299, 0.587, 0.114]) ** 2).sum()))  # luma sigma / RGB sigma
+
+
+def _stats_vector(fit: kernels.PairFit) -> np.ndarray:
+    return np.array([np.log(max(fit.noise, 1e-3)) / np.log(TOLERANCE["noise_ratio"]),
+                     fit.blockiness / TOLERANCE["blockiness"],
+                     fit.correlation / TOLERANCE["correlation"]])
+
+
+def estimate_post(samples: list[tuple[np.ndarray, np.ndarray]], kernel: np.ndarray,
+                  target: np.ndarray, scale: int) -> dict:
+    """The after-resampling step (none, Gaussian noise of a level, JPEG of a quality) whose
+    synthesized pairs best reproduce the group's residual statistics ``target``."""
+    clean_fits = [kernels.fit_pair(synthesize(hr, kernel, {"kind": "none"}, scale, 0), hr, scale)
+                  for _, hr in samples]
+    floor = float(np.median([f.noise for f in clean_fits]))
+    noise_level = float(np.exp(target[0] * np.log(TOLERANCE["noise_ratio"])))
+    sigma = np.sqrt(max(noise_level ** 2 - floor ** 2, 0.0)) / _LUMA_NOISE
+    candidates = [{"kind": "none"}] + ([{"kind": "noise", "level": round(float(sigma), 2)}]
+                                       if sigma > 0.3 else [])
+    candidates += [{"kind": "jpeg", "level": q} for q in (10, 20, 30, 40, 50, 60, 70, 80, 90, 95)]
+    best, best_d = candidates[0], np.inf
+    for post in candidates:
+        stats = np.median([_stats_vector(kernels.fit_pair(synthesize(hr, kernel, post, scale, i), hr, scale))
+                           for i, (_, hr) in enumerate(samples)], axis=0)
+        d = float(np.abs(stats - target).max())
+        if d < best_d:
+            best, best_d = post, d
+    return {**best, "distance": round(best_d, 3)}
+
+
+def central_crop(lr: np.ndarray, hr: np.ndarray, scale: int, side: int = 64):
+    """A central LR crop of up to ``side`` pixels a side (8-aligned for the JPEG grid) and its HR."""
+    h, w = lr.shape[:2]
+    sh, sw = min(side, h), min(side, w)
+    y, x = (h - sh) // 2 // 8 * 8, (w - sw) // 2 // 8 * 8
+    return (np.ascontiguousarray(lr[y:y + sh, x:x + sw]),
+            np.ascontiguousarray(hr[y * scale:(y + sh) * scale, x * scale:(x + sw) * scale]))
+
+
+def _summarize(gid: int, idx: np.ndarray, fits, stats: list[PairStats], load, scale: int) -> Group:
+    members = [fits[i] for i in idx]
+    kernel = np.mean([f.kernel for f in members], axis=0)
+    kernel /= kernel.sum()
+    target = np.median([_stats_vector(f) for f in members], axis=0)
+    closest = sorted(idx, key=lambda i: float(np.abs(_stats_vector(fits[i]) - target).max()))[:4]
+    post = estimate_post([central_crop(*load(i), scale) for i in closest], kernel, target, scale)
+    names = [stats[i].name for i in idx]
+    true = [stats[i].recipe for i in idx if stats[i].recipe is not None]
+    return Group(
+        id=gid, count=len(idx), kernel=np.round(kernel, 6).tolist(),
+        noise=float(np.median([f.noise for f in members])),
+        blockiness=float(np.median([f.blockiness for f in members])),
+        correlation=float(np.median([f.correlation for f in members])),
+        spread=float(np.median([f.spread for f in members])),
+        offset=tuple(float(v) for v in np.median([f.offset for f in members], axis=0)),
+        bicubic_psnr=float(np.mean([stats[i].bicubic_psnr for i in idx])),
+        post=post, examples=[stats[i].name for i in closest[:3]] or names[:3],
+        recipes={r: true.count(r) for r in sorted(set(true), key=lambda r: -true.count(r))})
+
+
+def fingerprint(pairs, scale: int = 4, cache_dir: str | Path | None = None,
+                labels: dict[str, str] | None = None, progress: bool = True,
+                min_group: int | None = None) -> tuple[Fingerprint, list]:
+    """Fit, group and describe ``pairs`` (``upres.training.data.Pair``); returns the fingerprint
+    and the decoded-pair cache (for the classifier and the report)."""
+    from tqdm import tqdm
+
+    from upres.training.data import PairCache
+
+    start = time.perf_counter()
+    cache = PairCache(pairs, scale, cache_dir, progress=progress)
+    fits, stats = [], []
+    for i, pair in enumerate(tqdm(pairs, desc="fitting kernels", unit="pair", disable=not progress)):
+        lr, hr = cache.load(i)
+        try:
+            fit = kernels.fit_pair(lr, hr, scale)
+        except ValueError as err:
+            raise DataError(f"{pair.lr}: {err}") from None
+        fits.append(fit)
+        stats.append(PairStats(pair.name, 0, fit.noise, fit.blockiness, fit.correlation,
+                               fit.offset, fit.spread, _bicubic_psnr(lr, hr, scale),
+                               (labels or {}).get(pair.name)))
+    group_of = cluster(fits, min_group)
+    for s, g in zip(stats, group_of):
+        s.group = int(g)
+    groups = [_summarize(g, np.flatnonzero(group_of == g), fits, stats, cache.load, scale)
+              for g in range(int(group_of.max()) + 1)]
+    result = Fingerprint(scale, kernels.KERNEL, stats, groups,
+                         seconds=round(time.perf_counter() - start, 3))
+    return result, cache

@@ -1,0 +1,136 @@
+"""Per-pair degradation fit: the linear kernel on the HR grid that best maps HR to LR (least
+squares, with a bias; the kernel's position inside its window carries the sub-pixel offset), and
+statistics of what the kernel leaves unexplained (noise level, JPEG blockiness)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from upres.io.images import LUMA
+
+KERNEL = 16  # kernel side on the HR grid (covers antialiased bicubic at x4; lanczos is truncated)
+BLOCK = 96  # side of the LR block fitted per pair
+
+
+def luma(img: np.ndarray) -> np.ndarray:
+    """8-bit RGB (or gray) to float32 luma in 0..255."""
+    img = np.asarray(img, dtype=np.float32)
+    return img @ LUMA if img.ndim == 3 else img
+
+
+def window_start(scale: int, size: int = KERNEL) -> int:
+    """HR offset of LR pixel 0's window: centred on the LR pixel's centre ``(scale - 1) / 2``."""
+    return (scale - size) // 2
+
+
+@dataclass
+class PairFit:
+    kernel: np.ndarray  # size x size, sums to ~1
+    bias: float
+    noise: float  # residual standard deviation, 8-bit units
+    blockiness: float  # residual steps across the 8x8 JPEG grid / elsewhere (1: no blocks)
+    offset: tuple[float, float]  # kernel centroid minus the window centre (y, x), HR pixels
+    spread: float  # RMS radius of the kernel, HR pixels
+    profile_se: float  # standard error of ``profile()`` (RMS over its entries), from the fit
+    correlation: float  # lag-1 autocorrelation of the residual (0: white noise; JPEG: > 0)
+
+    def profile(self) -> np.ndarray:
+        """The kernel's column and row sums: its shape, with the noise of single taps averaged."""
+        return np.concatenate([self.kernel.sum(0), self.kernel.sum(1)])
+
+
+def _block_bounds(n: int, scale: int, size: int, block: int) -> tuple[int, int]:
+    """A central range of LR indices whose windows lie inside the HR image."""
+    start = window_start(scale, size)
+    lo = max(0, -(start // scale) + (1 if start % scale else 0))
+    hi = (n * scale - size - start) // scale + 1  # exclusive
+    if hi - lo <= 8:
+        raise ValueError(f"image too small for a {size}x{size} kernel fit")
+    length = min(block, hi - lo)
+    first = lo + (hi - lo - length) // 2
+    return first, first + length
+
+
+def fit_pair(lr: np.ndarray, hr: np.ndarray, scale: int, size: int = KERNEL,
+             block: int = BLOCK) -> PairFit:
+    """Fit the kernel on a central LR block of up to ``block`` x ``block`` pixels (luma)."""
+    r0, r1 = _block_bounds(lr.shape[0], scale, size, block)
+    c0, c1 = _block_bounds(lr.shape[1], scale, size, block)
+    start = window_start(scale, size)
+    top, left = r0 * scale + start, c0 * scale + start  # only the HR rows the block needs are read
+    y_lr = luma(lr[r0:r1, c0:c1])
+    y_hr = luma(hr[top:(r1 - 1) * scale + start + size, left:(c1 - 1) * scale + start + size])
+    windows = sliding_window_view(y_hr, (size, size))
+    rows = np.arange(r1 - r0) * scale
+    cols = np.arange(c1 - c0) * scale
+    patches = windows[rows[:, None], cols[None, :]].reshape(-1, size * size)
+    target = y_lr.reshape(-1)
+    design = np.concatenate([patches, np.ones((len(patches), 1), np.float32)], axis=1)
+    gram = design.T @ design
+    gram[np.diag_indices(size * size)] += 1e-3 * len(patches)  # tiny ridge for flat blocks
+    inverse = np.linalg.inv(gram.astype(np.float64))
+    solution = inverse @ (design.T @ target).astype(np.float64)
+    kernel, bias = solution[:-1].reshape(size, size), float(solution[-1])
+    residual = (target - design @ solution).reshape(r1 - r0, c1 - c0)
+    noise = float(residual.std())
+    # cov(kernel) = noise^2 G^-1; the profile sums the kernel over rows and over columns
+    sums = np.concatenate([np.kron(np.ones((1, size)), np.eye(size)),
+                           np.kron(np.eye(size), np.ones((1, size)))])
+    cov = sums @ inverse[:-1, :-1] @ sums.T
+    profile_se = noise * float(np.sqrt(max(np.trace(cov), 0.0) / len(sums)))
+    return PairFit(kernel.astype(np.float32), bias, noise, blockiness(residual, r0, c0),
+                   *_moments(kernel), profile_se, _lag1(residual))
+
+
+def _lag1(residual: np.ndarray) -> float:
+    r = residual - residual.mean()
+    var = float((r * r).mean())
+    if var <= 1e-12:
+        return 0.0
+    return float(((r[:, 1:] * r[:, :-1]).mean() + (r[1:] * r[:-1]).mean()) / (2 * var))
+
+
+def _moments(kernel: np.ndarray) -> tuple[tuple[float, float], float]:
+    weights = np.abs(kernel) / max(np.abs(kernel).sum(), 1e-12)
+    grid = np.arange(kernel.shape[0]) - (kernel.shape[0] - 1) / 2
+    cy, cx = float((weights.sum(1) * grid).sum()), float((weights.sum(0) * grid).sum())
+    radius2 = (weights * ((grid[:, None] - cy) ** 2 + (grid[None, :] - cx) ** 2)).sum()
+    return (cy, cx), float(np.sqrt(radius2))
+
+
+def blockiness(img: np.ndarray, row0: int = 0, col0: int = 0) -> float:
+    """Mean absolute step across the 8-pixel JPEG grid divided by the mean step elsewhere
+    (``row0``, ``col0``: where ``img`` sits in the full image, so the grid lines up)."""
+    steps_x = np.abs(np.diff(img, axis=1))
+    steps_y = np.abs(np.diff(img, axis=0))
+    on_x = (np.arange(col0, col0 + steps_x.shape[1]) % 8) == 7
+    on_y = (np.arange(row0, row0 + steps_y.shape[0]) % 8) == 7
+    on = np.concatenate([steps_x[:, on_x].ravel(), steps_y[on_y].ravel()])
+    off = np.concatenate([steps_x[:, ~on_x].ravel(), steps_y[~on_y].ravel()])
+    return float(on.mean() / max(off.mean(), 1e-6)) if on.size and off.size else 1.0
+
+
+def apply_kernel(hr: np.ndarray, kernel: np.ndarray, scale: int, bias: float = 0.0) -> np.ndarray:
+    """Degrade an HR image (float, HxW or HxWxC) with a fitted kernel: the same windows as
+    ``fit_pair`` (edges reflected), evaluated only where LR pixels fall; float LR of size
+    (H/scale, W/scale)."""
+    size = kernel.shape[0]
+    start = window_start(scale, size)
+    h, w = hr.shape[0] // scale, hr.shape[1] // scale
+    before, after = max(0, -start), max(0, (h - 1) * scale + start + size - hr.shape[0])
+    after_w = max(0, (w - 1) * scale + start + size - hr.shape[1])
+    pad = [(before, after), (before, after_w)] + [(0, 0)] * (hr.ndim - 2)
+    src = np.pad(np.asarray(hr, np.float32), pad, mode="reflect")
+    first = start + before
+    flat = kernel.astype(np.float32).reshape(-1)
+    out = np.empty((h, w) + hr.shape[2:], np.float32)
+    rows_per_chunk = max(1, 2 ** 22 // max(1, w * size * size))
+    for r0 in range(0, h, rows_per_chunk):  # bounded memory: a band of LR rows at a time
+        r1 = min(h, r0 + rows_per_chunk)
+        band = src[first + r0 * scale:first + (r1 - 1) * scale + size]
+        win = sliding_window_view(band, (size, size), axis=(0, 1))[::scale, ::scale][:r1 - r0, :w]
+        out[r0:r1] = np.tensordot(win, flat.reshape(size, size), axes=([-2, -1], [0, 1]))
+    return out + bias

@@ -1,0 +1,84 @@
+"""What ``upres fingerprint`` does: fingerprint a data folder (groups, classifier, JSON and HTML)
+or label LR-only images with a saved fingerprint's classifier."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from upres.degradation import blind, recipes
+from upres.degradation.fingerprint import Fingerprint, fingerprint
+from upres.degradation.report import write_report
+from upres.errors import DataError
+from upres.io import images
+from upres.io.files import atomic_write_bytes
+
+
+def train_pairs(data: str | Path):
+    """The pairs of a competition folder (``train/lr`` + ``train/hr``) or of a folder holding
+    ``lr`` and ``hr`` directly, and the recorded recipes when the set has them."""
+    from upres.training.data import find_pairs
+
+    data = Path(data)
+    base, split = (data / "train", "train") if (data / "train").is_dir() else (data, None)
+    pairs, problems = find_pairs(base / "lr", base / "hr")
+    if problems:
+        raise DataError(f"{len(problems)} problem(s) in {data}:\n  " + "\n  ".join(problems))
+    root = data if split else data.parent
+    return pairs, recipes.read_labels(root, split or data.name)
+
+
+def fingerprint_data(data: str | Path, out_dir: str | Path, scale: int = 4,
+                     cache_dir: str | Path | None = None, progress: bool = True) -> Fingerprint:
+    """Write ``out/fingerprint.json`` and ``out/fingerprint.html`` for a data folder."""
+    pairs, labels = train_pairs(data)
+    fp, cache = fingerprint(pairs, scale, cache_dir, labels, progress)
+    fp.source = str(data)
+    features = [blind.image_features(cache.load(i)[0]) for i in range(len(pairs))]
+    fp.classifier = blind.train(features, [p.group for p in fp.pairs])
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fp.save(out_dir / "fingerprint.json")
+    write_report(fp, out_dir / "fingerprint.html", cache.load, [p.name for p in pairs])
+    return fp
+
+
+@dataclass
+class Label:
+    path: Path
+    group: int
+    confidence: float
+    probabilities: list[float]
+
+
+def label_image(fp: Fingerprint, lr: np.ndarray) -> tuple[int, np.ndarray]:
+    if not fp.classifier:
+        raise DataError("the fingerprint has no classifier (written by an older upres?)")
+    p = blind.predict(fp.classifier, blind.image_features(lr), len(fp.groups))
+    return int(p.argmax()), p
+
+
+def label_lr(fp_path: str | Path, lr_dir: str | Path, out: str | Path | None = None) -> list[Label]:
+    """Each LR image's most likely group and its probability; written to ``out`` as JSON."""
+    fp = Fingerprint.load(fp_path)
+    files = images.list_images(lr_dir) if Path(lr_dir).is_dir() else []
+    if not files:
+        raise DataError(f"{lr_dir}: no images")
+    labels = []
+    for path in files:
+        img = images.read_image(path)
+        if img.ndim == 2:
+            img = images.gray_to_rgb(img)
+        try:
+            group, p = label_image(fp, img[..., :3])
+        except ValueError as err:
+            raise DataError(f"{path}: {err}") from None
+        labels.append(Label(path, group, float(p[group]), np.round(p, 4).tolist()))
+    if out:
+        table = {x.path.name: {"group": x.group, "confidence": x.confidence,
+                               "probabilities": x.probabilities} for x in labels}
+        atomic_write_bytes(out, json.dumps(table, indent=1).encode())
+    return labels
