@@ -182,6 +182,9 @@ def _add_predict(sub) -> None:
     p.add_argument("--val", metavar="DIR", help="validation folder with lr/ and hr/")
     p.add_argument("--zip", action="store_true", help="also write OUTPUT.zip")
     p.add_argument("--report", metavar="DIR", help="HTML report of the validation predictions")
+    p.add_argument("--refine", metavar="FINGERPRINT",
+                   help="LR-consistency refinement (back-projection) with the kernels of a "
+                   "fingerprint.json, for the groups where it raises the --val PSNR")
     _add_quiet(p)
     _add_inference_options(p)
     p.set_defaults(func=cmd_predict)
@@ -211,6 +214,43 @@ def _add_experiment(sub) -> None:
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/experiments/<plan>)")
     _add_quiet(p)
     p.set_defaults(func=cmd_experiment)
+
+
+def _add_fingerprint(sub) -> None:
+    p = sub.add_parser("fingerprint", help="find how the LR images were made (recipe groups)",
+                       description="Fit each training pair's downscaling kernel and residual "
+                       "statistics, group the pairs into recipes, train a blind LR-only classifier "
+                       "and write OUT/fingerprint.json and OUT/fingerprint.html. With --lr: label "
+                       "LR-only images with a fingerprint's classifier (OUT/labels.json).")
+    p.add_argument("data", nargs="?", metavar="DATA",
+                   help="competition folder (train/lr, train/hr) or a folder with lr/ and hr/")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: DATA/fingerprint)")
+    p.add_argument("--scale", type=_number(int, 1, 8), default=4, help="upscaling factor (default 4)")
+    p.add_argument("--lr", metavar="DIR", help="label these LR-only images instead")
+    p.add_argument("--fingerprint", metavar="FILE",
+                   help="with --lr: the fingerprint.json to use (default: DATA/fingerprint/...)")
+    p.add_argument("--cache-dir", metavar="DIR", help="decoded-image cache (as data.cache_dir)")
+    _add_quiet(p)
+    p.set_defaults(func=cmd_fingerprint)
+
+
+def _add_make_set(sub) -> None:
+    from upres.degradation.recipes import DEFAULT_RECIPES
+
+    p = sub.add_parser("make-set", help="build a competition-style set with known LR recipes",
+                       description="Degrade every image of HR_DIR: training images by one recipe "
+                       "each (in equal shares), held-out test images by every recipe (named "
+                       "STEM-RECIPE); OUT/recipes.json records each file's recipe. Recipes: "
+                       "bicubic, bilinear, area, lanczos, blurSIGMA, jpegQUALITY, noiseSIGMA.")
+    p.add_argument("hr_dir", metavar="HR_DIR", help="folder of HR images")
+    p.add_argument("out", metavar="OUT", help="output folder")
+    p.add_argument("--recipes", default=",".join(DEFAULT_RECIPES),
+                   help=f"comma-separated recipes (default: {','.join(DEFAULT_RECIPES)})")
+    p.add_argument("--test-fraction", type=_number(float, 0, 1), default=0.25,
+                   help="share of HR images held out for test/ (default 0.25)")
+    p.add_argument("--scale", type=_number(int, 1, 8), default=4, help="downscaling factor (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="split and noise seed (default 0)")
+    p.set_defaults(func=cmd_make_set)
 
 
 def _add_demo(sub) -> None:
@@ -251,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"upres {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_upscale, _add_convert, _add_train, _add_eval, _add_predict, _add_report,
-                _add_experiment, _add_demo, _add_config):
+                _add_experiment, _add_fingerprint, _add_make_set, _add_demo, _add_config):
         add(sub)
     return parser
 
@@ -342,7 +382,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     options = InferenceOptions(**_inference_kwargs(args) | {"device": device})
     result = predict(args.model, args.input, args.output, args.weights, args.val, args.zip,
                      options, progress=not args.quiet, report_dir=args.report, shard=shard,
-                     on_note=_note if shard.main and not args.quiet else None)
+                     on_note=_note if shard.main and not args.quiet else None, refine=args.refine)
     if not shard.main:
         return 0
     if len(args.model) > 1:
@@ -351,6 +391,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for name, value in result.val["models"].items():
             print(f"val PSNR {name}: {value:.4f} dB")
         print(f"val PSNR ensemble: {result.val['ensemble']:.4f} dB")
+        if "refine" in result.val:
+            gains = result.val["refine"]["gain_by_group"]
+            print("refinement gain by group (dB): " + ", ".join(f"{g}: {v:+.3f}" for g, v in gains.items())
+                  + f"; applied to groups {result.val['refine']['enabled_groups']}")
     if args.report:
         print(f"report: {Path(args.report) / 'index.html'}")
     if result.zip_path:
@@ -382,6 +426,51 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     written = run_plan(plan, out, args.data, progress=not args.quiet)
     print((out / "table.md").read_text(), end="")
     print("wrote " + ", ".join(str(p) for p in written.values()))
+    return 0
+
+
+def cmd_fingerprint(args: argparse.Namespace) -> int:
+    from upres.degradation import run
+
+    if args.lr:
+        fp_path = args.fingerprint or (Path(args.data) / "fingerprint" / "fingerprint.json"
+                                       if args.data else None)
+        if fp_path is None:
+            raise UpresError("--lr needs --fingerprint FILE (or DATA with a fingerprint/ folder)")
+        out = Path(args.out or Path(args.lr).parent)
+        out.mkdir(parents=True, exist_ok=True)
+        labels = run.label_lr(fp_path, args.lr, out / "labels.json")
+        for label in labels:
+            print(f"{label.path.name}: group {label.group} (confidence {label.confidence:.2f})")
+        print(f"wrote {out / 'labels.json'}")
+        return 0
+    if not args.data:
+        raise UpresError("give DATA (a folder with train/lr and train/hr), or --lr DIR")
+    out = Path(args.out or Path(args.data) / "fingerprint")
+    fp = run.fingerprint_data(args.data, out, args.scale, args.cache_dir, progress=not args.quiet)
+    print(f"{len(fp.pairs)} pairs in {len(fp.groups)} groups ({fp.seconds:.1f} s)")
+    for g in fp.groups:
+        post = g.post["kind"] + (f" {g.post['level']}" if "level" in g.post else "")
+        print(f"  group {g.id}: {g.count} pairs, noise {g.noise:.2f}, blockiness "
+              f"{g.blockiness:.2f}, after resampling: {post}, bicubic {g.bicubic_psnr:.2f} dB")
+    if fp.purity() is not None:
+        print(f"purity against recipes.json: {fp.purity():.1%}")
+    c = fp.classifier
+    if c and c["accuracy"] is not None:
+        print(f"blind classifier: {c['accuracy']:.1%} accuracy ({c['folds']}-fold, by image) "
+              f"vs {c['chance']:.1%} chance")
+    print(f"wrote {out / 'fingerprint.json'} and {out / 'fingerprint.html'}")
+    return 0
+
+
+def cmd_make_set(args: argparse.Namespace) -> int:
+    from upres.degradation.recipes import make_set
+
+    record = make_set(args.hr_dir, args.out, [r for r in args.recipes.split(",") if r.strip()],
+                      args.scale, args.test_fraction, args.seed)
+    print(f"{len(record['train'])} training and {len(record['test'])} test pairs, recipes: "
+          + ", ".join(record["recipes"]))
+    print(f"wrote {Path(args.out) / 'recipes.json'}")
     return 0
 
 

@@ -134,6 +134,7 @@ class Predictor:
             raise PredictError(f"models have different scales {sorted(scales)}; an ensemble needs one")
         self.scale = scales.pop()
         self.names = names or model_names(models)
+        self.refiner = None  # LR-consistency refinement (upres.degradation.refine.Refiner)
 
     def predict_float(self, rgb: np.ndarray) -> list[np.ndarray]:
         return [u.upscale_float(rgb) for u in self.upscalers]
@@ -211,9 +212,27 @@ def _choose_coefficients(predictor: Predictor, spec: str, n_models: int, val_dir
     scores = {"models": dict(zip(predictor.names, val["psnr"])),
               "ensemble": predictor.ensemble_psnr(val, chosen),
               "crop_border": val["border"], "images": len(val["files"])}
+    if predictor.refiner is not None:
+        scores["refine"] = _choose_refinement(predictor.refiner, val, chosen)
     if report_dir is not None:
         _val_report(predictor, val, chosen, Path(val_dir), Path(report_dir))
     return chosen, scores
+
+
+def _choose_refinement(refiner, val: dict, coefficients: np.ndarray) -> dict:
+    """Enable back-projection for the fingerprint groups whose validation PSNR it raises."""
+    gains: dict[int, list[float]] = {}
+    for f, hr, p in zip(val["files"], val["hr"], val["preds"]):
+        lr = rgb_input(images.read_image(f["lr"]), f["lr"])
+        fused = fuse(list(p), coefficients)
+        group = refiner.group(lr)
+        refined = refiner(fused, lr, group)
+        gain = (metrics.psnr(to_image(refined, hr), hr, val["border"])
+                - metrics.psnr(to_image(fused, hr), hr, val["border"]))
+        gains.setdefault(group, []).append(gain)
+    refiner.enabled = {g for g, v in gains.items() if np.mean(v) > 0}
+    return {"gain_by_group": {str(g): float(np.mean(v)) for g, v in sorted(gains.items())},
+            "enabled_groups": sorted(refiner.enabled)}
 
 
 def _val_report(predictor: Predictor, val: dict, coefficients: np.ndarray, val_dir: Path,
@@ -272,7 +291,10 @@ def _write_submission(predictor: Predictor, coefficients: np.ndarray, inputs: li
                         disable=not (progress and shard.main)):
             img = images.read_image(src, upscaler.options.max_pixels)
             upscaler.check_fits(img, src)
-            fused = fuse(predictor.predict_float(rgb_input(img, src)), coefficients)
+            rgb = rgb_input(img, src)
+            fused = fuse(predictor.predict_float(rgb), coefficients)
+            if predictor.refiner is not None:
+                fused = predictor.refiner(fused, rgb)
             images.write_image(staging / f"{src.stem}.png", to_image(fused, img))
             written.append(f"{src.stem}.png")
     except UpresError as err:
@@ -301,17 +323,28 @@ def predict(models: list, input_dir: str | Path, output_dir: str | Path,
             weights: str = "psnr", val_dir: str | Path | None = None, make_zip: bool = False,
             options: InferenceOptions | None = None, progress: bool = True,
             report_dir: str | Path | None = None, shard: Shard | None = None,
-            on_note: Callable[[str], None] | None = None) -> PredictResult:
+            on_note: Callable[[str], None] | None = None,
+            refine: str | Path | None = None) -> PredictResult:
     """Upscale every image of ``input_dir`` into the new folder ``output_dir`` (PNG, same stems),
     fusing several models by soft voting (``weights``: a rule or explicit coefficients).
 
     The folder is filled under a temporary name and renamed at the end, so it either holds the
     whole submission or does not exist. Under torchrun each process (``shard``) predicts its share
-    of the inputs; validation, the report and the files beside the folder are rank 0's."""
+    of the inputs; validation, the report and the files beside the folder are rank 0's.
+    ``refine``: a fingerprint.json; LR-consistency refinement for the groups where it raises the
+    validation PSNR (needs ``val_dir``)."""
     shard = shard or Shard()
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     inputs = _check_request(input_dir, output_dir, val_dir, report_dir)
+    if refine is not None and val_dir is None:
+        raise PredictError("--refine needs --val DIR: refinement is applied only where it raises "
+                           "the validation PSNR")
     predictor = Predictor(models, options)
+    if refine is not None:
+        from upres.degradation.fingerprint import Fingerprint
+        from upres.degradation.refine import Refiner
+
+        predictor.refiner = Refiner(Fingerprint.load(refine))
     for name, upscaler in zip(predictor.names, predictor.upscalers):
         if on_note:  # which backend and precision each model runs with, and why
             on_note(f"{name}: {'; '.join(upscaler.notes)}")
@@ -325,6 +358,7 @@ def predict(models: list, input_dir: str | Path, output_dir: str | Path,
     info = {"models": [str(m) for m in models], "weights": [float(w) for w in chosen],
             "weight_rule": weights if len(models) > 1 else "single model",
             "self_ensemble": (options or InferenceOptions()).self_ensemble,
+            "refine": str(refine) if refine else None,
             "validation_psnr": val_scores}
     atomic_write_bytes(output_dir.parent / f"{output_dir.name}.ensemble.json",
                        (json.dumps(info, indent=2) + "\n").encode())
