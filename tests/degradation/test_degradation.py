@@ -1,0 +1,195 @@
+"""Fingerprints against truth: kernels recovered from pairs made with known kernels, recipes
+regrouped from a set with recorded recipes, the blind classifier beside chance, back-projection
+reducing the LR inconsistency, and the commands' files and errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import photo
+from upres.cli import main
+from upres.degradation import blind, kernels, recipes
+from upres.degradation.fingerprint import Fingerprint, synthesize
+from upres.degradation.refine import back_project
+from upres.degradation.run import fingerprint_data, label_lr
+from upres.errors import DataError
+from upres.io import images
+
+
+def _hr_folder(root: Path, count: int = 16, side: int = 160) -> Path:
+    """``count`` HR crops of scikit-image photos."""
+    folder = root / "hr_src"
+    spots = [(name, y, x) for name in ("astronaut", "chelsea", "coffee", "rocket")
+             for y, x in ((0, 0), (1, 1), (0, 1), (1, 0))]
+    for i, (name, y, x) in enumerate(spots[:count]):
+        img = photo(name)
+        h, w = img.shape[:2]
+        top, left = y * (h - side) // 2 + 40, x * (w - side) // 2 + 40
+        images.write_image(folder / f"{i:03d}.png", img[top:top + side, left:left + side])
+    return folder
+
+
+def test_area_recipe_is_the_block_mean():
+    hr = photo("coffee")[:64, :96]
+    lr = recipes.degrade(hr, recipes.parse_recipe("area"), 4)
+    expected = hr.reshape(16, 4, 24, 4, 3).astype(float).mean((1, 3))
+    assert np.abs(lr.astype(float) - expected).max() <= 1
+
+
+def test_recipe_names_are_checked():
+    assert recipes.parse_recipe("jpeg75").jpeg == 75
+    assert recipes.parse_recipe("blur1.5").blur == 1.5
+    with pytest.raises(DataError, match="unknown recipe 'gauss'"):
+        recipes.parse_recipe("gauss")
+    with pytest.raises(DataError, match="quality must be 1..100"):
+        recipes.parse_recipe("jpeg0")
+
+
+def test_apply_kernel_matches_an_explicit_sum():
+    rng = np.random.default_rng(0)
+    hr = rng.random((40, 32, 3)).astype(np.float32)
+    k = rng.random((16, 16)).astype(np.float32)
+    out = kernels.apply_kernel(hr, k, 4)
+    start = kernels.window_start(4)
+    padded = np.pad(hr, ((16, 16), (16, 16), (0, 0)), mode="reflect")
+    for i, j in ((0, 0), (3, 5), (9, 7)):
+        y, x = i * 4 + start + 16, j * 4 + start + 16
+        expected = (padded[y:y + 16, x:x + 16] * k[:, :, None]).sum((0, 1))
+        np.testing.assert_allclose(out[i, j], expected, rtol=1e-5)
+
+
+def test_fit_recovers_a_known_kernel_and_noise():
+    hr = photo("astronaut")[100:420, 100:420]
+    g = np.exp(-0.5 * ((np.arange(16) - 7.5 - 0.5) / 1.8) ** 2)  # shifted by half an HR pixel
+    kernel = np.outer(g, g) / np.outer(g, g).sum()
+    clean = synthesize(hr, kernel, {"kind": "none"}, 4, 0)
+    fit = kernels.fit_pair(clean, hr, 4)
+    assert np.abs(fit.kernel - kernel).max() < 0.01
+    assert fit.offset[0] == pytest.approx(0.5, abs=0.1) and fit.offset[1] == pytest.approx(0.5, abs=0.1)
+    assert fit.noise < 0.4  # 8-bit rounding only
+    noisy = kernels.fit_pair(synthesize(hr, kernel, {"kind": "noise", "level": 6.0}, 4, 1), hr, 4)
+    assert noisy.noise == pytest.approx(6.0 * 0.668, rel=0.1)  # luma of independent RGB noise
+    jpeg = kernels.fit_pair(synthesize(hr, kernel, {"kind": "jpeg", "level": 40}, 4, 0), hr, 4)
+    assert jpeg.blockiness > 1.1 and abs(noisy.blockiness - 1) < 0.1
+
+
+@pytest.fixture(scope="module")
+def known_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("known")
+    record = recipes.make_set(_hr_folder(root), root / "set", ["area", "bicubic", "jpeg30"],
+                              test_fraction=0.25)
+    return root / "set", record
+
+
+def test_make_set_records_every_file(known_set):
+    data, record = known_set
+    assert len(record["train"]) == 12 and len(record["test"]) == 4 * 3
+    assert sorted(record["train"].values()).count("area") == 4  # equal shares
+    for split, table in (("train", record["train"]), ("test", record["test"])):
+        for name in table:
+            lr = images.read_image(data / split / "lr" / f"{name}.png")
+            hr = images.read_image(data / split / "hr" / f"{name}.png")
+            assert hr.shape == (160, 160, 3) and lr.shape == (40, 40, 3)
+    assert json.loads((data / "recipes.json").read_text())["train"] == record["train"]
+
+
+def test_fingerprint_regroups_the_recipes(known_set, tmp_path):
+    data, record = known_set
+    fp = fingerprint_data(data, tmp_path / "fp", cache_dir=tmp_path / "cache", progress=False)
+    assert len(fp.groups) == 3 and fp.purity() == 1.0
+    by_recipe = {max(g.recipes, key=g.recipes.get): g for g in fp.groups}
+    area = np.asarray(by_recipe["area"].kernel)
+    assert np.abs(area[6:10, 6:10] - 1 / 16).max() < 0.01 and np.abs(area).sum() < 1.3  # a 4x4 box
+    assert by_recipe["jpeg30"].post["kind"] == "jpeg" and by_recipe["area"].post["kind"] == "none"
+    assert by_recipe["jpeg30"].post["level"] <= 50
+    loaded = Fingerprint.load(tmp_path / "fp" / "fingerprint.json")
+    assert [p.group for p in loaded.pairs] == [p.group for p in fp.pairs]
+    page = (tmp_path / "fp" / "fingerprint.html").read_text()
+    assert page.count("<section>") == 3 and page.count("data:image/png") >= 3 + 2 * 3
+    c = fp.classifier
+    assert c["chance"] == pytest.approx(4 / 12) and c["accuracy"] is not None
+
+
+def test_blind_labels_beat_chance_on_held_out_images(known_set, tmp_path):
+    data, record = known_set
+    fp = fingerprint_data(data, tmp_path / "fp", cache_dir=tmp_path / "cache", progress=False)
+    recipe_of = {g.id: max(g.recipes, key=g.recipes.get) for g in fp.groups}
+    labels = label_lr(tmp_path / "fp" / "fingerprint.json", data / "test" / "lr", tmp_path / "l.json")
+    right = [recipe_of[x.group] == record["test"][x.path.stem] for x in labels]
+    assert sum(right) / len(right) > 1 / 3  # chance with three recipes
+    assert all(0 < x.confidence <= 1 for x in labels)
+    assert json.loads((tmp_path / "l.json").read_text()).keys() == {x.path.name for x in labels}
+
+
+def test_classifier_two_groups_round_trip():
+    rng = np.random.default_rng(0)
+    feats = [rng.normal(i % 2 * 3, 1, (5, 4)) for i in range(10)]
+    model = blind.train(feats, [i % 2 for i in range(10)], folds=5)
+    assert model["accuracy"] == 1.0 and model["chance"] == 0.5
+    assert blind.predict(model, feats[1]).argmax() == 1
+
+
+def test_back_projection_restores_lr_consistency():
+    hr = images.to_float(photo("chelsea")[:128, :128])
+    g = np.exp(-0.5 * ((np.arange(16) - 7.5) / 1.5) ** 2)
+    kernel = (np.outer(g, g) / np.outer(g, g).sum()).astype(np.float32)
+    lr = kernels.apply_kernel(hr, kernel, 4)
+    import cv2
+
+    sr = cv2.resize(lr, (128, 128), interpolation=cv2.INTER_CUBIC)
+    refined = back_project(sr, lr, kernel, 4, iterations=8)
+    before = np.abs(kernels.apply_kernel(sr, kernel, 4) - lr).mean()
+    after = np.abs(kernels.apply_kernel(refined, kernel, 4) - lr).mean()
+    assert after < before / 3
+    assert np.abs(refined - hr).mean() < np.abs(sr - hr).mean()  # closer to the truth, too
+
+
+def test_commands(known_set, tmp_path, capsys):
+    data, _ = known_set
+    assert main(["fingerprint", str(data), "--out", str(tmp_path / "fp"), "--quiet",
+                 "--cache-dir", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "12 pairs in 3 groups" in out and "purity against recipes.json: 100.0%" in out
+    assert "chance" in out
+    assert main(["fingerprint", "--lr", str(data / "test" / "lr"), "--fingerprint",
+                 str(tmp_path / "fp" / "fingerprint.json"), "--out", str(tmp_path / "lab")]) == 0
+    assert (tmp_path / "lab" / "labels.json").exists()
+    assert main(["fingerprint", "--lr", str(data / "test" / "lr"), "--fingerprint",
+                 str(data / "recipes.json")]) == 2
+    assert "not an upres fingerprint" in capsys.readouterr().err
+    assert main(["make-set", str(tmp_path / "none"), str(tmp_path / "s")]) == 2
+    assert "need at least 2 HR images" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_predict_refines_only_where_validation_gains(known_set, tmp_path):
+    from helpers import tiny_rrdbnet
+    from upres.errors import PredictError
+    from upres.inference.predict import predict
+    from upres.inference.upscaler import InferenceOptions
+
+    data, _ = known_set
+    fp_dir = tmp_path / "fp"
+    fingerprint_data(data, fp_dir, cache_dir=tmp_path / "c", progress=False)
+    opts = InferenceOptions(backend="torch", device="cpu", dtype="fp32")
+    from upres.io.loading import save_model
+
+    model = tmp_path / "m.safetensors"
+    save_model(tiny_rrdbnet(), model)
+    with pytest.raises(PredictError, match="--refine needs --val"):
+        predict([model], data / "test" / "lr", tmp_path / "o", options=opts,
+                refine=fp_dir / "fingerprint.json")
+    plain = predict([model], data / "test" / "lr", tmp_path / "plain", val_dir=data / "test",
+                    options=opts, progress=False)
+    result = predict([model], data / "test" / "lr", tmp_path / "out", val_dir=data / "test",
+                     options=opts, progress=False, refine=fp_dir / "fingerprint.json")
+    gains = result.val["refine"]["gain_by_group"]
+    assert result.val["refine"]["enabled_groups"] == sorted(int(g) for g, v in gains.items() if v > 0)
+    assert max(gains.values()) > 1.0  # an untrained network's output is far from LR-consistent
+    changed = [f.name for f in plain.files
+               if not np.array_equal(images.read_image(f), images.read_image(tmp_path / "out" / f.name))]
+    assert changed  # refinement reached the submission
