@@ -193,3 +193,27 @@ def test_predict_refines_only_where_validation_gains(known_set, tmp_path):
     changed = [f.name for f in plain.files
                if not np.array_equal(images.read_image(f), images.read_image(tmp_path / "out" / f.name))]
     assert changed  # refinement reached the submission
+
+
+def test_synthesized_pairs_are_degraded_like_their_group(known_set, tmp_path):
+    from upres.degradation.synth import synthesize_pairs
+
+    data, _ = known_set
+    fp = fingerprint_data(data, tmp_path / "fp", cache_dir=tmp_path / "c", progress=False)
+    extra = _hr_folder(tmp_path / "extra", count=6)
+    lr_dir, hr_dir = synthesize_pairs(extra, fp, tmp_path / "synth", seed=3, min_side=64)
+    groups = json.loads((tmp_path / "synth" / "synth.json").read_text())["groups"]
+    assert sorted(groups) == [f"synth-{i:03d}.png" for i in range(6)]
+    for name, group in groups.items():
+        lr, hr = images.read_image(lr_dir / name), images.read_image(hr_dir / name)
+        post = fp.groups[group].post
+        expected = synthesize(hr, fp.kernel(group), post, 4, 0)
+        if post["kind"] == "none":  # deterministic: exactly the group's kernel
+            np.testing.assert_array_equal(lr, expected)
+        else:
+            assert lr.shape == expected.shape
+    again = synthesize_pairs(extra, fp, tmp_path / "synth2", seed=3)
+    assert json.loads((tmp_path / "synth2" / "synth.json").read_text())["groups"] == groups
+    assert all(np.array_equal(images.read_image(again[0] / n), images.read_image(lr_dir / n)) for n in groups)
+    with pytest.raises(DataError, match="smaller than the crop 512"):
+        synthesize_pairs(extra, fp, tmp_path / "synth3", min_side=512)

@@ -143,6 +143,10 @@ class DataConfig(_Strict):
     rotate: bool = _doc("Random 90-degree rotations (with hflip: all 8 dihedral transforms).", True)
     workers: int = _doc("DataLoader worker processes.", 2, ge=0)
     cache_dir: str | None = _doc("Decoded-image cache; default $XDG_CACHE_HOME/upres/data.", None)
+    extra_hr: str | None = _doc(
+        "Folder of extra HR images: each is degraded like the training LR (a fingerprint group "
+        "drawn in the observed proportions: its fitted kernel, noise or JPEG level) and added to "
+        "the training pairs. The fingerprint and the pairs are written to RUN/synth.", None)
 
 
 class TrainConfig(_Strict):

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from upres.errors import CheckpointError, DiskFullError, TrainingError, TrainingInterrupted
+from upres.errors import CheckpointError, DataError, DiskFullError, TrainingError, TrainingInterrupted
 from upres.inference.shard import current_shard
 from upres.inference.torch_backend import autocast_context, resolve_device, resolve_dtype
 from upres.inference.upscaler import Upscaler
@@ -163,6 +163,8 @@ def prepare_data(cfg: Config, proc: Process, progress: bool) -> TrainData:
     """Pairs found, split, checked and decoded into the cache by rank 0 before training starts;
     every problem is reported at once."""
     splits = resolve_splits(cfg.data, cfg.train.seed)
+    if cfg.data.extra_hr:
+        splits.train += synthesized_pairs(cfg, splits.train, proc, progress)
     all_pairs = splits.train + splits.val
     if proc.main:
         cache = PairCache(all_pairs, cfg.model.scale, cfg.data.cache_dir, progress=progress,
@@ -176,6 +178,26 @@ def prepare_data(cfg: Config, proc: Process, progress: bool) -> TrainData:
     dataset = CropDataset(cache, train_idx, cfg.data.crop, cfg.model.scale, cfg.train.seed,
                           cfg.data.hflip, cfg.data.rotate)
     return TrainData(cache, train_idx, val_idx, dataset)
+
+
+def synthesized_pairs(cfg: Config, train_pairs: list, proc: Process, progress: bool) -> list:
+    """Rank 0 fingerprints the training pairs (never the validation ones) and degrades
+    ``data.extra_hr`` like them into RUN/synth; every rank then reads the same pairs."""
+    from upres.degradation.fingerprint import fingerprint
+    from upres.degradation.synth import synthesize_pairs
+    from upres.training.data import find_pairs
+
+    folder = proc.run_dir / "synth"
+    if proc.main and not (folder / "synth.json").exists():
+        fp, _ = fingerprint(train_pairs, cfg.model.scale, cfg.data.cache_dir, progress=progress)
+        fp.save(proc.run_dir / "fingerprint.json")
+        synthesize_pairs(cfg.data.extra_hr, fp, folder, cfg.train.seed, cfg.data.crop)
+    if proc.world > 1:
+        dist.barrier()
+    pairs, problems = find_pairs(folder / "lr", folder / "hr")
+    if problems:
+        raise DataError(f"{folder}: " + "; ".join(problems))
+    return pairs
 
 
 def write_run_files(cfg: Config, run_dir: Path, command: list[str]) -> None:
