@@ -1,0 +1,67 @@
+"""Fingerprint speed at competition size: N pairs of 512x512 LR / 2048x2048 HR (scikit-image
+photos resized to 2048, degraded by the 8 default recipes in turn), timed cold (PNG decode into
+the cache + fit + grouping + classifier) and warm (the cache already built, as after training
+or a second run); the baseline is the cold decode alone (PairCache), measured in the same run.
+The per-pair time gives the projected time for the competition's 1,640 pairs (a projection:
+1,640 such pairs need ~40 GB of disk here).
+
+    python benchmarks/bench_fingerprint.py [--pairs 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+from skimage import data
+
+from upres.degradation import recipes
+from upres.degradation.run import fingerprint_data
+from upres.io import images
+from upres.training.data import PairCache, find_pairs
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
+
+
+def build(root: Path, n: int) -> None:
+    names = recipes.DEFAULT_RECIPES
+    for i in range(n):
+        img = getattr(data, PHOTOS[i % len(PHOTOS)])()[..., :3]
+        hr = cv2.resize(img, (2048, 2048), interpolation=cv2.INTER_CUBIC)
+        hr = cv2.flip(hr, i % 3 - 1) if i % 4 else hr  # vary the content a little
+        recipe = recipes.parse_recipe(names[i % len(names)])
+        images.write_image(root / "train" / "hr" / f"{i:04d}.png", hr)
+        images.write_image(root / "train" / "lr" / f"{i:04d}.png", recipes.degrade(hr, recipe, 4, i))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=64)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        build(root, args.pairs)
+        pairs, _ = find_pairs(root / "train" / "lr", root / "train" / "hr")
+        t = time.perf_counter()
+        PairCache(pairs, 4, root / "decode-only", progress=False)
+        decode = time.perf_counter() - t
+        t = time.perf_counter()
+        fingerprint_data(root, root / "fp", cache_dir=root / "cache", progress=False)
+        cold = time.perf_counter() - t
+        t = time.perf_counter()
+        fp = fingerprint_data(root, root / "fp", cache_dir=root / "cache", progress=False)
+        warm = time.perf_counter() - t
+    n = args.pairs
+    print(f"{n} pairs 512x512 -> 2048x2048, {len(fp.groups)} groups, purity {fp.purity()}")
+    print(f"{'':22s} {'total s':>8s} {'per pair ms':>12s} {'1,640 pairs s':>14s}")
+    for label, sec in (("decode only (baseline)", decode), ("fingerprint, cold", cold),
+                       ("fingerprint, warm", warm)):
+        print(f"{label:22s} {sec:8.1f} {1000 * sec / n:12.1f} {1640 * sec / n:14.0f}")
+    print(f"cold / decode-only: {cold / decode:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
