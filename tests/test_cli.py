@@ -101,7 +101,8 @@ def test_help_is_complete():
     by --help."""
     commands = list(_commands(build_parser()))
     assert {c[0] for c, _ in commands} == {"upscale", "convert", "train", "eval", "predict",
-                                           "report", "experiment", "demo", "config"}
+                                           "report", "experiment", "fingerprint", "make-set", "demo",
+                                           "config"}
     for path, parser in commands:
         assert parser.description, path
         text = parser.format_help()
