@@ -173,8 +173,14 @@ def _add_predict(sub) -> None:
                        "minimise the validation MSE) or explicit w1,w2,... PSNR-based weights need "
                        "--val DIR (with lr/ and hr/). Weights and validation PSNRs are written to "
                        "OUTPUT.ensemble.json.")
-    p.add_argument("--model", action="append", required=True, metavar="M",
+    p.add_argument("--model", action="append", default=[], metavar="M",
                    help="pretrained name or weights path; repeat for an ensemble")
+    p.add_argument("--experts", metavar="FILE",
+                   help="routed experts instead of --model: an experts.json (fingerprint, shared "
+                   "model, one model per fingerprint group), e.g. from `upres experiment`")
+    p.add_argument("--route", choices=("fingerprint", "soft"), default="fingerprint",
+                   help="with --experts: each image to its group's model (fingerprint), or a mix "
+                   "weighted by the blind classifier's probabilities (soft)")
     p.add_argument("--input", required=True, metavar="DIR", help="folder of LR test images")
     p.add_argument("--output", required=True, metavar="DIR", help="a new folder")
     p.add_argument("--weights", default="psnr",
@@ -374,6 +380,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if not args.model and not args.experts:
+        raise UpresError("give --model (repeat for an ensemble) or --experts FILE")
     from upres.inference.predict import predict
     from upres.inference.shard import current_shard
     from upres.inference.upscaler import InferenceOptions
@@ -382,7 +390,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     options = InferenceOptions(**_inference_kwargs(args) | {"device": device})
     result = predict(args.model, args.input, args.output, args.weights, args.val, args.zip,
                      options, progress=not args.quiet, report_dir=args.report, shard=shard,
-                     on_note=_note if shard.main and not args.quiet else None, refine=args.refine)
+                     on_note=_note if shard.main and not args.quiet else None, refine=args.refine,
+                     experts=args.experts, route=args.route)
     if not shard.main:
         return 0
     if len(args.model) > 1:

@@ -162,7 +162,7 @@ def test_commands(known_set, tmp_path, capsys):
                  str(data / "recipes.json")]) == 2
     assert "not an upres fingerprint" in capsys.readouterr().err
     assert main(["make-set", str(tmp_path / "none"), str(tmp_path / "s")]) == 2
-    assert "need at least 2 HR images" in capsys.readouterr().err
+    assert "none: folder does not exist" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
 
 
@@ -217,3 +217,140 @@ def test_synthesized_pairs_are_degraded_like_their_group(known_set, tmp_path):
     assert all(np.array_equal(images.read_image(again[0] / n), images.read_image(lr_dir / n)) for n in groups)
     with pytest.raises(DataError, match="smaller than the crop 512"):
         synthesize_pairs(extra, fp, tmp_path / "synth3", min_side=512)
+
+
+def _routes(tmp_path, fp_path, n_groups):
+    from helpers import tiny_rrdbnet
+    from upres.inference.route import write_routes
+    from upres.io.loading import save_model
+
+    paths = []
+    for seed in range(n_groups + 1):
+        save_model(tiny_rrdbnet(seed=seed), tmp_path / f"m{seed}.safetensors")
+        paths.append(tmp_path / f"m{seed}.safetensors")
+    write_routes(tmp_path / "experts.json", fp_path, paths[0], dict(enumerate(paths[1:])))
+    return paths
+
+
+def test_routed_prediction_uses_the_groups_expert(known_set, tmp_path):
+    from upres.degradation.run import label_image
+    from upres.inference.predict import Predictor, rgb_input
+    from upres.inference.route import RoutedPredictor
+    from upres.inference.upscaler import InferenceOptions
+
+    data, _ = known_set
+    fp = fingerprint_data(data, tmp_path / "fp", cache_dir=tmp_path / "c", progress=False)
+    paths = _routes(tmp_path, tmp_path / "fp" / "fingerprint.json", len(fp.groups))
+    opts = InferenceOptions(backend="torch", device="cpu", dtype="fp32", tile=0)
+    routed = RoutedPredictor(tmp_path / "experts.json", "fingerprint", opts)
+    soft = RoutedPredictor(tmp_path / "experts.json", "soft", opts)
+    singles = Predictor(paths[1:], opts)
+    for path in sorted((data / "test" / "lr").iterdir())[:4]:
+        lr = images.read_image(path)
+        group, p = label_image(fp, lr)
+        outs = singles.predict_float(rgb_input(lr, path))
+        np.testing.assert_array_equal(routed.predict_float(rgb_input(lr, path))[0], outs[group])
+        keep = p >= min(0.1, p.max())
+        mix = sum(outs[g] * p[g] for g in np.flatnonzero(keep)) / p[keep].sum()
+        np.testing.assert_allclose(soft.predict_float(rgb_input(lr, path))[0], mix, atol=1e-5)
+    assert routed.chosen and len(routed.names) == 1
+
+
+def test_predict_with_experts_and_its_errors(known_set, tmp_path, capsys):
+    data, _ = known_set
+    fingerprint_data(data, tmp_path / "fp", cache_dir=tmp_path / "c", progress=False)
+    _routes(tmp_path, tmp_path / "fp" / "fingerprint.json", 3)
+    args = ["predict", "--input", str(data / "test" / "lr"), "--backend", "torch", "--quiet"]
+    assert main([*args, "--experts", str(tmp_path / "experts.json"), "--output", str(tmp_path / "o"),
+                 "--val", str(data / "test")]) == 0
+    assert "val PSNR routed (fingerprint)" in capsys.readouterr().out
+    assert len(list((tmp_path / "o").iterdir())) == 12
+    assert main([*args, "--output", str(tmp_path / "o2")]) == 2
+    assert "give --model" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text('{"shared": "m0.safetensors"}')
+    assert main([*args, "--experts", str(tmp_path / "bad.json"), "--output", str(tmp_path / "o3")]) == 2
+    assert "bad.json: not an experts file" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+
+
+def test_data_groups_select_a_groups_pairs(known_set, tmp_path):
+    from upres.training.config import load_config
+    from upres.training.data import resolve_splits
+    from upres.training.loop import group_pairs
+
+    data, record = known_set
+    fp = fingerprint_data(data, tmp_path / "fp", cache_dir=tmp_path / "c", progress=False)
+    jpeg = next(g.id for g in fp.groups if "jpeg30" in g.recipes)
+    fp_arg = f"data.fingerprint={tmp_path / 'fp' / 'fingerprint.json'}"
+    cfg = load_config("smoke-cpu", [f"data.root={data}", fp_arg, f"data.groups=[{jpeg}]",
+                                    "data.val_split=3"])
+    splits = resolve_splits(cfg.data)
+    train, val = group_pairs(cfg, splits.train, splits.val)
+    assert train and all(record["train"][p.name] == "jpeg30" for p in train)
+    # a pair the fingerprint does not name is fitted and assigned: the test pairs
+    from upres.training.data import find_pairs
+
+    test_pairs, _ = find_pairs(data / "test" / "lr", data / "test" / "hr")
+    assigned = fp.groups_of(test_pairs)
+    right = [max(fp.groups[g].recipes, key=fp.groups[g].recipes.get) == record["test"][p.name]
+             for p, g in zip(test_pairs, assigned)]
+    assert all(right)
+    with pytest.raises(Exception, match="data.groups needs data.fingerprint"):
+        load_config("smoke-cpu", ["data.groups=[0]"])
+    bad = load_config("smoke-cpu", [f"data.root={data}", fp_arg, "data.groups=[7]"])
+    with pytest.raises(DataError, match=r"data.groups: \[7\] not in"):
+        group_pairs(bad, splits.train, splits.val)
+
+
+def test_plan_arms_reuse_only_earlier_arms():
+    from pydantic import ValidationError
+
+    from upres.training.config import Plan
+
+    base = {"base": "smoke-cpu", "iterations": 4, "val_every": 2}
+    Plan(**base, arms=[{"name": "a"}, {"name": "b", "reuse": "a", "refine": True}])
+    with pytest.raises(ValidationError, match="reuse 'b' is not an earlier arm"):
+        Plan(**base, arms=[{"name": "a", "reuse": "b"}, {"name": "b"}])
+    with pytest.raises(ValidationError, match="a reused arm trains nothing"):
+        Plan(**base, arms=[{"name": "a"}, {"name": "b", "reuse": "a", "experts": True}])
+
+
+def test_degradation_plan_scores_every_arm_per_recipe(known_set, tmp_path):
+    import csv
+
+    import yaml
+
+    from upres.training.config import load_plan
+    from upres.training.experiment import run_plan
+
+    data, record = known_set
+    plan = {"base": "smoke-cpu", "data": str(data), "iterations": 4, "val_every": 2,
+            "score_recipes": True,
+            "overrides": {"model.num_feat": 8, "model.num_grow_ch": 4, "model.num_block": 1,
+                          "data.crop": 32, "data.workers": 0, "train.batch_size": 2,
+                          "data.val_split": 3, "data.cache_dir": str(tmp_path / "cache")},
+            "arms": [{"name": "base"}, {"name": "experts", "experts": True},
+                     {"name": "refine", "reuse": "base", "refine": True}]}
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+    written = run_plan(load_plan(tmp_path / "plan.yaml"), tmp_path / "out", progress=False)
+    rows = list(csv.reader(written["recipes.csv"].open()))
+    assert rows[0] == ["arm", "area", "bicubic", "jpeg30", "all"]
+    assert [r[0] for r in rows[1:]] == ["bicubic", "base", "experts", "refine"]
+    routes = json.loads((tmp_path / "out" / "arms" / "experts" / "experts.json").read_text())
+    assert len(routes["experts"]) >= 2
+    shared = tmp_path / "out" / "arms" / "experts" / "metrics.jsonl"
+    assert max(json.loads(x)["step"] for x in shared.read_text().splitlines()) == 2  # half of 4
+    for weights in routes["experts"].values():
+        metrics = (tmp_path / "out" / "arms" / "experts" / weights).parent / "metrics.jsonl"
+        steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if "val_psnr" in x]
+        assert max(steps) == 1  # the other half (2 steps) split among the experts, at least 1
+    # bicubic row: an independent computation over the recorded test recipes
+    from upres.scoring import metrics as m
+
+    area = [m.psnr(m.bicubic_upscale(images.read_image(data / "test" / "lr" / f"{n}.png"), 4),
+                   images.read_image(data / "test" / "hr" / f"{n}.png"), 4)
+            for n, r in record["test"].items() if r == "area"]
+    assert float(rows[1][1]) == pytest.approx(np.mean(area), abs=0.006)
+    note = written["recipes.md"].read_text()
+    assert "refine: refinement gain on validation by group" in note
+    assert written["recipes.png"].read_bytes()[:4] == b"\x89PNG"

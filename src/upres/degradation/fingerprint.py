@@ -94,6 +94,38 @@ class Fingerprint:
     def kernel(self, group: int) -> np.ndarray:
         return np.asarray(self.groups[group].kernel, np.float32)
 
+    def assign(self, fit: kernels.PairFit) -> int:
+        """The group nearest to a pair fitted later (in units of the grouping tolerance)."""
+        tol = TOLERANCE
+        spread = tol["profile_z"] * np.sqrt(2 * fit.profile_se ** 2 + tol["profile_floor"] ** 2)
+        scores = []
+        for g in self.groups:
+            k = self.kernel(g.id)
+            profile = np.concatenate([k.sum(0), k.sum(1)])
+            scores.append(max(
+                float(np.sqrt(((fit.profile() - profile) ** 2).mean())) / spread,
+                abs(np.log(max(fit.noise, 1e-3) / max(g.noise, 1e-3))) / np.log(tol["noise_ratio"]),
+                abs(fit.blockiness - g.blockiness) / tol["blockiness"],
+                abs(fit.correlation - g.correlation) / tol["correlation"]))
+        return int(np.argmin(scores))
+
+    def groups_of(self, pairs) -> list[int]:
+        """Each pair's group: from the fingerprint by name, else fitted and assigned."""
+        from upres.io.images import read_image
+
+        known = {p.name: p.group for p in self.pairs}
+        out = []
+        for pair in pairs:
+            if pair.name in known:
+                out.append(known[pair.name])
+                continue
+            try:
+                fit = kernels.fit_pair(read_image(pair.lr), read_image(pair.hr), self.scale)
+            except ValueError as err:
+                raise DataError(f"{pair.lr}: {err}") from None
+            out.append(self.assign(fit))
+        return out
+
 
 def distances(fits: list[kernels.PairFit]) -> np.ndarray:
     """Pairwise distances in units of the grouping tolerance (1.0: at the edge)."""
@@ -226,9 +258,10 @@ def _summarize(gid: int, idx: np.ndarray, fits, stats: list[PairStats], load, sc
 
 def fingerprint(pairs, scale: int = 4, cache_dir: str | Path | None = None,
                 labels: dict[str, str] | None = None, progress: bool = True,
-                min_group: int | None = None) -> tuple[Fingerprint, list]:
-    """Fit, group and describe ``pairs`` (``upres.training.data.Pair``); returns the fingerprint
-    and the decoded-pair cache (for the classifier and the report)."""
+                min_group: int | None = None, classify: bool = True) -> tuple[Fingerprint, list]:
+    """Fit, group and describe ``pairs`` (``upres.training.data.Pair``) and, with ``classify``,
+    train the blind LR classifier on their groups; returns the fingerprint and the decoded-pair
+    cache (for the report)."""
     from tqdm import tqdm
 
     from upres.training.data import PairCache
@@ -251,6 +284,11 @@ def fingerprint(pairs, scale: int = 4, cache_dir: str | Path | None = None,
         s.group = int(g)
     groups = [_summarize(g, np.flatnonzero(group_of == g), fits, stats, cache.load, scale)
               for g in range(int(group_of.max()) + 1)]
-    result = Fingerprint(scale, kernels.KERNEL, stats, groups,
-                         seconds=round(time.perf_counter() - start, 3))
+    result = Fingerprint(scale, kernels.KERNEL, stats, groups)
+    if classify:
+        from upres.degradation import blind
+
+        features = [blind.image_features(cache.load(i)[0]) for i in range(len(pairs))]
+        result.classifier = blind.train(features, [p.group for p in stats])
+    result.seconds = round(time.perf_counter() - start, 3)
     return result, cache

@@ -107,7 +107,9 @@ def make_set(hr_dir: str | Path, out_dir: str | Path, recipes: list[str] | None 
     parsed = [parse_recipe(r) for r in (recipes or DEFAULT_RECIPES)]
     if len({r.name for r in parsed}) != len(parsed):
         raise DataError("each recipe may appear once")
-    sources = images.list_images(hr_dir) if hr_dir.is_dir() else []
+    if not hr_dir.is_dir():
+        raise DataError(f"{hr_dir}: folder does not exist")
+    sources = images.list_images(hr_dir)
     if len(sources) < 2:
         raise DataError(f"{hr_dir}: need at least 2 HR images (found {len(sources)})")
     order = np.random.default_rng([seed, 99]).permutation(len(sources))

@@ -37,8 +37,6 @@ def fingerprint_data(data: str | Path, out_dir: str | Path, scale: int = 4,
     pairs, labels = train_pairs(data)
     fp, cache = fingerprint(pairs, scale, cache_dir, labels, progress)
     fp.source = str(data)
-    features = [blind.image_features(cache.load(i)[0]) for i in range(len(pairs))]
-    fp.classifier = blind.train(features, [p.group for p in fp.pairs])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fp.save(out_dir / "fingerprint.json")

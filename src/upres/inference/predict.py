@@ -141,9 +141,13 @@ class Predictor:
 
     def validate(self, val_dir: Path, crop_border: int | None = None) -> dict:
         """Each model's predictions and PSNR on ``val_dir/lr`` vs ``val_dir/hr``."""
+        return self.validate_files(match_by_stem({"lr": val_dir / "lr", "hr": val_dir / "hr"}),
+                                   crop_border)
+
+    def validate_files(self, files: list[dict], crop_border: int | None = None) -> dict:
+        """``validate`` for a list of ``{"lr": path, "hr": path}``."""
         border = self.scale if crop_border is None else crop_border
-        files = match_by_stem({"lr": val_dir / "lr", "hr": val_dir / "hr"})
-        preds, targets, truths, per_model = [], [], [], [[] for _ in self.upscalers]
+        preds, targets, truths, per_model = [], [], [], [[] for _ in self.names]
         for f in files:
             lr, hr = images.read_image(f["lr"]), images.read_image(f["hr"])
             problem = images.scale_mismatch(lr, hr, self.scale, f["lr"], f["hr"])
@@ -324,7 +328,8 @@ def predict(models: list, input_dir: str | Path, output_dir: str | Path,
             options: InferenceOptions | None = None, progress: bool = True,
             report_dir: str | Path | None = None, shard: Shard | None = None,
             on_note: Callable[[str], None] | None = None,
-            refine: str | Path | None = None) -> PredictResult:
+            refine: str | Path | None = None, experts: str | Path | None = None,
+            route: str = "fingerprint") -> PredictResult:
     """Upscale every image of ``input_dir`` into the new folder ``output_dir`` (PNG, same stems),
     fusing several models by soft voting (``weights``: a rule or explicit coefficients).
 
@@ -332,14 +337,23 @@ def predict(models: list, input_dir: str | Path, output_dir: str | Path,
     whole submission or does not exist. Under torchrun each process (``shard``) predicts its share
     of the inputs; validation, the report and the files beside the folder are rank 0's.
     ``refine``: a fingerprint.json; LR-consistency refinement for the groups where it raises the
-    validation PSNR (needs ``val_dir``)."""
+    validation PSNR (needs ``val_dir``). ``experts``: an experts.json; each image goes to its
+    fingerprint group's model (``route`` fingerprint) or a probability-weighted mix (soft)."""
     shard = shard or Shard()
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     inputs = _check_request(input_dir, output_dir, val_dir, report_dir)
     if refine is not None and val_dir is None:
         raise PredictError("--refine needs --val DIR: refinement is applied only where it raises "
                            "the validation PSNR")
-    predictor = Predictor(models, options)
+    if experts is not None:
+        if models:
+            raise PredictError("--experts replaces --model: the experts file names the models")
+        from upres.inference.route import RoutedPredictor
+
+        predictor = RoutedPredictor(experts, route, options)
+        models = [experts]
+    else:
+        predictor = Predictor(models, options)
     if refine is not None:
         from upres.degradation.fingerprint import Fingerprint
         from upres.degradation.refine import Refiner

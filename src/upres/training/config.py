@@ -147,6 +147,18 @@ class DataConfig(_Strict):
         "Folder of extra HR images: each is degraded like the training LR (a fingerprint group "
         "drawn in the observed proportions: its fitted kernel, noise or JPEG level) and added to "
         "the training pairs. The fingerprint and the pairs are written to RUN/synth.", None)
+    fingerprint: str | None = _doc(
+        "A fingerprint.json (upres fingerprint) for data.groups.", None)
+    groups: list[int] | None = _doc(
+        "Train (and validate) only on the pairs of these fingerprint groups: a routed expert. "
+        "Pairs the fingerprint does not name are fitted and given their nearest group; "
+        "validation falls back to every pair when none is in the groups.", None)
+
+    @model_validator(mode="after")
+    def _groups_need_fingerprint(self) -> DataConfig:
+        if self.groups is not None and not self.fingerprint:
+            raise ValueError("data.groups needs data.fingerprint (a fingerprint.json)")
+        return self
 
 
 class TrainConfig(_Strict):
@@ -246,6 +258,13 @@ class Arm(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Arm name (its folder name).")
     overrides: dict[str, object] = Field(
         {}, description='Dotted config keys for this arm, e.g. {"model.num_feat": 96}.')
+    reuse: str | None = Field(None, description="Train nothing: take this earlier arm's weights "
+                              "(e.g. to score them with refine).")
+    experts: bool = Field(False, description="Routed experts: the arm's budget is split between a "
+                          "shared model (1 - plan.expert_share) and one fine-tuned copy per "
+                          "fingerprint group of the training split; scored with fingerprint routing.")
+    refine: bool = Field(False, description="Score with LR-consistency refinement, enabled for the "
+                         "groups where it raises the arm's validation PSNR.")
 
 
 class Plan(BaseModel):
@@ -267,6 +286,23 @@ class Plan(BaseModel):
     seed: int = Field(0, description="Seed shared by all arms.")
     overrides: dict[str, object] = Field({}, description="Dotted config keys applied to every arm.")
     arms: list[Arm] = Field(min_length=1, description="The arms, the first being the baseline.")
+    expert_share: float = Field(0.5, gt=0, lt=1, description="Share of an experts arm's budget "
+                                "(time or iterations) spent fine-tuning the per-group experts.")
+    score_recipes: bool = Field(False, description="Score every arm per recipe on DATA/test "
+                                "(lr/, hr/ and DATA/recipes.json, as `upres make-set` writes): "
+                                "recipes.md, recipes.csv, recipes.png.")
+
+    @model_validator(mode="after")
+    def _check_reuse(self) -> Plan:
+        names = []
+        for arm in self.arms:
+            if arm.reuse is not None and arm.reuse not in names:
+                raise ValueError(f"arm {arm.name}: reuse {arm.reuse!r} is not an earlier arm")
+            if arm.reuse is not None and (arm.overrides or arm.experts):
+                raise ValueError(f"arm {arm.name}: a reused arm trains nothing (no overrides, "
+                                 "no experts); set refine only")
+            names.append(arm.name)
+        return self
 
 
 

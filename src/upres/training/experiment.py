@@ -70,8 +70,16 @@ def run_plan(plan: Plan, out_dir: str | Path, data: str | None = None,
     results = {}
     configs = {arm.name: arm_config(plan, arm, data) for arm in plan.arms}  # every arm checked first
     for arm in plan.arms:
+        if arm.reuse:
+            print(f"arm {arm.name}: the weights of {arm.reuse}")
+            results[arm.name] = results[arm.reuse]
+            continue
         cfg = configs[arm.name]
         run_dir = out_dir / "arms" / arm.name
+        if arm.experts:
+            from upres.degradation.study import split_budget
+
+            cfg, expert_budget = split_budget(cfg, plan.expert_share)
         if (run_dir / "last.safetensors").exists():
             print(f"arm {arm.name}: finished earlier, kept")
         else:
@@ -81,8 +89,17 @@ def run_plan(plan: Plan, out_dir: str | Path, data: str | None = None,
             if result.init_report:
                 atomic_write_bytes(run_dir / "init_report.json",
                                    (json.dumps(result.init_report, indent=1) + "\n").encode())
+        if arm.experts:
+            from upres.degradation.study import train_experts
+
+            train_experts(configs[arm.name], run_dir, expert_budget, progress)
         results[arm.name] = read_metrics(run_dir)
-    return write_results(plan, results, out_dir)
+    written = write_results(plan, results, out_dir)
+    if plan.score_recipes:
+        from upres.degradation.study import score_by_recipe
+
+        written |= score_by_recipe(plan, configs, out_dir, data, progress)
+    return written
 
 
 def write_results(plan: Plan, results: dict[str, ArmResult], out_dir: Path) -> dict[str, Path]:

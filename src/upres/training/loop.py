@@ -163,6 +163,8 @@ def prepare_data(cfg: Config, proc: Process, progress: bool) -> TrainData:
     """Pairs found, split, checked and decoded into the cache by rank 0 before training starts;
     every problem is reported at once."""
     splits = resolve_splits(cfg.data, cfg.train.seed)
+    if cfg.data.groups is not None:
+        splits.train, splits.val = group_pairs(cfg, splits.train, splits.val)
     if cfg.data.extra_hr:
         splits.train += synthesized_pairs(cfg, splits.train, proc, progress)
     all_pairs = splits.train + splits.val
@@ -178,6 +180,23 @@ def prepare_data(cfg: Config, proc: Process, progress: bool) -> TrainData:
     dataset = CropDataset(cache, train_idx, cfg.data.crop, cfg.model.scale, cfg.train.seed,
                           cfg.data.hflip, cfg.data.rotate)
     return TrainData(cache, train_idx, val_idx, dataset)
+
+
+def group_pairs(cfg: Config, train: list, val: list) -> tuple[list, list]:
+    """The pairs of the fingerprint groups ``data.groups`` (a routed expert's data)."""
+    from upres.degradation.fingerprint import Fingerprint
+
+    fp = Fingerprint.load(cfg.data.fingerprint)
+    wanted = set(cfg.data.groups)
+    unknown = sorted(wanted - set(range(len(fp.groups))))
+    if unknown:
+        raise DataError(f"data.groups: {unknown} not in {cfg.data.fingerprint} "
+                        f"({len(fp.groups)} groups)")
+    chosen = [p for p, g in zip(train, fp.groups_of(train)) if g in wanted]
+    if not chosen:
+        raise DataError(f"data.groups {sorted(wanted)}: no training pair is in these groups")
+    val_chosen = [p for p, g in zip(val, fp.groups_of(val)) if g in wanted]
+    return chosen, val_chosen or val
 
 
 def synthesized_pairs(cfg: Config, train_pairs: list, proc: Process, progress: bool) -> list:

@@ -1,0 +1,77 @@
+"""Routed experts: each LR image goes to the model of its fingerprint group (the blind
+classifier's choice), or, with ``soft``, to a mix of the models weighted by the classifier's
+probabilities. An ``experts.json`` names the fingerprint, the shared model (for groups without an
+expert) and one model per group; paths are relative to the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from upres.errors import PredictError
+from upres.inference.predict import Predictor
+from upres.inference.upscaler import InferenceOptions
+
+SOFT_FLOOR = 0.1  # soft routing skips groups below this probability (then renormalizes)
+
+
+def read_routes(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        table = json.loads(path.read_text())
+        fingerprint, shared = path.parent / table["fingerprint"], path.parent / table["shared"]
+        experts = {int(g): path.parent / m for g, m in table["experts"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise PredictError(f"{path}: not an experts file (fingerprint, shared, experts: "
+                           f"{{group: weights}}): {err}") from None
+    return {"fingerprint": fingerprint, "shared": shared, "experts": experts}
+
+
+def write_routes(path: str | Path, fingerprint: Path, shared: Path, experts: dict[int, Path]) -> None:
+    from upres.io.files import atomic_write_bytes
+
+    base = Path(path).parent.resolve()
+
+    def rel(p: Path) -> str:
+        return str(Path(p).resolve().relative_to(base)) if Path(p).resolve().is_relative_to(base) \
+            else str(Path(p).resolve())
+    table = {"fingerprint": rel(fingerprint), "shared": rel(shared),
+             "experts": {str(g): rel(m) for g, m in sorted(experts.items())}}
+    atomic_write_bytes(path, json.dumps(table, indent=1).encode())
+
+
+class RoutedPredictor(Predictor):
+    """One output per image, from its group's expert (or the mix of ``soft`` routing)."""
+
+    def __init__(self, routes_path: str | Path, mode: str = "fingerprint",
+                 options: InferenceOptions | None = None) -> None:
+        from upres.degradation.fingerprint import Fingerprint
+
+        if mode not in ("fingerprint", "soft"):
+            raise PredictError(f"--route {mode}: use fingerprint or soft")
+        routes = read_routes(routes_path)
+        self.fp = Fingerprint.load(routes["fingerprint"])
+        self.groups = sorted(routes["experts"])
+        super().__init__([routes["shared"], *(routes["experts"][g] for g in self.groups)], options)
+        self.names = [f"routed ({mode})"]
+        self.mode = mode
+        self.chosen: list[int] = []  # the group of each image routed so far
+
+    def _model_for(self, group: int) -> int:
+        return 1 + self.groups.index(group) if group in self.groups else 0
+
+    def predict_float(self, rgb: np.ndarray) -> list[np.ndarray]:
+        from upres.degradation.run import label_image
+
+        lr8 = np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
+        group, p = label_image(self.fp, lr8)
+        self.chosen.append(group)
+        if self.mode == "fingerprint":
+            return [self.upscalers[self._model_for(group)].upscale_float(rgb)]
+        weights: dict[int, float] = {}
+        for g in np.flatnonzero(p >= min(SOFT_FLOOR, p.max())):
+            weights[self._model_for(int(g))] = weights.get(self._model_for(int(g)), 0.0) + float(p[g])
+        total = sum(weights.values())
+        return [sum(self.upscalers[m].upscale_float(rgb) * (w / total) for m, w in weights.items())]
