@@ -77,13 +77,13 @@ def _predictor(arm_dir: Path, routed: bool):
 
 def _enable_refinement(predictor, cfg, fp_path: Path, progress: bool) -> dict:
     from upres.degradation.refine import Refiner
-    from upres.inference.predict import _choose_refinement
+    from upres.inference.predict import choose_refinement
     from upres.training.data import resolve_splits
 
     predictor.refiner = Refiner(train_split_fingerprint(cfg, fp_path, progress))
     val = resolve_splits(cfg.data, cfg.train.seed).val
     scored = predictor.validate_files([{"lr": p.lr, "hr": p.hr} for p in val])
-    return _choose_refinement(predictor.refiner, scored, np.ones(1))
+    return choose_refinement(predictor.refiner, scored, np.ones(1))
 
 
 def score_by_recipe(plan, configs: dict, out_dir: Path, data: str | None,

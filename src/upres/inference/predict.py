@@ -217,13 +217,13 @@ def _choose_coefficients(predictor: Predictor, spec: str, n_models: int, val_dir
               "ensemble": predictor.ensemble_psnr(val, chosen),
               "crop_border": val["border"], "images": len(val["files"])}
     if predictor.refiner is not None:
-        scores["refine"] = _choose_refinement(predictor.refiner, val, chosen)
+        scores["refine"] = choose_refinement(predictor.refiner, val, chosen)
     if report_dir is not None:
         _val_report(predictor, val, chosen, Path(val_dir), Path(report_dir))
     return chosen, scores
 
 
-def _choose_refinement(refiner, val: dict, coefficients: np.ndarray) -> dict:
+def choose_refinement(refiner, val: dict, coefficients: np.ndarray) -> dict:
     """Enable back-projection for the fingerprint groups whose validation PSNR it raises."""
     gains: dict[int, list[float]] = {}
     for f, hr, p in zip(val["files"], val["hr"], val["preds"]):
@@ -323,6 +323,27 @@ def _write_submission(predictor: Predictor, coefficients: np.ndarray, inputs: li
     return sorted(name for names, _ in outcomes for name in names)
 
 
+def _build_predictor(models: list, options, refine, val_dir, experts, route) -> Predictor:
+    """The models (or routed experts) and the refinement, refused before anything is loaded."""
+    if refine is not None and val_dir is None:
+        raise PredictError("--refine needs --val DIR: refinement is applied only where it raises "
+                           "the validation PSNR")
+    if experts is not None:
+        if models:
+            raise PredictError("--experts replaces --model: the experts file names the models")
+        from upres.inference.route import RoutedPredictor
+
+        predictor = RoutedPredictor(experts, route, options)
+    else:
+        predictor = Predictor(models, options)
+    if refine is not None:
+        from upres.degradation.fingerprint import Fingerprint
+        from upres.degradation.refine import Refiner
+
+        predictor.refiner = Refiner(Fingerprint.load(refine))
+    return predictor
+
+
 def predict(models: list, input_dir: str | Path, output_dir: str | Path,
             weights: str = "psnr", val_dir: str | Path | None = None, make_zip: bool = False,
             options: InferenceOptions | None = None, progress: bool = True,
@@ -342,23 +363,8 @@ def predict(models: list, input_dir: str | Path, output_dir: str | Path,
     shard = shard or Shard()
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     inputs = _check_request(input_dir, output_dir, val_dir, report_dir)
-    if refine is not None and val_dir is None:
-        raise PredictError("--refine needs --val DIR: refinement is applied only where it raises "
-                           "the validation PSNR")
-    if experts is not None:
-        if models:
-            raise PredictError("--experts replaces --model: the experts file names the models")
-        from upres.inference.route import RoutedPredictor
-
-        predictor = RoutedPredictor(experts, route, options)
-        models = [experts]
-    else:
-        predictor = Predictor(models, options)
-    if refine is not None:
-        from upres.degradation.fingerprint import Fingerprint
-        from upres.degradation.refine import Refiner
-
-        predictor.refiner = Refiner(Fingerprint.load(refine))
+    predictor = _build_predictor(models, options, refine, val_dir, experts, route)
+    models = [experts] if experts is not None else models
     for name, upscaler in zip(predictor.names, predictor.upscalers):
         if on_note:  # which backend and precision each model runs with, and why
             on_note(f"{name}: {'; '.join(upscaler.notes)}")

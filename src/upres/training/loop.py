@@ -196,6 +196,11 @@ def group_pairs(cfg: Config, train: list, val: list) -> tuple[list, list]:
     if not chosen:
         raise DataError(f"data.groups {sorted(wanted)}: no training pair is in these groups")
     val_chosen = [p for p, g in zip(val, fp.groups_of(val)) if g in wanted]
+    if val and not val_chosen:
+        import warnings
+
+        warnings.warn(f"data.groups {sorted(wanted)}: no validation pair is in these groups; "
+                      f"validating on all {len(val)} validation pairs", stacklevel=2)
     return chosen, val_chosen or val
 
 
