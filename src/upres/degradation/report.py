@@ -70,7 +70,8 @@ def write_report(fp: Fingerprint, path: str | Path, load=None, names: list[str] 
                     crops += (f"<figure><img src='{lr_png}'><img src='{hr_png}'>"
                               f"<figcaption>{html.escape(name)}: LR (nearest) | HR</figcaption></figure>")
         parts.append(f"<section><h2>Group {g.id}</h2><div class='row'><figure><img src='"
-                     f"{_png(kernel_image(fp.kernel(g.id)))}'><figcaption>mean kernel</figcaption>"
+                     f"{_png(kernel_image(fp.kernel(g.id)))}'><figcaption>mean kernel ({fp.kernel_size}x"
+                     f"{fp.kernel_size} HR px; red +, blue -)</figcaption>"
                      f"</figure><table>{rows}</table></div><div class='row'>{crops}</div></section>")
     style = ("body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}"
              "th,td{text-align:left;padding:2px 10px;border-bottom:1px solid #ddd}.row{display:flex;"
