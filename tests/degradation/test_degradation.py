@@ -336,14 +336,17 @@ def test_degradation_plan_scores_every_arm_per_recipe(known_set, tmp_path):
     rows = list(csv.reader(written["recipes.csv"].open()))
     assert rows[0] == ["arm", "area", "bicubic", "jpeg30", "all"]
     assert [r[0] for r in rows[1:]] == ["bicubic", "base", "experts", "refine"]
-    routes = json.loads((tmp_path / "out" / "arms" / "experts" / "experts.json").read_text())
-    assert len(routes["experts"]) >= 2
-    shared = tmp_path / "out" / "arms" / "experts" / "metrics.jsonl"
-    assert max(json.loads(x)["step"] for x in shared.read_text().splitlines()) == 2  # half of 4
-    for weights in routes["experts"].values():
-        metrics = (tmp_path / "out" / "arms" / "experts" / weights).parent / "metrics.jsonl"
-        steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if "val_psnr" in x]
-        assert max(steps) == 1  # the other half (2 steps) split among the experts, at least 1
+    arm = tmp_path / "out" / "arms" / "experts"
+    routes = json.loads((arm / "experts.json").read_text())
+    assert max(json.loads(x)["step"] for x in (arm / "metrics.jsonl").read_text().splitlines()) == 2
+    trained = sorted(arm.glob("experts/group*/metrics.jsonl"))
+    assert len(trained) == 3  # one per recipe group
+    for metrics in trained:
+        scores = {r["step"]: r["val_psnr"] for r in map(json.loads, metrics.read_text().splitlines())
+                  if "val_psnr" in r}
+        assert sorted(scores) == [0, 1]  # the shared weights first, then the other half of 4 steps, split
+        kept = f"experts/{metrics.parent.name}/best.safetensors" in routes["experts"].values()
+        assert kept == (scores[1] > scores[0])  # an expert is routed to only when it helps
     # bicubic row: an independent computation over the recorded test recipes
     from upres.scoring import metrics as m
 

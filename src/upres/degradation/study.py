@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +39,10 @@ def train_split_fingerprint(cfg, path: Path, progress: bool):
     return Fingerprint.load(path)
 
 
-def train_experts(cfg, run_dir: Path, budget, progress: bool) -> Path:
+def train_experts(cfg, run_dir: Path, budget, progress: bool, lr_scale: float = 0.25) -> Path:
     """One expert per group with at least 2 training pairs, initialized from the arm's shared
-    best weights; returns the arm's experts.json."""
+    best weights at ``lr_scale`` times the arm's learning rate, and kept only when it beats the
+    shared weights on its validation pairs (scored first, as step 0); returns experts.json."""
     from upres.inference.route import write_routes
     from upres.training.loop import train
 
@@ -52,6 +54,7 @@ def train_experts(cfg, run_dir: Path, budget, progress: bool) -> Path:
         expert = cfg.model_copy(deep=True)
         expert.data.fingerprint, expert.data.groups = str(fp_path), [g]
         expert.init.source, expert.init.strict = str(run_dir / "best.safetensors"), True
+        expert.train.lr, expert.train.val_at_start = cfg.train.lr * lr_scale, True
         for key, value in budget(len(groups)).items():
             setattr(expert.train, key, value)
         expert_dir = run_dir / "experts" / f"group{g}"
@@ -59,9 +62,19 @@ def train_experts(cfg, run_dir: Path, budget, progress: bool) -> Path:
             print(f"  expert for group {g} ({fp.groups[g].count} pairs)")
             train(expert, expert_dir, resume="auto", command=["upres", "experiment", "expert", str(g)],
                   progress=progress)
-        experts[g] = expert_dir / "best.safetensors"
+        if _improved(expert_dir / "metrics.jsonl"):
+            experts[g] = expert_dir / "best.safetensors"
+        else:
+            print(f"  expert for group {g} did not beat the shared model on validation: not used")
     write_routes(run_dir / "experts.json", fp_path, run_dir / "best.safetensors", experts)
     return run_dir / "experts.json"
+
+
+def _improved(metrics: Path) -> bool:
+    """Whether a run's validation beat its step-0 score (the weights it started from)."""
+    records = [json.loads(x) for x in metrics.read_text().splitlines()]
+    scores = {r["step"]: r["val_psnr"] for r in records if "val_psnr" in r}
+    return 0 in scores and max((v for s, v in scores.items() if s > 0), default=-1e9) > scores[0]
 
 
 def _predictor(arm_dir: Path, routed: bool):

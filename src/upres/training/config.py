@@ -288,6 +288,8 @@ class Plan(BaseModel):
     arms: list[Arm] = Field(min_length=1, description="The arms, the first being the baseline.")
     expert_share: float = Field(0.5, gt=0, lt=1, description="Share of an experts arm's budget "
                                 "(time or iterations) spent fine-tuning the per-group experts.")
+    expert_lr: float = Field(0.25, gt=0, description="An expert's learning rate as a fraction of "
+                             "the arm's (experts fine-tune a trained model on few pairs).")
     score_recipes: bool = Field(False, description="Score every arm per recipe on DATA/test "
                                 "(lr/, hr/ and DATA/recipes.json, as `upres make-set` writes): "
                                 "recipes.md, recipes.csv, recipes.png.")

@@ -92,7 +92,7 @@ def run_plan(plan: Plan, out_dir: str | Path, data: str | None = None,
         if arm.experts:
             from upres.degradation.study import train_experts
 
-            train_experts(configs[arm.name], run_dir, expert_budget, progress)
+            train_experts(configs[arm.name], run_dir, expert_budget, progress, plan.expert_lr)
         results[arm.name] = read_metrics(run_dir)
     written = write_results(plan, results, out_dir)
     if plan.score_recipes:
