@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from upres.degradation.kernels import blockiness, luma
+from upres.degradation.kernels import luma
 
 PATCH = 32
 BANDS = 8
@@ -27,20 +27,29 @@ _BANDS = _band_index(PATCH)
 _HANN = np.outer(np.hanning(PATCH), np.hanning(PATCH)).astype(np.float32)
 
 
+def _blockiness(p: np.ndarray) -> np.ndarray:
+    """``kernels.blockiness`` of each patch of a batch (patches start on the 8-pixel grid)."""
+    steps_x, steps_y = np.abs(np.diff(p, axis=2)), np.abs(np.diff(p, axis=1))
+    on = (np.arange(PATCH - 1) % 8) == 7
+    on_mean = (steps_x[:, :, on].sum((1, 2)) + steps_y[:, on].sum((1, 2))) / (2 * on.sum() * PATCH)
+    off_mean = (steps_x[:, :, ~on].sum((1, 2)) + steps_y[:, ~on].sum((1, 2))) / (2 * (~on).sum() * PATCH)
+    return on_mean / np.maximum(off_mean, 1e-6)
+
+
 def patch_features(y: np.ndarray) -> np.ndarray:
-    """Features of one luma patch (PATCH x PATCH, at a multiple of 8 in the image)."""
-    p = y - y.mean()
+    """Features of a batch of luma patches (N x PATCH x PATCH, each at a multiple of 8)."""
+    p = y - y.mean((1, 2), keepdims=True)
     power = np.abs(np.fft.fft2(p * _HANN)) ** 2
-    bands = np.bincount(_BANDS.ravel(), power.ravel(), minlength=BANDS + 1)[1:]
-    rel = np.log(bands / max(bands.sum(), 1e-6) + 1e-8)
-    hp = p[1:-1, 1:-1] * 4 - p[:-2, 1:-1] - p[2:, 1:-1] - p[1:-1, :-2] - p[1:-1, 2:]
-    noise = np.log(np.median(np.abs(hp)) + 1e-3)
-    hv = hp - hp.mean()
-    var = max(float((hv * hv).mean()), 1e-8)
-    corr = float(((hv[:, 1:] * hv[:, :-1]).mean() + (hv[1:] * hv[:-1]).mean()) / (2 * var))
-    contrast = np.log(p.std() + 1e-3)
-    return np.concatenate([rel, [np.log(blockiness(y)), noise, corr, contrast,
-                                 noise - contrast]]).astype(np.float32)
+    bands = np.stack([power[:, _BANDS == b].sum(1) for b in range(1, BANDS + 1)], axis=1)
+    rel = np.log(bands / np.maximum(bands.sum(1, keepdims=True), 1e-6) + 1e-8)
+    hp = p[:, 1:-1, 1:-1] * 4 - p[:, :-2, 1:-1] - p[:, 2:, 1:-1] - p[:, 1:-1, :-2] - p[:, 1:-1, 2:]
+    noise = np.log(np.median(np.abs(hp).reshape(len(p), -1), axis=1) + 1e-3)
+    hv = hp - hp.mean((1, 2), keepdims=True)
+    var = np.maximum((hv * hv).mean((1, 2)), 1e-8)
+    corr = ((hv[:, :, 1:] * hv[:, :, :-1]).mean((1, 2)) + (hv[:, 1:] * hv[:, :-1]).mean((1, 2))) / (2 * var)
+    contrast = np.log(p.std((1, 2)) + 1e-3)
+    extra = np.stack([np.log(_blockiness(y)), noise, corr, contrast, noise - contrast], axis=1)
+    return np.concatenate([rel, extra], axis=1).astype(np.float32)
 
 
 def image_features(lr: np.ndarray, max_patches: int = 256) -> np.ndarray:
@@ -54,31 +63,34 @@ def image_features(lr: np.ndarray, max_patches: int = 256) -> np.ndarray:
     spots = [(r, c) for r in rows for c in cols]
     if len(spots) > max_patches:
         spots = [spots[i] for i in np.linspace(0, len(spots) - 1, max_patches).astype(int)]
-    return np.stack([patch_features(y[r:r + PATCH, c:c + PATCH]) for r, c in spots])
+    return patch_features(np.stack([y[r:r + PATCH, c:c + PATCH] for r, c in spots]))
 
 
-def train(features: list[np.ndarray], groups: list[int], folds: int = 5, seed: int = 0) -> dict:
-    """Fit the classifier on every image; report image-level accuracy cross-validated by image
-    (no image's patches are in both the training and the scored folds) beside chance."""
+def train(features: list[np.ndarray], groups: list[int], folds: int = 5, seed: int = 0,
+          sources: list[int] | None = None, real: list[bool] | None = None) -> dict:
+    """Fit the classifier on every image; report the accuracy on the real images (``real``; the
+    others are synthesized) cross-validated by source pair (``sources``: no pair's images, real
+    or synthesized, are in both the fitted and the scored folds) beside chance."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedGroupKFold
 
     labels = np.asarray(groups)
+    sources = np.asarray(sources if sources is not None else range(len(labels)))
+    real = np.asarray(real if real is not None else [True] * len(labels))
     n_classes = int(labels.max()) + 1
-    chance = float(np.bincount(labels).max() / len(labels))
+    chance = float(np.bincount(labels[real]).max() / real.sum())
     correct, scored = 0, 0
-    counts = np.bincount(labels)
-    k = int(min(folds, counts[counts > 0].min())) if len(counts) > 1 else 0
-    if k >= 2:
-        splitter = StratifiedKFold(k, shuffle=True, random_state=seed)
-        for train_idx, test_idx in splitter.split(np.zeros(len(labels)), labels):
+    k = min(folds, len(np.unique(sources)))
+    if k >= 2 and len(np.unique(labels)) > 1:
+        splitter = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
+        for train_idx, test_idx in splitter.split(np.zeros(len(labels)), labels, sources):
             model = _fit(LogisticRegression, [features[i] for i in train_idx], labels[train_idx])
-            for i in test_idx:
+            for i in test_idx[real[test_idx]]:
                 correct += int(predict(model, features[i], n_classes).argmax() == labels[i])
                 scored += 1
     model = _fit(LogisticRegression, features, labels)
     model.update(accuracy=correct / scored if scored else None, chance=chance, folds=k,
-                 images=len(labels))
+                 images=int(real.sum()), synthesized=int((~real).sum()))
     return model
 
 

