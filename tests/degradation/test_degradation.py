@@ -125,6 +125,14 @@ def test_blind_labels_beat_chance_on_held_out_images(known_set, tmp_path):
     assert json.loads((tmp_path / "l.json").read_text()).keys() == {x.path.name for x in labels}
 
 
+def test_blind_features_are_finite_on_flat_and_step_images():
+    flat = np.full((64, 64, 3), 128, np.uint8)
+    step = flat.copy()
+    step[:, 40:] = 0  # texture only across one column: no steps elsewhere
+    for img in (flat, step):
+        assert np.isfinite(blind.image_features(img)).all()
+
+
 def test_classifier_two_groups_round_trip():
     rng = np.random.default_rng(0)
     feats = [rng.normal(i % 2 * 3, 1, (5, 4)) for i in range(10)]

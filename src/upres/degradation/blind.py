@@ -33,7 +33,8 @@ def _blockiness(p: np.ndarray) -> np.ndarray:
     on = (np.arange(PATCH - 1) % 8) == 7
     on_mean = (steps_x[:, :, on].sum((1, 2)) + steps_y[:, on].sum((1, 2))) / (2 * on.sum() * PATCH)
     off_mean = (steps_x[:, :, ~on].sum((1, 2)) + steps_y[:, ~on].sum((1, 2))) / (2 * (~on).sum() * PATCH)
-    return on_mean / np.maximum(off_mean, 1e-6)
+    flat = off_mean < 1e-6  # no texture: no evidence either way
+    return np.where(flat, 1.0, on_mean / np.where(flat, 1.0, off_mean))
 
 
 def patch_features(y: np.ndarray) -> np.ndarray:
@@ -48,7 +49,8 @@ def patch_features(y: np.ndarray) -> np.ndarray:
     var = np.maximum((hv * hv).mean((1, 2)), 1e-8)
     corr = ((hv[:, :, 1:] * hv[:, :, :-1]).mean((1, 2)) + (hv[:, 1:] * hv[:, :-1]).mean((1, 2))) / (2 * var)
     contrast = np.log(p.std((1, 2)) + 1e-3)
-    extra = np.stack([np.log(_blockiness(y)), noise, corr, contrast, noise - contrast], axis=1)
+    extra = np.stack([np.log(np.maximum(_blockiness(y), 1e-3)), noise, corr, contrast,
+                      noise - contrast], axis=1)
     return np.concatenate([rel, extra], axis=1).astype(np.float32)
 
 
