@@ -96,9 +96,14 @@ def train(features: list[np.ndarray], groups: list[int], folds: int = 5, seed: i
     return model
 
 
+MAX_ROWS = 12_000  # patches fitted at most: each image contributes an even share
+
+
 def _fit(cls, features: list[np.ndarray], labels: np.ndarray) -> dict:
-    x = np.concatenate(features)
-    y = np.concatenate([[g] * len(f) for f, g in zip(features, labels)])
+    share = max(4, -(-MAX_ROWS // max(1, len(features))))
+    picked = [f[np.linspace(0, len(f) - 1, min(share, len(f))).astype(int)] for f in features]
+    x = np.concatenate(picked)
+    y = np.concatenate([[g] * len(f) for f, g in zip(picked, labels)])
     mean, std = x.mean(0), x.std(0) + 1e-6
     classes = np.unique(y)
     if len(classes) == 1:

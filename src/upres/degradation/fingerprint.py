@@ -274,7 +274,7 @@ def train_classifier(fp: Fingerprint, load, n_pairs: int) -> dict:
     step = max(1, -(-n_pairs * len(fp.groups) // SYNTH_FOR_CLASSIFIER))
     for i in range(n_pairs):
         lr, hr = load(i)
-        features.append(blind.image_features(lr))
+        features.append(blind.image_features(lr, max_patches=64))
         labels.append(fp.pairs[i].group)
         sources.append(i)
         real.append(True)
