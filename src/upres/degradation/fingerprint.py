@@ -244,7 +244,7 @@ def _summarize(gid: int, idx: np.ndarray, fits, stats: list[PairStats], load, sc
     kernel = np.mean([f.kernel for f in members], axis=0)
     kernel /= kernel.sum()
     target = np.median([_stats_vector(f) for f in members], axis=0)
-    closest = sorted(idx, key=lambda i: float(np.abs(_stats_vector(fits[i]) - target).max()))[:4]
+    closest = sorted(idx, key=lambda i: float(np.abs(_stats_vector(fits[i]) - target).max()))[:3]
     post = estimate_post([central_crop(*load(i), scale) for i in closest], kernel, target, scale)
     names = [stats[i].name for i in idx]
     true = [stats[i].recipe for i in idx if stats[i].recipe is not None]
@@ -260,7 +260,7 @@ def _summarize(gid: int, idx: np.ndarray, fits, stats: list[PairStats], load, sc
         recipes={r: true.count(r) for r in sorted(set(true), key=lambda r: -true.count(r))})
 
 
-SYNTH_FOR_CLASSIFIER = 1024  # at most this many synthesized LR crops train the classifier
+SYNTH_FOR_CLASSIFIER = 512  # at most this many synthesized LR crops train the classifier
 
 
 def train_classifier(fp: Fingerprint, load, n_pairs: int) -> dict:
