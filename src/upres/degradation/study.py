@@ -118,6 +118,7 @@ def score_by_recipe(plan, configs: dict, out_dir: Path, data: str | None,
     by_arm = {name: {r: [] for r in recipes} for name in ["bicubic", *(a.name for a in plan.arms)]}
     notes = {}
     arms = {a.name: a for a in plan.arms}
+    scale = next(iter(configs.values())).model.scale  # border cut before scoring, as validation
     for arm in plan.arms:
         source = arms[arm.reuse] if arm.reuse else arm
         arm_dir = out_dir / "arms" / source.name
@@ -128,19 +129,16 @@ def score_by_recipe(plan, configs: dict, out_dir: Path, data: str | None,
             notes[arm.name] = _enable_refinement(predictor, configs[source.name], fp_path, progress)
         for f in files:
             lr, hr = images.read_image(f["lr"]), images.read_image(f["hr"])
-            out = predictor.predict_float(rgb_input(lr, f["lr"]))[0]
+            rgb = rgb_input(lr, f["lr"])
+            out = predictor.predict_float(rgb)[0]
             if predictor.refiner is not None:
-                out = predictor.refiner(out, rgb_input(lr, f["lr"]))
+                out = predictor.refiner(out, rgb)
             recipe = labels[f["lr"].stem]
-            by_arm[arm.name][recipe].append(metrics.psnr(to_image(out, hr), hr, plan_scale(configs)))
+            by_arm[arm.name][recipe].append(metrics.psnr(to_image(out, hr), hr, scale))
             if arm is plan.arms[0]:
                 by_arm["bicubic"][recipe].append(
-                    metrics.psnr(metrics.bicubic_upscale(lr, plan_scale(configs)), hr, plan_scale(configs)))
+                    metrics.psnr(metrics.bicubic_upscale(lr, scale), hr, scale))
     return _write_recipe_table(by_arm, recipes, notes, out_dir)
-
-
-def plan_scale(configs: dict) -> int:
-    return next(iter(configs.values())).model.scale
 
 
 def _write_recipe_table(by_arm: dict, recipes: list[str], notes: dict, out_dir: Path) -> dict[str, Path]:
