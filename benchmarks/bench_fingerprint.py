@@ -20,9 +20,9 @@ import cv2
 from skimage import data
 
 from upres.degradation import recipes
-from upres.degradation.run import fingerprint_data
+from upres.degradation.folders import fingerprint_data
 from upres.io import images
-from upres.training.data import find_pairs
+from upres.io.pairs import find_pairs
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
 

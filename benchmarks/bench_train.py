@@ -22,9 +22,9 @@ from skimage import data
 from torch.utils.data import DataLoader, Dataset
 
 from upres.io import images
+from upres.io.pairs import PairCache, find_pairs
 from upres.models import build_model
 from upres.training.config import load_config
-from upres.training.data import PairCache, find_pairs
 from upres.training.loop import train
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")

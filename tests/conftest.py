@@ -9,12 +9,21 @@ import pytest
 
 from helpers import photo as _photo
 from helpers import tiny_rrdbnet
+from upres.io.loading import save_model
 from upres.models import RRDBNet
 
 
 @pytest.fixture
 def tiny_model() -> RRDBNet:
     return tiny_rrdbnet()
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    """A tiny RRDBNet saved as safetensors."""
+    path = tmp_path / "tiny.safetensors"
+    save_model(tiny_rrdbnet(), path)
+    return path
 
 
 @pytest.fixture(scope="session")

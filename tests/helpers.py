@@ -3,6 +3,7 @@ scikit-image's real photos (no ../shared). Imported by tests as ``helpers``."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import cv2
@@ -31,6 +32,13 @@ class NearestX4(nn.Module):
 
     def forward(self, x):
         return F.interpolate(x, scale_factor=4, mode="nearest")
+
+
+def free_port() -> int:
+    """A free TCP port on loopback, for a torch.distributed rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def skimage_data():

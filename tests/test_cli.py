@@ -6,19 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import tiny_rrdbnet
 from upres.cli import build_parser, main
 from upres.errors import UpresError
 from upres.io import images
-from upres.io.loading import load_weights, save_model
+from upres.io.loading import load_weights
 from upres.scoring import metrics
-
-
-@pytest.fixture
-def model_file(tmp_path):
-    path = tmp_path / "tiny.safetensors"
-    save_model(tiny_rrdbnet(), path)
-    return path
 
 
 @pytest.fixture

@@ -44,16 +44,9 @@ from upres.inference import upscaler as upscaler_mod
 from upres.io import files as files_mod
 from upres.io import images
 from upres.io import pretrained as P
-from upres.io.checkpoints import tensors_sha256
 from upres.io.loading import save_model
-from upres.training import loop as loop_mod
-
-
-@pytest.fixture
-def model_file(tmp_path) -> Path:
-    path = tmp_path / "tiny.safetensors"
-    save_model(tiny_rrdbnet(), path)
-    return path
+from upres.io.weights import tensors_sha256
+from upres.training import checkpoints as ckpt_mod
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -239,7 +232,7 @@ def test_06_disk_full_while_upscaling(tmp_path, model_file, capsys, monkeypatch)
 
 def test_06_disk_full_while_training(tmp_path, capsys, monkeypatch):
     comp = make_competition(tmp_path / "comp")
-    real_save = loop_mod.torch.save
+    real_save = ckpt_mod.torch.save
     calls = []
 
     def save(obj, path):
@@ -251,7 +244,7 @@ def test_06_disk_full_while_training(tmp_path, capsys, monkeypatch):
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64")
         real_save(obj, path)
 
-    monkeypatch.setattr(loop_mod.torch, "save", save)
+    monkeypatch.setattr(ckpt_mod.torch, "save", save)
     run = tmp_path / "run"
     code = main(["train", "smoke-cpu", "--data", str(comp), "--run-dir", str(run), "--quiet",
                  "model.num_feat=8", "model.num_grow_ch=4", "model.num_block=1", "data.crop=32",
@@ -262,7 +255,7 @@ def test_06_disk_full_while_training(tmp_path, capsys, monkeypatch):
     assert code == 2
     assert f"no space left on device while writing {run / 'checkpoints' / 'step_000000004.pt'}" in err
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_000000002.pt"]
-    assert loop_mod.read_checkpoint(run / "checkpoints" / "step_000000002.pt")["step"] == 2
+    assert ckpt_mod.read_checkpoint(run / "checkpoints" / "step_000000002.pt")["step"] == 2
 
 
 # --------------------------------------------------------------------------- 7
@@ -287,7 +280,7 @@ def test_07_truncated_latest_checkpoint_resumes_from_the_newest_intact(tmp_path,
     assert f"warning: {latest}: not a readable checkpoint" in err
     assert f"resumed from {run / 'checkpoints' / 'step_000000002.pt'} at step 2" in err
     for ckpt in (run / "checkpoints").iterdir():  # the damaged one was rewritten
-        assert loop_mod.read_checkpoint(ckpt)["step"] in (2, 4, 6)
+        assert ckpt_mod.read_checkpoint(ckpt)["step"] in (2, 4, 6)
     for ckpt in (run / "checkpoints").iterdir():
         ckpt.write_bytes(b"garbage")
     assert main([*args, "train.iterations=8", "--resume", "auto"]) == 2

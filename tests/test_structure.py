@@ -1,9 +1,10 @@
-"""The codebase's shape, checked: no import cycles between upres modules, short functions, and
-no work at import time."""
+"""The codebase's shape, checked: packages import only downwards (every import, deferred ones
+included), no module cycles, short functions, and no work at import time."""
 
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,53 +13,128 @@ import upres
 
 PACKAGE = Path(upres.__file__).parent
 MAX_FUNCTION_LINES = 60
+# Lowest first: a package may import itself and the packages before it, never one after it. The
+# package root (``upres/__init__.py``, the public API's lazy exports) sits just below the CLI.
+LAYERS = ("errors", "models", "io", "scoring", "degradation", "inference", "training", "cli")
 
 
-def _modules() -> dict[str, Path]:
+def modules(package: Path = PACKAGE) -> dict[str, Path]:
     found = {}
-    for path in PACKAGE.rglob("*.py"):
-        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
         found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return found
 
 
-def _top_level_imports(path: Path, modules: set[str]) -> set[str]:
-    """upres modules imported at module level (imports inside functions are deferred on
-    purpose and cannot form an import-time cycle)."""
-    out = set()
-    for node in ast.parse(path.read_text()).body:
-        names = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        out |= {n for n in names if n in modules}
-    return out
+def _imported(node: ast.AST, known: set[str]) -> list[str]:
+    """upres modules an AST node imports: import statements anywhere (in functions too), and
+    dotted module names written as strings (for ``importlib.import_module``)."""
+    names: list[str] = []
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
+                 for a in node.names]
+    elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "." in node.value:
+        names = [node.value]
+    return [n for n in names if n in known]
 
 
-def test_no_import_cycles():
-    modules = _modules()
-    graph = {name: _top_level_imports(path, set(modules)) - {name} for name, path in modules.items()}
+def import_graph(package: Path = PACKAGE) -> dict[str, dict[str, int]]:
+    """module -> {imported module: line}, over every import in the module's source."""
+    found = modules(package)
+    known = set(found)
+    graph: dict[str, dict[str, int]] = {}
+    for name, path in found.items():
+        edges: dict[str, int] = {}
+        for node in ast.walk(ast.parse(path.read_text())):
+            for target in _imported(node, known):
+                if target != name:
+                    edges.setdefault(target, node.lineno)
+        graph[name] = edges
+    return graph
+
+
+def layer(module: str) -> float:
+    parts = module.split(".")
+    if len(parts) == 1:  # the package root: the Python API the CLI wraps
+        return LAYERS.index("cli") - 0.5
+    return LAYERS.index(parts[1])
+
+
+def layer_violations(graph: dict[str, dict[str, int]], package: Path = PACKAGE) -> list[str]:
+    files = modules(package)
+    return sorted(f"{files[m].relative_to(package.parent)}:{line}: {m} imports {t}"
+                  for m, edges in graph.items() for t, line in edges.items()
+                  if layer(t) > layer(m))
+
+
+def cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """Every import cycle found by a depth-first search (deferred imports count too)."""
     state: dict[str, int] = {}
+    found: list[list[str]] = []
 
     def visit(node: str, stack: list[str]) -> None:
         state[node] = 1
         for nxt in graph[node]:
             if state.get(nxt) == 1:
-                raise AssertionError("import cycle: " + " -> ".join([*stack, node, nxt]))
-            if nxt not in state:
-                visit(nxt, [*stack, node])
+                found.append([*stack[stack.index(nxt):], nxt] if nxt in stack else [*stack, nxt])
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
         state[node] = 2
 
-    for name in graph:
+    for name in sorted(graph):
         if name not in state:
-            visit(name, [])
+            visit(name, [name])
+    return found
+
+
+def test_every_package_is_one_of_the_layers():
+    assert {m.split(".")[1] for m in modules() if "." in m} == set(LAYERS)
+
+
+def test_imports_only_run_downwards():
+    assert layer_violations(import_graph()) == []
+
+
+def test_no_module_cycles():
+    assert cycles(import_graph()) == []
+
+
+def test_a_planted_upward_import_is_caught(tmp_path):
+    """The checks see an import inside a function, and a cycle it closes."""
+    copy = tmp_path / "upres"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    files = copy / "io" / "files.py"
+    files.write_text(files.read_text() + "\n\ndef _planted():\n    from upres.training import loop\n")
+    graph = import_graph(copy)
+    assert any("io/files.py" in v and "imports upres.training.loop" in v
+               for v in layer_violations(graph, copy))
+    assert any(c[0] == "upres.io.files" or "upres.io.files" in c for c in cycles(graph))
+
+
+def test_lower_layers_and_configs_import_no_torch():
+    """Degradation estimation, pairs, configs, the registry and the CLI's parser run without
+    PyTorch (fast errors; fingerprints and configs on machines without it)."""
+    torch_free = ["upres.degradation.folders", "upres.degradation.synth", "upres.degradation.refine",
+                  "upres.io.pairs", "upres.io.tables", "upres.training.config",
+                  "upres.models.registry", "upres.inference.backends", "upres.cli"]
+    code = ("import importlib, sys\n"
+            f"for name in {torch_free!r}:\n"
+            "    importlib.import_module(name)\n"
+            "from upres.training.config import load_config\n"
+            "load_config('recipe-x4plus', ['model.num_feat=96'])\n"
+            "from upres.cli import build_parser\n"
+            "build_parser()\n"
+            "print(sorted(m for m in ('torch', 'spandrel', 'sklearn') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_functions_are_short():
     """No function over ~60 lines, argparse tables (``_add_*``, ``build_parser``) aside."""
     long = []
-    for name, path in _modules().items():
+    for name, path in modules().items():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 lines = node.end_lineno - node.lineno + 1
@@ -76,7 +152,7 @@ def test_import_has_no_side_effects():
         "calls = []\n"
         "real = os.umask\n"
         "os.umask = lambda m: (calls.append(m), real(m))[1]\n"
-        f"for name in {sorted(_modules())!r}:\n"
+        f"for name in {sorted(modules())!r}:\n"
         "    importlib.import_module(name)\n"
         "os.umask = real\n"
         "assert calls == [], calls\n"

@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from upres import __version__
-from upres.errors import TrainingError, TrainingInterrupted, UpresError
+from upres.errors import UpresError
 from upres.io.limits import DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT
 
 EXIT_ERROR = 1  # some inputs failed; the rest were processed
@@ -321,8 +321,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     from upres.inference.shard import current_shard
     from upres.inference.upscaler import Upscaler, upscale_files
 
-    shard, device = current_shard(args.device)
-    kwargs = _inference_kwargs(args) | {"device": device}
+    shard = current_shard(args.device)
+    kwargs = _inference_kwargs(args) | {"device": shard.device}
     upscaler = Upscaler(args.model, alpha=args.alpha, outscale=args.outscale, **kwargs)
     if shard.main and not args.quiet:
         _note("; ".join(upscaler.notes))
@@ -382,16 +382,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     if not args.model and not args.experts:
         raise UpresError("give --model (repeat for an ensemble) or --experts FILE")
-    from upres.inference.predict import predict
     from upres.inference.shard import current_shard
+    from upres.inference.submission import predict_folder
     from upres.inference.upscaler import InferenceOptions
 
-    shard, device = current_shard(args.device)
-    options = InferenceOptions(**_inference_kwargs(args) | {"device": device})
-    result = predict(args.model, args.input, args.output, args.weights, args.val, args.zip,
+    shard = current_shard(args.device)
+    options = InferenceOptions(**_inference_kwargs(args) | {"device": shard.device})
+    result = predict_folder(args.model, args.input, args.output, args.weights, args.val, args.zip,
                      options, progress=not args.quiet, report_dir=args.report, shard=shard,
                      on_note=_note if shard.main and not args.quiet else None, refine=args.refine,
-                     experts=args.experts, route=args.route)
+                     experts=args.experts, route=args.route,
+                     on_plan=_note if args.verbose and shard.main else None)
     if not shard.main:
         return 0
     if len(args.model) > 1:
@@ -439,7 +440,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_fingerprint(args: argparse.Namespace) -> int:
-    from upres.degradation import run
+    from upres.degradation import folders
 
     if args.lr:
         fp_path = args.fingerprint or (Path(args.data) / "fingerprint" / "fingerprint.json"
@@ -448,7 +449,7 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
             raise UpresError("--lr needs --fingerprint FILE (or DATA with a fingerprint/ folder)")
         out = Path(args.out or Path(args.lr).parent)
         out.mkdir(parents=True, exist_ok=True)
-        labels = run.label_lr(fp_path, args.lr, out / "labels.json")
+        labels = folders.label_lr(fp_path, args.lr, out / "labels.json")
         for label in labels:
             print(f"{label.path.name}: group {label.group} (confidence {label.confidence:.2f})")
         print(f"wrote {out / 'labels.json'}")
@@ -456,7 +457,7 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
     if not args.data:
         raise UpresError("give DATA (a folder with train/lr and train/hr), or --lr DIR")
     out = Path(args.out or Path(args.data) / "fingerprint")
-    fp = run.fingerprint_data(args.data, out, args.scale, args.cache_dir, progress=not args.quiet)
+    fp = folders.fingerprint_data(args.data, out, args.scale, args.cache_dir, progress=not args.quiet)
     print(f"{len(fp.pairs)} pairs in {len(fp.groups)} groups ({fp.seconds:.1f} s)")
     for g in fp.groups:
         post = g.post["kind"] + (f" {g.post['level']}" if "level" in g.post else "")
@@ -498,29 +499,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"upscaling {src} with realesrgan-x4plus on {upscaler.device}: "
               f"{'; '.join(upscaler.notes)} ...")
+    if args.verbose:
+        upscaler.engine.on_plan = lambda plan: _note(f"{src.name}: {plan}")
     upscaler.upscale_file(src, dst)
     print(f"wrote {dst.resolve()}")
     return 0
 
 
 def cmd_config_list(args: argparse.Namespace) -> int:
-    from upres.models import zoo
+    from upres.models import registry
     from upres.training.config import SHIPPED_CONFIGS, shipped_configs
 
     for name, path in shipped_configs().items():
         kind = "plan" if path.parent.name == "experiments" else "config"
         print(f"{name:22s} {kind:6s} {path.relative_to(SHIPPED_CONFIGS)}")
-    for name, preset in zoo.PRESETS.items():  # `upres train NAME` = zoo.yaml with this preset
-        print(f"{name:22s} {'preset':6s} {preset.arch}: {preset.source}")
+    for name, (arch, preset) in registry.presets().items():  # `upres train NAME`: zoo.yaml + preset
+        print(f"{name:22s} {'preset':6s} {arch}: {preset.source}")
     return 0
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    from upres.models import zoo
+    from upres.models import registry
     from upres.training.config import dump_config, load_config, resolve_config_path
 
-    if args.name in zoo.PRESETS and not Path(args.name).exists():
-        preset = zoo.PRESETS[args.name]
+    if args.name in registry.presets() and not Path(args.name).exists():
+        _, preset = registry.presets()[args.name]
         print(f"# preset {args.name}: {preset.source}\n# zoo.yaml with model.preset: {args.name}")
         print(dump_config(load_config(args.name)), end="")
         return 0
@@ -564,13 +567,10 @@ def _main(argv: list[str] | None) -> int:
         args.overrides += extra
     try:
         return args.func(args)
-    except TrainingInterrupted as err:
+    except UpresError as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except TrainingError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_ERROR
-    except (UpresError, OSError) as err:
+        return err.exit_code
+    except OSError as err:  # the environment: permissions, a vanished folder
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

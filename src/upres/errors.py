@@ -1,11 +1,15 @@
-"""Every error upres raises on purpose. The CLI prints an ``UpresError`` as one line and exits 2
-(1 for per-file failures); anything else is a bug and keeps its traceback."""
+"""Every error upres raises on purpose. The CLI prints an ``UpresError`` as one line and exits
+with its ``exit_code``: 2 (nothing could be done: bad input, options, files) unless a class says
+otherwise; per-file failures in a batch exit 1 once the other files are done. Anything else is a
+bug and keeps its traceback."""
 
 from __future__ import annotations
 
 
 class UpresError(Exception):
     """A problem with the user's input, files or options; the message names what and where."""
+
+    exit_code = 2
 
 
 class DiskFullError(UpresError):
@@ -43,9 +47,14 @@ class CheckpointError(UpresError):
 class TrainingError(UpresError):
     """Training stopped on purpose (non-finite loss); the message says where and why."""
 
+    exit_code = 1
+
 
 class TrainingInterrupted(UpresError):
-    """SIGINT/SIGTERM: a checkpoint was written and the run can be resumed."""
+    """SIGINT/SIGTERM: a checkpoint was written and the run can be resumed (exit 130, as a
+    shell reports Ctrl-C)."""
+
+    exit_code = 130
 
 
 class EvalError(UpresError):

@@ -14,8 +14,8 @@ from helpers import photo
 from upres.cli import main
 from upres.degradation import blind, kernels, recipes
 from upres.degradation.fingerprint import Fingerprint, synthesize
+from upres.degradation.folders import fingerprint_data, label_lr
 from upres.degradation.refine import back_project
-from upres.degradation.run import fingerprint_data, label_lr
 from upres.errors import DataError
 from upres.io import images
 
@@ -138,7 +138,7 @@ def test_classifier_two_groups_round_trip():
     feats = [rng.normal(i % 2 * 3, 1, (5, 4)) for i in range(10)]
     model = blind.train(feats, [i % 2 for i in range(10)], folds=5)
     assert model["accuracy"] == 1.0 and model["chance"] == 0.5
-    assert blind.predict(model, feats[1]).argmax() == 1
+    assert blind.probabilities(model, feats[1]).argmax() == 1
 
 
 def test_back_projection_restores_lr_consistency():
@@ -177,7 +177,7 @@ def test_commands(known_set, tmp_path, capsys):
 def test_predict_refines_only_where_validation_gains(known_set, tmp_path):
     from helpers import tiny_rrdbnet
     from upres.errors import PredictError
-    from upres.inference.predict import predict
+    from upres.inference.submission import predict_folder as predict
     from upres.inference.upscaler import InferenceOptions
 
     data, _ = known_set
@@ -241,8 +241,7 @@ def _routes(tmp_path, fp_path, n_groups):
 
 
 def test_routed_prediction_uses_the_groups_expert(known_set, tmp_path):
-    from upres.degradation.run import label_image
-    from upres.inference.predict import Predictor, rgb_input
+    from upres.inference.ensemble import Predictor, rgb_input
     from upres.inference.route import RoutedPredictor
     from upres.inference.upscaler import InferenceOptions
 
@@ -255,13 +254,13 @@ def test_routed_prediction_uses_the_groups_expert(known_set, tmp_path):
     singles = Predictor(paths[1:], opts)
     for path in sorted((data / "test" / "lr").iterdir())[:4]:
         lr = images.read_image(path)
-        group, p = label_image(fp, lr)
+        group, p = fp.label(lr)
         outs = singles.predict_float(rgb_input(lr, path))
         np.testing.assert_array_equal(routed.predict_float(rgb_input(lr, path))[0], outs[group])
         keep = p >= min(0.1, p.max())
         mix = sum(outs[g] * p[g] for g in np.flatnonzero(keep)) / p[keep].sum()
         np.testing.assert_allclose(soft.predict_float(rgb_input(lr, path))[0], mix, atol=1e-5)
-    assert routed.chosen and len(routed.names) == 1
+    assert len(routed.names) == 1
 
 
 def test_predict_with_experts_and_its_errors(known_set, tmp_path, capsys):
@@ -296,7 +295,7 @@ def test_data_groups_select_a_groups_pairs(known_set, tmp_path):
     train, val = group_pairs(cfg, splits.train, splits.val)
     assert train and all(record["train"][p.name] == "jpeg30" for p in train)
     # a pair the fingerprint does not name is fitted and assigned: the test pairs
-    from upres.training.data import find_pairs
+    from upres.io.pairs import find_pairs
 
     test_pairs, _ = find_pairs(data / "test" / "lr", data / "test" / "hr")
     assigned = fp.groups_of(test_pairs)

@@ -21,7 +21,8 @@ def test_openvino_matches_pytorch_fp32_on_a_real_photo(photo):
     crop = photo[200:264, 180:244].astype(np.float32) / 255
     reference = Upscaler("realesrgan-x4plus-anime", tile=0, dtype="fp32", backend="torch")
     ov = Upscaler("realesrgan-x4plus-anime", tile=0, backend="openvino")
-    assert ov.backend == "openvino" and ov.notes == [f"backend openvino ({ov.dtype_name})"]
+    assert ov.backend.name == "openvino"
+    assert ov.notes[0].startswith(f"backend openvino ({ov.backend.dtype} on cpu): as asked")
     ours, ref = ov.upscale_float(crop), reference.upscale_float(crop)
     assert ours.shape == ref.shape == (256, 256, 3)
     assert metrics.psnr_float(np.clip(ours, 0, 1), np.clip(ref, 0, 1)) > 50
@@ -32,7 +33,7 @@ def test_openvino_matches_pytorch_fp32_on_a_real_photo(photo):
 def test_auto_prefers_openvino_on_the_cpu_and_says_so(tiny_model):
     pytest.importorskip("openvino")
     up = Upscaler(tiny_model, device="cpu")
-    assert up.backend == "openvino" and up.notes[0].startswith("backend openvino")
+    assert up.backend.name == "openvino" and up.notes[0].startswith("backend openvino")
 
 
 def test_a_model_that_does_not_convert_falls_back_with_one_line(tiny_model, monkeypatch):
@@ -42,18 +43,34 @@ def test_a_model_that_does_not_convert_falls_back_with_one_line(tiny_model, monk
     monkeypatch.setattr(ovb, "openvino_available", lambda: True)
     monkeypatch.setattr(ovb, "OpenVinoModel", fail)
     up = Upscaler(tiny_model, device="cpu")
-    assert up.backend == "torch"
-    assert up.notes == [f"backend torch ({up.dtype_name}; OpenVINO could not convert the model: "
-                        "Unsupported operation: aten::weird)"]
+    assert up.backend.name == "torch"
+    assert up.notes[0].startswith(f"backend torch ({up.backend.dtype} on cpu): OpenVINO could not "
+                                  "convert the model: Unsupported operation: aten::weird; ")
     with pytest.raises(InferenceError, match="OpenVINO could not convert the model"):
         Upscaler(tiny_model, device="cpu", backend="openvino")
+
+
+def test_bf16_asked_on_a_cpu_without_native_bf16_runs_in_pytorch(tiny_model, monkeypatch):
+    """OpenVINO computes fp32 where the CPU has no bf16 (the hint is ignored), so an explicit
+    bf16 goes to PyTorch, which honours it; auto stays fp32 on OpenVINO."""
+    pytest.importorskip("openvino")
+    from upres.inference import backends
+
+    monkeypatch.setattr(backends, "cpu_has_fast_bf16", lambda: False)
+    up = Upscaler(tiny_model, device="cpu", dtype="bf16")
+    assert up.backend.name == "torch" and up.backend.dtype == "bf16"
+    assert "bf16 on a CPU without native bf16" in up.notes[0]
+    monkeypatch.setattr("upres.inference.devices.cpu_has_fast_bf16", lambda: False)
+    auto = Upscaler(tiny_model, device="cpu")
+    assert auto.backend.name == "openvino" and auto.backend.dtype == "fp32"
+    assert auto.notes[0].endswith("fp32: this CPU has no native bf16")
 
 
 def test_without_openvino_auto_uses_pytorch_and_says_why(tiny_model, monkeypatch):
     monkeypatch.setattr(ovb, "openvino_available", lambda: False)
     up = Upscaler(tiny_model, device="cpu")
-    assert up.backend == "torch" and "OpenVINO is not installed" in up.notes[0]
-    assert Upscaler(tiny_model, device="cpu", compile=True).backend == "torch"
+    assert up.backend.name == "torch" and "OpenVINO is not installed" in up.notes[0]
+    assert Upscaler(tiny_model, device="cpu", compile=True).backend.name == "torch"
     with pytest.raises(InferenceError, match="needs the openvino package"):
         Upscaler(tiny_model, device="cpu", backend="openvino")
 
@@ -166,7 +183,7 @@ def test_conversion_sends_no_telemetry():
         "from upres.inference.upscaler import Upscaler\n"
         "model = RRDBNet(num_feat=8, num_block=1, num_grow_ch=4)\n"
         "up = Upscaler(model, device='cpu', backend='openvino', cache_converted=False)\n"
-        "assert up.backend == 'openvino'\n"
+        "assert up.backend.name == 'openvino'\n"
         "print(len(calls))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr

@@ -8,12 +8,8 @@ import pytest
 from helpers import photo, tiny_rrdbnet, write_pair
 from upres.cli import main
 from upres.errors import PredictError
-from upres.inference.predict import (
-    coefficients_from_psnr,
-    fit_coefficients,
-    predict,
-    project_to_simplex,
-)
+from upres.inference.ensemble import coefficients_from_psnr, fit_coefficients, project_to_simplex
+from upres.inference.submission import predict_folder as predict
 from upres.io import images
 from upres.io.loading import save_model
 from upres.scoring import metrics

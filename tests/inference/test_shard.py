@@ -2,22 +2,15 @@
 that equals a single process's."""
 
 import os
-import socket
 
 import numpy as np
 import torch
 import torch.multiprocessing as mp
 
-from helpers import photo, tiny_rrdbnet
+from helpers import free_port, photo, tiny_rrdbnet
 from upres.cli import main
 from upres.io import images
 from upres.io.loading import save_model
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, argv_sets: list[list[str]], codes: str) -> None:
@@ -46,7 +39,7 @@ def test_two_processes_write_one_complete_output(tmp_path):
     for i in range(5):
         images.write_image(in2 / f"{i}.png", img[30:54, 20 * i:20 * i + 28])
     argv = [[a.format(out=tmp_path / "dist", in2=in2) for a in v] for v in runs.values()]
-    mp.spawn(_worker, args=(2, _free_port(), argv, str(tmp_path / "codes")), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), argv, str(tmp_path / "codes")), nprocs=2, join=True)
     codes = [(tmp_path / f"codes.{r}").read_text() for r in (0, 1)]
     assert codes == ["1,0", "1,0"]  # bad.png failed (on one rank): exit 1 on every rank
     single = [[a.format(out=tmp_path / "one", in2=in2) for a in v] for v in runs.values()]

@@ -8,8 +8,8 @@ from safetensors import safe_open
 
 from helpers import tiny_rrdbnet
 from upres.errors import WeightsError
-from upres.io.checkpoints import load_into
 from upres.io.loading import convert, load_model, load_weights, save_model
+from upres.io.weights import load_into
 from upres.models import RRDBNet
 from upres.models.rrdbnet import infer_hparams
 

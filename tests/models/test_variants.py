@@ -3,8 +3,8 @@ import torch
 
 from helpers import tiny_rrdbnet
 from upres.inference.upscaler import Upscaler
-from upres.io.checkpoints import load_matching
 from upres.io.loading import load_model, load_weights, save_model
+from upres.io.weights import load_matching
 from upres.models import RRDBNet
 from upres.models.rrdbnet import infer_hparams
 

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from upres.errors import ConfigError, WeightsError
 from upres.inference.upscaler import Upscaler
 from upres.io.loading import load_model, load_weights, save_model
-from upres.models import build_model, describe, zoo
+from upres.models import build_model, describe, registry
 from upres.training.config import load_config
 
 spandrel = pytest.importorskip("spandrel")
@@ -48,14 +48,16 @@ def tiny(arch: str, seed: int = 0, scale: int = 4) -> torch.nn.Module:
 
 
 def test_every_curated_family_has_a_tiny_test_config_and_presets():
-    assert set(TINY) == set(zoo.FAMILIES)
-    assert {p.arch for p in zoo.PRESETS.values()} == set(zoo.FAMILIES)
+    spandrel_families = {name for name, e in registry.ARCHITECTURES.items() if name != "RRDBNet"}
+    assert set(TINY) == spandrel_families
+    assert {arch for arch, _ in registry.presets().values()} == set(registry.ARCHITECTURES)
 
 
 def test_param_tables_match_the_installed_spandrel():
-    """zoo_params.json (what configs are validated against) is spandrel's constructor signatures;
-    after a spandrel upgrade, regenerate it with ``python -m upres.models.zoo``."""
-    assert zoo.param_tables() == zoo.live_param_tables()
+    """params.json (what configs are validated against) is every registered family's constructor
+    signature; after a spandrel upgrade, regenerate it with ``python -m upres.models.registry``."""
+    for arch in registry.ARCHITECTURES:
+        assert registry.param_table(arch) == registry.live_param_table(arch), arch
 
 
 @pytest.mark.parametrize("arch", sorted(TINY))
@@ -83,7 +85,7 @@ def test_family_trains_saves_reloads_and_exports_for_spandrel(arch, tmp_path):
     assert type(again) is type(model) and describe(again).arch == arch
     save_model(model, tmp_path / "m.pth")
     theirs = spandrel.ModelLoader().load_from_file(str(tmp_path / "m.pth"))
-    assert zoo.family_of(theirs.model) == arch and theirs.scale == 4  # (RealPLKSR: id PLKSR)
+    assert registry.family_of(theirs.model).name == arch and theirs.scale == 4  # (RealPLKSR: id PLKSR)
     with torch.no_grad():
         torch.testing.assert_close(again(probe), expect, rtol=0, atol=1e-5)
         torch.testing.assert_close(theirs.model.eval()(probe), expect, rtol=0, atol=1e-5)
@@ -106,7 +108,7 @@ def test_official_layout_checkpoint_is_detected_with_its_hyperparameters(tmp_pat
     # a config with different hyperparameters refuses it strictly, naming them
     cfg = load_config(None, ["model.arch=HAT", f"model.params={json.dumps(TINY['HAT'] | {'embed_dim': 24})}",
                              f"init.source={tmp_path / 'HAT_SRx4.pth'}"])
-    from upres.io.checkpoints import load_matching
+    from upres.io.weights import load_matching
 
     with pytest.raises(WeightsError, match="embed_dim: weights 12 vs model 24"):
         load_matching(build_model("HAT", cfg.model.hparams()), weights, strict=True)
@@ -155,11 +157,14 @@ def test_config_validates_family_hyperparameters():
         load_config(None, ["model.arch=HAT", "model.params={embed_dimm: 60}"])
     with pytest.raises(ConfigError, match=r"model.params.depths: expected list\[int\]"):
         load_config(None, ["model.arch=HAT", "model.params={depths: six}"])
-    with pytest.raises(ConfigError, match="num_feat: RRDBNet options; put HAT hyperparameters"):
-        load_config(None, ["model.arch=HAT", "model.num_feat=32"])
+    with pytest.raises(ConfigError, match="model.gated: unknown key .*and the HAT arguments"):
+        load_config(None, ["model.arch=HAT", "model.gated=true"])  # an RRDBNet argument
+    # a family's arguments may be written as model keys: they move into model.params
+    shorthand = load_config(None, ["model.arch=HAT", "model.embed_dim=24"])
+    assert shorthand.model.params == {"embed_dim": 24}
     with pytest.raises(ConfigError, match="the scale is model.scale"):
         load_config(None, ["model.arch=HAT", "model.params={upscale: 2}"])
-    with pytest.raises(ConfigError, match="preset hat-s is a HAT, not a SwinIR"):
+    with pytest.raises(ConfigError, match="model.preset: hat-s is a HAT, not a SwinIR"):
         load_config(None, ["model.arch=SwinIR", "model.preset=hat-s"])
     cfg = load_config(None, ["model.preset=hat-s"])
     assert cfg.model.arch == "HAT" and cfg.model.hparams()["compress_ratio"] == 24
@@ -186,7 +191,7 @@ def test_two_architecture_ensemble_predicts_a_submission(tmp_path, photo):
     """RRDBNet + SPAN with fitted coefficients, both through the upscale path (OpenVINO where
     they convert), validated and written as one submission."""
     from helpers import tiny_rrdbnet, write_pair
-    from upres.inference.predict import predict
+    from upres.inference.submission import predict_folder as predict
     from upres.io import images
 
     save_model(tiny_rrdbnet(seed=1), tmp_path / "rrdb.safetensors")
@@ -231,7 +236,7 @@ def test_backends_a_family_does_not_support_are_refused_before_trying(tmp_path):
     handler can catch: upres knows them and does not try."""
     dat = tiny("DAT").eval()
     up = Upscaler(dat, device="cpu")  # auto: PyTorch, and says why
-    assert up.backend == "torch"
+    assert up.backend.name == "torch"
     assert "OpenVINO does not convert DAT: OpenVINO's converter crashes" in up.notes[0]
     with pytest.raises(Exception, match="backend openvino: OpenVINO does not convert DAT"):
         Upscaler(dat, device="cpu", backend="openvino")
@@ -267,7 +272,7 @@ def test_an_official_checkpoint_fine_tunes(tmp_path):
     from upres.training.loop import train
 
     torch.manual_seed(1)
-    official = HAT(**zoo.hyperparameters("HAT", 4, None, TINY["HAT"]))
+    official = HAT(**registry.hyperparameters("HAT", 4, None, TINY["HAT"]))
     torch.save({"params_ema": official.state_dict()}, tmp_path / "HAT_SRx4.pth")
     data = make_competition(tmp_path / "data", train_size=96, val_size=48)
     cfg = load_config(None, ["model.arch=HAT", f"model.params={json.dumps(TINY['HAT'])}",

@@ -2,17 +2,11 @@ import numpy as np
 import pytest
 
 from helpers import make_competition, photo, write_pair
+from upres.errors import DataError
 from upres.io import images
+from upres.io.pairs import PairCache, find_pairs, split_pairs
 from upres.training.config import DataConfig
-from upres.training.data import (
-    CropDataset,
-    DataError,
-    PairCache,
-    StepSampler,
-    find_pairs,
-    resolve_splits,
-    split_pairs,
-)
+from upres.training.data import CropDataset, StepSampler, resolve_splits
 
 
 def test_all_problems_reported_at_once_with_file_names(tmp_path):

@@ -52,7 +52,7 @@ def test_two_arm_plan_writes_table_and_plot(tmp_path, capsys):
     assert rows[3][1:3] == [f"{bicubic:.3f}"] * 2
     assert "| base |" in (out / "table.md").read_text()
     assert (out / "psnr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert load_config(out / "arms/rot/config.yaml").model.rotation is True
+    assert load_config(out / "arms/rot/config.yaml").model.params["rotation"] is True
     capsys.readouterr()
     # resumable arm by arm: finished arms are kept, not retrained
     assert main(["experiment", str(plan), "--out", str(out), "--quiet"]) == 0
@@ -84,6 +84,6 @@ def test_a_bad_arm_fails_before_any_arm_trains(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("base: smoke-cpu\niterations: 2\nval_every: 1\narms: [{name: a}, "
                     "{name: b, overrides: {model.preset: span}}]\n")
-    with pytest.raises(ConfigError, match="preset span is a SPAN, not a RRDBNet"):
+    with pytest.raises(ConfigError, match="model.preset: span is a SPAN, not a RRDBNet"):
         run_plan(load_plan(path), tmp_path / "out", str(tmp_path / "nodata"))
     assert not (tmp_path / "out" / "arms").exists()

@@ -1,7 +1,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,16 +10,16 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from helpers import make_competition
+from helpers import free_port, make_competition
 from upres.cli import main
 from upres.errors import InferenceError, TrainingError, WeightsError
-from upres.io.checkpoints import load_matching
+from upres.inference.shard import Shard
 from upres.io.loading import load_model, load_weights
+from upres.io.weights import load_matching
 from upres.models import build_model
 from upres.training import loop as train_mod
 from upres.training.config import dump_config, load_config
 from upres.training.loop import (
-    Process,
     RunLog,
     StopFlag,
     build_state,
@@ -167,12 +166,6 @@ def test_finetune_from_pretrained_runs(comp, tmp_path):
     assert result.last_val["val_psnr"] > 20
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, comp: str, run: str, cache: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -184,7 +177,7 @@ def _ddp_worker(rank: int, world: int, port: int, comp: str, run: str, cache: st
 
 
 def test_two_gloo_processes_equal_one_process_on_the_union_batch(comp, tmp_path):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(comp), str(tmp_path / "ddp"),
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(comp), str(tmp_path / "ddp"),
                                 str(tmp_path / "cache")), nprocs=2, join=True)
     cfg = tiny_cfg(comp, tmp_path, "train.iterations=1", "train.ema=0", "train.batch_size=4",
                    "train.val_every=1000")
@@ -224,9 +217,9 @@ def test_bf16_training_step_computes_in_bf16_with_channels_last(comp, tmp_path):
     bf16 on channels_last tensors, and the step updates the fp32 weights and the EMA copy."""
     cfg = tiny_cfg(comp, tmp_path, "train.precision=bf16", "train.channels_last=true",
                    "train.iterations=3", "train.device=cpu")
-    proc = Process(tmp_path / "run")
-    data = prepare_data(cfg, proc, progress=False)
-    state = build_state(cfg, proc.device)
+    shard = Shard()
+    data = prepare_data(cfg, shard, tmp_path / "run", progress=False)
+    state = build_state(cfg, torch.device("cpu"))
     assert state.amp_dtype == torch.bfloat16
     seen = []
     state.model.conv_first.register_forward_hook(
@@ -236,7 +229,7 @@ def test_bf16_training_step_computes_in_bf16_with_channels_last(comp, tmp_path):
     ema_before = state.ema.conv_first.weight.detach().clone()
     lr_b, hr_b = (torch.stack(t) for t in zip(data.dataset[0], data.dataset[1]))
     with StopFlag() as stop:
-        outcome = train_step(state, state.model, lr_b, hr_b, cfg, proc, stop)
+        outcome = train_step(state, state.model, lr_b, hr_b, cfg, shard, tmp_path / "run", stop)
     assert seen == [(torch.bfloat16, True)]
     assert not outcome.skipped and not outcome.stop and torch.isfinite(outcome.loss)
     assert state.model.conv_first.weight.dtype == torch.float32
@@ -248,12 +241,12 @@ def test_bf16_training_step_computes_in_bf16_with_channels_last(comp, tmp_path):
 
 
 def test_run_log_closes_everything_when_a_step_fails(tmp_path):
-    proc = Process(tmp_path / "run")
-    proc.run_dir.mkdir()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
     with pytest.raises(RuntimeError, match="boom"):
-        with RunLog(proc, 10, 0, False, progress=False) as log:
+        with RunLog(Shard(), run_dir, 10, 0, False, progress=False) as log:
             log.record({"step": 1, "loss": 0.5})
             raise RuntimeError("boom")
     assert log.file.closed
-    assert (proc.run_dir / "metrics.jsonl").read_text() == '{"step": 1, "loss": 0.5}\n'
-    assert list((proc.run_dir / "tb").iterdir())  # the TensorBoard writer flushed and closed
+    assert (run_dir / "metrics.jsonl").read_text() == '{"step": 1, "loss": 0.5}\n'
+    assert list((run_dir / "tb").iterdir())  # the TensorBoard writer flushed and closed

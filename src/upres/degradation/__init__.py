@@ -1,2 +1,3 @@
-"""How the LR was made: known downscaling recipes, fitted kernels (fingerprints), a blind LR-only
-classifier, synthesized pairs and LR-consistency refinement. Torch-free."""
+"""How the LR was made: known downscaling recipes, fitted kernels (fingerprints), the blind
+LR-only classifier, synthesized pairs and LR-consistency refinement: pure estimation on NumPy
+arrays, without PyTorch (tested)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from upres.degradation.kernels import luma
+from upres.io.images import luma
 
 PATCH = 32
 BANDS = 8
@@ -88,7 +88,7 @@ def train(features: list[np.ndarray], groups: list[int], folds: int = 5, seed: i
         for train_idx, test_idx in splitter.split(np.zeros(len(labels)), labels, sources):
             model = _fit(LogisticRegression, [features[i] for i in train_idx], labels[train_idx])
             for i in test_idx[real[test_idx]]:
-                correct += int(predict(model, features[i], n_classes).argmax() == labels[i])
+                correct += int(probabilities(model, features[i], n_classes).argmax() == labels[i])
                 scored += 1
     model = _fit(LogisticRegression, features, labels)
     model.update(accuracy=correct / scored if scored else None, chance=chance, folds=k,
@@ -117,7 +117,7 @@ def _fit(cls, features: list[np.ndarray], labels: np.ndarray) -> dict:
             "coef": np.asarray(coef).tolist(), "intercept": np.asarray(intercept).tolist()}
 
 
-def predict(model: dict, features: np.ndarray, n_groups: int | None = None) -> np.ndarray:
+def probabilities(model: dict, features: np.ndarray, n_groups: int | None = None) -> np.ndarray:
     """Group probabilities of one image (mean of its patches' softmax)."""
     x = (features - np.asarray(model["mean"])) / np.asarray(model["std"])
     logits = x @ np.asarray(model["coef"]).T + np.asarray(model["intercept"])

@@ -16,9 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from upres.degradation import kernels, recipes
+from upres.degradation import blind, kernels, recipes
 from upres.errors import DataError
 from upres.io.files import atomic_write_bytes
+from upres.io.images import read_image
+from upres.io.pairs import PairCache
+from upres.scoring.metrics import bicubic_upscale, psnr
 
 FORMAT = "upres-fingerprint/1"
 TOLERANCE = {"profile_z": 4.0, "profile_floor": 0.0015, "noise_ratio": 2.0, "blockiness": 0.2,
@@ -109,10 +112,16 @@ class Fingerprint:
                 abs(fit.correlation - g.correlation) / tol["correlation"]))
         return int(np.argmin(scores))
 
+    def label(self, lr: np.ndarray) -> tuple[int, np.ndarray]:
+        """The group an LR-only image (8-bit RGB) most likely came from, and the probability of
+        every group, by the blind classifier."""
+        if not self.classifier:
+            raise DataError("the fingerprint has no classifier (written by an older upres?)")
+        p = blind.probabilities(self.classifier, blind.image_features(lr), len(self.groups))
+        return int(p.argmax()), p
+
     def groups_of(self, pairs) -> list[int]:
         """Each pair's group: from the fingerprint by name, else fitted and assigned."""
-        from upres.io.images import read_image
-
         known = {p.name: p.group for p in self.pairs}
         out = []
         for pair in pairs:
@@ -170,18 +179,13 @@ def cluster(fits: list[kernels.PairFit], min_group: int | None = None) -> np.nda
 
 
 def _bicubic_psnr(lr: np.ndarray, hr: np.ndarray, scale: int, block: int = kernels.BLOCK) -> float:
-    """Bicubic PSNR on a central crop of at most ``block`` LR pixels a side (8-bit RGB)."""
-    import cv2
-
+    """Bicubic PSNR (the baseline every upres score stands beside) on a central crop of at most
+    ``block`` LR pixels a side, border ``scale`` cut as in validation."""
     h, w = lr.shape[:2]
     bh, bw = min(block, h), min(block, w)
     y, x = (h - bh) // 2, (w - bw) // 2
-    up = cv2.resize(np.ascontiguousarray(lr[y:y + bh, x:x + bw]), (bw * scale, bh * scale),
-                    interpolation=cv2.INTER_CUBIC).astype(np.float64)
-    ref = hr[y * scale:(y + bh) * scale, x * scale:(x + bw) * scale].astype(np.float64)
-    c = scale  # border pixels, as in validation
-    mse = ((up - ref)[c:-c, c:-c] ** 2).mean()
-    return float(10 * np.log10(255 ** 2 / max(mse, 1e-10)))
+    up = bicubic_upscale(np.ascontiguousarray(lr[y:y + bh, x:x + bw]), scale)
+    return psnr(up, np.asarray(hr[y * scale:(y + bh) * scale, x * scale:(x + bw) * scale]), scale)
 
 
 def synthesize(hr: np.ndarray, kernel: np.ndarray, post: dict, scale: int, seed: int) -> np.ndarray:
@@ -268,8 +272,6 @@ def train_classifier(fp: Fingerprint, load, n_pairs: int) -> dict:
     degraded by every group: the same content under every recipe, so that the classifier learns
     the recipe rather than the scene (on the 8-recipe BSD68 set: 54% of held-out test images
     right instead of 40% with the real images alone)."""
-    from upres.degradation import blind
-
     features, labels, sources, real = [], [], [], []
     step = max(1, -(-n_pairs * len(fp.groups) // SYNTH_FOR_CLASSIFIER))
     for i in range(n_pairs):
@@ -293,12 +295,10 @@ def train_classifier(fp: Fingerprint, load, n_pairs: int) -> dict:
 def fingerprint(pairs, scale: int = 4, cache_dir: str | Path | None = None,
                 labels: dict[str, str] | None = None, progress: bool = True,
                 min_group: int | None = None, classify: bool = True) -> tuple[Fingerprint, list]:
-    """Fit, group and describe ``pairs`` (``upres.training.data.Pair``) and, with ``classify``,
+    """Fit, group and describe ``pairs`` (``upres.io.pairs.Pair``) and, with ``classify``,
     train the blind LR classifier on their groups; returns the fingerprint and the decoded-pair
     cache (for the report)."""
     from tqdm import tqdm
-
-    from upres.training.data import PairCache
 
     start = time.perf_counter()
     cache = PairCache(pairs, scale, cache_dir, progress=progress)

@@ -9,16 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from upres.io.images import LUMA
+from upres.io.images import luma
 
 KERNEL = 16  # kernel side on the HR grid (covers antialiased bicubic at x4; lanczos is truncated)
 BLOCK = 96  # side of the LR block fitted per pair
-
-
-def luma(img: np.ndarray) -> np.ndarray:
-    """8-bit RGB (or gray) to float32 luma in 0..255."""
-    img = np.asarray(img, dtype=np.float32)
-    return img @ LUMA if img.ndim == 3 else img
 
 
 def window_start(scale: int, size: int = KERNEL) -> int:

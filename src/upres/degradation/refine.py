@@ -32,9 +32,7 @@ class Refiner:
         self.enabled: set[int] = set(range(len(fingerprint.groups)))
 
     def group(self, lr_rgb: np.ndarray) -> int:
-        from upres.degradation.run import label_image
-
-        return label_image(self.fp, np.clip(np.rint(lr_rgb * 255), 0, 255).astype(np.uint8))[0]
+        return self.fp.label(np.clip(np.rint(lr_rgb * 255), 0, 255).astype(np.uint8))[0]
 
     def __call__(self, sr: np.ndarray, lr_rgb: np.ndarray, group: int | None = None) -> np.ndarray:
         group = self.group(lr_rgb) if group is None else group

@@ -23,16 +23,17 @@ Model = Callable[[np.ndarray], np.ndarray]  # (N, C, H, W) float32 -> (N, C_out,
 # --------------------------------------------------------------------------- geometry
 
 
-def dihedral(x: np.ndarray, k: int) -> np.ndarray:
-    """The k-th of the 8 flips/rotations of the last two axes (k in 0..7)."""
+def dihedral(x: np.ndarray, k: int, axes: tuple[int, int] = (-2, -1)) -> np.ndarray:
+    """The k-th of the 8 flips/rotations (k in 0..7) over the (height, width) ``axes``: the
+    width flipped for k >= 4, then turned k % 4 times. Training augmentation uses the same."""
     if k >= 4:
-        x = x[..., ::-1]
-    return np.rot90(x, k % 4, axes=(-2, -1))
+        x = np.flip(x, axes[1])
+    return np.rot90(x, k % 4, axes=axes)
 
 
-def dihedral_inverse(x: np.ndarray, k: int) -> np.ndarray:
-    x = np.rot90(x, -(k % 4), axes=(-2, -1))
-    return x[..., ::-1] if k >= 4 else x
+def dihedral_inverse(x: np.ndarray, k: int, axes: tuple[int, int] = (-2, -1)) -> np.ndarray:
+    x = np.rot90(x, -(k % 4), axes=axes)
+    return np.flip(x, axes[1]) if k >= 4 else x
 
 
 def tile_starts(size: int, tile: int, overlap: int, count: int | None = None) -> list[int]:
@@ -166,6 +167,7 @@ class TileEngine:
         self.fixed_ensemble_batch = ensemble_batch
         self.ensemble_batch = ensemble_batch or 1
         self.last_plan: TilePlan | None = None
+        self.on_plan: Callable[[TilePlan], None] | None = None  # hears each plan before it runs
         self.reserved = 0  # bytes of the budget already taken (the input image); set per call
 
     # -- planning
@@ -195,6 +197,8 @@ class TileEngine:
             self.ensemble_batch = self.fixed_ensemble_batch or next(
                 (b for b in (8, 4, 2) if (b - 1) * per_copy <= spare), 1)
         self.last_plan = plan
+        if self.on_plan is not None:
+            self.on_plan(plan)
         return plan
 
     # -- running
@@ -222,11 +226,11 @@ class TileEngine:
         # median of 8: the mean of the two middle values
         return np.sort(np.stack(outs), axis=0)[3:5].mean(0, dtype=np.float32)
 
-    def __call__(self, x: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+    def __call__(self, x: np.ndarray, on_progress: Progress | None = None) -> np.ndarray:
         """(N, C, H, W) float in [0, 1] -> (N, C_out, sH, sW) float32, unclamped."""
         if x.ndim != 4:
             raise InferenceError(f"expected an (N, C, H, W) array, got shape {tuple(x.shape)}")
-        return np.stack([np.concatenate([rows for _, rows in self.stream(x[i:i + 1], progress)], 1)
+        return np.stack([np.concatenate([rows for _, rows in self.stream(x[i:i + 1], on_progress)], 1)
                          for i in range(x.shape[0])])
 
     def _pad(self, x: np.ndarray) -> np.ndarray:
@@ -249,7 +253,7 @@ class TileEngine:
             batch = _as_float(np.concatenate([x[..., y0:y0 + th, xs[ix]:xs[ix] + tw] for ix in chunk]))
             yield from zip(chunk, self._run_ensembled(batch))
 
-    def stream(self, x: np.ndarray, progress: Progress | None = None
+    def stream(self, x: np.ndarray, on_progress: Progress | None = None
                ) -> Iterator[tuple[int, np.ndarray]]:
         """(1, C, H, W) float in [0, 1] (or uint8 / uint16 samples, converted tile by tile, so a
         huge input costs its own size only) -> (first row, (C_out, rows, sW) float32) bands of
@@ -260,8 +264,8 @@ class TileEngine:
         s, th, tw = self.descriptor.scale, plan.tile_h, plan.tile_w
         if plan.tiles == 1:  # the whole image: nothing to blend
             out = self._run_ensembled(_as_float(x))[0]
-            if progress:
-                progress(1, 1)
+            if on_progress:
+                on_progress(1, 1)
             yield 0, out[:, :h * s, :w * s]
             return
         wy = [np.repeat(v, s) for v in tile_ramps(list(plan.ys), th)]
@@ -277,8 +281,8 @@ class TileEngine:
                 tile_out *= wx[ix][None, :]
                 band.add(y0 * s, plan.xs[ix] * s, tile_out)
                 done += 1
-                if progress:
-                    progress(done, plan.tiles)
+                if on_progress:
+                    on_progress(done, plan.tiles)
             last = iy + 1 == len(plan.ys)
             top, rows = band.take((y0 + th) * s if last else plan.ys[iy + 1] * s)
             if top < h * s:

@@ -63,6 +63,20 @@ def default_budget(device: str) -> int:
     return int(available_memory() * BUDGET_FRACTION)
 
 
+def process_budget(max_memory: int | str | None, device: str) -> int:
+    """Bytes for activations, bands and the input. ``max_memory`` is a target for the whole
+    process on the CPU, so what it already holds (libraries, the model) is taken off; the
+    default is half of what is free."""
+    cap = parse_size(max_memory)
+    if cap is None:
+        return default_budget(device)
+    held = process_rss() if device == "cpu" else 0
+    if cap - held <= 0:
+        raise InferenceError(f"--max-memory {max_memory} is below what this process already "
+                             f"holds ({held / 2**30:.2f} GiB: libraries and the model)")
+    return cap - held
+
+
 def parse_size(text: str | int | None) -> int | None:
     """``8G``, ``512M``, ``2.5GiB`` or a number of bytes."""
     if text is None or isinstance(text, int):

@@ -18,7 +18,6 @@ import os
 import secrets
 import sys
 import warnings
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -46,14 +45,6 @@ def _ov():
     return openvino
 
 
-@lru_cache(maxsize=1)
-def cpu_has_fast_bf16() -> bool:
-    """Whether OpenVINO's CPU plugin has native bf16 (AVX512-BF16 / AMX)."""
-    ov = _ov()
-
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-
-
 def ir_folder() -> Path:
     return cache_dir() / "openvino"
 
@@ -79,7 +70,7 @@ def source_key(spec: str | Path) -> str | None:
 def module_key(model, descriptor: ModelDescriptor) -> str:
     """The cache name of an in-memory PyTorch module: its class, structure (``repr``), descriptor
     and tensors (two parameter-free modules differ by class and structure alone)."""
-    from upres.io.checkpoints import tensors_sha256
+    from upres.io.weights import tensors_sha256
 
     kind = type(model)
     text = f"{kind.__module__}.{kind.__qualname__}|{model!r}|{descriptor!r}|"

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from upres.degradation.fingerprint import Fingerprint
 from upres.errors import PredictError
-from upres.inference.predict import Predictor
+from upres.inference.ensemble import Predictor
 from upres.inference.upscaler import InferenceOptions
+from upres.io.files import atomic_write_bytes
 
 SOFT_FLOOR = 0.1  # soft routing skips groups below this probability (then renormalizes)
 
@@ -30,8 +32,6 @@ def read_routes(path: str | Path) -> dict:
 
 
 def write_routes(path: str | Path, fingerprint: Path, shared: Path, experts: dict[int, Path]) -> None:
-    from upres.io.files import atomic_write_bytes
-
     base = Path(path).parent.resolve()
 
     def rel(p: Path) -> str:
@@ -47,8 +47,6 @@ class RoutedPredictor(Predictor):
 
     def __init__(self, routes_path: str | Path, mode: str = "fingerprint",
                  options: InferenceOptions | None = None) -> None:
-        from upres.degradation.fingerprint import Fingerprint
-
         if mode not in ("fingerprint", "soft"):
             raise PredictError(f"--route {mode}: use fingerprint or soft")
         routes = read_routes(routes_path)
@@ -57,17 +55,12 @@ class RoutedPredictor(Predictor):
         super().__init__([routes["shared"], *(routes["experts"][g] for g in self.groups)], options)
         self.names = [f"routed ({mode})"]
         self.mode = mode
-        self.chosen: list[int] = []  # the group of each image routed so far
 
     def _model_for(self, group: int) -> int:
         return 1 + self.groups.index(group) if group in self.groups else 0
 
     def predict_float(self, rgb: np.ndarray) -> list[np.ndarray]:
-        from upres.degradation.run import label_image
-
-        lr8 = np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
-        group, p = label_image(self.fp, lr8)
-        self.chosen.append(group)
+        group, p = self.fp.label(np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8))
         if self.mode == "fingerprint":
             return [self.upscalers[self._model_for(group)].upscale_float(rgb)]
         weights: dict[int, float] = {}

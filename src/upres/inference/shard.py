@@ -1,17 +1,21 @@
-"""Inference across processes: under ``torchrun`` (WORLD_SIZE > 1) each process takes every
-world-th input, on its own device (``cuda:LOCAL_RANK`` where there are GPUs), and the processes
-agree on the results through ``torch.distributed`` (NCCL on GPUs, gloo on CPUs)."""
+"""Work across processes: under ``torchrun`` (WORLD_SIZE > 1) each process is a shard with its
+rank and its own device (``cuda:LOCAL_RANK`` where there are GPUs); it takes every world-th
+input, and the processes agree through ``torch.distributed`` (NCCL on GPUs, gloo on CPUs).
+Inference and training (DDP) share it."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
+from upres.inference.devices import resolve_device
+
 
 @dataclass(frozen=True)
 class Shard:
     rank: int = 0
     world: int = 1
+    device: str = "cpu"  # this process's device, resolved (cpu, cuda:1, mps)
 
     @property
     def main(self) -> bool:
@@ -48,12 +52,12 @@ class Shard:
         return box[0]
 
 
-def current_shard(device: str = "auto") -> tuple[Shard, str]:
-    """This process's shard and the device it should use; starts the process group under
-    torchrun. A single process imports no PyTorch here."""
+def current_shard(device: str = "auto") -> Shard:
+    """This process's shard and its device; starts the process group under torchrun. A single
+    process on a machine without a GPU imports no PyTorch here."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return Shard(), device
+        return Shard(device=resolve_device(device))
     import torch
     import torch.distributed as dist
 
@@ -64,4 +68,4 @@ def current_shard(device: str = "auto") -> tuple[Shard, str]:
         device = f"cuda:{local}"
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Shard(rank, world), device
+    return Shard(rank, world, device if use_cuda else resolve_device(device))

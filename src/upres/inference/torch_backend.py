@@ -1,6 +1,6 @@
 """PyTorch as an inference backend: the model on its device, in its compute dtype (autocast,
 weights stay fp32) and memory layout, called on host arrays like every other backend. Also the
-PyTorch-side device and dtype helpers training shares."""
+autocast and dtype helpers training shares."""
 
 from __future__ import annotations
 
@@ -11,42 +11,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from upres.errors import InferenceError
-from upres.inference.devices import DTYPE_NAMES, pick_dtype
-from upres.models import ModelDescriptor
+from upres.inference.devices import pick_dtype
+from upres.models.descriptor import DTYPE_NAMES, ModelDescriptor
 
 DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InferenceError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InferenceError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True where oneDNN has native bf16 kernels (AVX512-BF16 / AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_dtype(dtype: str, device: torch.device,
+def resolve_dtype(dtype: str, device: str | torch.device,
                   supported: tuple[str, ...] = DTYPE_NAMES) -> torch.dtype:
     """The torch dtype for a name (see ``devices.pick_dtype``)."""
-    return DTYPES[pick_dtype(dtype, str(device), supported, cpu_has_fast_bf16)]
+    return DTYPES[pick_dtype(dtype, str(device), supported)]
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
@@ -69,16 +43,17 @@ def cudnn_benchmark(enabled: bool) -> Iterator[None]:
 
 class TorchModel:
     """(N, C, H, W) float32 host array -> (N, C_out, sH, sW) float32 host array through a PyTorch
-    module on ``device`` in ``dtype`` (autocast), optionally channels_last and torch.compiled."""
+    module on ``device`` in ``dtype`` (a name: fp32, bf16, fp16; by autocast), optionally
+    channels_last and torch.compiled."""
 
-    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype,
+    def __init__(self, model: nn.Module, device: torch.device, dtype: str,
                  channels_last: bool = True, compile: bool = False) -> None:
         # Set the weights' layout both ways: a model shared with an earlier Upscaler may have
         # been converted already.
         self.module = model.eval().to(device, memory_format=torch.channels_last if channels_last
                                       else torch.contiguous_format)
         self.forward = torch.compile(self.module) if compile else self.module
-        self.device, self.dtype, self.channels_last = device, dtype, channels_last
+        self.device, self.dtype, self.channels_last = device, DTYPES[dtype], channels_last
 
     @torch.inference_mode()
     def __call__(self, x: np.ndarray) -> np.ndarray:

@@ -15,14 +15,13 @@ import numpy as np
 
 from upres.errors import ImageError, InferenceError
 from upres.inference import memory
-from upres.inference.devices import pick_device, pick_dtype
+from upres.inference.backends import BackendName, choose_backend
 from upres.inference.engine import Progress, SelfEnsemble, TileEngine
 from upres.inference.shard import Shard
 from upres.io import images
 from upres.models.descriptor import ModelDescriptor
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
 
@@ -45,7 +44,7 @@ class InferenceOptions:
     alpha: Literal["bicubic", "model"] = "bicubic"
     outscale: float | None = None  # final scale if not the model's (Lanczos / area resize)
     max_pixels: int = images.DEFAULT_MAX_PIXELS  # larger inputs are refused before decoding
-    backend: Literal["auto", "torch", "openvino"] = "auto"  # auto: OpenVINO on CPUs if installed
+    backend: BackendName = "auto"  # auto: OpenVINO on CPUs if installed (see choose_backend)
     max_memory: int | str | None = None  # process target, bytes or "8G"; None: half of what is free
     cache_converted: bool = True  # keep OpenVINO conversions in the cache (not for training weights)
 
@@ -62,13 +61,11 @@ def _check_options(opts: InferenceOptions) -> None:
                              f"{opts.max_pixels}")
     if opts.batch_size < 0:
         raise InferenceError("batch_size must be >= 0")
-    if opts.backend not in ("auto", "torch", "openvino"):
-        raise InferenceError(f"backend must be auto, torch or openvino, not {opts.backend!r}")
 
 
 class Upscaler:
-    """Upscale images with one model (an ``nn.Module``, a pretrained name or a weights path).
-    ``notes`` says which backend, precision and tiling it chose, and why.
+    """Upscale images with one model (an ``nn.Module``, a pretrained name or a weights path),
+    run by the backend ``choose_backend`` picks; ``notes`` starts with that choice and why.
 
     On a CPU with OpenVINO, a named model whose conversion is cached runs without importing
     PyTorch or building the network (start-up is most of the cost of a small image)."""
@@ -81,24 +78,19 @@ class Upscaler:
         opts = dataclasses.replace(options or InferenceOptions(), **overrides)  # caller's stays
         _check_options(opts)
         self.options = opts
-        self.device = pick_device(opts.device)
-        self.notes: list[str] = []
-        self.model: nn.Module | None = None  # the PyTorch module, when PyTorch runs it
-        self.descriptor = descriptor
-        self.dtype_name = "fp32"  # the compute dtype, set with the backend
-        self._why_torch: str | None = None  # why ``auto`` did not take OpenVINO
-        forward = self._openvino(model) if self._wants_openvino() else None
-        if forward is None:
-            forward = self._torch(model)
-        self.scale = self.descriptor.scale
-        wanted = "fp16" if self.device.startswith("cuda") else "bf16"
-        if opts.dtype == "auto" and wanted not in self.descriptor.dtypes:
-            self.notes.append(f"{wanted} is not safe for {self.descriptor.arch}: it runs in "
-                              f"{self.dtype_name}")
-        self.budget = self._budget(opts)
-        tile, bpp = self._footprint(opts, forward)
+        self.backend = choose_backend(model, opts.device, opts.dtype, opts.backend, descriptor,
+                                      opts.compile, opts.channels_last, opts.cache_converted)
+        self.notes: list[str] = [str(self.backend)]
+        self.budget = memory.process_budget(opts.max_memory, self.device)
+        tile, bpp = opts.tile, None
+        if tile == "auto":
+            bpp = self.backend.bytes_per_pixel()
+            if bpp is None:
+                tile = 512
+                self.notes.append(f"tiles of 512 (no measured footprint for {self.descriptor.arch} "
+                                  f"with {self.backend.name} {self.backend.dtype})")
         on_cpu = self.device == "cpu"
-        self.engine = TileEngine(forward, self.descriptor, tile, opts.tile_overlap,
+        self.engine = TileEngine(self.backend.forward, self.descriptor, tile, opts.tile_overlap,
                                  opts.self_ensemble, opts.batch_size or (1 if on_cpu else 4),
                                  self.budget, bpp,
                                  # measured on the CPU: one batch of 8 flips is slower than 8
@@ -106,161 +98,33 @@ class Upscaler:
                                  # 8.43x vs 7.97x at 256x256)
                                  1 if on_cpu else None)
 
-    def _budget(self, opts: InferenceOptions) -> int:
-        """Bytes for activations, bands and the input. ``max_memory`` is a target for the whole
-        process on the CPU, so what it already holds (libraries, the model) is taken off; the
-        default is half of what is free."""
-        cap = memory.parse_size(opts.max_memory)
-        if cap is None:
-            return memory.default_budget(self.device)
-        held = memory.process_rss() if self.device == "cpu" else 0
-        if cap - held <= 0:
-            raise InferenceError(f"--max-memory {opts.max_memory} is below what this process "
-                                 f"already holds ({held / 2**30:.2f} GiB: libraries and the model)")
-        return cap - held
-
-    def _wants_openvino(self) -> bool:
-        """``auto`` takes OpenVINO on a CPU where it is installed (and the model converts),
-        PyTorch otherwise (always on CUDA and MPS, and for --compile)."""
-        from upres.inference import openvino_backend as ovb
-
-        opts = self.options
-        if opts.backend == "openvino":
-            if self.device != "cpu":
-                raise InferenceError(f"the openvino backend runs on the CPU, not {self.device}")
-            if not ovb.openvino_available():
-                raise InferenceError("backend openvino needs the openvino package: "
-                                     "pip install 'upres[openvino]'")
-            return True
-        if opts.backend == "torch" or self.device != "cpu" or opts.compile:
-            return False
-        if not ovb.openvino_available():
-            self._why_torch = "OpenVINO is not installed: pip install 'upres[openvino]'"
-            return False
-        return True
-
-    def _openvino(self, model):
-        """The OpenVINO model, from the cache where an earlier run converted the same source;
-        None (and PyTorch runs it) if it does not convert under ``backend auto``."""
-        from upres.inference import openvino_backend as ovb
-
-        cache = self.options.cache_converted
-        is_spec = isinstance(model, (str, Path))
-        key = ovb.source_key(model) if is_spec and cache else None
-        hit = ovb.read_cached(key) if key else None
-        if hit is None:
-            self.model = self._load(model)
-            if cache and not is_spec:
-                key = ovb.module_key(self.model, self.descriptor)
-                hit = ovb.read_cached(key)
-        refusal = self._openvino_refusal() if hit is None else None
-        if refusal:
-            if self.options.backend == "openvino":
-                raise InferenceError(f"backend openvino: {refusal}; use --backend torch")
-            self._why_torch = refusal
-            return None
-        try:
-            if hit is None:
-                ir = ovb.convert(self.model, self.descriptor)
-                if key:
-                    ovb.store(ir, self.descriptor, key)
-            else:
-                ir, stored = hit
-                self.descriptor = self.descriptor or stored
-            self.dtype_name = pick_dtype(self.options.dtype, "cpu", self.descriptor.dtypes,
-                                         ovb.cpu_has_fast_bf16)
-            forward = ovb.OpenVinoModel(ir, self.dtype_name,
-                                        ovb.ir_folder() / "blobs" if cache else None)
-        except InferenceError:
-            raise
-        except Exception as err:  # any conversion failure: PyTorch still runs the model
-            if self.options.backend == "openvino":
-                raise InferenceError(f"OpenVINO could not convert the model: {err}") from None
-            text = str(err).strip()
-            self._why_torch = ("OpenVINO could not convert the model: "
-                               f"{text.splitlines()[0][:200] if text else type(err).__name__}")
-            return None
-        self.notes.append(f"backend openvino ({self.dtype_name})")
-        self.model = None  # OpenVINO holds its own copy of the weights
-        return forward
-
-    def _openvino_refusal(self) -> str | None:
-        """Why this model is not converted (a converter crash cannot be caught): a curated
-        family known not to convert; under ``auto``, any spandrel architecture upres has not
-        verified."""
-        from upres.models import zoo
-
-        arch = self.descriptor.arch
-        why = zoo.backend_refusal(arch, "openvino")
-        if why:
-            return f"OpenVINO does not convert {arch}: {why}"
-        unverified = arch not in zoo.FAMILIES and zoo.is_spandrel_module(self.model)
-        if unverified and self.options.backend == "auto":
-            return f"OpenVINO is not verified for {arch}"
-        return None
-
-    def _load(self, model) -> nn.Module:
-        """The PyTorch module (loaded if given by name or path) and its descriptor."""
-        if isinstance(model, (str, Path)):
-            from upres.io.loading import load_model
-
-            model = load_model(model)
-        if self.descriptor is None:
-            from upres.models import describe
-
-            self.descriptor = describe(model)
-        return model
-
-    def _torch(self, model):
-        from upres.inference import torch_backend as tb
-
-        module = self.model if self.model is not None else self._load(model)
-        device = tb.resolve_device(self.device)
-        dtype = tb.resolve_dtype(self.options.dtype, device, self.descriptor.dtypes)
-        self.dtype_name = {v: k for k, v in tb.DTYPES.items()}[dtype]
-        why = f"; {self._why_torch}" if self._why_torch else ""
-        self.notes.append(f"backend torch ({self.dtype_name}{why})")
-        forward = tb.TorchModel(module, device, dtype, self.options.channels_last,
-                                self.options.compile)
-        self.model = forward.module
-        return forward
-
-    def _footprint(self, opts: InferenceOptions, forward) -> tuple:
-        """The engine's tile setting and the model's measured bytes per input pixel."""
-        if opts.tile != "auto":
-            return opts.tile, None
-        if self.device.startswith("cuda"):
-            from upres.inference.torch_backend import measure_cuda
-
-            return "auto", measure_cuda(forward, self.descriptor)
-        backend = "torch" if self.model is not None else "openvino"
-        bpp = memory.bytes_per_pixel(self.descriptor, backend, self.dtype_name)
-        if bpp is None:
-            self.notes.append(f"tiles of 512 (no measured footprint for {self.descriptor.arch} "
-                              f"with {backend} {self.dtype_name})")
-            return 512, None
-        return "auto", bpp
+    @property
+    def descriptor(self) -> ModelDescriptor:
+        return self.backend.descriptor
 
     @property
-    def backend(self) -> str:
-        return "torch" if self.model is not None else "openvino"
+    def scale(self) -> int:
+        return self.descriptor.scale
 
-    def upscale_tensor(self, x: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
-        """(N, C, H, W) float in [0, 1] -> (N, C_out, sH, sW) float32 on the CPU, unclamped."""
-        import torch
+    @property
+    def device(self) -> str:
+        return self.backend.device
 
-        return torch.from_numpy(self.engine(x.detach().float().cpu().numpy(), progress))
+    @property
+    def model(self) -> nn.Module | None:
+        """The PyTorch module, when PyTorch runs it (OpenVINO holds its own copy)."""
+        return self.backend.module
 
-    def upscale_array(self, img: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+    def upscale_array(self, img: np.ndarray, on_progress: Progress | None = None) -> np.ndarray:
         """Upscale an HxW / HxWx3 / HxWx4 uint8 or uint16 array; mode and bit depth are kept.
         Gray runs through the model as RGB and returns to gray; alpha is upscaled separately."""
         float_img = images.to_float(img)
         alpha = None
         if float_img.ndim == 3 and float_img.shape[2] == 4:
             float_img, alpha = float_img[..., :3], float_img[..., 3]
-        out = self._upscale_rgb(images.gray_to_rgb(float_img), progress)
+        out = self._upscale_rgb(images.gray_to_rgb(float_img), on_progress)
         if float_img.ndim == 2:
-            out = images.rgb_to_gray(out)
+            out = images.luma(out)
         if alpha is not None:
             out = np.concatenate([out, self._upscale_alpha(alpha)[..., None]], axis=2)
         if self.options.outscale and self.options.outscale != self.scale:
@@ -274,11 +138,11 @@ class Upscaler:
         """HxWx3 float32 RGB in [0, 1] -> (sH)x(sW)x3 float32, unclamped and unrounded."""
         return self._upscale_rgb(rgb, None)
 
-    def _upscale_rgb(self, rgb: np.ndarray, progress: Progress | None) -> np.ndarray:
+    def _upscale_rgb(self, rgb: np.ndarray, on_progress: Progress | None) -> np.ndarray:
         x = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)[None]
         if self.descriptor.in_channels == 1:
             x = (x * images.LUMA.reshape(1, 3, 1, 1)).sum(1, keepdims=True, dtype=np.float32)
-        y = self.engine(x, progress)[0]
+        y = self.engine(x, on_progress)[0]
         if y.shape[0] == 1:
             y = np.broadcast_to(y, (3, *y.shape[1:]))
         return y.transpose(1, 2, 0)
@@ -323,19 +187,19 @@ class Upscaler:
                              f"{need / 2**30:.1f} GiB of memory, over the {have / 2**30:.1f} GiB "
                              f"budget{why}; use a smaller input, --outscale or --max-memory")
 
-    def upscale_file(self, src: str | Path, dst: str | Path, progress: Progress | None = None) -> Path:
+    def upscale_file(self, src: str | Path, dst: str | Path, on_progress: Progress | None = None) -> Path:
         """Read, upscale and atomically write one image; returns the written path. Large PNG
         results are written band by band as the tiles finish them."""
         img = images.read_image(src, self.options.max_pixels)
         self.check_fits(img, src, dst)
         if self.streams(img, dst) and self.output_bytes(img) > self.budget // 4:
-            self.write_png_streamed(img, dst, progress)
+            self.write_png_streamed(img, dst, on_progress)
         else:
-            images.write_image(dst, self.upscale_array(img, progress))
+            images.write_image(dst, self.upscale_array(img, on_progress))
         return Path(dst)
 
     def write_png_streamed(self, img: np.ndarray, dst: str | Path,
-                           progress: Progress | None = None) -> None:
+                           on_progress: Progress | None = None) -> None:
         """Upscale a gray or RGB image straight into a PNG file, rows written as they finish:
         memory grows with the tile and the width, not the area. The input stays in its own
         samples (converted tile by tile) and counts against the budget."""
@@ -343,18 +207,18 @@ class Upscaler:
         gray = img.ndim == 2
         if self.descriptor.in_channels == 1:  # single-channel models see the luma
             f = images.to_float(img)
-            x = np.ascontiguousarray(f if gray else images.rgb_to_gray(f))[None, None]
+            x = np.ascontiguousarray(f if gray else images.luma(f))[None, None]
         else:
             x = images.gray_to_rgb(img).transpose(2, 0, 1)[None]
         self.engine.reserved = x.nbytes
 
         def rows():
-            for _, band in self.engine.stream(x, progress):
+            for _, band in self.engine.stream(x, on_progress):
                 for r in range(0, band.shape[1], 64):  # a few rows at a time: small temporaries
                     part = band[:, r:r + 64]
                     rgb = (np.broadcast_to(part, (3, *part.shape[1:])) if part.shape[0] == 1
                            else part).transpose(1, 2, 0)
-                    out = images.from_float(images.rgb_to_gray(rgb) if gray else rgb, img.dtype)
+                    out = images.from_float(images.luma(rgb) if gray else rgb, img.dtype)
                     big_endian = out.astype(">u2") if img.dtype == np.uint16 else out
                     yield from (row.tobytes() for row in big_endian.reshape(out.shape[0], -1))
 
@@ -439,7 +303,8 @@ def upscale_files(upscaler: Upscaler, inputs: Iterable[str | Path], out_dir: str
     overwritten, two inputs never write one output, and a bad file is reported (``on_error``,
     as it happens) while the others go on. An existing output is an error unless ``existing``
     is ``overwrite`` or ``skip`` (resume an interrupted batch). Under torchrun each process
-    (``shard``) takes its share of the files; ``on_note`` hears each image's tile plan."""
+    (``shard``) takes its share of the files; ``on_note`` hears each image's tile plan before
+    the image runs."""
     from tqdm import tqdm
 
     shard = shard or Shard()
@@ -466,13 +331,14 @@ def upscale_files(upscaler: Upscaler, inputs: Iterable[str | Path], out_dir: str
             fail(problem)
             continue
         bar = _TileBar(src.name, progress and shard.main)
+        if on_note:
+            upscaler.engine.on_plan = lambda plan, name=src.name: on_note(f"{name}: {plan}")
         try:
             upscaler.upscale_file(src, dst, bar)
             result.written.append(dst)
-            if on_note and upscaler.engine.last_plan is not None:
-                on_note(f"{src.name}: {upscaler.engine.last_plan}")
         except ImageError as err:
             fail(str(err))
         finally:
             bar.close()
+            upscaler.engine.on_plan = None
     return result

@@ -19,7 +19,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 __all__ = ["IMAGE_SUFFIXES", "LUMA", "ImageError", "list_images", "read_image", "write_image",
-           "encode_image", "to_float", "from_float", "gray_to_rgb", "rgb_to_gray", "scale_mismatch",
+           "encode_image", "to_float", "from_float", "gray_to_rgb", "luma", "scale_mismatch",
            "DEFAULT_MAX_PIXELS", "MAX_PIXELS_LIMIT"]
 
 
@@ -162,9 +162,11 @@ def gray_to_rgb(img: np.ndarray) -> np.ndarray:
     return np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img
 
 
-def rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
-    """HxWx3 float -> HxW float with the BT.601 luma weights."""
-    return rgb @ LUMA
+def luma(img: np.ndarray) -> np.ndarray:
+    """BT.601 luma of an HxWx3 array as float32, in the samples' own units; a gray HxW array
+    passes through (as float32)."""
+    img = np.asarray(img, dtype=np.float32)
+    return img @ LUMA if img.ndim == 3 else img
 
 
 def scale_mismatch(lr: np.ndarray, hr: np.ndarray, scale: int, lr_path, hr_path) -> str | None:

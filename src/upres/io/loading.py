@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from upres.errors import ArchitectureError, WeightsError
-from upres.io.checkpoints import (
+from upres.io.ncnn import read_ncnn
+from upres.io.pretrained import PRETRAINED, load_pretrained
+from upres.io.weights import (
     LoadedWeights,
     load_into,
     read_pth,
@@ -17,9 +19,7 @@ from upres.io.checkpoints import (
     write_basicsr_pth,
     write_safetensors,
 )
-from upres.io.ncnn import read_ncnn
-from upres.io.pretrained import PRETRAINED, load_pretrained
-from upres.models import build_model, describe
+from upres.models import registry, zoo
 
 
 def load_weights_file(path: str | Path) -> LoadedWeights:
@@ -47,27 +47,25 @@ def load_weights(spec: str | Path) -> LoadedWeights:
 
 def model_from_weights(weights: LoadedWeights) -> nn.Module:
     """Build the recorded (or inferred) architecture and load the weights strictly; an SR
-    architecture outside upres's list is built by spandrel from the state dict."""
-    from upres.models import ARCHITECTURES, zoo
-
-    if weights.arch not in ARCHITECTURES and weights.arch not in zoo.FAMILIES:
+    architecture outside the registry is built by spandrel from the state dict."""
+    if weights.arch not in registry.ARCHITECTURES:
         if not zoo.is_spandrel_arch(weights.arch):
-            known = ", ".join([*ARCHITECTURES, *zoo.FAMILIES])
             raise WeightsError(f"{weights.source}: unknown architecture '{weights.arch}' (upres: "
-                               f"{known}; or any SR architecture of spandrel)")
+                               f"{', '.join(registry.ARCHITECTURES)}; or any SR architecture of "
+                               "spandrel)")
         return zoo.load_any(weights.state_dict, weights.source)
     try:
         try:
             with torch.device("meta"):  # no random initialisation: every tensor is loaded next
-                model = build_model(weights.arch, weights.hparams)
+                model = registry.build_model(weights.arch, weights.hparams)
         except ArchitectureError:  # some networks compute at build time: build for real
-            model = build_model(weights.arch, weights.hparams)
+            model = registry.build_model(weights.arch, weights.hparams)
     except (ArchitectureError, TypeError, ValueError) as err:  # bad metadata: name the file
         raise WeightsError(f"{weights.source}: cannot build {weights.arch} from its "
                            f"hyperparameters: {err}") from None
     load_into(model, weights.state_dict, weights.source, assign=True)
     if any(t.is_meta for t in model.buffers()):  # buffers kept out of the state dict: real build
-        model = build_model(weights.arch, weights.hparams)
+        model = registry.build_model(weights.arch, weights.hparams)
         load_into(model, weights.state_dict, weights.source)
     return model.eval()
 
@@ -83,17 +81,16 @@ def save_model(model: nn.Module, path: str | Path, extra: dict | None = None) ->
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        desc = describe(model)
+        desc = registry.describe(model)
         write_safetensors(model.state_dict(), path, desc.arch, desc.hparams,
                           {"scale": desc.scale, **(extra or {})})
     elif suffix in (".pth", ".pt"):
         write_basicsr_pth(model.state_dict(), path)
     elif suffix == ".onnx":
         from upres.io.onnx import export_onnx
-        from upres.models import zoo
 
-        desc = describe(model)
-        why = zoo.backend_refusal(desc.arch, "onnx")
+        desc = registry.describe(model)
+        why = registry.backend_refusal(desc.arch, "onnx")
         if why:
             raise WeightsError(f"{path}: {desc.arch} does not export to ONNX: {why}; use "
                                ".safetensors or .pth")

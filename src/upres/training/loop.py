@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
-import pickle
 import signal
 import sys
 import threading
@@ -27,17 +25,25 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from upres.errors import CheckpointError, DataError, DiskFullError, TrainingError, TrainingInterrupted
-from upres.inference.shard import current_shard
-from upres.inference.torch_backend import autocast_context, resolve_device, resolve_dtype
+from upres.errors import DataError, DiskFullError, TrainingError, TrainingInterrupted
+from upres.inference.shard import Shard, current_shard
+from upres.inference.torch_backend import autocast_context, resolve_dtype
 from upres.inference.upscaler import Upscaler
-from upres.io.checkpoints import load_matching
-from upres.io.files import atomic_path, atomic_write_bytes, out_of_space
+from upres.io.files import atomic_write_bytes, out_of_space
 from upres.io.loading import load_weights, save_model
-from upres.models import build_model, describe
+from upres.io.pairs import PairCache, find_pairs
+from upres.io.weights import load_matching
+from upres.models.registry import build_model, describe
 from upres.scoring import metrics
+from upres.training.checkpoints import (
+    TrainState,
+    find_resumable,
+    latest_checkpoint,
+    restore,
+    save_checkpoint,
+)
 from upres.training.config import Config, dump_config
-from upres.training.data import CropDataset, PairCache, StepSampler, resolve_splits
+from upres.training.data import CropDataset, StepSampler, resolve_splits
 
 
 @dataclass
@@ -50,20 +56,6 @@ class TrainResult:
 
 
 @dataclass
-class Process:
-    """This process's place in the run: rank, world size, device and the run folder."""
-
-    run_dir: Path
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-@dataclass
 class TrainData:
     cache: PairCache
     train_idx: list[int]
@@ -72,108 +64,78 @@ class TrainData:
     bicubic_psnr: float | None = None  # of the validation pairs, computed once
 
 
-@dataclass
-class TrainState:
-    """Everything a checkpoint holds, plus how the forward pass runs."""
-
-    model: nn.Module
-    ema: nn.Module | None
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    amp_dtype: torch.dtype
-    step: int = 0
-    best_psnr: float = -math.inf
-    skipped: int = 0
-    last_val: dict = field(default_factory=dict)
-    started: float = 0.0  # time.monotonic() when this process began training
-    deadline: float | None = None  # time.monotonic() at which train.time_budget is spent
-    init_report: dict = field(default_factory=dict)
-
-    @property
-    def eval_model(self) -> nn.Module:
-        """The weights that are validated and exported: the EMA copy where there is one."""
-        return self.ema if self.ema is not None else self.model
-
-
 # --------------------------------------------------------------------------- the recipe
 
 
 def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
           command: list[str] | None = None, progress: bool = True) -> TrainResult:
-    tc = cfg.train
-    proc = setup_process(tc.device, Path(run_dir))
-    data = prepare_data(cfg, proc, progress)  # every pair checked before anything is written
-    if proc.main:
-        write_run_files(cfg, proc.run_dir, command or sys.argv)
-    state = build_state(cfg, proc.device)
-    ckpt_path = resume_state(state, proc.run_dir, resume, cfg, proc) if resume else None
-    forward = wrap_model(state.model, cfg, proc)
-    loader = make_loader(data.dataset, cfg, proc, state.step)
-    with RunLog(proc, tc.iterations, state.step, ckpt_path is not None, progress) as log, \
+    tc, run_dir = cfg.train, Path(run_dir)
+    shard = current_shard(tc.device)
+    data = prepare_data(cfg, shard, run_dir, progress)  # every pair checked before anything is written
+    if shard.main:
+        write_run_files(cfg, run_dir, command or sys.argv)
+    state = build_state(cfg, torch.device(shard.device))
+    ckpt_path = resume_state(state, run_dir, resume, cfg, shard) if resume else None
+    forward = wrap_model(state.model, cfg, shard)
+    loader = make_loader(data.dataset, cfg, shard, state.step)
+    with RunLog(shard, run_dir, tc.iterations, state.step, ckpt_path is not None, progress) as log, \
             StopFlag() as stop:
         state.started = time.monotonic()
         if state.step == 0:  # the network's size, once (experiment tables show it)
             log.record({"step": 0, "params": sum(p.numel() for p in state.model.parameters())})
-        if proc.main and data.val_idx and tc.val_at_start and state.step == 0:
-            run_validation(state, data, cfg, proc, log)
+        if shard.main and data.val_idx and tc.val_at_start and state.step == 0:
+            run_validation(state, data, cfg, run_dir, log)
         log.start_clock()
-        state.deadline = state.started + tc.budget_seconds() if tc.time_budget else None
+        budget = tc.budget_seconds()
+        state.deadline = None if budget is None else state.started + budget
         for lr_b, hr_b in loader:
             state.step += 1
-            outcome = train_step(state, forward, lr_b, hr_b, cfg, proc, stop)
+            outcome = train_step(state, forward, lr_b, hr_b, cfg, shard, run_dir, stop)
             if outcome.skipped:
                 log.record({"step": state.step, "skipped_nonfinite": state.skipped})
             log.tick()
             last = state.step == tc.iterations or outcome.over_budget
             if state.step % tc.log_every == 0 or last:
                 log.training(state, outcome.loss)
-            if proc.main and data.val_idx and (state.step % tc.val_every == 0 or last):
-                run_validation(state, data, cfg, proc, log)
-            if proc.world > 1 and (state.step % tc.val_every == 0 or last):
-                dist.barrier()  # the other ranks wait while rank 0 validates
-            stop_now = outcome.stop if proc.world > 1 else stop.signal is not None  # (incl. validation)
-            if proc.main and (state.step % tc.checkpoint_every == 0 or stop_now or last):
-                saved = save_checkpoint(state, cfg, proc.run_dir)
+            if shard.main and data.val_idx and (state.step % tc.val_every == 0 or last):
+                run_validation(state, data, cfg, run_dir, log)
+            if state.step % tc.val_every == 0 or last:
+                shard.barrier()  # the other ranks wait while rank 0 validates
+            stop_now = outcome.stop if shard.world > 1 else stop.signal is not None  # (incl. validation)
+            if shard.main and (state.step % tc.checkpoint_every == 0 or stop_now or last):
+                saved = save_checkpoint(state, cfg, run_dir)
             if outcome.over_budget and not stop_now:
                 log.message(f"time budget {tc.time_budget} reached at step {state.step}")
                 break
             if stop_now:
-                if proc.main:
+                if shard.main:
                     log.message(f"stopped by a signal at step {state.step}; "
                                 f"checkpoint {saved}; resume with --resume auto")
                 raise TrainingInterrupted(f"interrupted at step {state.step}; resume with "
-                                          f"--resume auto (checkpoint in {proc.run_dir})")
-        if proc.main:
-            export(state, proc.run_dir, "last",
+                                          f"--resume auto (checkpoint in {run_dir})")
+        if shard.main:
+            export(state, run_dir, "last",
                    {"val_psnr": state.last_val.get("val_psnr", float("nan"))})
-    return TrainResult(proc.run_dir, state.step, state.best_psnr, state.last_val, state.init_report)
+    return TrainResult(run_dir, state.step, state.best_psnr, state.last_val, state.init_report)
 
 
 # --------------------------------------------------------------------------- set-up steps
 
 
-def setup_process(device_name: str, run_dir: Path) -> Process:
-    """Rank, world size and device; torchrun's environment turns on DDP (as for inference)."""
-    shard, device = current_shard(device_name)
-    return Process(run_dir, shard.rank, shard.world, resolve_device(device))
-
-
-def prepare_data(cfg: Config, proc: Process, progress: bool) -> TrainData:
+def prepare_data(cfg: Config, shard: Shard, run_dir: Path, progress: bool) -> TrainData:
     """Pairs found, split, checked and decoded into the cache by rank 0 before training starts;
     every problem is reported at once."""
     splits = resolve_splits(cfg.data, cfg.train.seed)
     if cfg.data.groups is not None:
         splits.train, splits.val = group_pairs(cfg, splits.train, splits.val)
     if cfg.data.extra_hr:
-        splits.train += synthesized_pairs(cfg, splits.train, proc, progress)
+        splits.train += synthesized_pairs(cfg, splits.train, shard, run_dir, progress)
     all_pairs = splits.train + splits.val
-    if proc.main:
+    if shard.main:
         cache = PairCache(all_pairs, cfg.model.scale, cfg.data.cache_dir, progress=progress,
                           known_problems=splits.problems)
-    if proc.world > 1:
-        dist.barrier()
-    if not proc.main:
+    shard.barrier()
+    if not shard.main:
         cache = PairCache(all_pairs, cfg.model.scale, cfg.data.cache_dir, progress=False)
     train_idx = list(range(len(splits.train)))
     val_idx = list(range(len(splits.train), len(all_pairs)))
@@ -204,20 +166,18 @@ def group_pairs(cfg: Config, train: list, val: list) -> tuple[list, list]:
     return chosen, val_chosen or val
 
 
-def synthesized_pairs(cfg: Config, train_pairs: list, proc: Process, progress: bool) -> list:
+def synthesized_pairs(cfg: Config, train_pairs: list, shard: Shard, run_dir: Path,
+                      progress: bool) -> list:
     """Rank 0 fingerprints the training pairs (never the validation ones) and degrades
     ``data.extra_hr`` like them into RUN/synth; every rank then reads the same pairs."""
     from upres.degradation.fingerprint import fingerprint
     from upres.degradation.synth import synthesize_pairs
-    from upres.training.data import find_pairs
-
-    folder = proc.run_dir / "synth"
-    if proc.main and not (folder / "synth.json").exists():
+    folder = run_dir / "synth"
+    if shard.main and not (folder / "synth.json").exists():
         fp, _ = fingerprint(train_pairs, cfg.model.scale, cfg.data.cache_dir, progress=progress)
-        fp.save(proc.run_dir / "fingerprint.json")
+        fp.save(run_dir / "fingerprint.json")
         synthesize_pairs(cfg.data.extra_hr, fp, folder, cfg.train.seed, cfg.data.crop)
-    if proc.world > 1:
-        dist.barrier()
+    shard.barrier()
     pairs, problems = find_pairs(folder / "lr", folder / "hr")
     if problems:
         raise DataError(f"{folder}: " + "; ".join(problems))
@@ -261,83 +221,36 @@ def build_state(cfg: Config, device: torch.device) -> TrainState:
     optimizer = make_optimizer(model, tc)
     return TrainState(model, ema, optimizer, make_scheduler(optimizer, tc),
                       torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16"),
-                      amp_dtype, init_report=init_report)
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = sorted((run_dir / "checkpoints").glob("step_*.pt"))
-    return found[-1] if found else None
-
-
-def read_checkpoint(path: Path) -> dict:
-    """A checkpoint's contents (tensors only, never arbitrary pickles), or a named error."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0]})") from None
-    missing = {"step", "model", "optimizer", "scheduler", "scaler", "rng_cpu"} - set(saved)
-    if missing:
-        raise CheckpointError(f"{path}: not an upres checkpoint (missing {', '.join(sorted(missing))})")
-    return saved
+                      amp_dtype, device, init_report=init_report)
 
 
 def resume_state(state: TrainState, run_dir: Path, resume: str, cfg: Config,
-                 proc: Process) -> Path | None:
-    """Restore model, EMA, optimiser, schedule, scaler, RNG and step (the data order follows the
-    step). ``auto`` takes the newest intact checkpoint of the run folder, passing over damaged
-    ones with a warning (None in a new run); a path must be readable."""
-    if resume != "auto":
-        path, saved = Path(resume), read_checkpoint(Path(resume))
-    else:
-        path = saved = None
-        candidates = sorted((run_dir / "checkpoints").glob("step_*.pt"), reverse=True)
-        for candidate in candidates:
-            try:
-                path, saved = candidate, read_checkpoint(candidate)
-                break
-            except CheckpointError as err:
-                if proc.main:
-                    print(f"warning: {err}; trying an older checkpoint", file=sys.stderr)
-        if saved is None and candidates:
-            raise CheckpointError(f"{run_dir / 'checkpoints'}: no intact checkpoint to resume "
-                                  "from; move the folder away to start afresh")
-        if saved is None:
-            return None
-    _restore(state, saved, path, cfg, proc)
-    return path
+                 shard: Shard) -> Path | None:
+    """Restore the state from ``resume`` (a path, or ``auto``: the newest intact checkpoint of
+    the run folder; None in a new run)."""
+    found = find_resumable(run_dir, resume, shard.main)
+    if found is None:
+        return None
+    restore(state, found[1], found[0], cfg, shard.main)
+    return found[0]
 
 
-def _restore(state: TrainState, saved: dict, path: Path, cfg: Config, proc: Process) -> None:
-    state.model.load_state_dict(saved["model"])
-    if state.ema is not None:
-        state.ema.load_state_dict(saved["ema"])
-    state.optimizer.load_state_dict(saved["optimizer"])
-    state.scheduler.load_state_dict(saved["scheduler"])
-    state.scaler.load_state_dict(saved["scaler"])
-    torch.set_rng_state(saved["rng_cpu"])
-    state.step, state.best_psnr = int(saved["step"]), float(saved["best_psnr"])
-    if proc.main:
-        print(f"resumed from {path} at step {state.step}", file=sys.stderr)
-        if saved.get("config") != dump_config(cfg):
-            print("warning: the checkpoint was written with a different configuration; "
-                  "continuing with the current one", file=sys.stderr)
-
-
-def wrap_model(model: nn.Module, cfg: Config, proc: Process) -> nn.Module:
+def wrap_model(model: nn.Module, cfg: Config, shard: Shard) -> nn.Module:
     """DDP across processes, then ``torch.compile`` if asked."""
     net = model
-    if proc.world > 1:
-        ids = [proc.device.index] if proc.device.type == "cuda" else None
+    if shard.world > 1:
+        device = torch.device(shard.device)
+        ids = [device.index] if device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     return torch.compile(net) if cfg.train.compile else net
 
 
-def make_loader(dataset: CropDataset, cfg: Config, proc: Process, start_step: int) -> DataLoader:
+def make_loader(dataset: CropDataset, cfg: Config, shard: Shard, start_step: int) -> DataLoader:
     """Batches for the steps still to run; the sampler makes them depend on (seed, step) only."""
     tc = cfg.train
-    sampler = StepSampler(tc.batch_size, start_step, proc.rank, proc.world, tc.iterations - start_step)
+    sampler = StepSampler(tc.batch_size, start_step, shard.rank, shard.world, tc.iterations - start_step)
     return DataLoader(dataset, batch_size=tc.batch_size, sampler=sampler,
-                      num_workers=cfg.data.workers, pin_memory=proc.device.type == "cuda",
+                      num_workers=cfg.data.workers, pin_memory=shard.device.startswith("cuda"),
                       persistent_workers=False, prefetch_factor=4 if cfg.data.workers else None)
 
 
@@ -369,9 +282,9 @@ class StepOutcome:
 
 
 def train_step(state: TrainState, forward: nn.Module, lr_b: torch.Tensor, hr_b: torch.Tensor,
-               cfg: Config, proc: Process, stop: StopFlag) -> StepOutcome:
+               cfg: Config, shard: Shard, run_dir: Path, stop: StopFlag) -> StepOutcome:
     """One optimiser step on a batch, or a skipped batch where the loss is not finite."""
-    tc, device = cfg.train, proc.device
+    tc, device = cfg.train, state.device
     lr_b, hr_b = lr_b.to(device, non_blocking=True), hr_b.to(device, non_blocking=True)
     if tc.channels_last:
         lr_b = lr_b.contiguous(memory_format=torch.channels_last)
@@ -384,13 +297,13 @@ def train_step(state: TrainState, forward: nn.Module, lr_b: torch.Tensor, hr_b: 
     flags = torch.stack([(~torch.isfinite(loss.detach())).to(torch.int32).reshape(()),
                          torch.tensor(int(stop.signal is not None), device=device),
                          torch.tensor(int(over), device=device)])
-    if proc.world > 1:
+    if shard.world > 1:
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     nonfinite, stop_now, over = (bool(v) for v in flags.tolist())
     if nonfinite and tc.nonfinite == "stop":
         raise TrainingError(
             f"step {state.step}: the {tc.loss} loss is {loss.item()} (non-finite); stopped "
-            f"without saving. Last good checkpoint: {latest_checkpoint(proc.run_dir) or 'none yet'}. "
+            f"without saving. Last good checkpoint: {latest_checkpoint(run_dir) or 'none yet'}. "
             "Set train.nonfinite: skip to skip such batches instead")
     if nonfinite:
         state.skipped += 1
@@ -434,10 +347,10 @@ def validate(model: nn.Module, cache: PairCache, indices: list[int], cfg: Config
     return result
 
 
-def run_validation(state: TrainState, data: TrainData, cfg: Config, proc: Process,
+def run_validation(state: TrainState, data: TrainData, cfg: Config, run_dir: Path,
                    log: RunLog) -> None:
     """Validate the EMA weights, log the scores, export ``best.*`` when they improve."""
-    state.last_val = validate(state.eval_model, data.cache, data.val_idx, cfg, proc.device,
+    state.last_val = validate(state.eval_model, data.cache, data.val_idx, cfg, state.device,
                               data.bicubic_psnr)
     data.bicubic_psnr = state.last_val["bicubic_psnr"]
     val = state.last_val
@@ -447,22 +360,7 @@ def run_validation(state: TrainState, data: TrainData, cfg: Config, proc: Proces
                 f"bicubic {val['bicubic_psnr']:.3f})")
     if val["val_psnr"] > state.best_psnr:
         state.best_psnr = val["val_psnr"]
-        export(state, proc.run_dir, "best", {"val_psnr": state.best_psnr})
-
-
-def save_checkpoint(state: TrainState, cfg: Config, run_dir: Path) -> Path:
-    """Everything needed for an exact resume, written atomically; old ones pruned."""
-    path = run_dir / "checkpoints" / f"step_{state.step:09d}.pt"
-    saved = {"step": state.step, "best_psnr": state.best_psnr, "model": state.model.state_dict(),
-             "ema": state.ema.state_dict() if state.ema is not None else {},
-             "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
-             "scaler": state.scaler.state_dict(), "rng_cpu": torch.get_rng_state(),
-             "config": dump_config(cfg)}
-    with atomic_path(path) as tmp:
-        torch.save(saved, tmp)
-    for old in sorted(path.parent.glob("step_*.pt"))[:-cfg.train.keep_checkpoints]:
-        old.unlink()
-    return path
+        export(state, run_dir, "best", {"val_psnr": state.best_psnr})
 
 
 def export(state: TrainState, run_dir: Path, name: str, extra: dict) -> None:
@@ -480,9 +378,10 @@ class RunLog:
     logged past its checkpoint is dropped (TensorBoard ``purge_step``, ``metrics.jsonl``), so
     each step appears once."""
 
-    def __init__(self, proc: Process, iterations: int, step: int, resumed: bool,
+    def __init__(self, shard: Shard, run_dir: Path, iterations: int, step: int, resumed: bool,
                  progress: bool) -> None:
-        self.proc, self.iterations, self.step, self.resumed = proc, iterations, step, resumed
+        self.shard, self.run_dir = shard, run_dir
+        self.iterations, self.step, self.resumed = iterations, step, resumed
         self.progress = progress
         self.writer = self.file = self.bar = None
         self.start_clock()
@@ -491,11 +390,11 @@ class RunLog:
         from tqdm import tqdm
 
         self.bar = tqdm(total=self.iterations, initial=self.step, desc="train", unit="it",
-                        disable=not (self.proc.main and self.progress), dynamic_ncols=True)
-        if self.proc.main:
+                        disable=not (self.shard.main and self.progress), dynamic_ncols=True)
+        if self.shard.main:
             from torch.utils.tensorboard import SummaryWriter
 
-            run_dir = self.proc.run_dir
+            run_dir = self.run_dir
             self.writer = SummaryWriter(str(run_dir / "tb"),
                                         purge_step=self.step + 1 if self.resumed else None)
             log_path = run_dir / "metrics.jsonl"
@@ -515,13 +414,13 @@ class RunLog:
         self.tick_time, self.tick_step = time.perf_counter(), self.step
 
     def record(self, record: dict) -> None:
-        if not self.proc.main:
+        if not self.shard.main:
             return
         try:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
         except OSError as err:
-            if out_of_space(err, self.proc.run_dir):
+            if out_of_space(err, self.run_dir):
                 raise DiskFullError(f"no space left on device while writing {self.file.name}") from err
             raise
         for key, value in record.items():

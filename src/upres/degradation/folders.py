@@ -1,5 +1,5 @@
-"""What ``upres fingerprint`` does: fingerprint a data folder (groups, classifier, JSON and HTML)
-or label LR-only images with a saved fingerprint's classifier."""
+"""Fingerprints of folders: a data folder's pairs fingerprinted into ``fingerprint.json`` and its
+HTML page, and a folder of LR-only images labelled with a saved fingerprint's classifier."""
 
 from __future__ import annotations
 
@@ -9,19 +9,18 @@ from pathlib import Path
 
 import numpy as np
 
-from upres.degradation import blind, recipes
+from upres.degradation import recipes
 from upres.degradation.fingerprint import Fingerprint, fingerprint
 from upres.degradation.report import write_report
 from upres.errors import DataError
 from upres.io import images
 from upres.io.files import atomic_write_bytes
+from upres.io.pairs import find_pairs
 
 
 def train_pairs(data: str | Path):
     """The pairs of a competition folder (``train/lr`` + ``train/hr``) or of a folder holding
     ``lr`` and ``hr`` directly, and the recorded recipes when the set has them."""
-    from upres.training.data import find_pairs
-
     data = Path(data)
     base, split = (data / "train", "train") if (data / "train").is_dir() else (data, None)
     pairs, problems = find_pairs(base / "lr", base / "hr")
@@ -52,13 +51,6 @@ class Label:
     probabilities: list[float]
 
 
-def label_image(fp: Fingerprint, lr: np.ndarray) -> tuple[int, np.ndarray]:
-    if not fp.classifier:
-        raise DataError("the fingerprint has no classifier (written by an older upres?)")
-    p = blind.predict(fp.classifier, blind.image_features(lr), len(fp.groups))
-    return int(p.argmax()), p
-
-
 def label_lr(fp_path: str | Path, lr_dir: str | Path, out: str | Path | None = None) -> list[Label]:
     """Each LR image's most likely group and its probability; written to ``out`` as JSON."""
     fp = Fingerprint.load(fp_path)
@@ -71,7 +63,7 @@ def label_lr(fp_path: str | Path, lr_dir: str | Path, out: str | Path | None = N
         if img.ndim == 2:
             img = images.gray_to_rgb(img)
         try:
-            group, p = label_image(fp, img[..., :3])
+            group, p = fp.label(img[..., :3])
         except ValueError as err:
             raise DataError(f"{path}: {err}") from None
         labels.append(Label(path, group, float(p[group]), np.round(p, 4).tolist()))

@@ -19,7 +19,7 @@ from torch import nn
 
 from upres.errors import WeightsError
 from upres.io.files import atomic_path
-from upres.models import detect_architecture
+from upres.models.registry import ARCHITECTURES, describe, detect_architecture
 
 FORMAT_TAG = "upres"
 
@@ -136,8 +136,6 @@ def load_matching(model: nn.Module, weights: LoadedWeights, strict: bool = True)
     """Initialise ``model`` from ``weights``. Strict: everything must fit, and a different
     architecture or width is explained. Non-strict: tensors whose names and shapes match are
     loaded and the rest keep their initialisation. Returns which tensors were loaded."""
-    from upres.models import describe
-
     expected = model.state_dict()
     if strict:
         mine = describe(model).hparams
@@ -149,11 +147,9 @@ def load_matching(model: nn.Module, weights: LoadedWeights, strict: bool = True)
         except WeightsError:
             if not diffs:
                 raise
-            hint = ""
-            if weights.arch == "RRDBNet" and weights.hparams.get("scale") != mine.get("scale"):
-                hint = (f" x{weights.hparams.get('scale')} weights do not fit an "
-                        f"x{mine.get('scale')} model: RRDBNet pixel-unshuffles the input for "
-                        "scales 2 and 1, so conv_first takes a different number of channels.")
+            scales = weights_scale(weights), describe(model).scale
+            hint = (f" x{scales[0]} weights do not fit an x{scales[1]} model: the scale changes "
+                    "the shapes of the input or upsampling layers." if scales[0] != scales[1] else "")
             raise WeightsError(f"{weights.source}: hyperparameters differ from the model's: "
                                f"{'; '.join(diffs)}.{hint} Match the model to the weights, or set "
                                "init.strict: false to load only the tensors whose shapes match") from None
@@ -162,6 +158,13 @@ def load_matching(model: nn.Module, weights: LoadedWeights, strict: bool = True)
               if k in expected and v.shape == expected[k].shape}
     model.load_state_dict(loaded, strict=False)
     return {"loaded": sorted(loaded), "skipped": sorted(set(expected) - set(loaded))}
+
+
+def weights_scale(weights: LoadedWeights) -> int | None:
+    """The scale a weights file records (metadata) or its hyperparameters imply."""
+    entry = ARCHITECTURES.get(weights.arch)
+    value = weights.metadata.get("scale") or weights.hparams.get(entry.scale_key if entry else "scale")
+    return int(value) if str(value).isdigit() else None
 
 
 def tensors_sha256(state_dict: dict) -> str:

@@ -1,0 +1,183 @@
+"""Which backend runs a model, decided in one place: ``choose_backend`` takes a model (a module,
+a pretrained name or a weights path), the device, the dtype and the user's preference, and returns
+a ``Backend``: the forward callable on host arrays, the model's descriptor, the compute dtype and
+the reason for the choice, which the first output line states.
+
+The rules: OpenVINO on a CPU where it is installed and the model converts (fastest there; a
+cached conversion runs without importing PyTorch), PyTorch otherwise: always on CUDA and MPS,
+for ``--compile``, for bf16 asked on a CPU without native bf16 (OpenVINO would quietly compute
+fp32), and for families OpenVINO is known to crash on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from upres.errors import InferenceError
+from upres.inference import memory
+from upres.inference.devices import cpu_has_fast_bf16, dtype_reason, pick_dtype, resolve_device
+from upres.models.descriptor import ModelDescriptor
+
+if TYPE_CHECKING:
+    from torch import nn
+
+BackendName = Literal["auto", "torch", "openvino"]
+OPENVINO_HINT = "pip install 'upres[openvino]'"
+
+
+@dataclass
+class Backend:
+    """A model ready to run: ``forward`` maps (N, C, H, W) float32 host arrays in [0, 1] to
+    (N, C_out, sH, sW) float32 host arrays."""
+
+    name: Literal["torch", "openvino"]
+    forward: Callable[[np.ndarray], np.ndarray]
+    descriptor: ModelDescriptor
+    device: str
+    dtype: str
+    reason: str  # why this backend and dtype, for the first output line
+    module: nn.Module | None = None  # the PyTorch module, when PyTorch runs it
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"backend {self.name} ({self.dtype} on {self.device}): {self.reason}"
+
+    def bytes_per_pixel(self) -> float | None:
+        """Peak memory per input pixel: measured on the spot on CUDA, from the measured table
+        elsewhere (None where this architecture, backend and dtype were never measured)."""
+        if self.device.startswith("cuda"):
+            from upres.inference.torch_backend import measure_cuda
+
+            return measure_cuda(self.forward, self.descriptor)
+        return memory.bytes_per_pixel(self.descriptor, self.name, self.dtype)
+
+
+def choose_backend(model: nn.Module | str | Path, device: str = "auto", dtype: str = "auto",
+                   backend: BackendName = "auto", descriptor: ModelDescriptor | None = None,
+                   compile: bool = False, channels_last: bool = True,
+                   cache_converted: bool = True) -> Backend:
+    """The backend for ``model`` (see the module's rules), with the reason it was chosen."""
+    from upres.inference import openvino_backend as ovb
+
+    if backend not in ("auto", "torch", "openvino"):
+        raise InferenceError(f"backend must be auto, torch or openvino, not {backend!r}")
+    device = resolve_device(device)
+    source = _Source(model, descriptor)
+    if backend == "openvino":
+        if device != "cpu":
+            raise InferenceError(f"the openvino backend runs on the CPU, not {device}")
+        if not ovb.openvino_available():
+            raise InferenceError(f"backend openvino needs the openvino package: {OPENVINO_HINT}")
+        chosen, refusal = _openvino(source, dtype, cache_converted, "as asked (--backend openvino)")
+        if chosen is None:
+            raise InferenceError(f"backend openvino: {refusal}; use --backend torch")
+        return chosen
+    why_torch = _why_not_openvino(backend, device, dtype, compile)
+    if why_torch is None:
+        chosen, why_torch = _openvino(source, dtype, cache_converted,
+                                      "OpenVINO is installed and the model converts (the fastest "
+                                      "CPU backend; --backend torch to change)")
+        if chosen is not None:
+            return chosen
+    return _torch(source, device, dtype, why_torch, compile, channels_last)
+
+
+def _why_not_openvino(backend: str, device: str, dtype: str, compile: bool) -> str | None:
+    """Why PyTorch runs the model without trying OpenVINO (None: try OpenVINO)."""
+    from upres.inference import openvino_backend as ovb
+
+    if backend == "torch":
+        return "as asked (--backend torch)"
+    if device != "cpu":
+        return f"PyTorch runs {device.split(':')[0].upper()} devices"
+    if compile:
+        return "--compile is a PyTorch feature"
+    if not ovb.openvino_available():
+        return f"OpenVINO is not installed ({OPENVINO_HINT})"
+    if dtype == "bf16" and not cpu_has_fast_bf16():
+        return "bf16 on a CPU without native bf16 (OpenVINO would compute fp32)"
+    return None
+
+
+class _Source:
+    """The model as given, loaded into PyTorch only when needed (a cached OpenVINO conversion
+    needs neither PyTorch nor the network)."""
+
+    def __init__(self, model, descriptor: ModelDescriptor | None) -> None:
+        self.given, self.descriptor = model, descriptor
+        self.spec = model if isinstance(model, (str, Path)) else None
+        self._module = None if self.spec is not None else model
+
+    def module(self):
+        if self._module is None:
+            from upres.io.loading import load_model
+
+            self._module = load_model(self.spec)
+        if self.descriptor is None:
+            from upres.models.registry import describe
+
+            self.descriptor = describe(self._module)
+        return self._module
+
+
+def _openvino(source: _Source, dtype: str, cache: bool, reason: str):
+    """(the OpenVINO backend, None), or (None, why not) where the model is not converted."""
+    from upres.inference import openvino_backend as ovb
+
+    key = ovb.source_key(source.spec) if source.spec is not None and cache else None
+    hit = ovb.read_cached(key) if key else None
+    if hit is None:
+        refusal = _openvino_refusal(source.module(), source.descriptor)
+        if refusal:
+            return None, refusal
+        if cache and key is None:
+            key = ovb.module_key(source.module(), source.descriptor)
+            hit = ovb.read_cached(key)
+    try:
+        if hit is None:
+            ir = ovb.convert(source.module(), source.descriptor)
+            if key:
+                ovb.store(ir, source.descriptor, key)
+        else:
+            ir, stored = hit
+            source.descriptor = source.descriptor or stored
+        chosen = pick_dtype(dtype, "cpu", source.descriptor.dtypes)
+        forward = ovb.OpenVinoModel(ir, chosen, ovb.ir_folder() / "blobs" if cache else None)
+    except InferenceError:
+        raise
+    except Exception as err:  # any conversion failure: PyTorch still runs the model
+        text = str(err).strip()
+        return None, ("OpenVINO could not convert the model: "
+                      f"{text.splitlines()[0][:200] if text else type(err).__name__}")
+    why = f"{reason}; {dtype_reason(dtype, chosen, 'cpu', source.descriptor.dtypes)}"
+    return Backend("openvino", forward, source.descriptor, "cpu", chosen, why), None
+
+
+def _openvino_refusal(module, descriptor: ModelDescriptor) -> str | None:
+    """Why this model is not converted (a converter crash cannot be caught): a registered family
+    known not to convert, or a spandrel architecture upres has not verified."""
+    from upres.models import registry, zoo
+
+    why = registry.backend_refusal(descriptor.arch, "openvino")
+    if why:
+        return f"OpenVINO does not convert {descriptor.arch}: {why}"
+    if descriptor.arch not in registry.ARCHITECTURES and zoo.is_spandrel_module(module):
+        return f"OpenVINO is not verified for {descriptor.arch}"
+    return None
+
+
+def _torch(source: _Source, device: str, dtype: str, why: str, compile: bool,
+           channels_last: bool) -> Backend:
+    import torch
+
+    from upres.inference.torch_backend import TorchModel
+
+    module = source.module()
+    chosen = pick_dtype(dtype, device, source.descriptor.dtypes)
+    forward = TorchModel(module, torch.device(device), chosen, channels_last, compile)
+    reason = f"{why}; {dtype_reason(dtype, chosen, device, source.descriptor.dtypes)}"
+    return Backend("torch", forward, source.descriptor, device, chosen, reason, forward.module)

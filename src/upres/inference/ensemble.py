@@ -1,0 +1,190 @@
+"""Several models on the ``upscale`` inference path, each optionally self-ensembled, fused by
+soft voting; validation on LR/HR pairs scores each model and the fusion.
+
+Soft-voting coefficients (the CLI's ``--weights``):
+- ``psnr``: the recipe's rule, proportional to each model's validation PSNR,
+  ``w_i = PSNR_i / sum_j PSNR_j``;
+- ``inv-mse``: proportional to ``10 ** (PSNR_i / 10)``, i.e. ``1 / MSE_i`` (inverse variance);
+- ``fit``: non-negative coefficients summing to 1 that minimise the squared error of the fused
+  prediction over the validation set (the PSNR of the pooled MSE), by projected gradient;
+- explicit ``w1,w2,...``: non-negative, normalised to sum to 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from upres.errors import EvalError, PredictError
+from upres.inference.upscaler import InferenceOptions, Upscaler
+from upres.io import images
+from upres.scoring import metrics
+from upres.scoring.evaluate import match_by_stem
+
+RULES = ("psnr", "inv-mse", "fit")
+
+
+# --------------------------------------------------------------------------- coefficients
+
+
+def project_to_simplex(v: np.ndarray) -> np.ndarray:
+    """Euclidean projection onto {w >= 0, sum w = 1} (sort-based, exact)."""
+    u = np.sort(v)[::-1]
+    css = np.cumsum(u) - 1
+    rho = np.nonzero(u * np.arange(1, len(v) + 1) > css)[0][-1]
+    return np.maximum(v - css[rho] / (rho + 1), 0)
+
+
+def fit_coefficients(preds: list[np.ndarray], targets: list[np.ndarray],
+                     iterations: int = 5000) -> np.ndarray:
+    """Simplex coefficients minimising sum over images of ||sum_i w_i P_i - T||^2.
+
+    ``preds[k]`` holds model predictions for image k stacked as (models, ...); the problem is a
+    small quadratic program solved by accelerated projected gradient on the Gram matrix."""
+    n_models = preds[0].shape[0]
+    gram = np.zeros((n_models, n_models))
+    lin = np.zeros(n_models)
+    for p, t in zip(preds, targets):
+        flat = p.reshape(n_models, -1).astype(np.float64)
+        gram += flat @ flat.T
+        lin += flat @ t.reshape(-1).astype(np.float64)
+    step = 1.0 / max(np.linalg.eigvalsh(gram).max(), 1e-12)
+    w = np.full(n_models, 1.0 / n_models)
+    y, t_k = w.copy(), 1.0
+    for _ in range(iterations):
+        w_next = project_to_simplex(y - step * (gram @ y - lin))
+        t_next = (1 + np.sqrt(1 + 4 * t_k * t_k)) / 2
+        y = w_next + (t_k - 1) / t_next * (w_next - w)
+        w, t_k = w_next, t_next
+    return w
+
+
+def coefficients_from_psnr(psnrs: list[float], rule: str) -> np.ndarray:
+    p = np.asarray(psnrs, dtype=np.float64)
+    w = p if rule == "psnr" else 10 ** ((p - p.max()) / 10)
+    if np.any(w <= 0):
+        raise PredictError(f"cannot weight by PSNR: non-positive PSNR in {psnrs}")
+    return w / w.sum()
+
+
+def parse_coefficients(spec: str, n_models: int) -> np.ndarray | str:
+    """A rule name, or explicit numbers normalised to sum to 1."""
+    if spec in RULES:
+        return spec
+    try:
+        w = np.array([float(x) for x in spec.split(",")])
+    except ValueError:
+        raise PredictError(f"--weights {spec!r}: expected psnr, inv-mse, fit or numbers like "
+                           "0.6,0.4") from None
+    if len(w) != n_models or np.any(w < 0) or w.sum() <= 0:
+        raise PredictError(f"--weights {spec!r}: need {n_models} non-negative numbers with a positive sum")
+    return w / w.sum()
+
+
+# --------------------------------------------------------------------------- models
+
+
+def fuse(outputs: list[np.ndarray], coefficients: np.ndarray) -> np.ndarray:
+    fused = np.zeros_like(outputs[0], dtype=np.float32)
+    for w, out in zip(coefficients, outputs):
+        fused += np.float32(w) * out
+    return fused
+
+
+def to_image(rgb_float: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """Float RGB model output back to the input's mode (gray stays gray) and bit depth."""
+    return images.from_float(images.luma(rgb_float) if like.ndim == 2 else rgb_float,
+                             like.dtype)
+
+
+def rgb_input(img: np.ndarray, path: Path) -> np.ndarray:
+    if img.ndim == 3 and img.shape[2] == 4:
+        raise PredictError(f"{path}: images with alpha are not supported by predict; use upscale")
+    return images.gray_to_rgb(images.to_float(img))
+
+
+def model_names(models: list[str | Path]) -> list[str]:
+    """Short unique labels: the file stem, with its folder where stems repeat (runs/a/best)."""
+    paths = [Path(str(m)) for m in models]
+    stems = [p.stem if p.suffix else str(p) for p in paths]
+    return [f"{p.parent.name}/{s}" if stems.count(s) > 1 and p.suffix else s
+            for p, s in zip(paths, stems)]
+
+
+@dataclass
+class Validation:
+    """Each model's float predictions and PSNR on validation pairs, for fitting and scoring
+    fusions without running the models again."""
+
+    files: list[dict[str, Path]]  # {"lr": path, "hr": path} per pair
+    preds: list[np.ndarray]  # per pair: (models, H, W, 3) float predictions
+    targets: list[np.ndarray]  # per pair: the HR as float RGB in [0, 1]
+    hr: list[np.ndarray]  # per pair: the HR as read (for scoring in its own mode)
+    border: int
+    psnr: list[float]  # per model, the mean over the pairs
+
+    def fused_psnr(self, coefficients: np.ndarray) -> float:
+        """Mean PSNR of the soft-voting fusion with these coefficients."""
+        scores = [metrics.psnr(to_image(fuse(list(p), coefficients), hr), hr, self.border)
+                  for hr, p in zip(self.hr, self.preds)]
+        return float(np.mean(scores))
+
+
+class Predictor:
+    """Several models, one inference path each, fused by soft voting."""
+
+    def __init__(self, models: list, options: InferenceOptions | None = None,
+                 names: list[str] | None = None) -> None:
+        if not models:
+            raise PredictError("at least one --model is needed")
+        self.upscalers = [Upscaler(m, options) for m in models]
+        scales = {u.scale for u in self.upscalers}
+        if len(scales) != 1:
+            raise PredictError(f"models have different scales {sorted(scales)}; an ensemble needs one")
+        self.scale = scales.pop()
+        self.names = names or model_names(models)
+        self.refiner = None  # LR-consistency refinement (upres.degradation.refine.Refiner)
+
+    def predict_float(self, rgb: np.ndarray) -> list[np.ndarray]:
+        return [u.upscale_float(rgb) for u in self.upscalers]
+
+    def validate(self, val_dir: Path, crop_border: int | None = None) -> Validation:
+        """Each model's predictions and PSNR on ``val_dir/lr`` vs ``val_dir/hr``."""
+        return self.validate_files(match_by_stem({"lr": val_dir / "lr", "hr": val_dir / "hr"}),
+                                   crop_border)
+
+    def validate_files(self, files: list[dict], crop_border: int | None = None) -> Validation:
+        """``validate`` for a list of ``{"lr": path, "hr": path}``."""
+        border = self.scale if crop_border is None else crop_border
+        preds, targets, truths, per_model = [], [], [], [[] for _ in self.names]
+        for f in files:
+            lr, hr = images.read_image(f["lr"]), images.read_image(f["hr"])
+            problem = images.scale_mismatch(lr, hr, self.scale, f["lr"], f["hr"])
+            if problem:
+                raise EvalError(problem)
+            outs = self.predict_float(rgb_input(lr, f["lr"]))
+            for i, out in enumerate(outs):
+                per_model[i].append(metrics.psnr(to_image(out, hr), hr, border))
+            preds.append(np.stack(outs))
+            truths.append(hr)
+            targets.append(images.gray_to_rgb(images.to_float(hr)))
+        return Validation(files, preds, targets, truths, border,
+                          [float(np.mean(p)) for p in per_model])
+
+
+def choose_refinement(refiner, val: Validation, coefficients: np.ndarray) -> dict:
+    """Enable back-projection for the fingerprint groups whose validation PSNR it raises."""
+    gains: dict[int, list[float]] = {}
+    for f, hr, p in zip(val.files, val.hr, val.preds):
+        lr = rgb_input(images.read_image(f["lr"]), f["lr"])
+        fused = fuse(list(p), coefficients)
+        group = refiner.group(lr)
+        refined = refiner(fused, lr, group)
+        gain = (metrics.psnr(to_image(refined, hr), hr, val.border)
+                - metrics.psnr(to_image(fused, hr), hr, val.border))
+        gains.setdefault(group, []).append(gain)
+    refiner.enabled = {g for g, v in gains.items() if np.mean(v) > 0}
+    return {"gain_by_group": {str(g): float(np.mean(v)) for g, v in sorted(gains.items())},
+            "enabled_groups": sorted(refiner.enabled)}
