@@ -29,7 +29,7 @@ def test_upscale_folder_reports_bad_file_and_processes_the_rest(tmp_path, inputs
     code = main(["upscale", str(inputs), "-o", str(out), "--model", str(model_file)])
     assert code == 1
     err = capsys.readouterr().err
-    assert "broken.png: cannot decode image" in err
+    assert "broken.png: not an image upres reads" in err
     assert images.read_image(out / "a.png").shape == (96, 80, 3)
     assert images.read_image(out / "b.png").shape == (64, 80, 3)
     assert not (out / "broken.png").exists()
@@ -92,9 +92,9 @@ def test_help_is_complete():
     """Every command has a description, and every option and argument its own help text, shown
     by --help."""
     commands = list(_commands(build_parser()))
-    assert {c[0] for c, _ in commands} == {"upscale", "convert", "train", "eval", "predict",
-                                           "report", "experiment", "fingerprint", "make-set", "demo",
-                                           "config"}
+    assert {c[0] for c, _ in commands} == {"upscale", "convert", "train", "lr-find", "auto", "eval",
+                                           "predict", "report", "experiment", "fingerprint",
+                                           "make-set", "demo", "models", "config"}
     for path, parser in commands:
         assert parser.description, path
         text = parser.format_help()

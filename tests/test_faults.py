@@ -131,11 +131,11 @@ def test_03_an_interrupted_batch_resumes_with_skip_existing(tmp_path, model_file
         images.write_image(folder / f"{i}.png", photo("coffee")[:16, 16 * i:16 * i + 16])
     real, done = upscaler_mod.Upscaler.upscale_file, []
 
-    def interrupted(self, src, dst, progress=None):
+    def interrupted(self, src, dst, progress=None, overwrite=False):
         if len(done) == 2:
             raise KeyboardInterrupt  # Ctrl-C during the third image
         done.append(Path(src).name)
-        return real(self, src, dst, progress)
+        return real(self, src, dst, progress, overwrite)
 
     monkeypatch.setattr(upscaler_mod.Upscaler, "upscale_file", interrupted)
     assert _upscale(folder, "-o", tmp_path / "out", "--model", model_file) == 130
@@ -143,7 +143,8 @@ def test_03_an_interrupted_batch_resumes_with_skip_existing(tmp_path, model_file
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
     done.clear()
     monkeypatch.setattr(upscaler_mod.Upscaler, "upscale_file",
-                        lambda self, s, d, p=None: (done.append(Path(s).name), real(self, s, d, p))[1])
+                        lambda self, s, d, p=None, overwrite=False: (
+                            done.append(Path(s).name), real(self, s, d, p, overwrite))[1])
     capsys.readouterr()
     assert _upscale(folder, "-o", tmp_path / "out", "--model", model_file, "--skip-existing") == 0
     assert done == ["2.png"]  # finished images are not done again
@@ -392,5 +393,5 @@ def test_14_failed_data_checks_write_no_run_folder(tmp_path, capsys):
     (comp / "train/hr/0001.png").write_bytes(b"not a png")
     assert main(["train", "smoke-cpu", "--data", str(comp), "--run-dir", str(tmp_path / "run"),
                  "--quiet", f"data.cache_dir={tmp_path / 'cache'}"]) == 2
-    assert "train/hr/0001.png: cannot decode image" in capsys.readouterr().err
+    assert "train/hr/0001.png: not an image upres reads" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -109,7 +109,8 @@ def test_fingerprint_regroups_the_recipes(known_set, tmp_path):
     loaded = Fingerprint.load(tmp_path / "fp" / "fingerprint.json")
     assert [p.group for p in loaded.pairs] == [p.group for p in fp.pairs]
     page = (tmp_path / "fp" / "fingerprint.html").read_text()
-    assert page.count("<section>") == 3 and page.count("data:image/png") >= 3 + 2 * 3
+    assert page.count("<section id='group") == 3 and "<h2>Overview</h2>" in page
+    assert page.count("data:image/png") >= 3 + 3 + 2 * 3  # thumbnails, kernels, crops
     c = fp.classifier
     assert c["chance"] == pytest.approx(4 / 12) and c["accuracy"] is not None
 
@@ -135,7 +136,7 @@ def test_blind_features_are_finite_on_flat_and_step_images():
 
 def test_classifier_two_groups_round_trip():
     rng = np.random.default_rng(0)
-    feats = [rng.normal(i % 2 * 3, 1, (5, 4)) for i in range(10)]
+    feats = [rng.normal(i % 2 * 3, 1, 4) for i in range(10)]  # one vector per image
     model = blind.train(feats, [i % 2 for i in range(10)], folds=5)
     assert model["accuracy"] == 1.0 and model["chance"] == 0.5
     assert blind.probabilities(model, feats[1]).argmax() == 1

@@ -1,3 +1,4 @@
+import base64
 import json
 import re
 import zipfile
@@ -7,7 +8,7 @@ import pytest
 
 from helpers import photo, tiny_rrdbnet, write_pair
 from upres.cli import main
-from upres.errors import PredictError
+from upres.errors import PredictError, UpresError
 from upres.inference.ensemble import coefficients_from_psnr, fit_coefficients, project_to_simplex
 from upres.inference.submission import predict_folder as predict
 from upres.io import images
@@ -71,7 +72,7 @@ def test_submission_folder_and_ensemble_json(setup):
     assert info["validation_psnr"]["ensemble"] >= max(info["validation_psnr"]["models"].values()) - 0.05
     with zipfile.ZipFile(root / "sub.zip") as zf:
         assert sorted(zf.namelist()) == ["a.png", "b.png", "g.png"]
-    with pytest.raises(PredictError, match="exists and is not empty"):
+    with pytest.raises(UpresError, match="holds files already; pass --overwrite"):
         predict(models, root / "test", out, weights="0.5,0.5", progress=False)
 
 
@@ -100,12 +101,15 @@ def test_report_images_exist_and_numbers_match_csv(setup):
             report_dir=report, progress=False)
     page = (report / "index.html").read_text()
     assert "http" not in page  # opens offline, nothing fetched
-    for src in re.findall(r"<img src='([^']+)'", page):
-        assert images.read_image(report / src).ndim == 3
-    assert len(re.findall(r"<img src=", page)) == 2
+    inline = re.findall(r"<img src='data:image/png;base64,([^']+)'", page)
+    assert len(inline) == 2 * 3  # per image: the strip and the two slider panels, inline
+    for data in inline:
+        assert images.cv2.imdecode(np.frombuffer(base64.b64decode(data), np.uint8), 1).ndim == 3
+    for rel in re.findall(r"<a href='([^']+)'", page):  # the full-size images, linked
+        assert (report / rel).is_file()
     # table cells equal the per-model CSVs digit for digit
-    rows = re.findall(r"<tr(?: class=mean)?><td>([^<]+)</td>((?:<td>[^<]*</td>)+)</tr>", page)
-    table = {name: re.findall(r"<td>([^<]*)</td>", cells) for name, cells in rows}
+    rows = re.findall(r"<tr(?: class=mean)?><td>([^<]+)</td>((?:<td[^>]*>[^<]*</td>)+)</tr>", page)
+    table = {name: re.findall(r"<td[^>]*>([^<]*)</td>", cells) for name, cells in rows}
     for k, name in enumerate(["m1", "m2", "ensemble"]):
         for line in (report / f"scores_{name}.csv").read_text().splitlines()[1:]:
             cols = line.split(",")
@@ -123,7 +127,7 @@ def test_unreadable_input_leaves_no_half_written_submission(setup, capsys):
     code = main(["predict", "--model", str(models[0]), "--input", str(root / "test"),
                  "--output", str(root / "sub")])
     assert code == 2
-    assert "zz.png: cannot decode image" in capsys.readouterr().err
+    assert "zz.png: not an image upres reads" in capsys.readouterr().err
     assert not (root / "sub").exists()
     assert [p.name for p in root.iterdir() if p.name.startswith(".sub")] == []
 

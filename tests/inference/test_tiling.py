@@ -84,7 +84,7 @@ def test_large_png_results_stream_and_others_are_refused_beyond_the_budget(tmp_p
     images.write_image(tmp_path / "a.png", img)
     up = Upscaler(tiny_rrdbnet(), dtype="fp32", backend="torch", max_memory="1M")
     called = []
-    monkeypatch.setattr(Upscaler, "write_png_streamed", lambda self, i, d, p=None: called.append(d))
+    monkeypatch.setattr(Upscaler, "write_png_streamed", lambda self, i, d, p=None, o=False: called.append(d))
     up.upscale_file(tmp_path / "a.png", tmp_path / "out.png")  # 256x256x3 float > 1M / 4
     assert called == [tmp_path / "out.png"]
     with pytest.raises(Exception, match="JPEG and WebP output, alpha and --outscale need the whole"):

@@ -145,7 +145,8 @@ def test_bad_hparams_metadata_names_the_file_and_key(tmp_path):
         ("json", {"arch": "RRDBNet", "hparams": "{not json"}, "hparams' is not valid JSON"),
         ("list", {"arch": "RRDBNet", "hparams": "[1, 2]"}, "hparams' must be a JSON object"),
         ("arch", {"arch": "NoSuchNet", "hparams": "{}"}, "unknown architecture 'NoSuchNet'"),
-        ("value", {"arch": "RRDBNet", "hparams": '{"scale": 3}'}, "scale 1, 2 or 4, not 3"),
+        ("value", {"arch": "RRDBNet", "hparams": '{"scale": 3}'},
+         r"the metadata does not match the tensors \(scale: metadata 3, tensors 4\)"),
     ]:
         path = tmp_path / f"{name}.safetensors"
         save_file(sd, str(path), metadata=meta)

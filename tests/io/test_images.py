@@ -16,7 +16,7 @@ def test_lossy_formats_round_trip_8bit(tmp_path, photo, suffix):
 def test_unreadable_and_truncated_files_are_named(tmp_path, photo):
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
-    with pytest.raises(images.ImageError, match="notes.png: cannot decode image"):
+    with pytest.raises(images.ImageError, match="notes.png: not an image upres reads"):
         images.read_image(bad)
     good = tmp_path / "good.png"
     images.write_image(good, photo[:64, :64])

@@ -63,8 +63,11 @@ def test_save_load_round_trip_and_upscale(tmp_path, name):
         torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)
     out = Upscaler(path, tile=0, dtype="fp32").upscale_float(x[0].permute(1, 2, 0).numpy())
     assert out.shape == (36, 28, 3)
-    if name != "rotation":  # rotation leaves no trace in the shapes; the metadata carries it
-        assert infer_hparams(model.state_dict()) == model.hparams
+    # rotation leaves no trace in the shapes (the metadata carries it): inferred are the others
+    shapes = {k: v for k, v in model.hparams.items() if k != "rotation"}
+    if name == "rotation":  # nothing else of a variant either
+        shapes = {k: v for k, v in shapes.items() if k not in ("post_up_blocks", "gated")}
+    assert infer_hparams(model.state_dict()) == shapes
 
 
 def test_pretrained_loads_into_matching_parts_of_a_variant():

@@ -1,3 +1,7 @@
+import base64
+import re
+
+import cv2
 import numpy as np
 import pytest
 
@@ -81,7 +85,11 @@ def test_report_command_numbers_match_eval_and_crops_exist(val_root, capsys):
             pred = images.read_image(preds[name] / f"{row[0]}.png")
             assert float(row[1]) == pytest.approx(metrics.psnr(pred, gt, 4), abs=1e-4)
             assert f"<td>{row[1]}</td>" in page
-    for stem in ("v0", "v1"):
-        strip = images.read_image(out / "crops" / f"{stem}.png")
-        # bicubic | near | blur | ground truth, each a 2x-zoomed 64x64 window, 4 px gaps
-        assert strip.shape == (128, 4 * 128 + 3 * 4, 3)
+    strips = re.findall(r"<img src='data:image/png;base64,([^']+)' alt='(v\d)'>", page)
+    assert [stem for _, stem in strips] == ["v0", "v1"]  # inline: the page is self-contained
+    for data, _ in strips:
+        strip = cv2.imdecode(np.frombuffer(base64.b64decode(data), np.uint8), cv2.IMREAD_COLOR)
+        # LR | bicubic | near | blur | ground truth, each a 2x-zoomed 64x64 window, 4 px gaps
+        assert strip.shape == (128, 5 * 128 + 4 * 4, 3)
+    assert "<td class=best>" in page and "PSNR (dB)" in page
+    assert "href='../near/v0.png'" in page  # the full-size prediction, linked

@@ -34,7 +34,7 @@ def test_two_arm_plan_writes_table_and_plot(tmp_path, capsys):
     plan = write_plan(tmp_path, comp)
     out = tmp_path / "out"
     assert main(["experiment", str(plan), "--out", str(out), "--quiet"]) == 0
-    rows = list(csv.reader((out / "table.csv").open()))
+    rows = list(csv.reader((out / "results" / "table.csv").open()))
     assert rows[0] == ["arm", "psnr@2", "psnr@4", "it/s", "slow-down vs base", "init"]
     assert [r[0] for r in rows[1:]] == ["base", "rot", "(bicubic)"]
     rates = {}
@@ -50,12 +50,17 @@ def test_two_arm_plan_writes_table_and_plot(tmp_path, capsys):
     bicubic = [json.loads(x) for x in (out / "arms/base/metrics.jsonl").read_text().splitlines()
                if "bicubic_psnr" in x][0]["bicubic_psnr"]
     assert rows[3][1:3] == [f"{bicubic:.3f}"] * 2
-    assert "| base |" in (out / "table.md").read_text()
-    assert (out / "psnr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| base |" in (out / "results" / "table.md").read_text()
+    assert (out / "results" / "psnr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    index = (out / "results" / "index.html").read_text()
+    assert "href='../arms/base/report.html'" in index and "data:image/png;base64," in index
+    assert (out / "arms" / "base" / "report.html").exists()
     assert load_config(out / "arms/rot/config.yaml").model.params["rotation"] is True
     capsys.readouterr()
-    # resumable arm by arm: finished arms are kept, not retrained
-    assert main(["experiment", str(plan), "--out", str(out), "--quiet"]) == 0
+    # resumable arm by arm: finished arms are kept, not retrained; without --resume: refused
+    assert main(["experiment", str(plan), "--out", str(out), "--quiet"]) == 2
+    assert "holds an experiment; pass --resume" in capsys.readouterr().err
+    assert main(["experiment", str(plan), "--out", str(out), "--quiet", "--resume"]) == 0
     assert capsys.readouterr().out.count("finished earlier, kept") == 2
 
 

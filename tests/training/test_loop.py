@@ -185,9 +185,9 @@ def test_two_gloo_processes_equal_one_process_on_the_union_batch(comp, tmp_path)
     a, b = _final_weights(tmp_path / "ddp"), _final_weights(tmp_path / "single")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
-    # only rank 0 wrote: one training record and one validation record, not two of each
+    # only rank 0 wrote: one record of each kind, not two
     records = [json.loads(x) for x in (tmp_path / "ddp/metrics.jsonl").read_text().splitlines()]
-    assert [sorted(r)[0] for r in records] == ["params", "it_per_s", "bicubic_psnr"]
+    assert [sorted(r)[0] for r in records] == ["params", "it_per_s", "bicubic_psnr", "phase_seconds"]
 
 
 def test_train_cli_lists_every_data_problem_and_exits_2(tmp_path, capsys):
@@ -200,7 +200,7 @@ def test_train_cli_lists_every_data_problem_and_exits_2(tmp_path, capsys):
     assert code == 2
     assert "2 problem(s)" in err  # pairing and decoding problems, reported together
     assert "train/lr/0001.png: no HR partner" in err
-    assert "val/lr/0002.png: cannot decode image" in err
+    assert "val/lr/0002.png: not an image upres reads" in err
     assert not (tmp_path / "run").exists()  # nothing written before the data checks pass
     code = main(["train", "smoke-cpu", "train.lr=-1"])
     assert code == 2 and "train.lr: Input should be greater than 0" in capsys.readouterr().err

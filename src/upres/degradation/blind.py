@@ -2,10 +2,10 @@
 
 Each LR image is cut into patches of ``PATCH`` pixels; a patch is described by its spectrum
 (energy in radial frequency bands, relative to the total), its blockiness on the 8-pixel JPEG
-grid, a robust noise estimate and the lag-1 correlation of its high-pass residual. A logistic
-regression on standardized features predicts the group of each patch; an image's probabilities
-are the mean over its patches. The model is stored as plain numbers in fingerprint.json (no
-pickles)."""
+grid, a robust noise estimate and the lag-1 correlation of its high-pass residual. The image is
+described by the distribution of its patches' features (mean, spread, percentiles), and a
+multinomial logistic regression on standardized image vectors gives each group's probability.
+The model is stored as plain numbers in fingerprint.json (no pickles)."""
 
 from __future__ import annotations
 
@@ -57,59 +57,64 @@ def patch_features(y: np.ndarray) -> np.ndarray:
 def image_features(lr: np.ndarray, max_patches: int = 256) -> np.ndarray:
     """Features of up to ``max_patches`` patches on an evenly spread, 8-aligned grid."""
     y = luma(lr)
+    if min(y.shape) < PATCH:  # a small image: mirrored out to one patch
+        y = np.pad(y, [(0, max(PATCH - y.shape[0], 0)), (0, max(PATCH - y.shape[1], 0))],
+                   mode="symmetric")
     h, w = y.shape
     rows = np.arange(0, h - PATCH + 1, 8)  # overlapping patches, on the JPEG grid
     cols = np.arange(0, w - PATCH + 1, 8)
-    if not len(rows) or not len(cols):
-        raise ValueError(f"image {w}x{h} is smaller than a {PATCH}x{PATCH} patch")
     spots = [(r, c) for r in rows for c in cols]
     if len(spots) > max_patches:
         spots = [spots[i] for i in np.linspace(0, len(spots) - 1, max_patches).astype(int)]
     return patch_features(np.stack([y[r:r + PATCH, c:c + PATCH] for r, c in spots]))
 
 
-def train(features: list[np.ndarray], groups: list[int], folds: int = 5, seed: int = 0,
+def image_vector(lr: np.ndarray, max_patches: int = 256) -> np.ndarray:
+    """One image's description: the mean, spread and 10th / 90th percentiles of its patches'
+    features. Pooling over the whole image averages out most of what the content does to a
+    single patch, which is what the recipe leaves behind."""
+    f = image_features(lr, max_patches)
+    return np.concatenate([f.mean(0), f.std(0), *np.percentile(f, [10, 90], axis=0)]).astype(np.float32)
+
+
+def train(vectors: list[np.ndarray], groups: list[int], folds: int = 5, seed: int = 0,
           sources: list[int] | None = None, real: list[bool] | None = None) -> dict:
-    """Fit the classifier on every image; report the accuracy on the real images (``real``; the
-    others are synthesized) cross-validated by source pair (``sources``: no pair's images, real
-    or synthesized, are in both the fitted and the scored folds) beside chance."""
-    from sklearn.linear_model import LogisticRegression
+    """Fit the classifier on every image's vector; report the accuracy on the real images
+    (``real``; the others are synthesized) cross-validated by source pair (``sources``: no pair's
+    images, real or synthesized, are in both the fitted and the scored folds) beside chance."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     labels = np.asarray(groups)
     sources = np.asarray(sources if sources is not None else range(len(labels)))
     real = np.asarray(real if real is not None else [True] * len(labels))
+    x = np.stack(vectors)
     n_classes = int(labels.max()) + 1
     chance = float(np.bincount(labels[real]).max() / real.sum())
     correct, scored = 0, 0
     k = min(folds, len(np.unique(sources)))
     if k >= 2 and len(np.unique(labels)) > 1:
         splitter = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
-        for train_idx, test_idx in splitter.split(np.zeros(len(labels)), labels, sources):
-            model = _fit(LogisticRegression, [features[i] for i in train_idx], labels[train_idx])
+        for train_idx, test_idx in splitter.split(x, labels, sources):
+            model = _fit(x[train_idx], labels[train_idx])
             for i in test_idx[real[test_idx]]:
-                correct += int(probabilities(model, features[i], n_classes).argmax() == labels[i])
+                correct += int(probabilities(model, x[i], n_classes).argmax() == labels[i])
                 scored += 1
-    model = _fit(LogisticRegression, features, labels)
+    model = _fit(x, labels)
     model.update(accuracy=correct / scored if scored else None, chance=chance, folds=k,
                  images=int(real.sum()), synthesized=int((~real).sum()))
     return model
 
 
-MAX_ROWS = 12_000  # patches fitted at most: each image contributes an even share
+def _fit(x: np.ndarray, labels: np.ndarray) -> dict:
+    """A multinomial logistic regression on standardized vectors, as plain numbers."""
+    from sklearn.linear_model import LogisticRegression
 
-
-def _fit(cls, features: list[np.ndarray], labels: np.ndarray) -> dict:
-    share = max(4, -(-MAX_ROWS // max(1, len(features))))
-    picked = [f[np.linspace(0, len(f) - 1, min(share, len(f))).astype(int)] for f in features]
-    x = np.concatenate(picked)
-    y = np.concatenate([[g] * len(f) for f, g in zip(picked, labels)])
     mean, std = x.mean(0), x.std(0) + 1e-6
-    classes = np.unique(y)
+    classes = np.unique(labels)
     if len(classes) == 1:
         return {"mean": mean.tolist(), "std": std.tolist(), "classes": classes.tolist(),
                 "coef": [[0.0] * x.shape[1]], "intercept": [0.0]}
-    clf = cls(max_iter=2000, C=1.0).fit((x - mean) / std, y)
+    clf = LogisticRegression(max_iter=5000, C=1.0).fit((x - mean) / std, labels)
     coef, intercept = clf.coef_, clf.intercept_
     if len(classes) == 2:  # sklearn stores one row for two classes
         coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
@@ -117,14 +122,11 @@ def _fit(cls, features: list[np.ndarray], labels: np.ndarray) -> dict:
             "coef": np.asarray(coef).tolist(), "intercept": np.asarray(intercept).tolist()}
 
 
-def probabilities(model: dict, features: np.ndarray, n_groups: int | None = None) -> np.ndarray:
-    """Group probabilities of one image (mean of its patches' softmax)."""
-    x = (features - np.asarray(model["mean"])) / np.asarray(model["std"])
+def probabilities(model: dict, vector: np.ndarray, n_groups: int | None = None) -> np.ndarray:
+    """Every group's probability for one image's vector."""
+    x = (np.asarray(vector) - np.asarray(model["mean"])) / np.asarray(model["std"])
     logits = x @ np.asarray(model["coef"]).T + np.asarray(model["intercept"])
-    logits -= logits.max(1, keepdims=True)
-    p = np.exp(logits)
-    p /= p.sum(1, keepdims=True)
-    mean = p.mean(0)
+    p = np.exp(logits - logits.max())
     out = np.zeros(n_groups or (max(model["classes"]) + 1))
-    out[np.asarray(model["classes"])] = mean
+    out[np.asarray(model["classes"])] = p / p.sum()
     return out

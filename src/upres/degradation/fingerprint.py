@@ -117,7 +117,7 @@ class Fingerprint:
         every group, by the blind classifier."""
         if not self.classifier:
             raise DataError("the fingerprint has no classifier (written by an older upres?)")
-        p = blind.probabilities(self.classifier, blind.image_features(lr), len(self.groups))
+        p = blind.probabilities(self.classifier, blind.image_vector(lr), len(self.groups))
         return int(p.argmax()), p
 
     def groups_of(self, pairs) -> list[int]:
@@ -264,32 +264,89 @@ def _summarize(gid: int, idx: np.ndarray, fits, stats: list[PairStats], load, sc
         recipes={r: true.count(r) for r in sorted(set(true), key=lambda r: -true.count(r))})
 
 
-SYNTH_FOR_CLASSIFIER = 512  # at most this many synthesized LR crops train the classifier
+SYNTH_FOR_CLASSIFIER = 1200  # at most this many synthesized LR images train the classifier
+CLASSIFIER_SIDE = 128  # LR side of the central crops the classifier sees (bounded cost)
+MERGE_RMS = 1.0  # groups whose recipes give LR images closer than this (8-bit RMS) are one recipe
 
 
-def train_classifier(fp: Fingerprint, load, n_pairs: int) -> dict:
+def recipe_distance(a: Group, b: Group, samples: list[np.ndarray], scale: int) -> float:
+    """How far apart two groups' recipes are, in units of the merge tolerance (<= 1: one recipe):
+    the RMS difference of the LR images their kernels make of the same HR crops (over
+    ``MERGE_RMS``), and their residual statistics and post steps (over the grouping tolerance)."""
+    ka, kb = np.asarray(a.kernel, np.float32), np.asarray(b.kernel, np.float32)
+    rms = max(float(np.sqrt(np.mean((kernels.apply_kernel(hr, ka, scale)
+                                      - kernels.apply_kernel(hr, kb, scale)) ** 2)))
+              for hr in samples)
+    tol = TOLERANCE
+    parts = [rms / MERGE_RMS,
+             abs(np.log(max(a.noise, 1e-3) / max(b.noise, 1e-3))) / np.log(tol["noise_ratio"]),
+             abs(a.blockiness - b.blockiness) / tol["blockiness"],
+             abs(a.correlation - b.correlation) / tol["correlation"]]
+    if a.post["kind"] != b.post["kind"]:
+        parts.append(np.inf)
+    elif a.post["kind"] == "jpeg":
+        parts.append(abs(a.post["level"] - b.post["level"]) / 15)
+    elif a.post["kind"] == "noise":
+        parts.append(abs(np.log(a.post["level"] / b.post["level"])) / np.log(1.5))
+    return float(max(parts))
+
+
+def merge_recipes(groups: list[Group], load, members: list[np.ndarray], scale: int) -> np.ndarray:
+    """Group ids -> recipe ids: groups within the merge tolerance of each other (single linkage)
+    share a recipe (an image's content can split one recipe's pairs into several groups; the
+    classifier and routing work per recipe)."""
+    samples = [np.asarray(central_crop(*load(int(i)), scale, side=48)[1], np.float32)
+               for idx in members for i in idx[:2]]
+    parent = list(range(len(groups)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i in range(len(groups)):
+        for j in range(i + 1, len(groups)):
+            if root(i) != root(j) and recipe_distance(groups[i], groups[j], samples, scale) <= 1:
+                parent[root(j)] = root(i)
+    roots = sorted({root(i) for i in range(len(groups))})
+    return np.array([roots.index(root(i)) for i in range(len(groups))])
+
+
+def train_classifier(fp: Fingerprint, load, n_pairs: int, progress: bool = False) -> dict:
     """The blind classifier, trained on the real LR images and on central crops of the HR images
     degraded by every group: the same content under every recipe, so that the classifier learns
-    the recipe rather than the scene (on the 8-recipe BSD68 set: 54% of held-out test images
-    right instead of 40% with the real images alone)."""
-    features, labels, sources, real = [], [], [], []
+    the recipe rather than the scene."""
+    from tqdm import tqdm
+
+    vectors, labels, sources, real = [], [], [], []
     step = max(1, -(-n_pairs * len(fp.groups) // SYNTH_FOR_CLASSIFIER))
-    for i in range(n_pairs):
-        lr, hr = load(i)
-        features.append(blind.image_features(lr, max_patches=64))
+    for i in tqdm(range(n_pairs), desc="blind classifier: images", unit="pair",
+                  disable=not progress):
+        lr, hr = central_crop(*load(i), fp.scale, side=CLASSIFIER_SIDE)
+        vectors.append(blind.image_vector(lr))
         labels.append(fp.pairs[i].group)
         sources.append(i)
         real.append(True)
         if i % step:
             continue
-        lr_c, hr_c = central_crop(lr, hr, fp.scale, side=96)
         for g in fp.groups:
-            synthetic = synthesize(hr_c, fp.kernel(g.id), g.post, fp.scale, i)
-            features.append(blind.image_features(synthetic, max_patches=64))
+            vectors.append(blind.image_vector(synthesize(hr, fp.kernel(g.id), g.post, fp.scale, i)))
             labels.append(g.id)
             sources.append(i)
             real.append(False)
-    return blind.train(features, labels, sources=sources, real=real)
+    if progress:
+        tqdm.write(f"fitting the blind classifier on {len(vectors)} images "
+                   f"({sum(real)} real), cross-validated ...")
+    return blind.train(vectors, labels, sources=sources, real=real)
+
+
+def _describe_groups(group_of: np.ndarray, fits, stats, load, scale: int,
+                     progress: bool = False) -> list[Group]:
+    from tqdm import tqdm
+
+    ids = range(int(group_of.max()) + 1)
+    return [_summarize(g, np.flatnonzero(group_of == g), fits, stats, load, scale)
+            for g in tqdm(ids, desc="describing groups", unit="group", disable=not progress)]
 
 
 def fingerprint(pairs, scale: int = 4, cache_dir: str | Path | None = None,
@@ -314,12 +371,18 @@ def fingerprint(pairs, scale: int = 4, cache_dir: str | Path | None = None,
                                fit.offset, fit.spread, _bicubic_psnr(lr, hr, scale),
                                (labels or {}).get(pair.name)))
     group_of = cluster(fits, min_group)
-    for s, g in zip(stats, group_of):
-        s.group = int(g)
-    groups = [_summarize(g, np.flatnonzero(group_of == g), fits, stats, cache.load, scale)
-              for g in range(int(group_of.max()) + 1)]
+    groups = _describe_groups(group_of, fits, stats, cache.load, scale, progress)
+    recipe_of = merge_recipes(groups, cache.load, [np.flatnonzero(group_of == g.id) for g in groups],
+                              scale)
+    if recipe_of.max() + 1 < len(groups):  # merged: describe the recipes, largest first
+        merged = recipe_of[group_of]
+        order = sorted(np.unique(merged), key=lambda r: -(merged == r).sum())
+        group_of = np.array([order.index(r) for r in merged])
+        groups = _describe_groups(group_of, fits, stats, cache.load, scale, progress)
+    for st, g in zip(stats, group_of):
+        st.group = int(g)
     result = Fingerprint(scale, kernels.KERNEL, stats, groups)
     if classify:
-        result.classifier = train_classifier(result, cache.load, len(pairs))
+        result.classifier = train_classifier(result, cache.load, len(pairs), progress)
     result.seconds = round(time.perf_counter() - start, 3)
     return result, cache

@@ -14,7 +14,7 @@ from upres.degradation.fingerprint import Fingerprint, fingerprint
 from upres.degradation.report import write_report
 from upres.errors import DataError
 from upres.io import images
-from upres.io.files import atomic_write_bytes
+from upres.io.files import atomic_write_bytes, check_output_file, check_output_folder, staged_folder
 from upres.io.pairs import find_pairs
 
 
@@ -31,15 +31,17 @@ def train_pairs(data: str | Path):
 
 
 def fingerprint_data(data: str | Path, out_dir: str | Path, scale: int = 4,
-                     cache_dir: str | Path | None = None, progress: bool = True) -> Fingerprint:
-    """Write ``out/fingerprint.json`` and ``out/fingerprint.html`` for a data folder."""
+                     cache_dir: str | Path | None = None, progress: bool = True,
+                     overwrite: bool = False) -> Fingerprint:
+    """Write ``out/fingerprint.json`` and ``out/fingerprint.html`` for a data folder, as one
+    folder that appears complete (an existing one is replaced only with ``overwrite``)."""
+    check_output_folder(out_dir, overwrite)
     pairs, labels = train_pairs(data)
     fp, cache = fingerprint(pairs, scale, cache_dir, labels, progress)
     fp.source = str(data)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fp.save(out_dir / "fingerprint.json")
-    write_report(fp, out_dir / "fingerprint.html", cache.load, [p.name for p in pairs])
+    with staged_folder(out_dir, overwrite) as staging:
+        fp.save(staging / "fingerprint.json")
+        write_report(fp, staging / "fingerprint.html", cache.load, [p.name for p in pairs])
     return fp
 
 
@@ -51,8 +53,11 @@ class Label:
     probabilities: list[float]
 
 
-def label_lr(fp_path: str | Path, lr_dir: str | Path, out: str | Path | None = None) -> list[Label]:
+def label_lr(fp_path: str | Path, lr_dir: str | Path, out: str | Path | None = None,
+             overwrite: bool = False) -> list[Label]:
     """Each LR image's most likely group and its probability; written to ``out`` as JSON."""
+    if out:
+        check_output_file(out, overwrite)
     fp = Fingerprint.load(fp_path)
     files = images.list_images(lr_dir) if Path(lr_dir).is_dir() else []
     if not files:
@@ -70,5 +75,5 @@ def label_lr(fp_path: str | Path, lr_dir: str | Path, out: str | Path | None = N
     if out:
         table = {x.path.name: {"group": x.group, "confidence": x.confidence,
                                "probabilities": x.probabilities} for x in labels}
-        atomic_write_bytes(out, json.dumps(table, indent=1).encode())
+        atomic_write_bytes(out, json.dumps(table, indent=1).encode(), overwrite)
     return labels

@@ -21,7 +21,7 @@ from PIL import Image
 
 from upres.errors import DataError
 from upres.io import images
-from upres.io.files import atomic_write_bytes
+from upres.io.files import atomic_write_bytes, check_output_folder, staged_folder
 
 DEFAULT_RECIPES = ("bicubic", "bilinear", "area", "lanczos", "blur1.2", "jpeg60", "jpeg90", "noise5")
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "area": Image.BOX,
@@ -99,43 +99,62 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 
 def make_set(hr_dir: str | Path, out_dir: str | Path, recipes: list[str] | None = None,
-             scale: int = 4, test_fraction: float = 0.25, seed: int = 0) -> dict:
+             scale: int = 4, test_fraction: float = 0.25, seed: int = 0,
+             overwrite: bool = False) -> dict:
     """Build ``out/train/{lr,hr}`` (each HR image degraded by one recipe, recipes in equal shares)
     and ``out/test/{lr,hr}`` (each held-out HR image degraded by every recipe, named
-    ``STEM-RECIPE``), and ``out/recipes.json`` recording each file's recipe."""
+    ``STEM-RECIPE``), and ``out/recipes.json`` recording each file's recipe. Every input is
+    checked first; the set is built in a staging folder that becomes ``out`` only when complete
+    (an existing ``out`` with files is replaced only with ``overwrite``)."""
     hr_dir, out_dir = Path(hr_dir), Path(out_dir)
     parsed = [parse_recipe(r) for r in (recipes or DEFAULT_RECIPES)]
     if len({r.name for r in parsed}) != len(parsed):
         raise DataError("each recipe may appear once")
-    if not hr_dir.is_dir():
-        raise DataError(f"{hr_dir}: folder does not exist")
-    sources = images.list_images(hr_dir)
-    if len(sources) < 2:
-        raise DataError(f"{hr_dir}: need at least 2 HR images (found {len(sources)})")
+    sources = _check_sources(hr_dir, scale)
+    check_output_folder(out_dir, overwrite)
     order = np.random.default_rng([seed, 99]).permutation(len(sources))
     n_test = min(max(1, round(len(sources) * test_fraction)), len(sources) - 1) if test_fraction else 0
     test_idx = set(order[:n_test].tolist())
     record = {"scale": scale, "recipes": [r.name for r in parsed], "source": str(hr_dir),
               "train": {}, "test": {}}
-    train_pos = 0
-    for i, path in enumerate(sources):
-        hr = crop_to_multiple(_read_rgb(path), scale)
-        if min(hr.shape[:2]) < 4 * scale:
-            raise DataError(f"{path}: {hr.shape[1]}x{hr.shape[0]} is too small for x{scale} pairs")
-        if i in test_idx:
-            chosen = [(f"{path.stem}-{r.name}", r) for r in parsed]
-            split = "test"
-        else:
-            chosen = [(path.stem, parsed[train_pos % len(parsed)])]
-            train_pos += 1
-            split = "train"
-        for name, recipe in chosen:
-            lr = degrade(hr, recipe, scale, seed_of(str(seed), name, recipe.name))
-            images.write_image(out_dir / split / "hr" / f"{name}.png", hr)
-            images.write_image(out_dir / split / "lr" / f"{name}.png", lr)
-            record[split][name] = recipe.name
-    atomic_write_bytes(out_dir / "recipes.json", json.dumps(record, indent=1).encode())
+    with staged_folder(out_dir, overwrite) as staging:
+        train_pos = 0
+        for i, path in enumerate(sources):
+            hr = crop_to_multiple(_read_rgb(path), scale)
+            if i in test_idx:
+                chosen, split = [(f"{path.stem}-{r.name}", r) for r in parsed], "test"
+            else:
+                chosen, split = [(path.stem, parsed[train_pos % len(parsed)])], "train"
+                train_pos += 1
+            for name, recipe in chosen:
+                lr = degrade(hr, recipe, scale, seed_of(str(seed), name, recipe.name))
+                images.write_image(staging / split / "hr" / f"{name}.png", hr)
+                images.write_image(staging / split / "lr" / f"{name}.png", lr)
+                record[split][name] = recipe.name
+        atomic_write_bytes(staging / "recipes.json", json.dumps(record, indent=1).encode())
     return record
+
+
+def _check_sources(hr_dir: Path, scale: int) -> list[Path]:
+    """The HR images, every one checked from its header (readable, large enough) before any
+    work; all problems at once."""
+    if not hr_dir.is_dir():
+        raise DataError(f"{hr_dir}: folder does not exist")
+    sources = images.list_images(hr_dir)
+    if len(sources) < 2:
+        raise DataError(f"{hr_dir}: need at least 2 HR images (found {len(sources)})")
+    problems = []
+    for path in sources:
+        try:
+            w, h = images.header_size(path)
+        except images.ImageError as err:
+            problems.append(str(err))
+            continue
+        if min(w, h) < 4 * scale:
+            problems.append(f"{path}: {w}x{h} is too small for x{scale} pairs")
+    if problems:
+        raise DataError(f"{len(problems)} problem(s) in {hr_dir}:\n  " + "\n  ".join(problems))
+    return sources
 
 
 def read_labels(data_dir: str | Path, split: str = "train") -> dict[str, str] | None:

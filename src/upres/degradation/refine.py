@@ -25,17 +25,25 @@ def back_project(sr: np.ndarray, lr: np.ndarray, kernel: np.ndarray, scale: int,
 
 class Refiner:
     """Back-projection with the kernel of each image's fingerprint group (from the blind LR
-    classifier), limited to the groups in ``enabled`` (chosen on validation)."""
+    classifier), limited to the groups in ``enabled`` and to labels at least ``threshold``
+    confident (both chosen on validation)."""
 
     def __init__(self, fingerprint, iterations: int = 5, step: float = 1.0) -> None:
         self.fp, self.iterations, self.step = fingerprint, iterations, step
         self.enabled: set[int] = set(range(len(fingerprint.groups)))
+        self.threshold = 0.0
 
-    def group(self, lr_rgb: np.ndarray) -> int:
-        return self.fp.label(np.clip(np.rint(lr_rgb * 255), 0, 255).astype(np.uint8))[0]
+    def label(self, lr_rgb: np.ndarray) -> tuple[int, float]:
+        """The image's group and the classifier's confidence in it."""
+        group, p = self.fp.label(np.clip(np.rint(lr_rgb * 255), 0, 255).astype(np.uint8))
+        return group, float(p[group])
 
-    def __call__(self, sr: np.ndarray, lr_rgb: np.ndarray, group: int | None = None) -> np.ndarray:
-        group = self.group(lr_rgb) if group is None else group
-        if group not in self.enabled:
+    def refine(self, sr: np.ndarray, lr_rgb: np.ndarray, group: int) -> np.ndarray:
+        return back_project(sr, lr_rgb, self.fp.kernel(group), self.fp.scale, self.iterations,
+                            self.step)
+
+    def __call__(self, sr: np.ndarray, lr_rgb: np.ndarray) -> np.ndarray:
+        group, confidence = self.label(lr_rgb)
+        if group not in self.enabled or confidence < self.threshold:
             return sr
-        return back_project(sr, lr_rgb, self.fp.kernel(group), self.fp.scale, self.iterations, self.step)
+        return self.refine(sr, lr_rgb, group)

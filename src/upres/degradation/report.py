@@ -37,6 +37,27 @@ def _crops(lr: np.ndarray, hr: np.ndarray, scale: int, side: int = 32) -> tuple[
     return _png(np.ascontiguousarray(lr_c)), _png(np.ascontiguousarray(hr_c))
 
 
+def recipe_guess(group) -> str:
+    """What a group's recipe looks like: the recorded recipe when the set has them, else the
+    kernel's width and the step after resampling."""
+    if group.recipes:
+        return max(group.recipes, key=group.recipes.get)
+    width = "sharp" if group.spread < 2.2 else "medium" if group.spread < 3.0 else "soft"
+    post = {"none": "", "noise": f" + noise {group.post.get('level')}",
+            "jpeg": f" + JPEG q{group.post.get('level')}"}[group.post["kind"]]
+    return f"{width} kernel (RMS radius {group.spread:.1f} HR px){post}"
+
+
+def _overview(fp: Fingerprint) -> str:
+    rows = "".join(
+        f"<tr><td><a href='#group{g.id}'>{g.id}</a></td><td>{html.escape(recipe_guess(g))}</td>"
+        f"<td>{g.count}</td><td><img alt='kernel {g.id}' src='{_png(kernel_image(fp.kernel(g.id), 3))}'>"
+        f"</td><td>{g.bicubic_psnr:.2f}</td></tr>" for g in fp.groups)
+    return ("<h2>Overview</h2><div class=wrap><table class=overview><tr><th>group</th><th>recipe "
+            "(guess)</th><th>pairs</th><th>kernel</th><th>bicubic (dB)</th></tr>"
+            f"{rows}</table></div>")
+
+
 def write_report(fp: Fingerprint, path: str | Path, load=None, names: list[str] | None = None) -> None:
     """``load(i)`` returns pair ``i``'s (LR, HR) arrays; ``names`` their names (for examples)."""
     index = {n: i for i, n in enumerate(names or [])}
@@ -50,7 +71,7 @@ def write_report(fp: Fingerprint, path: str | Path, load=None, names: list[str] 
         c = fp.classifier
         head += (f" Blind LR classifier: {c['accuracy']:.1%} cross-validated accuracy "
                  f"({c['folds']} folds) beside {c['chance']:.1%} chance.")
-    parts = [head + "</p>"]
+    parts = [head + "</p>", _overview(fp)]
     for g in fp.groups:
         post = g.post["kind"] + (f" {g.post['level']}" if "level" in g.post else "")
         true = ", ".join(f"{k}: {v}" for k, v in g.recipes.items()) or "unknown"
@@ -69,14 +90,16 @@ def write_report(fp: Fingerprint, path: str | Path, load=None, names: list[str] 
                     lr_png, hr_png = _crops(*load(index[name]), fp.scale)
                     crops += (f"<figure><img src='{lr_png}'><img src='{hr_png}'>"
                               f"<figcaption>{html.escape(name)}: LR (nearest) | HR</figcaption></figure>")
-        parts.append(f"<section><h2>Group {g.id}</h2><div class='row'><figure><img src='"
+        parts.append(f"<section id='group{g.id}'><h2>Group {g.id}</h2><div class='row'><figure><img src='"
                      f"{_png(kernel_image(fp.kernel(g.id)))}'><figcaption>mean kernel ({fp.kernel_size}x"
                      f"{fp.kernel_size} HR px; red +, blue -)</figcaption>"
                      f"</figure><table>{rows}</table></div><div class='row'>{crops}</div></section>")
-    style = ("body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}"
+    style = ("body{font-family:sans-serif;margin:0 auto;padding:1em;max-width:1100px}"
+             "table{border-collapse:collapse}.wrap{overflow-x:auto}img{max-width:100%}"
              "th,td{text-align:left;padding:2px 10px;border-bottom:1px solid #ddd}.row{display:flex;"
              "gap:1.5em;flex-wrap:wrap;align-items:flex-start}img{image-rendering:pixelated}"
              "figure{margin:0}section{border-top:2px solid #444;margin-top:1.5em}")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>upres fingerprint</title>"
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' "
+            f"content='width=device-width,initial-scale=1'><title>upres fingerprint</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
     atomic_write_bytes(path, page.encode())

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from upres.errors import InferenceError
+from upres.errors import InferenceError, WeightsError
 from upres.inference import memory
 from upres.inference.devices import cpu_has_fast_bf16, dtype_reason, pick_dtype, resolve_device
 from upres.models.descriptor import ModelDescriptor
@@ -108,9 +108,14 @@ class _Source:
     needs neither PyTorch nor the network)."""
 
     def __init__(self, model, descriptor: ModelDescriptor | None) -> None:
+        from upres.io.pretrained import PRETRAINED
+
         self.given, self.descriptor = model, descriptor
         self.spec = model if isinstance(model, (str, Path)) else None
         self._module = None if self.spec is not None else model
+        if self.spec is not None and str(self.spec) not in PRETRAINED and not Path(self.spec).exists():
+            raise WeightsError(f"{self.spec}: no such file (and not a pretrained name: "
+                               f"{', '.join(PRETRAINED)})")
 
     def module(self):
         if self._module is None:

@@ -168,6 +168,7 @@ class TileEngine:
         self.ensemble_batch = ensemble_batch or 1
         self.last_plan: TilePlan | None = None
         self.on_plan: Callable[[TilePlan], None] | None = None  # hears each plan before it runs
+        self._on_pass: Callable[[], None] | None = None
         self.reserved = 0  # bytes of the budget already taken (the input image); set per call
 
     # -- planning
@@ -207,15 +208,13 @@ class TileEngine:
         """The 8 flips/rotations, ``ensemble_batch`` of them per forward pass: those of one
         shape (all 8 for a square tile, else 4 and 4) go through together."""
         if self.self_ensemble == "off":
-            return self.model(batch)
-        square = batch.shape[-1] == batch.shape[-2]
-        groups = [list(range(8))] if square else [[0, 2, 4, 6], [1, 3, 5, 7]]
+            return self._forward(batch)
         outs: list[np.ndarray] = [None] * 8  # type: ignore[list-item]
         n = batch.shape[0]
-        for group in groups:
+        for group in self._flip_groups(batch.shape[-1] == batch.shape[-2]):
             for c in range(0, len(group), self.ensemble_batch):
                 ks = group[c:c + self.ensemble_batch]
-                result = self.model(np.concatenate([dihedral(batch, k) for k in ks]))
+                result = self._forward(np.concatenate([dihedral(batch, k) for k in ks]))
                 for j, k in enumerate(ks):
                     outs[k] = dihedral_inverse(result[j * n:(j + 1) * n], k)
         if self.self_ensemble == "mean":
@@ -225,6 +224,23 @@ class TileEngine:
             return total / np.float32(8)
         # median of 8: the mean of the two middle values
         return np.sort(np.stack(outs), axis=0)[3:5].mean(0, dtype=np.float32)
+
+    @staticmethod
+    def _flip_groups(square: bool) -> list[list[int]]:
+        """Flips/rotations of one output shape: all 8 for a square tile, else 4 and 4."""
+        return [list(range(8))] if square else [[0, 2, 4, 6], [1, 3, 5, 7]]
+
+    def _passes(self, plan: TilePlan) -> int:
+        """Forward passes the plan takes (what progress counts)."""
+        per_batch = 1 if self.self_ensemble == "off" else sum(
+            -(-len(g) // self.ensemble_batch) for g in self._flip_groups(plan.tile_h == plan.tile_w))
+        return len(plan.ys) * -(-len(plan.xs) // self.batch_size) * per_batch
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        out = self.model(batch)
+        if self._on_pass is not None:
+            self._on_pass()
+        return out
 
     def __call__(self, x: np.ndarray, on_progress: Progress | None = None) -> np.ndarray:
         """(N, C, H, W) float in [0, 1] -> (N, C_out, sH, sW) float32, unclamped."""
@@ -261,11 +277,24 @@ class TileEngine:
         _, _, h, w = x.shape
         x = self._pad(x)
         plan = self.plan(*x.shape[-2:])
+        total, done = self._passes(plan), [0]
+        if on_progress:  # every forward pass counts: tiles, and flips with self-ensemble
+            on_progress(0, total)
+
+            def tick() -> None:
+                done[0] += 1
+                on_progress(done[0], total)
+            self._on_pass = tick
+        try:
+            yield from self._stream_plan(x, plan, h, w)
+        finally:
+            self._on_pass = None
+
+    def _stream_plan(self, x: np.ndarray, plan: TilePlan, h: int, w: int
+                     ) -> Iterator[tuple[int, np.ndarray]]:
         s, th, tw = self.descriptor.scale, plan.tile_h, plan.tile_w
         if plan.tiles == 1:  # the whole image: nothing to blend
             out = self._run_ensembled(_as_float(x))[0]
-            if on_progress:
-                on_progress(1, 1)
             yield 0, out[:, :h * s, :w * s]
             return
         wy = [np.repeat(v, s) for v in tile_ramps(list(plan.ys), th)]
@@ -273,16 +302,12 @@ class TileEngine:
         band = _Band(self.descriptor.out_channels, plan.width * s)
         for x0, v in zip(plan.xs, wx):
             band.norm_x[x0 * s:(x0 + tw) * s] += v
-        done = 0
         for iy, y0 in enumerate(plan.ys):
             band.extend(y0 * s, wy[iy])
             for ix, tile_out in self._tile_row(x, plan, y0):
                 tile_out *= wy[iy][:, None]
                 tile_out *= wx[ix][None, :]
                 band.add(y0 * s, plan.xs[ix] * s, tile_out)
-                done += 1
-                if on_progress:
-                    on_progress(done, plan.tiles)
             last = iy + 1 == len(plan.ys)
             top, rows = band.take((y0 + th) * s if last else plan.ys[iy + 1] * s)
             if top < h * s:

@@ -63,6 +63,9 @@ def fit_coefficients(preds: list[np.ndarray], targets: list[np.ndarray],
 
 def coefficients_from_psnr(psnrs: list[float], rule: str) -> np.ndarray:
     p = np.asarray(psnrs, dtype=np.float64)
+    if not np.isfinite(p).all():
+        raise PredictError(f"cannot weight by PSNR: a model's validation PSNR is not finite "
+                           f"({psnrs}: identical to the ground truth?); give explicit weights")
     w = p if rule == "psnr" else 10 ** ((p - p.max()) / 10)
     if np.any(w <= 0):
         raise PredictError(f"cannot weight by PSNR: non-positive PSNR in {psnrs}")
@@ -78,8 +81,9 @@ def parse_coefficients(spec: str, n_models: int) -> np.ndarray | str:
     except ValueError:
         raise PredictError(f"--weights {spec!r}: expected psnr, inv-mse, fit or numbers like "
                            "0.6,0.4") from None
-    if len(w) != n_models or np.any(w < 0) or w.sum() <= 0:
-        raise PredictError(f"--weights {spec!r}: need {n_models} non-negative numbers with a positive sum")
+    if len(w) != n_models or not np.isfinite(w).all() or np.any(w < 0) or w.sum() <= 0:
+        raise PredictError(f"--weights {spec!r}: need {n_models} finite, non-negative numbers with a "
+                           "positive sum")
     return w / w.sum()
 
 
@@ -174,17 +178,35 @@ class Predictor:
                           [float(np.mean(p)) for p in per_model])
 
 
+THRESHOLDS = (0.0, 0.5, 0.7, 0.9)  # label confidences tried for refinement on validation
+
+
 def choose_refinement(refiner, val: Validation, coefficients: np.ndarray) -> dict:
-    """Enable back-projection for the fingerprint groups whose validation PSNR it raises."""
-    gains: dict[int, list[float]] = {}
+    """Enable back-projection for the fingerprint groups, and above the label confidence, where
+    it raises the validation PSNR: every threshold in ``THRESHOLDS`` is tried, and the one whose
+    enabled groups gain most in total is kept (no group enabled when none gains)."""
+    scored = []  # (group, confidence, gain) per validation image
     for f, hr, p in zip(val.files, val.hr, val.preds):
         lr = rgb_input(images.read_image(f["lr"]), f["lr"])
         fused = fuse(list(p), coefficients)
-        group = refiner.group(lr)
-        refined = refiner(fused, lr, group)
-        gain = (metrics.psnr(to_image(refined, hr), hr, val.border)
-                - metrics.psnr(to_image(fused, hr), hr, val.border))
-        gains.setdefault(group, []).append(gain)
-    refiner.enabled = {g for g, v in gains.items() if np.mean(v) > 0}
-    return {"gain_by_group": {str(g): float(np.mean(v)) for g, v in sorted(gains.items())},
-            "enabled_groups": sorted(refiner.enabled)}
+        group, confidence = refiner.label(lr)
+        refined = refiner.refine(fused, lr, group)
+        scored.append((group, confidence, metrics.psnr(to_image(refined, hr), hr, val.border)
+                       - metrics.psnr(to_image(fused, hr), hr, val.border)))
+    best = (0.0, THRESHOLDS[-1], set())
+    for threshold in THRESHOLDS:
+        gains: dict[int, list[float]] = {}
+        for group, confidence, gain in scored:
+            if confidence >= threshold:
+                gains.setdefault(group, []).append(gain)
+        enabled = {g for g, v in gains.items() if np.mean(v) > 0}
+        total = sum(sum(gains[g]) for g in enabled)
+        if total > best[0]:
+            best = (total, threshold, enabled)
+    refiner.threshold, refiner.enabled = best[1], best[2]
+    by_group: dict[int, list[float]] = {}
+    for group, _, gain in scored:
+        by_group.setdefault(group, []).append(gain)
+    return {"gain_by_group": {str(g): float(np.mean(v)) for g, v in sorted(by_group.items())},
+            "threshold": refiner.threshold, "enabled_groups": sorted(refiner.enabled),
+            "gain_db": best[0] / max(len(scored), 1)}

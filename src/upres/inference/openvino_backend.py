@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import secrets
 import sys
@@ -26,6 +27,7 @@ from upres.io.files import cache_dir, files_sha256
 from upres.models.descriptor import ModelDescriptor
 
 PRECISIONS = {"bf16": "bf16", "fp32": "f32"}
+log = logging.getLogger("upres")
 IR_FORMAT = 2  # bump when the conversion changes: older IRs are then converted again
 
 
@@ -101,14 +103,20 @@ def read_cached(key: str, folder: Path | None = None):
 
 
 def convert(model, descriptor: ModelDescriptor):
-    """The PyTorch module as an OpenVINO model with dynamic batch, height and width."""
+    """The PyTorch module as an OpenVINO model with dynamic batch, height and width. The tracer's
+    warnings (data-dependent shapes that the dynamic axes cover, torch.jit's deprecation) say
+    nothing a user can act on, so they are silenced here."""
     ov = _ov()
     import torch
 
     side = max(16, descriptor.min_size) * descriptor.size_multiple
     example = torch.rand(1, descriptor.in_channels, side, side)
     shape = ov.PartialShape([-1, descriptor.in_channels, -1, -1])
-    with torch.no_grad(), _no_telemetry():
+    log.info("converting %s to OpenVINO, once (kept in %s; x4plus took about 40 s here) ...",
+             descriptor.arch, ir_folder())
+    with torch.no_grad(), _no_telemetry(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace", category=FutureWarning)
         return ov.convert_model(model.eval().to("cpu"), example_input=example, input=[shape])
 
 

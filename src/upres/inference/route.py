@@ -12,9 +12,11 @@ import numpy as np
 
 from upres.degradation.fingerprint import Fingerprint
 from upres.errors import PredictError
-from upres.inference.ensemble import Predictor
+from upres.inference.ensemble import THRESHOLDS, Predictor, rgb_input, to_image
 from upres.inference.upscaler import InferenceOptions
+from upres.io import images
 from upres.io.files import atomic_write_bytes
+from upres.scoring import metrics
 
 SOFT_FLOOR = 0.1  # soft routing skips groups below this probability (then renormalizes)
 
@@ -43,7 +45,9 @@ def write_routes(path: str | Path, fingerprint: Path, shared: Path, experts: dic
 
 
 class RoutedPredictor(Predictor):
-    """One output per image, from its group's expert (or the mix of ``soft`` routing)."""
+    """One output per image, from its group's expert (or the mix of ``soft`` routing); a label
+    less confident than ``threshold`` goes to the shared model (``choose_threshold`` picks it on
+    validation)."""
 
     def __init__(self, routes_path: str | Path, mode: str = "fingerprint",
                  options: InferenceOptions | None = None) -> None:
@@ -55,12 +59,15 @@ class RoutedPredictor(Predictor):
         super().__init__([routes["shared"], *(routes["experts"][g] for g in self.groups)], options)
         self.names = [f"routed ({mode})"]
         self.mode = mode
+        self.threshold = 0.0
 
     def _model_for(self, group: int) -> int:
         return 1 + self.groups.index(group) if group in self.groups else 0
 
     def predict_float(self, rgb: np.ndarray) -> list[np.ndarray]:
         group, p = self.fp.label(np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8))
+        if p[group] < self.threshold:
+            return [self.upscalers[0].upscale_float(rgb)]
         if self.mode == "fingerprint":
             return [self.upscalers[self._model_for(group)].upscale_float(rgb)]
         weights: dict[int, float] = {}
@@ -68,3 +75,20 @@ class RoutedPredictor(Predictor):
             weights[self._model_for(int(g))] = weights.get(self._model_for(int(g)), 0.0) + float(p[g])
         total = sum(weights.values())
         return [sum(self.upscalers[m].upscale_float(rgb) * (w / total) for m, w in weights.items())]
+
+    def choose_threshold(self, files: list[dict]) -> dict:
+        """The label confidence from which routing pays on these validation pairs (the one of
+        ``THRESHOLDS`` with the highest mean PSNR; 1.0 sends everything to the shared model)."""
+        rows = []  # (confidence, PSNR routed, PSNR shared)
+        for f in files:
+            lr, hr = images.read_image(f["lr"]), images.read_image(f["hr"])
+            rgb = rgb_input(lr, f["lr"])
+            group, p = self.fp.label(np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8))
+            self.threshold = 0.0
+            routed = metrics.psnr(to_image(self.predict_float(rgb)[0], hr), hr, self.scale)
+            shared = metrics.psnr(to_image(self.upscalers[0].upscale_float(rgb), hr), hr, self.scale)
+            rows.append((float(p[group]), routed, shared))
+        means = {t: float(np.mean([r if c >= t else s for c, r, s in rows]))
+                 for t in (*THRESHOLDS, 1.01)}
+        self.threshold = max(means, key=lambda t: (means[t], t))
+        return {"threshold": self.threshold, "psnr_by_threshold": {str(t): v for t, v in means.items()}}

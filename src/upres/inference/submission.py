@@ -5,9 +5,7 @@ weights and validation scores beside it (``NAME.ensemble.json``) and an optional
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,10 +25,19 @@ from upres.inference.ensemble import (
     rgb_input,
     to_image,
 )
+from upres.inference.route import RoutedPredictor
 from upres.inference.shard import Shard
 from upres.inference.upscaler import InferenceOptions
 from upres.io import images
-from upres.io.files import atomic_path, atomic_write_bytes
+from upres.io.files import (
+    atomic_path,
+    atomic_write_bytes,
+    begin_staging,
+    check_output_file,
+    check_output_folder,
+    publish_folder,
+    staged_folder,
+)
 
 # --------------------------------------------------------------------------- the command
 
@@ -44,11 +51,15 @@ class PredictResult:
     zip_path: Path | None = None
 
 
-def _check_request(input_dir: Path, output_dir: Path, val_dir, report_dir) -> list[Path]:
+def _check_request(input_dir: Path, output_dir: Path, val_dir, report_dir, make_zip: bool,
+                   overwrite: bool) -> list[Path]:
     """Everything that can be refused before a model is loaded; returns the inputs."""
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise PredictError(f"{output_dir}: output folder exists and is not empty; predict writes "
-                           "a new folder")
+    check_output_folder(output_dir, overwrite)
+    check_output_file(output_dir.parent / f"{output_dir.name}.ensemble.json", overwrite)
+    if make_zip:
+        check_output_file(output_dir.parent / f"{output_dir.name}.zip", overwrite)
+    if report_dir is not None:
+        check_output_folder(Path(report_dir), overwrite, "report folder")
     if not input_dir.is_dir():
         raise PredictError(f"{input_dir}: input folder does not exist")
     if report_dir is not None and val_dir is None:
@@ -64,7 +75,7 @@ def _check_request(input_dir: Path, output_dir: Path, val_dir, report_dir) -> li
 
 
 def _choose_coefficients(predictor: Predictor, spec: str, n_models: int, val_dir,
-                         report_dir) -> tuple[np.ndarray, dict]:
+                         report_dir, overwrite: bool = False) -> tuple[np.ndarray, dict]:
     """The soft-voting coefficients and the validation scores (with ``--val``)."""
     chosen = parse_coefficients(spec, n_models) if n_models > 1 else np.ones(1)
     if val_dir is None:
@@ -81,8 +92,11 @@ def _choose_coefficients(predictor: Predictor, spec: str, n_models: int, val_dir
               "crop_border": val.border, "images": len(val.files)}
     if predictor.refiner is not None:
         scores["refine"] = choose_refinement(predictor.refiner, val, chosen)
+    if isinstance(predictor, RoutedPredictor):  # route only labels confident enough
+        scores["routing"] = predictor.choose_threshold(val.files)
     if report_dir is not None:
-        _val_report(predictor, val, chosen, Path(val_dir), Path(report_dir))
+        with staged_folder(report_dir, overwrite) as staging:
+            _val_report(predictor, val, chosen, Path(val_dir), staging)
     return chosen, scores
 
 
@@ -100,42 +114,14 @@ def _val_report(predictor: Predictor, val: Validation, coefficients: np.ndarray,
     return build_report(val_dir / "hr", val_dir / "lr", folders, report_dir, val.border)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def remove_stale_staging(output_dir: Path) -> list[Path]:
-    """Staging folders ``.NAME.PID.xxxx`` of ``output_dir`` left by a killed run (their process
-    is gone); a running predict's own folder is kept."""
-    removed = []
-    for folder in output_dir.parent.glob(f".{output_dir.name}.*"):
-        pid = folder.name[len(output_dir.name) + 2:].split(".")[0]
-        if folder.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
-
-
-def _write_submission(predictor: Predictor, coefficients: np.ndarray, inputs: list[Path],
-                      output_dir: Path, progress: bool, shard: Shard,
-                      on_plan: Callable[[str], None] | None = None) -> list[str]:
+def write_submission(predictor: Predictor, coefficients: np.ndarray, inputs: list[Path],
+                     output_dir: Path, progress: bool, shard: Shard,
+                     on_plan: Callable[[str], None] | None = None, overwrite: bool = False) -> list[str]:
     """Fill a hidden staging folder (each process its share of the inputs) and rename it to
     ``output_dir`` only when every process has finished."""
     from tqdm import tqdm
 
-    staging = None
-    if shard.main:
-        output_dir.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_staging(output_dir)
-        staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.{os.getpid()}.",
-                                        dir=output_dir.parent))
-    staging = shard.broadcast(staging)
+    staging = shard.broadcast(begin_staging(output_dir) if shard.main else None)
     written, failure = [], None
     try:
         upscaler = predictor.upscalers[0]
@@ -163,14 +149,18 @@ def _write_submission(predictor: Predictor, coefficients: np.ndarray, inputs: li
         if errors:
             raise PredictError(errors[0])
         return sorted(name for names, _ in outcomes for name in names)
-    try:
-        if output_dir.exists():
-            output_dir.rmdir()  # empty, checked before
-        os.replace(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    publish_folder(staging, output_dir, overwrite)
     return sorted(name for names, _ in outcomes for name in names)
+
+
+def zip_folder(folder: Path, names: list[str], overwrite: bool = False) -> Path:
+    """``FOLDER.zip`` beside the folder, holding ``names`` (stored, not compressed: PNGs are)."""
+    zip_path = folder.parent / f"{folder.name}.zip"
+    with atomic_path(zip_path, overwrite) as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+            for name in names:
+                zf.write(folder / name, name)
+    return zip_path
 
 
 def _build_predictor(models: list, options, refine, val_dir, experts, route) -> Predictor:
@@ -181,8 +171,6 @@ def _build_predictor(models: list, options, refine, val_dir, experts, route) -> 
     if experts is not None:
         if models:
             raise PredictError("--experts replaces --model: the experts file names the models")
-        from upres.inference.route import RoutedPredictor
-
         predictor = RoutedPredictor(experts, route, options)
     else:
         predictor = Predictor(models, options)
@@ -200,8 +188,8 @@ def predict_folder(models: list, input_dir: str | Path, output_dir: str | Path,
                    progress: bool = True, report_dir: str | Path | None = None,
                    shard: Shard | None = None, on_note: Callable[[str], None] | None = None,
                    refine: str | Path | None = None, experts: str | Path | None = None,
-                   route: str = "fingerprint",
-                   on_plan: Callable[[str], None] | None = None) -> PredictResult:
+                   route: str = "fingerprint", on_plan: Callable[[str], None] | None = None,
+                   overwrite: bool = False) -> PredictResult:
     """Upscale every image of ``input_dir`` into the new folder ``output_dir`` (PNG, same stems),
     fusing several models by soft voting (``weights``: a rule or explicit coefficients).
 
@@ -215,16 +203,17 @@ def predict_folder(models: list, input_dir: str | Path, output_dir: str | Path,
     per model, before it runs."""
     shard = shard or Shard()
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    inputs = _check_request(input_dir, output_dir, val_dir, report_dir)
+    inputs = _check_request(input_dir, output_dir, val_dir, report_dir, make_zip, overwrite)
     predictor = _build_predictor(models, options, refine, val_dir, experts, route)
     models = [experts] if experts is not None else models
     for name, upscaler in zip(predictor.names, predictor.upscalers):
         if on_note:  # which backend and precision each model runs with, and why
             on_note(f"{name}: {'; '.join(upscaler.notes)}")
     chosen, val_scores = shard.broadcast(
-        _choose_coefficients(predictor, weights, len(models), val_dir, report_dir)
+        _choose_coefficients(predictor, weights, len(models), val_dir, report_dir, overwrite)
         if shard.main or val_dir is None else None)
-    written = _write_submission(predictor, chosen, inputs, output_dir, progress, shard, on_plan)
+    written = write_submission(predictor, chosen, inputs, output_dir, progress, shard, on_plan,
+                               overwrite)
     if not shard.main:
         return PredictResult(output_dir, [output_dir / n for n in written],
                              [float(w) for w in chosen], val_scores)
@@ -234,13 +223,7 @@ def predict_folder(models: list, input_dir: str | Path, output_dir: str | Path,
             "refine": str(refine) if refine else None,
             "validation_psnr": val_scores}
     atomic_write_bytes(output_dir.parent / f"{output_dir.name}.ensemble.json",
-                       (json.dumps(info, indent=2) + "\n").encode())
-    zip_path = None
-    if make_zip:
-        zip_path = output_dir.parent / f"{output_dir.name}.zip"
-        with atomic_path(zip_path) as tmp:
-            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
-                for name in written:
-                    zf.write(output_dir / name, name)
+                       (json.dumps(info, indent=2) + "\n").encode(), overwrite)
+    zip_path = zip_folder(output_dir, written, overwrite) if make_zip else None
     return PredictResult(output_dir, [output_dir / n for n in written],
                          [float(w) for w in chosen], val_scores, zip_path)

@@ -4,6 +4,7 @@ output name, keep going past a bad file)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from upres.inference.backends import BackendName, choose_backend
 from upres.inference.engine import Progress, SelfEnsemble, TileEngine
 from upres.inference.shard import Shard
 from upres.io import images
+from upres.io.files import OutputExistsError, check_output_file, check_output_folder
 from upres.models.descriptor import ModelDescriptor
 
 if TYPE_CHECKING:
@@ -118,6 +120,11 @@ class Upscaler:
     def upscale_array(self, img: np.ndarray, on_progress: Progress | None = None) -> np.ndarray:
         """Upscale an HxW / HxWx3 / HxWx4 uint8 or uint16 array; mode and bit depth are kept.
         Gray runs through the model as RGB and returns to gray; alpha is upscaled separately."""
+        check_array(img)
+        with _memory_guard(img):
+            return self._upscale_checked(img, on_progress)
+
+    def _upscale_checked(self, img: np.ndarray, on_progress: Progress | None) -> np.ndarray:
         float_img = images.to_float(img)
         alpha = None
         if float_img.ndim == 3 and float_img.shape[2] == 4:
@@ -130,19 +137,30 @@ class Upscaler:
         if self.options.outscale and self.options.outscale != self.scale:
             size = (round(img.shape[1] * self.options.outscale),
                     round(img.shape[0] * self.options.outscale))
+            if min(size) < 1:
+                raise ImageError(f"--outscale {self.options.outscale} makes the {img.shape[1]}x"
+                                 f"{img.shape[0]} image {size[0]}x{size[1]} pixels")
             shrink = self.options.outscale < self.scale
             out = cv2.resize(out, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LANCZOS4)
         return images.from_float(out, img.dtype)
 
     def upscale_float(self, rgb: np.ndarray) -> np.ndarray:
-        """HxWx3 float32 RGB in [0, 1] -> (sH)x(sW)x3 float32, unclamped and unrounded."""
-        return self._upscale_rgb(rgb, None)
+        """HxWx3 float RGB in [0, 1] -> (sH)x(sW)x3 float32, unclamped and unrounded."""
+        if not (isinstance(rgb, np.ndarray) and rgb.ndim == 3 and rgb.shape[2] == 3
+                and np.issubdtype(rgb.dtype, np.floating) and min(rgb.shape[:2]) >= 1):
+            raise ImageError(f"upscale_float takes an HxWx3 float array in [0, 1], not "
+                             f"{_describe(rgb)}")
+        with _memory_guard(rgb):
+            return self._upscale_rgb(rgb.astype(np.float32, copy=False), None)
 
     def _upscale_rgb(self, rgb: np.ndarray, on_progress: Progress | None) -> np.ndarray:
         x = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)[None]
         if self.descriptor.in_channels == 1:
             x = (x * images.LUMA.reshape(1, 3, 1, 1)).sum(1, keepdims=True, dtype=np.float32)
         y = self.engine(x, on_progress)[0]
+        if not np.isfinite(y).all():
+            raise InferenceError(f"the model's output holds NaN or infinite values "
+                                 f"({self.descriptor.arch}); its weights are broken")
         if y.shape[0] == 1:
             y = np.broadcast_to(y, (3, *y.shape[1:]))
         return y.transpose(1, 2, 0)
@@ -187,19 +205,24 @@ class Upscaler:
                              f"{need / 2**30:.1f} GiB of memory, over the {have / 2**30:.1f} GiB "
                              f"budget{why}; use a smaller input, --outscale or --max-memory")
 
-    def upscale_file(self, src: str | Path, dst: str | Path, on_progress: Progress | None = None) -> Path:
-        """Read, upscale and atomically write one image; returns the written path. Large PNG
-        results are written band by band as the tiles finish them."""
+    def upscale_file(self, src: str | Path, dst: str | Path, on_progress: Progress | None = None,
+                     overwrite: bool = False) -> Path:
+        """Read, upscale and atomically write one image; returns the written path. An existing
+        ``dst`` is an error unless ``overwrite`` (checked again at the rename, so a concurrent
+        writer is never replaced silently); ``dst`` is never the input. Large PNG results are
+        written band by band as the tiles finish them."""
+        check_output_file(dst, overwrite, inputs=(src,))
         img = images.read_image(src, self.options.max_pixels)
         self.check_fits(img, src, dst)
         if self.streams(img, dst) and self.output_bytes(img) > self.budget // 4:
-            self.write_png_streamed(img, dst, on_progress)
+            with _memory_guard(img):
+                self.write_png_streamed(img, dst, on_progress, overwrite)
         else:
-            images.write_image(dst, self.upscale_array(img, on_progress))
+            images.write_image(dst, self.upscale_array(img, on_progress), overwrite)
         return Path(dst)
 
     def write_png_streamed(self, img: np.ndarray, dst: str | Path,
-                           on_progress: Progress | None = None) -> None:
+                           on_progress: Progress | None = None, overwrite: bool = False) -> None:
         """Upscale a gray or RGB image straight into a PNG file, rows written as they finish:
         memory grows with the tile and the width, not the area. The input stays in its own
         samples (converted tile by tile) and counts against the budget."""
@@ -214,6 +237,9 @@ class Upscaler:
 
         def rows():
             for _, band in self.engine.stream(x, on_progress):
+                if not np.isfinite(band).all():
+                    raise InferenceError(f"the model's output holds NaN or infinite values "
+                                         f"({self.descriptor.arch}); its weights are broken")
                 for r in range(0, band.shape[1], 64):  # a few rows at a time: small temporaries
                     part = band[:, r:r + 64]
                     rgb = (np.broadcast_to(part, (3, *part.shape[1:])) if part.shape[0] == 1
@@ -223,9 +249,36 @@ class Upscaler:
                     yield from (row.tobytes() for row in big_endian.reshape(out.shape[0], -1))
 
         try:
-            images.write_png_rows(dst, rows(), w * self.scale, h * self.scale, gray, img.itemsize * 8)
+            images.write_png_rows(dst, rows(), w * self.scale, h * self.scale, gray,
+                                  img.itemsize * 8, overwrite)
         finally:
             self.engine.reserved = 0
+
+
+def _describe(value) -> str:
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape} and dtype {value.dtype}"
+    return f"a {type(value).__name__}"
+
+
+def check_array(img) -> None:
+    """An image array upres upscales: HxW, HxWx3 or HxWx4, uint8 or uint16, not empty."""
+    ok = (isinstance(img, np.ndarray) and img.dtype in (np.uint8, np.uint16)
+          and (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (3, 4)))
+          and min(img.shape[:2]) >= 1)
+    if not ok:
+        raise ImageError(f"upscale_array takes an HxW, HxWx3 or HxWx4 uint8 or uint16 image, "
+                         f"not {_describe(img)} (float RGB in [0, 1]: upscale_float)")
+
+
+@contextlib.contextmanager
+def _memory_guard(img: np.ndarray):
+    """An allocation that fails becomes an error naming the image size (the process lives on)."""
+    try:
+        yield
+    except MemoryError:
+        raise InferenceError(f"out of memory upscaling a {img.shape[1]}x{img.shape[0]} image; "
+                             "use --max-memory, a smaller --tile or a smaller input") from None
 
 
 # --------------------------------------------------------------------------- many files
@@ -256,7 +309,8 @@ class BatchResult:
 
 
 class _TileBar:
-    """A per-image tile progress bar, shown only for images of more than one tile."""
+    """A per-image progress bar over its forward passes (tiles, and flips with self-ensemble),
+    shown from the start for images of more than one pass."""
 
     def __init__(self, name: str, enabled: bool) -> None:
         self.name, self.enabled, self.bar = name, enabled, None
@@ -265,7 +319,8 @@ class _TileBar:
         from tqdm import tqdm
 
         if self.enabled and total > 1 and self.bar is None:
-            self.bar = tqdm(total=total, desc=f"  tiles {self.name}", leave=False, disable=None)
+            self.bar = tqdm(total=total, desc=f"  {self.name}", unit="pass", leave=False,
+                            disable=None)
         if self.bar is not None:
             self.bar.n = done
             self.bar.refresh()
@@ -275,23 +330,59 @@ class _TileBar:
             self.bar.close()
 
 
+def check_suffix(suffix: str) -> None:
+    """An output suffix stays a part of a file name: no folders, no way out of ``-o``."""
+    if any(c in suffix for c in "/\\\0") or suffix in (".", ".."):
+        raise InferenceError(f"--suffix {suffix!r}: a suffix is part of a file name; it may not "
+                             "hold /, \\ or name a folder")
+
+
+def _resolved(path: Path) -> Path | None:
+    try:
+        return path.resolve(strict=False)
+    except (OSError, RuntimeError):  # a symbolic link loop
+        return None
+
+
+def _ext(src: Path, ext: str) -> str:
+    """The output extension: ``ext``, or the input's own with ``auto``."""
+    return src.suffix[1:].lower() if ext == "auto" else ext
+
+
 def plan_outputs(files: list[Path], out_dir: Path, ext: str, suffix: str
                  ) -> list[tuple[Path, Path, str | None]]:
     """(input, output, problem) for every file, the same in every process: an output that would
-    overwrite an input, or that an earlier input already claims, is a problem."""
-    inputs_resolved = {f.resolve() for f in files}
+    overwrite an input, or that an earlier input already claims, is a problem; so is an input
+    that cannot be resolved (a symbolic link loop). With the output folder among the inputs,
+    files that are outputs of other inputs (``STEM<suffix>.<ext>``) are not inputs again."""
+    resolved = {f: _resolved(f) for f in files}
+    outputs = ({_resolved(out_dir / f"{f.stem}{suffix}.{_ext(f, ext)}") for f in files} if suffix
+               else set())
+    if suffix and out_dir.is_dir():  # an earlier run's outputs in the input folder: not inputs
+        resolved = {f: r for f, r in resolved.items()
+                    if not (r in outputs and f.parent.resolve() == out_dir.resolve())}
+        files = list(resolved)
     claimed: set[Path] = set()
     jobs = []
     for src in files:
-        dst = out_dir / f"{src.stem}{suffix}.{ext}"
-        problem = None
-        if dst.resolve() in inputs_resolved:
+        dst = out_dir / f"{src.stem}{suffix}.{_ext(src, ext)}"
+        target, problem = _resolved(dst), None
+        if resolved[src] is None:
+            problem = f"{src}: cannot resolve the path (a symbolic link loop?)"
+        elif target in set(resolved.values()):
             problem = f"{src}: output {dst} would overwrite an input; choose another -o or --suffix"
-        elif dst.resolve() in claimed:
+        elif target in claimed:
             problem = f"{src}: output {dst} is also the output of an earlier input with the same name"
-        claimed.add(dst.resolve())
+        claimed.add(target)
         jobs.append((src, dst, problem))
     return jobs
+
+
+def _counted(jobs: list, bar, step: int):
+    for job in jobs:
+        yield job
+        bar.update(min(step, bar.total - bar.n))
+    bar.close()
 
 
 def upscale_files(upscaler: Upscaler, inputs: Iterable[str | Path], out_dir: str | Path,
@@ -299,7 +390,8 @@ def upscale_files(upscaler: Upscaler, inputs: Iterable[str | Path], out_dir: str
                   on_error: Callable[[str], None] | None = None,
                   existing: Existing = "error", shard: Shard | None = None,
                   on_note: Callable[[str], None] | None = None) -> BatchResult:
-    """Upscale files and folders into ``out_dir/<stem><suffix>.<ext>``. An input is never
+    """Upscale files and folders into ``out_dir/<stem><suffix>.<ext>`` (``ext`` auto: each
+    input's own). An input is never
     overwritten, two inputs never write one output, and a bad file is reported (``on_error``,
     as it happens) while the others go on. An existing output is an error unless ``existing``
     is ``overwrite`` or ``skip`` (resume an interrupted batch). Under torchrun each process
@@ -309,6 +401,8 @@ def upscale_files(upscaler: Upscaler, inputs: Iterable[str | Path], out_dir: str
 
     shard = shard or Shard()
     result = BatchResult()
+    check_suffix(suffix)
+    check_output_folder(out_dir, overwrite=True)  # a file where the folder should be
     files, problems = collect_inputs(inputs)
     report = on_error or (lambda message: None)
 
@@ -318,9 +412,12 @@ def upscale_files(upscaler: Upscaler, inputs: Iterable[str | Path], out_dir: str
 
     for message in problems if shard.main else []:
         fail(message)
-    jobs = shard.take(plan_outputs(files, Path(out_dir), ext, suffix))
-    for src, dst, problem in tqdm(jobs, desc="images", unit="img",
-                                  disable=None if progress and shard.main else True):
+    everything = plan_outputs(files, Path(out_dir), ext, suffix)
+    jobs = shard.take(everything)
+    # Under torchrun rank 0's bar stands for all ranks: each of its images counts world images.
+    bar = tqdm(total=len(everything), desc="images" + (" (all ranks)" if shard.world > 1 else ""),
+               unit="img", disable=None if progress and shard.main else True)
+    for src, dst, problem in _counted(jobs, bar, shard.world):
         if problem is None and (dst.exists() or dst.is_symlink()) and existing != "overwrite":
             if existing == "skip":
                 result.skipped.append(dst)
@@ -334,9 +431,14 @@ def upscale_files(upscaler: Upscaler, inputs: Iterable[str | Path], out_dir: str
         if on_note:
             upscaler.engine.on_plan = lambda plan, name=src.name: on_note(f"{name}: {plan}")
         try:
-            upscaler.upscale_file(src, dst, bar)
+            upscaler.upscale_file(src, dst, bar, overwrite=existing == "overwrite")
             result.written.append(dst)
-        except ImageError as err:
+        except OutputExistsError as err:  # another process wrote it meanwhile
+            if existing == "skip":
+                result.skipped.append(dst)
+            else:
+                fail(f"{src}: {err}")
+        except (ImageError, InferenceError) as err:
             fail(str(err))
         finally:
             bar.close()

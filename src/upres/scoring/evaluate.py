@@ -106,5 +106,5 @@ def scores_csv(scores: list[ImageScore]) -> str:
     return buf.getvalue()
 
 
-def write_scores_csv(scores: list[ImageScore], path: str | Path) -> None:
-    atomic_write_bytes(path, scores_csv(scores).encode())
+def write_scores_csv(scores: list[ImageScore], path: str | Path, overwrite: bool = True) -> None:
+    atomic_write_bytes(path, scores_csv(scores).encode(), overwrite)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from upres.errors import CheckpointError
-from upres.io.files import atomic_path
+from upres.io.files import atomic_path, remove_stale_temporaries
 from upres.training.config import Config, dump_config
 
 REQUIRED = {"step", "model", "optimizer", "scheduler", "scaler", "rng_cpu"}
@@ -72,6 +72,8 @@ def find_resumable(run_dir: Path, resume: str, main: bool = True) -> tuple[Path,
     one of the run folder, passing over damaged ones with a warning (None in a new run)."""
     if resume != "auto":
         return Path(resume), read_checkpoint(Path(resume))
+    if main and checkpoint_folder(run_dir).is_dir():  # a kill mid-write leaves a temp file
+        remove_stale_temporaries(checkpoint_folder(run_dir))
     candidates = sorted(checkpoint_folder(run_dir).glob("step_*.pt"), reverse=True)
     for candidate in candidates:
         try:
@@ -88,6 +90,7 @@ def find_resumable(run_dir: Path, resume: str, main: bool = True) -> tuple[Path,
 def restore(state: TrainState, saved: dict, path: Path, cfg: Config, main: bool = True) -> None:
     """Model, EMA, optimiser, schedule, scaler, RNG and step from a checkpoint (the data order
     follows the step)."""
+    check_same_model(saved, path, cfg, main)
     state.model.load_state_dict(saved["model"])
     if state.ema is not None:
         state.ema.load_state_dict(saved["ema"])
@@ -98,9 +101,43 @@ def restore(state: TrainState, saved: dict, path: Path, cfg: Config, main: bool 
     state.step, state.best_psnr = int(saved["step"]), float(saved["best_psnr"])
     if main:
         print(f"resumed from {path} at step {state.step}", file=sys.stderr)
-        if saved.get("config") != dump_config(cfg):
-            print("warning: the checkpoint was written with a different configuration; "
-                  "continuing with the current one", file=sys.stderr)
+
+
+# Keys a resumed run may change without a word: how long, how often, where.
+EXTENDABLE = ("train.iterations", "train.time_budget", "train.val_every", "train.checkpoint_every",
+              "train.log_every", "train.keep_checkpoints", "train.device", "data.workers",
+              "data.cache_dir", "data.val_max_images")
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
+
+
+def config_differences(saved: str, cfg: Config) -> list[str]:
+    """``key: checkpoint value -> current value`` for every differing config key."""
+    import yaml
+
+    old, new = _flat(yaml.safe_load(saved) or {}), _flat(yaml.safe_load(dump_config(cfg)))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)]
+
+
+def check_same_model(saved: dict, path: Path, cfg: Config, main: bool) -> None:
+    """A checkpoint of another network is refused in one line naming the differing keys; other
+    differences (the schedule, the data) are named in a warning and the current values used."""
+    if "config" not in saved:
+        return
+    diffs = config_differences(saved["config"], cfg)
+    model = [d for d in diffs if d.startswith("model.")]
+    if model:
+        raise CheckpointError(f"{path} holds another network than the config describes ("
+                              + "; ".join(model) + "); resume with the run's own config.yaml")
+    others = [d for d in diffs if not d.startswith(EXTENDABLE)]
+    if others and main:
+        print("warning: the config differs from the checkpoint's (" + "; ".join(others)
+              + "); continuing with the current values", file=sys.stderr)
 
 
 def save_checkpoint(state: TrainState, cfg: Config, run_dir: Path) -> Path:

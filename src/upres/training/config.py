@@ -5,6 +5,7 @@ field carries its documentation; ``upres config schema`` writes the JSON Schema.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -158,6 +159,9 @@ class DataConfig(_Strict):
     val_hr: str | None = _doc("Explicit HR validation folder.", None)
     val_split: float = _doc("Without validation folders: a fraction (< 1) or a count (>= 1) of "
                             "the training pairs held out, chosen deterministically.", 0.1, ge=0)
+    val_pairs: list[str] | None = _doc(
+        "Without validation folders: the training pairs held out for validation, by name (file "
+        "stem), instead of val_split (upres auto writes the split it chose this way).", None)
     val_max_images: int | None = _doc("Score at most this many validation pairs.", None, ge=1)
     crop: int = _doc("HR crop side in pixels (the LR crop is crop / scale).", 128, ge=8)
     hflip: bool = _doc("Random horizontal flips.", True)
@@ -174,12 +178,25 @@ class DataConfig(_Strict):
         "Train (and validate) only on the pairs of these fingerprint groups: a routed expert. "
         "Pairs the fingerprint does not name are fitted and given their nearest group; "
         "validation falls back to every pair when none is in the groups.", None)
+    balance: Literal["none", "groups"] = _doc(
+        "Pair sampling: none (every pair once per epoch) or groups (each fingerprint group of "
+        "data.fingerprint equally often, so rare LR recipes are not drowned by common ones).",
+        "none")
 
     @model_validator(mode="after")
     def _groups_need_fingerprint(self) -> DataConfig:
-        if self.groups is not None and not self.fingerprint:
-            raise ValueError("data.groups needs data.fingerprint (a fingerprint.json)")
+        for key, used in (("groups", self.groups is not None), ("balance", self.balance != "none")):
+            if used and not self.fingerprint:
+                raise ValueError(f"data.{key} needs data.fingerprint (a fingerprint.json)")
         return self
+
+
+class Unfreeze(_Strict):
+    """A stage of the freezing schedule: from ``at`` on, these parameters train too."""
+
+    at: float = _doc("When: a fraction of train.iterations (< 1) or a step (>= 1).", ge=0)
+    params: list[str] = _doc("Regular expressions matched at the start of parameter names "
+                             "(e.g. 'body\\.2[0-2]\\.'); '.' unfreezes everything.", min_length=1)
 
 
 class TrainConfig(_Strict):
@@ -196,8 +213,11 @@ class TrainConfig(_Strict):
     betas: tuple[float, float] = _doc("Adam betas.", (0.9, 0.99))
     weight_decay: float = _doc("Weight decay (decoupled for adamw).", 0.0, ge=0)
     scheduler: Literal["multistep", "cosine", "constant"] = _doc(
-        "Learning-rate schedule: multistep (x gamma at each milestone), cosine (to min_lr) or "
-        "constant.", "multistep")
+        "Learning-rate schedule: multistep (x gamma at each milestone), cosine (to min_lr at "
+        "train.iterations) or constant; after the warmup.", "multistep")
+    warmup: float = _doc("Linear warmup from 0 to lr: a fraction of train.iterations (< 1) or a "
+                         "number of steps (>= 1); with cosine, the one-cycle shape short "
+                         "fine-tunes like.", 0.0, ge=0)
     milestones: list[int] = _doc("Steps at which multistep multiplies the rate by gamma.",
                                  [200_000, 400_000, 600_000, 800_000])
     gamma: float = _doc("Multistep factor (0.5 halves the rate).", 0.5, gt=0)
@@ -207,10 +227,19 @@ class TrainConfig(_Strict):
     ema: float = _doc("EMA decay of the weights that are validated and exported; 0 disables "
                       "the EMA copy.", 0.999, ge=0, lt=1)
     grad_clip: float | None = _doc("Clip the gradient norm to this value.", None, gt=0)
-    precision: Literal["fp32", "bf16", "fp16"] = _doc(
-        "Autocast precision: bf16 (CPU or CUDA) or fp16 (CUDA only, with a GradScaler).", "fp32")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = _doc(
+        "Autocast precision: bf16 (CPU or CUDA) or fp16 (CUDA only, with a GradScaler); auto: "
+        "fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 (bf16 is emulated on other "
+        "CPUs: a fine-tune step of x4plus measured 9x slower than fp32 here).", "fp32")
     channels_last: bool = _doc("channels_last memory layout (faster convolutions).", False)
     compile: bool = _doc("torch.compile the training forward pass.", False)
+    freeze: list[str] = _doc(
+        "Parameters that do not train at the start: regular expressions matched at the start of "
+        "their names, e.g. ['conv_first', 'body\\.([0-9]|1[0-9])\\.'] (RRDBNet: the head and the "
+        "first 20 blocks). Frozen layers before every trainable one cost no backward pass.", [])
+    unfreeze: list[Unfreeze] = _doc(
+        "When frozen parameters start training (e.g. tail first: [{at: 0.5, params: ['.']}]).",
+        [])
     seed: int = _doc("Seed of the initialisation, pair order, crops and augmentation.", 0)
     nonfinite: Literal["stop", "skip"] = _doc(
         "On a non-finite loss: stop (naming the step, keeping the last good checkpoint) or skip "
@@ -223,6 +252,42 @@ class TrainConfig(_Strict):
     device: str = _doc("auto (cuda, mps, cpu), cpu, cuda, ...; torchrun sets one per process.",
                        "auto")
 
+    @model_validator(mode="after")
+    def _patterns_compile(self) -> TrainConfig:
+        for key, patterns in [("freeze", self.freeze),
+                              *((f"unfreeze.{i}", u.params) for i, u in enumerate(self.unfreeze))]:
+            for pattern in patterns:
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    raise ValueError(f"train.{key}: {pattern!r} is not a regular expression "
+                                     f"({err})") from None
+        return self
+
+    def steps(self, at: float) -> int:
+        """A schedule position (a fraction of iterations if < 1, else a step) as a step."""
+        return round(at * self.iterations) if at < 1 else int(at)
+
+    def lr_factor(self, step: int) -> float:
+        """The learning rate at ``step`` as a fraction of ``lr``: the linear warmup, then the
+        schedule (cosine reaches min_lr at the last iteration)."""
+        warm = self.steps(self.warmup) if self.warmup else 0
+        if step < warm:
+            return (step + 1) / warm
+        if self.scheduler == "multistep":
+            return self.gamma ** sum(step >= m for m in self.milestones)
+        if self.scheduler == "cosine":
+            span = max(self.iterations - warm, 1)
+            floor = min(self.min_lr / self.lr, 1.0)
+            return floor + (1 - floor) * (1 + math.cos(math.pi * min(step - warm, span) / span)) / 2
+        return 1.0
+
+    def trains(self, name: str, step: int) -> bool:
+        """Whether the parameter ``name`` trains at ``step`` under the freezing schedule."""
+        if not any(re.match(p, name) for p in self.freeze):
+            return True
+        return any(re.match(p, name) for u in self.unfreeze if step >= self.steps(u.at)
+                   for p in u.params)
 
     def budget_seconds(self) -> float | None:
         return None if self.time_budget is None else duration_seconds(self.time_budget)
@@ -256,6 +321,9 @@ class Config(_Strict):
         if self.data.crop % self.model.scale:
             raise ValueError(f"data.crop ({self.data.crop}) must be a multiple of model.scale "
                              f"({self.model.scale})")
+        if self.val.tile and self.val.tile_overlap >= self.val.tile:
+            raise ValueError(f"val.tile_overlap ({self.val.tile_overlap}) must be smaller than "
+                             f"val.tile ({self.val.tile})")
         return self
 
 
@@ -309,6 +377,9 @@ class Plan(BaseModel):
     def _check_reuse(self) -> Plan:
         names = []
         for arm in self.arms:
+            if arm.name in names:
+                raise ValueError(f"arm {arm.name}: two arms have this name (each arm has its own "
+                                 "folder)")
             if arm.reuse is not None and arm.reuse not in names:
                 raise ValueError(f"arm {arm.name}: reuse {arm.reuse!r} is not an earlier arm")
             if arm.reuse is not None and (arm.overrides or arm.experts):

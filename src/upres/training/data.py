@@ -23,16 +23,24 @@ class CropDataset(Dataset):
     """Indexed by the global sample number ``n``; returns an aligned (LR, HR) crop pair."""
 
     def __init__(self, cache: PairCache, indices: list[int], crop: int, scale: int, seed: int,
-                 hflip: bool = True, rotate: bool = True) -> None:
+                 hflip: bool = True, rotate: bool = True, groups: list[int] | None = None) -> None:
         self.cache, self.indices, self.crop, self.scale, self.seed = cache, indices, crop, scale, seed
         self.transforms = [k for k in range(8) if (hflip or k < 4) and (rotate or k % 4 == 0)]
         self.n_pairs = len(indices)
         self._perm_epoch, self._perm = -1, None
+        self.weights = None  # ``groups`` (one per index): each group drawn equally often
+        if groups is not None:
+            sizes = np.bincount(groups)
+            self.weights = 1.0 / sizes[np.asarray(groups)]
+            self.weights /= self.weights.sum()
 
     def __len__(self) -> int:  # notional; the sampler is infinite
         return self.n_pairs
 
     def _pair_index(self, n: int) -> int:
+        if self.weights is not None:
+            pick = np.random.default_rng([self.seed, n, 11]).choice(self.n_pairs, p=self.weights)
+            return self.indices[int(pick)]
         epoch, pos = divmod(n, self.n_pairs)
         if epoch != self._perm_epoch:
             self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n_pairs)
@@ -104,6 +112,11 @@ def resolve_splits(data_cfg, seed: int = 0) -> DataSplits:
     if val_lr and val_hr:
         val, val_problems = find_pairs(val_lr, val_hr)
         problems += val_problems
+    elif data_cfg.val_pairs is not None:
+        names = set(data_cfg.val_pairs)
+        problems += [f"data.val_pairs: {n!r} is not a pair of {train_lr}"
+                     for n in sorted(names - {p.name for p in train})]
+        train, val = [p for p in train if p.name not in names], [p for p in train if p.name in names]
     else:
         if len(train) < 2 and not problems:
             problems.append(f"{train_lr}: at least 2 pairs are needed to split off validation")

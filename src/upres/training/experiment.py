@@ -6,13 +6,22 @@ plot of validation PSNR against iterations."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from upres.io.files import atomic_path, atomic_write_bytes
+from upres.errors import ConfigError, TrainingInterrupted
+from upres.io.files import (
+    OutputExistsError,
+    atomic_path,
+    atomic_write_bytes,
+    check_output_folder,
+    read_jsonl,
+    staged_folder,
+)
 from upres.io.tables import write_tables
 from upres.training.config import Arm, Plan, load_config, parse_overrides
 from upres.training.experts import split_budget, train_experts
@@ -24,15 +33,35 @@ def _dotted(overrides: dict) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
 
 
-def arm_config(plan: Plan, arm: Arm, data: str | None):
+def arm_config(plan: Plan, arm: Arm, data: str | None, extra: list[str] | None = None):
+    """An arm's config: the plan's base, its shared settings, the plan's and the arm's
+    overrides, then ``extra`` (the command line's, for every arm)."""
     common = [f"train.iterations={plan.iterations}", f"train.val_every={plan.val_every}",
               f"train.seed={plan.seed}", f"train.checkpoint_every={plan.val_every}"]
     if plan.time_budget:
         common.append(f"train.time_budget={plan.time_budget}")
-    overrides = common + _dotted(plan.overrides) + _dotted(arm.overrides)
+    overrides = common + _dotted(plan.overrides) + _dotted(arm.overrides) + list(extra or [])
     parse_overrides(overrides)  # fail early on a malformed key
     root = data or plan.data
-    return load_config(plan.base, overrides + ([f"data.root={root}"] if root else []))
+    return load_config(plan.base, ([f"data.root={json.dumps(str(root))}"] if root else []) + overrides)
+
+
+def check_arms(configs: dict) -> None:
+    """Before any arm trains: every arm's data folder and initial weights exist."""
+    from upres.io.pretrained import PRETRAINED, pretrained_available
+
+    problems = []
+    for name, cfg in configs.items():
+        source = cfg.init.source
+        if source and source in PRETRAINED and not pretrained_available(source):
+            problems.append(f"arm {name}: init.source {source} is not installed "
+                            "(pip install 'upres[pretrained]')")
+        elif source and source not in PRETRAINED and not Path(source).is_file():
+            problems.append(f"arm {name}: init.source {source}: no such file")
+        if cfg.data.root and not Path(cfg.data.root).is_dir():
+            problems.append(f"arm {name}: data.root {cfg.data.root}: no such folder")
+    if problems:
+        raise ConfigError(f"{len(problems)} problem(s) in the plan:\n  " + "\n  ".join(problems))
 
 
 @dataclass
@@ -48,8 +77,7 @@ def read_metrics(run_dir: Path) -> ArmResult:
     """An arm's results from its ``metrics.jsonl``."""
     result = ArmResult({}, float("nan"), None)
     rates = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    for record in read_jsonl(run_dir / "metrics.jsonl"):
         if "val_psnr" in record:
             result.psnr[record["step"]] = record["val_psnr"]
             result.bicubic = record.get("bicubic_psnr", result.bicubic)
@@ -62,51 +90,117 @@ def read_metrics(run_dir: Path) -> ArmResult:
     return result
 
 
-def run_plan(plan: Plan, out_dir: str | Path, data: str | None = None,
-             progress: bool = True) -> dict[str, Path]:
-    """Train every arm (skipping finished ones), then write table.md, table.csv and psnr.png."""
+EXPERIMENT_FILES = ("plan.yaml", "arms", "results")
+
+
+def check_experiment_folder(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """A folder holding an experiment continues only with ``--resume``, or starts over with
+    ``--overwrite`` (its arms and results are removed); other files are left alone."""
+    check_output_folder(out_dir, overwrite=True)
+    held = [out_dir / n for n in EXPERIMENT_FILES if (out_dir / n).exists()]
+    if resume or not held:
+        if not resume and out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+            raise OutputExistsError(f"{out_dir}: the folder holds other files; choose another "
+                                    "--out or pass --overwrite")
+        return
+    if not overwrite:
+        raise OutputExistsError(f"{out_dir} holds an experiment; pass --resume to continue it "
+                                "(finished arms are kept) or --overwrite to start over")
+    for path in held:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def run_plan(plan: Plan, out_dir: str | Path, data: str | None = None, progress: bool = True,
+             resume: bool = False, overwrite: bool = False,
+             overrides: list[str] | None = None) -> dict[str, Path]:
+    """Train every arm (with ``resume``, finished arms are kept and an interrupted one
+    resumes), then write ``OUT/results/`` (table.md, table.csv, psnr.png) as one folder."""
     out_dir = Path(out_dir)
+    configs = {arm.name: arm_config(plan, arm, data, overrides) for arm in plan.arms}
+    check_arms(configs)  # every arm checked before the first trains
+    check_experiment_folder(out_dir, resume, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / "plan.yaml", yaml.safe_dump(plan.model_dump(), sort_keys=False).encode())
     results = {}
-    configs = {arm.name: arm_config(plan, arm, data) for arm in plan.arms}  # every arm checked first
-    for arm in plan.arms:
+    for i, arm in enumerate(plan.arms, start=1):
         if arm.reuse:
-            print(f"arm {arm.name}: the weights of {arm.reuse}")
+            print(f"arm {i}/{len(plan.arms)} {arm.name}: the weights of {arm.reuse}")
             results[arm.name] = results[arm.reuse]
             continue
-        cfg = configs[arm.name]
-        run_dir = out_dir / "arms" / arm.name
-        if arm.experts:
-            cfg, expert_budget = split_budget(cfg, plan.expert_share)
-        if (run_dir / "last.safetensors").exists():
-            print(f"arm {arm.name}: finished earlier, kept")
-        else:
-            print(f"arm {arm.name}: training {plan.iterations} iterations")
-            result = train(cfg, run_dir, resume="auto", command=["upres", "experiment", arm.name],
-                           progress=progress)
-            if result.init_report:
-                atomic_write_bytes(run_dir / "init_report.json",
-                                   (json.dumps(result.init_report, indent=1) + "\n").encode())
-        if arm.experts:
-            train_experts(configs[arm.name], run_dir, expert_budget, progress, plan.expert_lr)
-        results[arm.name] = read_metrics(run_dir)
-    written = write_results(plan, results, out_dir)
-    if plan.score_recipes:
-        written |= score_by_recipe(plan, configs, out_dir, data, progress)
-    return written
+        try:
+            results[arm.name] = _run_arm(plan, arm, configs, out_dir, progress,
+                                         f"{i}/{len(plan.arms)}")
+        except TrainingInterrupted:
+            raise TrainingInterrupted(f"interrupted in arm {arm.name}; run the same command with "
+                                      f"--resume (and --out {out_dir}) to continue") from None
+    with staged_folder(out_dir / "results", overwrite=True) as staging:
+        written = write_results(plan, results, out_dir, staging)
+        if plan.score_recipes:
+            written |= score_by_recipe(plan, configs, out_dir, data, progress, staging)
+        written["index.html"] = write_index(plan, staging, out_dir)
+    return {name: out_dir / "results" / name for name in written}
 
 
-def write_results(plan: Plan, results: dict[str, ArmResult], out_dir: Path) -> dict[str, Path]:
+def _run_arm(plan: Plan, arm: Arm, configs: dict, out_dir: Path, progress: bool,
+             position: str) -> ArmResult:
+    cfg = configs[arm.name]
+    run_dir = out_dir / "arms" / arm.name
+    if arm.experts:
+        cfg, expert_budget = split_budget(cfg, plan.expert_share)
+    if (run_dir / "last.safetensors").exists():
+        print(f"arm {position} {arm.name}: finished earlier, kept")
+    else:
+        limit = f"for {plan.time_budget}" if plan.time_budget else f"{plan.iterations} iterations"
+        print(f"arm {position} {arm.name}: training {limit}")
+        result = train(cfg, run_dir, resume="auto", command=["upres", "experiment", arm.name],
+                       progress=progress)
+        if result.init_report:
+            atomic_write_bytes(run_dir / "init_report.json",
+                               (json.dumps(result.init_report, indent=1) + "\n").encode())
+    if arm.experts:
+        train_experts(configs[arm.name], run_dir, expert_budget, progress, plan.expert_lr)
+    return read_metrics(run_dir)
+
+
+def write_results(plan: Plan, results: dict[str, ArmResult], out_dir: Path,
+                  dest: Path) -> dict[str, Path]:
+    """The table (Markdown, CSV) and the plot of the arms in ``out_dir``, written to ``dest``."""
     header, rows = (_budget_table if plan.time_budget else _step_table)(plan, results, out_dir)
     bicubic = results[plan.arms[0].name].bicubic
     if bicubic is not None:  # the same validation images upsampled by bicubic, for scale
         cells = [f"{bicubic:.3f}" if h.startswith(("psnr", "val PSNR", "best")) else ""
                  for h in header[1:]]
         rows.append(["(bicubic)", *cells])
-    written = write_tables(out_dir, "table", header, rows)
-    _plot(plan, results, out_dir)
-    return written | {"psnr.png": out_dir / "psnr.png"}
+    written = write_tables(dest, "table", header, rows)
+    _plot(plan, results, out_dir.name, dest)
+    return written | {"psnr.png": dest / "psnr.png"}
+
+
+def write_index(plan: Plan, dest: Path, out_dir: Path) -> Path:
+    """``results/index.html``: the table, the plots (inline) and a link to each arm's page."""
+    import base64
+    import html
+
+    def inline(name: str) -> str:
+        data = base64.b64encode((dest / name).read_bytes()).decode()
+        return f"<img alt='{name}' src='data:image/png;base64,{data}'>"
+
+    table = (dest / "table.csv").read_text().splitlines()
+    cells = [row.split(",") for row in table]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cells[0])
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in cells[1:])
+    arms = "".join(f"<li><a href='../arms/{a.name}/report.html'>{html.escape(a.name)}</a></li>"
+                   for a in plan.arms if (out_dir / "arms" / a.name / "report.html").exists())
+    recipes = inline("recipes.png") if (dest / "recipes.png").exists() else ""
+    page = ("<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' "
+            "content='width=device-width,initial-scale=1'><title>upres experiment</title><style>"
+            "body{font-family:system-ui,sans-serif;margin:0 auto;padding:1em;max-width:1100px}"
+            "table{border-collapse:collapse}td,th{border-bottom:1px solid #ddd;padding:3px 8px}"
+            ".wrap{overflow-x:auto}img{max-width:100%;height:auto}</style></head><body>"
+            f"<h1>{html.escape(out_dir.name)}</h1><div class=wrap><table><tr>{head}</tr>{rows}"
+            f"</table></div>{inline('psnr.png')}{recipes}<h2>Arms</h2><ul>{arms}</ul></body></html>")
+    atomic_write_bytes(dest / "index.html", page.encode())
+    return dest / "index.html"
 
 
 def _init_note(out_dir: Path, arm: Arm) -> str:
@@ -146,7 +240,7 @@ def _budget_table(plan: Plan, results: dict[str, ArmResult], out_dir: Path):
     return header, rows
 
 
-def _plot(plan: Plan, results: dict[str, ArmResult], out_dir: Path) -> None:
+def _plot(plan: Plan, results: dict[str, ArmResult], title: str, dest: Path) -> None:
     """PSNR against steps; with a time budget, against training time and against size."""
     import matplotlib
     matplotlib.use("Agg")
@@ -155,20 +249,25 @@ def _plot(plan: Plan, results: dict[str, ArmResult], out_dir: Path) -> None:
     panels = 2 if plan.time_budget else 1
     fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.5), squeeze=False)
     ax = axes[0][0]
-    for arm in plan.arms:
+    styles = [(m, d) for d in ("-", "--", ":") for m in ("o", "s", "^", "D", "v", "x")]
+    for i, arm in enumerate(plan.arms):  # marker and dash differ, so identical arms both show
         r = results[arm.name]
         xs = sorted(r.psnr)
         times = [r.seconds.get(s) for s in xs]
         use_time = plan.time_budget and all(t is not None for t in times)
-        ax.plot([t / 60 for t in times] if use_time else xs, [r.psnr[s] for s in xs], marker="o",
-                label=arm.name)
+        marker, dash = styles[i % len(styles)]
+        ax.plot([t / 60 for t in times] if use_time else xs, [r.psnr[s] for s in xs],
+                marker=marker, ls=dash, alpha=0.85, label=arm.name)
+    bicubic = results[plan.arms[0].name].bicubic
+    if bicubic is not None:
+        ax.axhline(bicubic, color="k", lw=1, ls="--", label=f"bicubic {bicubic:.2f}")
     ax.set_xlabel("training minutes" if plan.time_budget else "iteration")
     ax.set_ylabel("validation PSNR (dB)")
     budget = f", {plan.time_budget} each" if plan.time_budget else ""
-    ax.set_title(f"{out_dir.name} (base {Path(plan.base).stem}): {len(plan.arms)} arms, "
+    ax.set_title(f"{title} (base {Path(plan.base).stem}): {len(plan.arms)} arms, "
                  f"seed {plan.seed}{budget}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     if plan.time_budget:
         ax = axes[0][1]
         for arm in plan.arms:
@@ -182,6 +281,6 @@ def _plot(plan: Plan, results: dict[str, ArmResult], out_dir: Path) -> None:
         ax.set_ylabel("validation PSNR at the budget (dB)")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(out_dir / "psnr.png") as tmp:
+    with atomic_path(dest / "psnr.png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)

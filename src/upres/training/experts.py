@@ -4,11 +4,11 @@ its validation pairs, written as an ``experts.json`` that ``upres predict --expe
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from upres.degradation.fingerprint import Fingerprint, fingerprint
 from upres.inference.route import write_routes
+from upres.io.files import read_jsonl
 from upres.training.config import Config
 from upres.training.data import resolve_splits
 from upres.training.loop import train
@@ -65,6 +65,6 @@ def train_experts(cfg: Config, run_dir: Path, budget, progress: bool, lr_scale: 
 
 def _improved(metrics: Path) -> bool:
     """Whether a run's validation beat its step-0 score (the weights it started from)."""
-    records = [json.loads(x) for x in metrics.read_text().splitlines()]
+    records = read_jsonl(metrics)
     scores = {r["step"]: r["val_psnr"] for r in records if "val_psnr" in r}
     return 0 in scores and max((v for s, v in scores.items() if s > 0), default=-1e9) > scores[0]

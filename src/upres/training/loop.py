@@ -9,12 +9,15 @@ gloo on CPUs)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import os
 import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,12 +29,13 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from upres.errors import DataError, DiskFullError, TrainingError, TrainingInterrupted
+from upres.inference.devices import cpu_has_fast_bf16
 from upres.inference.shard import Shard, current_shard
 from upres.inference.torch_backend import autocast_context, resolve_dtype
 from upres.inference.upscaler import Upscaler
-from upres.io.files import atomic_write_bytes, out_of_space
+from upres.io.files import OutputExistsError, atomic_write_bytes, out_of_space, read_jsonl
 from upres.io.loading import load_weights, save_model
-from upres.io.pairs import PairCache, find_pairs
+from upres.io.pairs import PairCache, check_sizes, find_pairs
 from upres.io.weights import load_matching
 from upres.models.registry import build_model, describe
 from upres.scoring import metrics
@@ -44,6 +48,7 @@ from upres.training.checkpoints import (
 )
 from upres.training.config import Config, dump_config
 from upres.training.data import CropDataset, StepSampler, resolve_splits
+from upres.training.run_report import crop_strip
 
 
 @dataclass
@@ -68,18 +73,27 @@ class TrainData:
 
 
 def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
-          command: list[str] | None = None, progress: bool = True) -> TrainResult:
-    tc, run_dir = cfg.train, Path(run_dir)
+          command: list[str] | None = None, progress: bool = True,
+          overwrite: bool = False) -> TrainResult:
+    tc, run_dir, clock = cfg.train, Path(run_dir), PhaseClock()
     shard = current_shard(tc.device)
-    data = prepare_data(cfg, shard, run_dir, progress)  # every pair checked before anything is written
+    check_run_folder(run_dir, resume, overwrite)  # a finished run is never mixed with a new one
+    with clock("data"):  # every pair checked before anything is written
+        data = prepare_data(cfg, shard, run_dir, progress)
+    with clock("model"):
+        state = build_state(cfg, torch.device(shard.device))
+        preflight(cfg, data, describe(state.model))
     if shard.main:
+        if overwrite and not resume:
+            clear_run(run_dir)
         write_run_files(cfg, run_dir, command or sys.argv)
-    state = build_state(cfg, torch.device(shard.device))
     ckpt_path = resume_state(state, run_dir, resume, cfg, shard) if resume else None
+    apply_freezing(state.model, tc, state.step)
     forward = wrap_model(state.model, cfg, shard)
+    stages = {tc.steps(u.at) for u in tc.unfreeze}
     loader = make_loader(data.dataset, cfg, shard, state.step)
-    with RunLog(shard, run_dir, tc.iterations, state.step, ckpt_path is not None, progress) as log, \
-            StopFlag() as stop:
+    with RunLog(shard, run_dir, tc.iterations, state.step, ckpt_path is not None, progress,
+                clock) as log, StopFlag() as stop:
         state.started = time.monotonic()
         if state.step == 0:  # the network's size, once (experiment tables show it)
             log.record({"step": 0, "params": sum(p.numel() for p in state.model.parameters())})
@@ -89,34 +103,65 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
         budget = tc.budget_seconds()
         state.deadline = None if budget is None else state.started + budget
         for lr_b, hr_b in loader:
+            if state.step in stages and apply_freezing(state.model, tc, state.step):
+                forward = wrap_model(state.model, cfg, shard)
+                log.message(f"step {state.step}: {trainable_share(state.model)} of the "
+                            "parameters train from here")
             state.step += 1
-            outcome = train_step(state, forward, lr_b, hr_b, cfg, shard, run_dir, stop)
-            if outcome.skipped:
-                log.record({"step": state.step, "skipped_nonfinite": state.skipped})
-            log.tick()
-            last = state.step == tc.iterations or outcome.over_budget
-            if state.step % tc.log_every == 0 or last:
-                log.training(state, outcome.loss)
-            if shard.main and data.val_idx and (state.step % tc.val_every == 0 or last):
-                run_validation(state, data, cfg, run_dir, log)
-            if state.step % tc.val_every == 0 or last:
-                shard.barrier()  # the other ranks wait while rank 0 validates
-            stop_now = outcome.stop if shard.world > 1 else stop.signal is not None  # (incl. validation)
-            if shard.main and (state.step % tc.checkpoint_every == 0 or stop_now or last):
-                saved = save_checkpoint(state, cfg, run_dir)
-            if outcome.over_budget and not stop_now:
-                log.message(f"time budget {tc.time_budget} reached at step {state.step}")
+            with clock("training steps"):
+                outcome = train_step(state, forward, lr_b, hr_b, cfg, shard, run_dir, stop)
+            if after_step(state, outcome, data, cfg, shard, run_dir, log, stop):
                 break
-            if stop_now:
-                if shard.main:
-                    log.message(f"stopped by a signal at step {state.step}; "
-                                f"checkpoint {saved}; resume with --resume auto")
-                raise TrainingInterrupted(f"interrupted at step {state.step}; resume with "
-                                          f"--resume auto (checkpoint in {run_dir})")
         if shard.main:
-            export(state, run_dir, "last",
-                   {"val_psnr": state.last_val.get("val_psnr", float("nan"))})
+            with clock("export"):
+                export(state, run_dir, "last",
+                       {"val_psnr": state.last_val.get("val_psnr", float("nan"))})
+            log.finish(state)
     return TrainResult(run_dir, state.step, state.best_psnr, state.last_val, state.init_report)
+
+
+def after_step(state: TrainState, outcome: StepOutcome, data: TrainData, cfg: Config,
+               shard: Shard, run_dir: Path, log: RunLog, stop: StopFlag) -> bool:
+    """Log, validate, checkpoint and stop as the step asks; True when training ends here (the
+    time budget spent)."""
+    tc = cfg.train
+    if outcome.skipped:
+        log.record({"step": state.step, "skipped_nonfinite": state.skipped})
+    log.tick()
+    last = state.step == tc.iterations or outcome.over_budget
+    if state.step % tc.log_every == 0 or last:
+        log.training(state, outcome.loss)
+    if shard.main and data.val_idx and (state.step % tc.val_every == 0 or last):
+        run_validation(state, data, cfg, run_dir, log)
+    if state.step % tc.val_every == 0 or last:
+        shard.barrier()  # the other ranks wait while rank 0 validates
+    stop_now = outcome.stop if shard.world > 1 else stop.signal is not None  # (incl. validation)
+    if shard.main and (state.step % tc.checkpoint_every == 0 or stop_now or last):
+        with log.clock("checkpoints"):
+            saved = save_checkpoint(state, cfg, run_dir)
+    if stop_now:
+        if shard.main:
+            log.message(f"stopped by a signal at step {state.step}; checkpoint {saved}")
+        raise TrainingInterrupted(f"interrupted at step {state.step}; resume with --resume auto "
+                                  f"(checkpoint in {run_dir})")
+    if outcome.over_budget:
+        log.message(f"time budget {tc.time_budget} reached at step {state.step}")
+    return outcome.over_budget
+
+
+class PhaseClock:
+    """Seconds spent per phase of a run (``with clock("validation"): ...``), for its page."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
 # --------------------------------------------------------------------------- set-up steps
@@ -139,8 +184,13 @@ def prepare_data(cfg: Config, shard: Shard, run_dir: Path, progress: bool) -> Tr
         cache = PairCache(all_pairs, cfg.model.scale, cfg.data.cache_dir, progress=False)
     train_idx = list(range(len(splits.train)))
     val_idx = list(range(len(splits.train), len(all_pairs)))
+    groups = None
+    if cfg.data.balance == "groups":
+        from upres.degradation.fingerprint import Fingerprint
+
+        groups = Fingerprint.load(cfg.data.fingerprint).groups_of(splits.train)
     dataset = CropDataset(cache, train_idx, cfg.data.crop, cfg.model.scale, cfg.train.seed,
-                          cfg.data.hflip, cfg.data.rotate)
+                          cfg.data.hflip, cfg.data.rotate, groups)
     return TrainData(cache, train_idx, val_idx, dataset)
 
 
@@ -184,6 +234,58 @@ def synthesized_pairs(cfg: Config, train_pairs: list, shard: Shard, run_dir: Pat
     return pairs
 
 
+# What a run folder holds; --overwrite removes these (and nothing else) before a new run.
+RUN_FILES = ("config.yaml", "command.txt", "metrics.jsonl", "tb", "checkpoints", "best.safetensors",
+             "best.pth", "last.safetensors", "last.pth", "synth", "fingerprint.json",
+             "init_report.json", "report.html")
+
+
+def check_run_folder(run_dir: Path, resume: str | None, overwrite: bool) -> None:
+    """A folder holding a run continues only with ``--resume``, or starts over with
+    ``--overwrite``; a folder of other files is used only with ``--overwrite``."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise OutputExistsError(f"{run_dir}: the run folder is a file")
+    if resume or not run_dir.is_dir() or overwrite:
+        return
+    if any((run_dir / name).exists() for name in RUN_FILES):
+        raise OutputExistsError(f"{run_dir} holds a training run; pass --resume auto to continue "
+                                "it, or --overwrite to start over (its run files are replaced)")
+    if any(run_dir.iterdir()):
+        raise OutputExistsError(f"{run_dir}: the run folder holds other files; choose another "
+                                "--run-dir or pass --overwrite")
+
+
+def clear_run(run_dir: Path) -> None:
+    """The files of an earlier run in ``run_dir`` (``RUN_FILES`` only), for --overwrite."""
+    import shutil
+
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def preflight(cfg: Config, data: TrainData, descriptor) -> None:
+    """What the config asks of the data and the model, checked before anything is written:
+    crops that fit every training image and the model's size rule, validation images large
+    enough for SSIM."""
+    scale, crop = cfg.model.scale, cfg.data.crop
+    lc = crop // scale
+    problems = check_sizes(data.cache, data.train_idx, lc, f"the LR crop {lc} (data.crop {crop})")
+    border = scale if cfg.val.crop_border is None else cfg.val.crop_border
+    least = -(-(11 + 2 * border) // scale)  # SSIM's 11x11 window after the border
+    problems += check_sizes(data.cache, data.val_idx, least,
+                            f"{least} px, what SSIM needs after val.crop_border {border}")
+    if lc % descriptor.size_multiple:
+        problems.append(f"data.crop / model.scale = {lc} must be a multiple of "
+                        f"{descriptor.size_multiple} for this {descriptor.arch}")
+    if problems:
+        raise DataError(f"{len(problems)} problem(s) with the config and the data:\n  "
+                        + "\n  ".join(problems))
+
+
 def write_run_files(cfg: Config, run_dir: Path, command: list[str]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(run_dir / "config.yaml", dump_config(cfg).encode())
@@ -196,11 +298,19 @@ def make_optimizer(model: nn.Module, tc) -> torch.optim.Optimizer:
 
 
 def make_scheduler(opt: torch.optim.Optimizer, tc) -> torch.optim.lr_scheduler.LRScheduler:
-    if tc.scheduler == "multistep":
-        return torch.optim.lr_scheduler.MultiStepLR(opt, tc.milestones, tc.gamma)
-    if tc.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, tc.iterations, tc.min_lr)
-    return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    """Warmup, then multistep, cosine or constant (``TrainConfig.lr_factor``)."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, tc.lr_factor)
+
+
+def apply_freezing(model: nn.Module, tc, step: int) -> bool:
+    """Set which parameters train at ``step`` (``train.freeze`` / ``train.unfreeze``); True when
+    that changed (a DDP wrapper must then be rebuilt)."""
+    changed = False
+    for name, param in model.named_parameters():
+        trains = tc.trains(name, step)
+        changed |= param.requires_grad != trains
+        param.requires_grad_(trains)
+    return changed
 
 
 def build_state(cfg: Config, device: torch.device) -> TrainState:
@@ -214,13 +324,17 @@ def build_state(cfg: Config, device: torch.device) -> TrainState:
         init_report["source"] = cfg.init.source
     # The same dtype rules as inference (fp16 is CUDA-only; unsupported dtypes are refused).
     amp_dtype = resolve_dtype(tc.precision, device, describe(model).dtypes)
+    if tc.precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+        warnings.warn("train.precision bf16 is emulated on this CPU (no native bf16): an x4plus "
+                      "step measured 9x slower than fp32; train.precision auto picks fp32 here",
+                      stacklevel=2)
     model.to(device)
     if tc.channels_last:
         model.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(model).eval().requires_grad_(False) if tc.ema > 0 else None
     optimizer = make_optimizer(model, tc)
     return TrainState(model, ema, optimizer, make_scheduler(optimizer, tc),
-                      torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16"),
+                      torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
                       amp_dtype, device, init_report=init_report)
 
 
@@ -233,6 +347,11 @@ def resume_state(state: TrainState, run_dir: Path, resume: str, cfg: Config,
         return None
     restore(state, found[1], found[0], cfg, shard.main)
     return found[0]
+
+
+def trainable_share(model: nn.Module) -> str:
+    total = sum(p.numel() for p in model.parameters())
+    return f"{sum(p.numel() for p in model.parameters() if p.requires_grad) / total:.0%}"
 
 
 def wrap_model(model: nn.Module, cfg: Config, shard: Shard) -> nn.Module:
@@ -249,9 +368,10 @@ def make_loader(dataset: CropDataset, cfg: Config, shard: Shard, start_step: int
     """Batches for the steps still to run; the sampler makes them depend on (seed, step) only."""
     tc = cfg.train
     sampler = StepSampler(tc.batch_size, start_step, shard.rank, shard.world, tc.iterations - start_step)
+    workers = min(cfg.data.workers, os.cpu_count() or 1)  # more only compete for the cores
     return DataLoader(dataset, batch_size=tc.batch_size, sampler=sampler,
-                      num_workers=cfg.data.workers, pin_memory=shard.device.startswith("cuda"),
-                      persistent_workers=False, prefetch_factor=4 if cfg.data.workers else None)
+                      num_workers=workers, pin_memory=shard.device.startswith("cuda"),
+                      persistent_workers=False, prefetch_factor=4 if workers else None)
 
 
 # --------------------------------------------------------------------------- loop steps
@@ -321,10 +441,17 @@ def train_step(state: TrainState, forward: nn.Module, lr_b: torch.Tensor, hr_b: 
     return StepOutcome(loss, nonfinite, stop_now, over)
 
 
+CROPS_PER_VALIDATION = 2
+
+
 def validate(model: nn.Module, cache: PairCache, indices: list[int], cfg: Config,
-             device: torch.device, bicubic_psnr: float | None = None) -> dict:
+             device: torch.device, bicubic_psnr: float | None = None,
+             progress: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
     """Mean PSNR (RGB and Y) and SSIM over the validation pairs, on uint8-rounded outputs of the
-    same inference path as ``upscale``; bicubic scored beside it (unless already known)."""
+    same inference path as ``upscale``, bicubic scored beside it (unless already known); and
+    crop strips LR | bicubic | model | HR of the first pairs, for the run's page."""
+    from tqdm import tqdm
+
     was_training = model.training
     up = Upscaler(model, device=str(device), dtype="fp32", channels_last=cfg.train.channels_last,
                   tile=cfg.val.tile, tile_overlap=cfg.val.tile_overlap,
@@ -332,10 +459,12 @@ def validate(model: nn.Module, cache: PairCache, indices: list[int], cfg: Config
                   cache_converted=False)
     border = cfg.model.scale if cfg.val.crop_border is None else cfg.val.crop_border
     scores = {"psnr": [], "psnr_y": [], "ssim": []}
-    bic = []
-    for i in indices:
+    bic, strips = [], {}
+    for i in tqdm(indices, desc="validating", unit="pair", leave=False, disable=not progress):
         lr, hr = cache.load(i, mmap=False)
         sr = up.upscale_array(lr)
+        if len(strips) < CROPS_PER_VALIDATION:
+            strips[cache.pairs[i].name] = crop_strip(lr, sr, hr, cfg.model.scale)
         scores["psnr"].append(metrics.psnr(sr, hr, border))
         scores["psnr_y"].append(metrics.psnr(sr, hr, border, y_channel=True))
         scores["ssim"].append(metrics.ssim(sr, hr, border))
@@ -344,14 +473,16 @@ def validate(model: nn.Module, cache: PairCache, indices: list[int], cfg: Config
     model.train(was_training)
     result = {f"val_{k}": float(np.mean(v)) for k, v in scores.items()}
     result["bicubic_psnr"] = float(np.mean(bic)) if bicubic_psnr is None else bicubic_psnr
-    return result
+    return result, strips
 
 
 def run_validation(state: TrainState, data: TrainData, cfg: Config, run_dir: Path,
                    log: RunLog) -> None:
     """Validate the EMA weights, log the scores, export ``best.*`` when they improve."""
-    state.last_val = validate(state.eval_model, data.cache, data.val_idx, cfg, state.device,
-                              data.bicubic_psnr)
+    with log.clock("validation"):
+        state.last_val, strips = validate(state.eval_model, data.cache, data.val_idx, cfg,
+                                          state.device, data.bicubic_psnr,
+                                          log.progress and log.shard.main)
     data.bicubic_psnr = state.last_val["bicubic_psnr"]
     val = state.last_val
     log.record({"step": state.step, **val, "train_seconds": round(time.monotonic() - state.started, 2)})
@@ -360,7 +491,9 @@ def run_validation(state: TrainState, data: TrainData, cfg: Config, run_dir: Pat
                 f"bicubic {val['bicubic_psnr']:.3f})")
     if val["val_psnr"] > state.best_psnr:
         state.best_psnr = val["val_psnr"]
-        export(state, run_dir, "best", {"val_psnr": state.best_psnr})
+        with log.clock("export"):
+            export(state, run_dir, "best", {"val_psnr": state.best_psnr})
+    log.crops(state.step, strips)
 
 
 def export(state: TrainState, run_dir: Path, name: str, extra: dict) -> None:
@@ -379,10 +512,11 @@ class RunLog:
     each step appears once."""
 
     def __init__(self, shard: Shard, run_dir: Path, iterations: int, step: int, resumed: bool,
-                 progress: bool) -> None:
+                 progress: bool, clock: PhaseClock | None = None) -> None:
         self.shard, self.run_dir = shard, run_dir
         self.iterations, self.step, self.resumed = iterations, step, resumed
-        self.progress = progress
+        self.progress, self.clock = progress, clock or PhaseClock()
+        self.warned = False
         self.writer = self.file = self.bar = None
         self.start_clock()
 
@@ -399,9 +533,8 @@ class RunLog:
                                         purge_step=self.step + 1 if self.resumed else None)
             log_path = run_dir / "metrics.jsonl"
             if self.resumed and log_path.exists():
-                kept = [line for line in log_path.read_text().splitlines()
-                        if line.strip() and json.loads(line)["step"] <= self.step]
-                atomic_write_bytes(log_path, "".join(f"{line}\n" for line in kept).encode())
+                kept = [r for r in read_jsonl(log_path) if r.get("step", 0) <= self.step]
+                atomic_write_bytes(log_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
             self.file = open(log_path, "a")
         return self
 
@@ -424,8 +557,25 @@ class RunLog:
                 raise DiskFullError(f"no space left on device while writing {self.file.name}") from err
             raise
         for key, value in record.items():
-            if key != "step":
+            if key != "step" and isinstance(value, int | float):
                 self.writer.add_scalar(key, value, record["step"])
+
+    def crops(self, step: int, strips: dict[str, np.ndarray]) -> None:
+        """Validation crops: into TensorBoard and the run's page."""
+        from upres.training.run_report import save_crop, write_run_report
+
+        for name, strip in strips.items():
+            save_crop(self.run_dir, step, name, strip)
+            self.writer.add_image(f"val/{name}", strip, step, dataformats="HWC")
+        write_run_report(self.run_dir)
+
+    def finish(self, state: TrainState) -> None:
+        """The time per phase, and the page with everything."""
+        from upres.training.run_report import write_run_report
+
+        self.record({"step": state.step, "phase_seconds": {k: round(v, 2) for k, v in
+                                                          self.clock.seconds.items()}})
+        write_run_report(self.run_dir)
 
     def tick(self) -> None:
         self.step += 1
@@ -439,6 +589,19 @@ class RunLog:
         lr_now = state.scheduler.get_last_lr()[0]
         self.bar.set_postfix(loss=f"{loss.item():.4g}", lr=f"{lr_now:.2e}")
         self.record({"step": state.step, "loss": loss.item(), "lr": lr_now, "it_per_s": rate})
+        self.warn_if_long(state, rate)
+
+    def warn_if_long(self, state: TrainState, rate: float) -> None:
+        """Once, when the steps left would take more than a day at this speed (a GPU recipe on a
+        CPU), say so with the figures."""
+        hours = (self.iterations - state.step) / max(rate, 1e-9) / 3600
+        if self.warned or hours < 24 or state.deadline is not None or not self.shard.main:
+            return
+        self.warned = True
+        left = self.iterations - state.step
+        self.message(f"warning: at {rate:.3g} it/s on {state.device}, the {left} steps left take "
+                     f"~{hours:,.0f} hours; this config is sized for a faster device (set "
+                     "train.iterations or train.time_budget)")
 
     def message(self, text: str) -> None:
         self.bar.write(text)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from upres.degradation.recipes import read_labels
 from upres.degradation.refine import Refiner
@@ -38,7 +39,7 @@ def _enable_refinement(predictor: Predictor, cfg, fp_path: Path, progress: bool)
 
 
 def score_by_recipe(plan, configs: dict, out_dir: Path, data: str | None,
-                    progress: bool = True) -> dict[str, Path]:
+                    progress: bool = True, dest: Path | None = None) -> dict[str, Path]:
     """PSNR per recipe of every arm on DATA/test; writes recipes.md, recipes.csv, recipes.png."""
     root = Path(data or plan.data)
     labels = read_labels(root, "test")
@@ -59,7 +60,7 @@ def score_by_recipe(plan, configs: dict, out_dir: Path, data: str | None,
             fp_path = (arm_dir / "experts" / "fingerprint.json" if source.experts
                        else out_dir / "arms" / arm.name / "fingerprint-train.json")
             notes[arm.name] = _enable_refinement(predictor, configs[source.name], fp_path, progress)
-        for f in files:
+        for f in tqdm(files, desc=f"scoring {arm.name} per recipe", unit="img", disable=not progress):
             lr, hr = images.read_image(f["lr"]), images.read_image(f["hr"])
             rgb = rgb_input(lr, f["lr"])
             out = predictor.predict_float(rgb)[0]
@@ -70,7 +71,7 @@ def score_by_recipe(plan, configs: dict, out_dir: Path, data: str | None,
             if arm is plan.arms[0]:
                 by_arm["bicubic"][recipe].append(
                     metrics.psnr(metrics.bicubic_upscale(lr, scale), hr, scale))
-    return _write_recipe_table(by_arm, recipes, notes, out_dir)
+    return _write_recipe_table(by_arm, recipes, notes, dest or out_dir)
 
 
 def _write_recipe_table(by_arm: dict, recipes: list[str], notes: dict, out_dir: Path) -> dict[str, Path]:
@@ -107,7 +108,7 @@ def _plot_recipes(by_arm: dict, recipes: list[str], out_dir: Path) -> None:
     ax.set_ylabel("PSNR gain over bicubic (dB)")
     ax.set_title("held-out test pairs, per LR recipe")
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the bars
     fig.tight_layout()
     with atomic_path(out_dir / "recipes.png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -1,0 +1,124 @@
+"""The competition-cpu benchmark: ``upres auto`` against the manual recipe (``finetune-cpu``,
+trained for the same wall time less its prediction time, then predicted) on competition-style
+sets, at several budgets; test PSNR overall and per LR recipe (where the set records them),
+beside bicubic. Run it alone: two processes on these 2 cores slow each other down.
+
+    python benchmarks/bench_competition.py SET [SET ...] --budgets 15m,30m,60m --out DIR
+
+SET is a folder with train/{lr,hr} and test/{lr,hr} (``upres make-set`` builds such sets, with
+recipes.json). Every run's folder is kept under DIR; ``DIR/results.json`` collects the figures,
+``DIR/table.md`` prints them. A run already in results.json is not run again."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from upres.degradation.recipes import read_labels
+from upres.io import images
+from upres.scoring import metrics
+from upres.training.config import duration_seconds
+
+UPRES = [sys.executable, "-m", "upres.cli"]
+
+
+def score(pred_dir: Path, data: Path) -> dict:
+    """Mean test PSNR (border 4, RGB) overall and per recipe, and bicubic's."""
+    labels = read_labels(data, "test") or {}
+    by: dict[str, list[tuple[float, float]]] = {}
+    for hr_path in images.list_images(data / "test" / "hr"):
+        hr = images.read_image(hr_path)
+        lr = images.read_image(data / "test" / "lr" / hr_path.name)
+        ours = metrics.psnr(images.read_image(pred_dir / f"{hr_path.stem}.png"), hr, 4)
+        bic = metrics.psnr(metrics.bicubic_upscale(lr, 4), hr, 4)
+        for key in ("all", labels.get(hr_path.stem)):
+            if key:
+                by.setdefault(key, []).append((ours, bic))
+    return {k: {"psnr": float(np.mean([o for o, _ in v])), "bicubic": float(np.mean([b for _, b in v])),
+                "images": len(v)} for k, v in by.items()}
+
+
+def run_auto(data: Path, budget: str, folder: Path) -> dict:
+    start = time.monotonic()
+    subprocess.run([*UPRES, "auto", str(data), "--budget", budget, "--out", str(folder), "--quiet"],
+                   check=True)
+    wall = time.monotonic() - start
+    record = json.loads((folder / "auto.json").read_text())
+    return {"wall": wall, "scores": score(folder / "submission", data),
+            "winner": record["phases"]["halving"]["winner"],
+            "levers": {k: v.get("keep") for k, v in record["phases"]["levers"].items()},
+            "refine": record["phases"]["end"]["refine"].get("keep")}
+
+
+def prediction_seconds(data: Path) -> float:
+    """The test set's prediction time by x4plus, from timing its first image here."""
+    from upres.inference.upscaler import Upscaler
+
+    tests = images.list_images(data / "test" / "lr")
+    first = images.read_image(tests[0])
+    up = Upscaler("realesrgan-x4plus", backend="torch", dtype="fp32", tile=0)
+    start = time.perf_counter()
+    up.upscale_array(first)
+    per_pixel = (time.perf_counter() - start) / (first.shape[0] * first.shape[1])
+    return per_pixel * sum(np.prod(images.header_size(p)) for p in tests)
+
+
+def run_manual(data: Path, budget: str, folder: Path) -> dict:
+    """finetune-cpu for the budget less the test set's prediction time (timed first)."""
+    start = time.monotonic()
+    train_s = duration_seconds(budget) - prediction_seconds(data) - 30
+    subprocess.run([*UPRES, "train", "finetune-cpu", "--data", str(data), "--run-dir",
+                    str(folder / "train"), "--quiet", "train.iterations=1000000",
+                    f"train.time_budget={max(train_s, 60):.0f}s"], check=True)
+    subprocess.run([*UPRES, "predict", "--model", str(folder / "train" / "best.safetensors"),
+                    "--input", str(data / "test" / "lr"), "--output", str(folder / "submission"),
+                    "--quiet"], check=True)
+    return {"wall": time.monotonic() - start, "scores": score(folder / "submission", data)}
+
+
+def table(results: dict) -> str:
+    rows = ["| set | budget | method | wall (min) | test PSNR | vs bicubic | per recipe (dB over bicubic) |",
+            "|---|---|---|---|---|---|---|"]
+    for key, r in sorted(results.items()):
+        data, budget, method = key.split("|")
+        s = r["scores"]
+        recipes = ", ".join(f"{k} {v['psnr'] - v['bicubic']:+.2f}" for k, v in sorted(s.items())
+                            if k != "all")
+        rows.append(f"| {Path(data).name} | {budget} | {method} | {r['wall'] / 60:.1f} | "
+                    f"{s['all']['psnr']:.3f} | {s['all']['psnr'] - s['all']['bicubic']:+.3f} | {recipes} |")
+    return "\n".join(rows) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sets", nargs="+", type=Path)
+    parser.add_argument("--budgets", default="15m,30m,60m")
+    parser.add_argument("--methods", default="manual,auto")
+    parser.add_argument("--out", type=Path, default=Path("bench-competition"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    for data in args.sets:
+        for budget in args.budgets.split(","):
+            for method in args.methods.split(","):
+                key = f"{data.resolve()}|{budget}|{method}"
+                if key in results:
+                    continue
+                folder = args.out / f"{data.name}-{budget}-{method}"
+                run = run_auto if method == "auto" else run_manual
+                results[key] = run(data.resolve(), budget, folder)
+                path.write_text(json.dumps(results, indent=1))
+                print(table({key: results[key]}).splitlines()[-1], flush=True)
+    (args.out / "table.md").write_text(table(results))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

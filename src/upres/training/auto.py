@@ -1,0 +1,720 @@
+"""``upres auto``: from a competition folder and a wall-clock budget to the best submission the
+budget buys, every choice made by measurement on held-out validation pairs stratified by
+fingerprint group, and written down in ``RUN/auto.json`` with its figures.
+
+``run_auto`` reads top to bottom: check the data, fingerprint it, split off validation, score
+the candidate starts at step 0, probe each arm (learning-rate range test, step time, memory),
+share the training time by successive halving among the arms, measure what self-ensemble buys,
+give the rest to the winner, then decide ensemble and refinement on validation and predict the
+test set. Each phase is recorded when it ends; ``--resume`` after a kill skips the recorded
+phases and continues training from the arms' checkpoints. The time after training (validation,
+prediction) is estimated from measured throughput and reserved, so the whole run ends at the
+budget."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from upres.errors import DataError, TrainingInterrupted, UpresError
+from upres.inference.shard import Shard, current_shard
+from upres.io import images
+from upres.io.files import atomic_write_bytes, read_jsonl
+from upres.io.pairs import Pair, PairCache, find_pairs
+from upres.io.pretrained import PRETRAINED
+from upres.training.config import Config, load_config
+
+FORMAT = "upres-auto/1"
+VAL_SHARE = 0.04  # of the budget, at most, for one validation pass (fewer pairs if needed)
+PROBE_SHARE = 0.08  # of the training time, at most, for the probes
+HALVING_SHARE = 0.45  # of the training time, for successive halving; the rest to the winner
+MIN_STEPS = 150  # fewest steps an arm's schedule should get (else smaller crops or batches)
+KEEP_DB = 0.01  # a lever at the end must gain at least this on validation to be kept
+SCRATCH_MIN_STEPS = 20_000  # a preset from scratch is a candidate only if it gets this many
+
+
+class AutoError(UpresError):
+    """``upres auto`` cannot run as asked (the message says why, with the figures)."""
+
+
+@dataclass
+class AutoOptions:
+    budget: float  # seconds of wall-clock time for the whole run
+    device: str = "auto"
+    seed: int = 0
+    pretrained: tuple[str, ...] = tuple(PRETRAINED)  # pretrained names tried as starts
+    candidates: tuple[str, ...] = ()  # the user's own weights files, tried as starts
+    presets: str = "auto"  # "auto": published presets the device can train in time; "none"
+    cache_dir: str | None = None
+    progress: bool = True
+
+
+class Clock:
+    """Seconds spent on the run, across resumed attempts."""
+
+    def __init__(self, budget: float, spent_before: float = 0.0) -> None:
+        self.budget, self.spent_before, self.start = budget, spent_before, time.monotonic()
+
+    def elapsed(self) -> float:
+        return self.spent_before + time.monotonic() - self.start
+
+    def left(self) -> float:
+        return self.budget - self.elapsed()
+
+
+class Journal:
+    """``auto.json``: every phase's measured figures and decisions, written atomically when a
+    phase ends; a resumed run skips the phases it holds."""
+
+    def __init__(self, path: Path, data: dict, main: bool = True) -> None:
+        self.path, self.data, self.main = path, data, main  # only rank 0 writes
+
+    @classmethod
+    def open(cls, out: Path, resume: bool, options: dict) -> Journal:
+        path = out / "auto.json"
+        if resume:
+            if not path.exists():
+                raise AutoError(f"{out}: nothing to resume (no auto.json); run without --resume")
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError) as err:
+                raise AutoError(f"{path}: not readable ({err}); move the folder away") from None
+            if data.get("format") != FORMAT:
+                raise AutoError(f"{path}: not an upres auto record")
+            return cls(path, data)
+        if out.exists() and any(out.iterdir()):
+            raise AutoError(f"{out}: the folder holds files already; pass --resume to continue "
+                            "that run, or choose a new --out")
+        return cls(path, {"format": FORMAT, "options": options, "phases": {}, "spent": 0.0})
+
+    def done(self, phase: str) -> bool:
+        return phase in self.data["phases"]
+
+    def __getitem__(self, phase: str) -> dict:
+        return self.data["phases"][phase]
+
+    def record(self, phase: str, result: dict, clock: Clock, started: float) -> dict:
+        result = {**result, "seconds": round(clock.elapsed() - started, 2)}
+        self.data["phases"][phase] = result
+        self.save(clock)
+        return result
+
+    def save(self, clock: Clock) -> None:
+        self.data["spent"] = round(clock.elapsed(), 2)
+        if self.main:
+            atomic_write_bytes(self.path, (json.dumps(self.data, indent=1) + "\n").encode())
+
+
+@dataclass
+class AutoRun:
+    """What the phases share: the folders, options, clock, journal and this process's shard."""
+
+    data: Path
+    out: Path
+    options: AutoOptions
+    clock: Clock
+    journal: Journal
+    shard: Shard
+    say: Callable[[str], None]
+    pairs: list[Pair] = field(default_factory=list)
+    val_pairs: list[Pair] = field(default_factory=list)  # from DATA/val, when it exists
+    scale: int = 4
+
+    def phase(self, name: str, work: Callable[[AutoRun], dict]) -> dict:
+        """Run a phase once (rank 0 does the work and tells the other ranks) and record it."""
+        if self.journal.done(name):
+            return self.journal[name]
+        started = self.clock.elapsed()
+        self.say(f"[{_minutes(started)} / {_minutes(self.clock.budget)}] {name} ...")
+        result = self.shard.broadcast(work(self) if self.shard.main else None)
+        return self.journal.record(name, result, self.clock, started) if self.shard.main else result
+
+
+def _jsonable(options: AutoOptions) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(options).items()
+            if k != "progress"}
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+@dataclass
+class AutoResult:
+    out: Path
+    submission: Path
+    record: dict
+
+
+def run_auto(data: str | Path, out: str | Path, options: AutoOptions, resume: bool = False,
+             say: Callable[[str], None] = print) -> AutoResult:
+    data, out = Path(data), Path(out)
+    shard = current_shard(options.device)
+    opened = Journal.open(out, resume, _jsonable(options)).data if shard.main else None
+    journal = Journal(out / "auto.json", shard.broadcast(opened), shard.main)
+    clock = Clock(options.budget, journal.data["spent"])
+    run = AutoRun(data, out, options, clock, journal, shard, say if shard.main else (lambda _: None))
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        _run_phases(run)
+    except TrainingInterrupted:
+        raise TrainingInterrupted(f"interrupted; run the same command with --resume (and --out "
+                                  f"{out}) to continue") from None
+    if shard.main:
+        from upres.training.auto_report import write_report
+
+        journal.data["total_seconds"] = round(clock.elapsed(), 2)
+        journal.save(clock)
+        write_report(journal.data, out)
+        say(f"finished in {_minutes(clock.elapsed())} of {_minutes(options.budget)}")
+    return AutoResult(out, out / "submission", journal.data)
+
+
+def _run_phases(run: AutoRun) -> None:
+    run.phase("check", check_data)
+    run.pairs, run.val_pairs, run.scale = _load_pairs(run)
+    run.phase("fingerprint", fingerprint_train)
+    run.phase("split", split_validation)
+    run.phase("candidates", score_candidates)
+    run.phase("probes", probe_arms)
+    run_halving(run)
+    run.phase("levers", measure_levers)
+    run_final(run)
+    run.phase("end", decide_end)
+    run.phase("submit", submit)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _load_pairs(run: AutoRun) -> tuple[list[Pair], list[Pair], int]:
+    pairs, problems = find_pairs(run.data / "train" / "lr", run.data / "train" / "hr")
+    val = []
+    if (run.data / "val").is_dir():
+        val, more = find_pairs(run.data / "val" / "lr", run.data / "val" / "hr")
+        problems += more
+    if problems:
+        raise DataError(f"{len(problems)} problem(s) in {run.data}:\n  " + "\n  ".join(problems))
+    lr_size, hr_size = (images.header_size(p) for p in (pairs[0].lr, pairs[0].hr))
+    return pairs, val, max(1, round(hr_size[0] / max(lr_size[0], 1)))
+
+
+def check_data(run: AutoRun) -> dict:
+    """Every pair matched, decoded and checked (into the decode cache training reuses), the
+    test images listed with their sizes: all problems at once, before any work."""
+    pairs, val, scale = _load_pairs(run)
+    test_dir = run.data / "test" / "lr"
+    tests = images.list_images(test_dir) if test_dir.is_dir() else []
+    if not tests:
+        raise DataError(f"{test_dir}: no test images to predict (auto writes a submission for "
+                        "DATA/test/lr)")
+    problems, pixels = [], 0
+    for path in tests:
+        try:
+            w, h = images.header_size(path)
+            pixels += w * h
+        except images.ImageError as err:
+            problems.append(str(err))
+    if problems:
+        raise DataError(f"{len(problems)} problem(s) in {test_dir}:\n  " + "\n  ".join(problems))
+    cache = PairCache(pairs + val, scale, run.options.cache_dir, progress=run.options.progress)
+    train_pixels = sum(int(np.prod(cache.load(i)[0].shape[:2])) for i in range(len(pairs)))
+    return {"train_pairs": len(pairs), "val_pairs_given": len(val), "scale": scale,
+            "train_megapixels": round(train_pixels / 1e6, 4), "test_images": len(tests),
+            "test_megapixels": round(pixels / 1e6, 4)}
+
+
+def fingerprint_train(run: AutoRun) -> dict:
+    """The training pairs' degradation groups (recipes), their page and the blind classifier."""
+    from upres.degradation.fingerprint import fingerprint
+    from upres.degradation.recipes import read_labels
+    from upres.degradation.report import write_report
+
+    labels = read_labels(run.data, "train")
+    fp, cache = fingerprint(run.pairs, run.scale, run.options.cache_dir, labels,
+                            run.options.progress)
+    folder = run.out / "fingerprint"
+    folder.mkdir(parents=True, exist_ok=True)
+    fp.save(folder / "fingerprint.json")
+    write_report(fp, folder / "fingerprint.html", cache.load, [p.name for p in run.pairs])
+    c = fp.classifier or {}
+    return {"groups": len(fp.groups), "sizes": [g.count for g in fp.groups],
+            "posts": [g.post["kind"] for g in fp.groups], "purity": fp.purity(),
+            "classifier_accuracy": c.get("accuracy"), "classifier_chance": c.get("chance"),
+            "group_of": {p.name: p.group for p in fp.pairs}}
+
+
+def split_validation(run: AutoRun) -> dict:
+    """Validation pairs: DATA/val when it exists, else about a tenth of the training pairs
+    (4 to 12), drawn from every fingerprint group in turn, so that each recipe is scored."""
+    if run.val_pairs:
+        return {"val": None, "from": "DATA/val", "count": len(run.val_pairs)}
+    group_of = run.journal["fingerprint"]["group_of"]
+    rng = np.random.default_rng([run.options.seed, 5])
+    by_group: dict[int, list[str]] = {}
+    for name in rng.permutation(sorted(group_of)).tolist():
+        by_group.setdefault(group_of[name], []).append(name)
+    count = int(min(max(round(0.1 * len(run.pairs)), 4), 12, max(len(run.pairs) - 2, 1)))
+    order = [names[i] for i in range(max(map(len, by_group.values())))
+             for _, names in sorted(by_group.items()) if i < len(names) - (len(names) > 1)]
+    return {"val": order[:count] or [sorted(group_of)[0]], "from": "training pairs, stratified by group",
+            "count": min(count, max(len(order), 1))}
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+def val_files(run: AutoRun, count: int | None = None) -> list[dict[str, Path]]:
+    """The validation pairs as ``{"lr", "hr"}`` paths, in their stratified order."""
+    split = run.journal["split"]
+    pairs = run.val_pairs or [p for name in split["val"] for p in run.pairs if p.name == name]
+    return [{"lr": p.lr, "hr": p.hr} for p in pairs[:count]]
+
+
+def _score(model, files: list[dict], scale: int, device: str, self_ensemble: str = "off"):
+    """(mean PSNR, seconds) of a model on validation pairs, as training validation scores."""
+    from upres.inference.upscaler import Upscaler
+    from upres.scoring import metrics
+
+    up = Upscaler(model, device=device, backend="torch", dtype="fp32", tile=0,
+                  self_ensemble=self_ensemble, cache_converted=False)
+    start, scores = time.perf_counter(), []
+    for f in files:
+        lr, hr = images.read_image(f["lr"]), images.read_image(f["hr"])
+        scores.append(metrics.psnr(up.upscale_array(lr), hr, scale))
+    return float(np.mean(scores)), time.perf_counter() - start
+
+
+def _starts(run: AutoRun) -> tuple[list[str], list[str]]:
+    """The weights to start from (pretrained names installed, then the user's files), and why
+    any asked-for start is missing."""
+    from upres.io.pretrained import pretrained_available
+
+    starts, missing = [], []
+    for name in run.options.pretrained:
+        (starts if pretrained_available(name) else missing).append(name)
+    missing = [f"{n}: not installed (pip install 'upres[pretrained]')" for n in missing]
+    for path in run.options.candidates:
+        (starts if Path(path).is_file() else missing).append(path)
+    return starts, missing + [f"{p}: no such file" for p in run.options.candidates
+                              if not Path(p).is_file()]
+
+
+def score_candidates(run: AutoRun) -> dict:
+    """Each start's validation PSNR at step 0 and its inference speed; bicubic beside them; how
+    many validation pairs one validation can afford."""
+    from upres.io.loading import load_weights, model_from_weights
+    from upres.scoring import metrics
+
+    files = val_files(run)
+    bicubic = float(np.mean([metrics.psnr(metrics.bicubic_upscale(images.read_image(f["lr"]), run.scale),
+                                          images.read_image(f["hr"]), run.scale) for f in files]))
+    val_mp = sum(np.prod(images.header_size(f["lr"])) for f in files) / 1e6
+    starts, missing = _starts(run)
+    scored = []
+    for source in starts:
+        weights = load_weights(source)
+        model = model_from_weights(weights)
+        psnr0, seconds = _score(model, files, run.scale, run.shard.device)
+        scored.append({"name": _short(source), "source": str(source), "arch": weights.arch,
+                       "hparams": weights.hparams, "params": sum(p.numel() for p in model.parameters()),
+                       "psnr0": round(psnr0, 4), "val_seconds": round(seconds, 2),
+                       "seconds_per_mp": round(seconds / max(val_mp, 1e-9), 2)})
+        run.say(f"  {scored[-1]['name']}: step-0 validation PSNR {psnr0:.3f} dB "
+                f"(bicubic {bicubic:.3f}) in {seconds:.1f} s")
+    scored += _preset_candidates(run)
+    if not scored:
+        raise AutoError("no candidate start: " + ("; ".join(missing) or "none asked for")
+                        + ". Give --candidate FILE or install the pretrained models")
+    slowest = max((c.get("seconds_per_mp") or 0) for c in scored) * val_mp / max(len(files), 1)
+    used = int(np.clip(VAL_SHARE * run.options.budget / max(slowest, 1e-9), 2, len(files)))
+    return {"bicubic_psnr": round(bicubic, 4), "candidates": scored, "missing": missing,
+            "val_used": min(used, len(files)), "val_megapixels": round(val_mp, 4)}
+
+
+def _short(source: str) -> str:
+    path = Path(str(source))
+    return path.stem if path.suffix else str(source)
+
+
+def _preset_candidates(run: AutoRun) -> list[dict]:
+    """Published presets, to train from scratch: only on an accelerator, and only when asked
+    (``presets auto``); whether one can train enough steps is measured in the probes."""
+    from upres.models import registry
+
+    if run.options.presets == "none" or run.shard.device == "cpu":
+        return []
+    names = list(registry.presets()) if run.options.presets == "auto" else \
+        [p for p in run.options.presets.split(",") if p]
+    found = registry.presets()
+    return [{"name": n, "preset": n, "arch": found[n][0], "psnr0": None, "seconds_per_mp": None}
+            for n in names if n in found]
+
+
+# --------------------------------------------------------------------------- arms and probes
+
+
+def arm_config(run: AutoRun, arm: dict, iterations: int, time_budget: float | None = None,
+               extra: list[str] | None = None) -> Config:
+    """The training config of an arm: its start, freezing, crop, batch and rate; validation on
+    the held-out pairs at the end of each round."""
+    split = run.journal["split"]
+    o = [f"data.root={json.dumps(str(run.data))}", "data.workers=0", f"data.crop={arm['crop']}",
+         f"train.batch_size={arm['batch']}", f"train.lr={arm['lr']}", "train.scheduler=cosine",
+         "train.warmup=0.03", f"train.iterations={iterations}", "train.precision=auto",
+         f"train.ema={arm['ema']}", f"train.seed={run.options.seed}", f"train.device={run.shard.device}",
+         f"train.val_every={10 ** 9}", f"train.checkpoint_every={arm['checkpoint_every']}",
+         "train.log_every=10", "train.keep_checkpoints=1", f"model.scale={run.scale}",
+         f"train.freeze={json.dumps(arm['freeze'])}", f"train.unfreeze={json.dumps(arm['unfreeze'])}",
+         f"data.val_max_images={run.journal['candidates']['val_used']}"]
+    if split["val"] is not None:
+        o.append(f"data.val_pairs={json.dumps(split['val'])}")
+    if run.options.cache_dir:
+        o.append(f"data.cache_dir={json.dumps(str(run.options.cache_dir))}")
+    if time_budget is not None:
+        o.append(f"train.time_budget={max(time_budget, 1):.1f}s")
+    if arm.get("preset"):
+        o += [f"model.preset={arm['preset']}"]
+    else:
+        o += [f"model.arch={arm['arch']}", f"model.params={json.dumps(_free_params(arm))}",
+              f"init.source={json.dumps(arm['source'])}"]
+    return load_config(None, [*o, *(extra or [])])
+
+
+def _free_params(arm: dict) -> dict:
+    """The start's hyperparameters, less the scale (model.scale holds it)."""
+    from upres.models import registry
+
+    scale_key = registry.get(arm["arch"]).scale_key
+    return {k: v for k, v in arm["hparams"].items() if k != scale_key}
+
+
+def head_patterns(names: list[str], share: float) -> list[str]:
+    """Freeze patterns for the first ``share`` of a network's parameter tensors (registration
+    order follows the forward pass in every registered family): whole modules only, by their
+    name's first two components (``body.5``, ``conv_first``)."""
+    def module(name: str) -> str:  # body.5.rdb1.conv1.weight -> body.5; conv_first.weight -> conv_first
+        return ".".join(name.rsplit(".", 1)[0].split(".")[:2])
+
+    cut = int(len(names) * share)
+    head = {module(n) for n in names[:cut]}
+    tail = {module(n) for n in names[cut:]}
+    return [rf"{re.escape(m)}\." for m in sorted(head - tail, key=[module(n) for n in names].index)]
+
+
+def _variants(cand: dict, names: list[str]) -> list[dict]:
+    """The arms of a start: all layers training, and tail first (the first 85% of the tensors
+    frozen, all training from the second half on); a preset from scratch trains whole."""
+    if cand.get("preset"):
+        return [{"variant": "scratch", "freeze": [], "unfreeze": []}]
+    return [{"variant": "full", "freeze": [], "unfreeze": []},
+            {"variant": "tail-first", "freeze": head_patterns(names, 0.85),
+             "unfreeze": [{"at": 0.5, "params": ["."]}]}]
+
+
+def _training_seconds(run: AutoRun) -> float:
+    """Training time still to share: what is left, less the reserve for the phases after it."""
+    return run.clock.left() - reserve_after_training(run, self_ensemble=False, ensemble=False)
+
+
+def reserve_after_training(run: AutoRun, self_ensemble: bool, ensemble: bool) -> float:
+    """Seconds the end needs: validating the final model(s), predicting the test set (x8 with
+    self-ensemble, x2 for an ensemble), writing the report; from measured throughput."""
+    models = 2 if ensemble else 1
+    passes = models * (_val_seconds(run) + _test_seconds(run) * (8 if self_ensemble else 1))
+    return 1.15 * passes + min(10.0, 0.02 * run.options.budget)  # the report and the zip
+
+
+def _per_mp(run: AutoRun) -> float:
+    """Inference seconds per input megapixel of the slowest start, as measured."""
+    return max((c.get("seconds_per_mp") or 0) for c in run.journal["candidates"]["candidates"])
+
+
+def _val_seconds(run: AutoRun) -> float:
+    """One validation pass (over the pairs a validation uses)."""
+    cands = run.journal["candidates"]
+    return _per_mp(run) * cands["val_megapixels"] * cands["val_used"] / max(len(val_files(run)), 1)
+
+
+def _test_seconds(run: AutoRun) -> float:
+    """One pass over the test set."""
+    return _per_mp(run) * run.journal["check"]["test_megapixels"]
+
+
+def probe_arms(run: AutoRun) -> dict:
+    """Each arm's learning rate (range test), step time and crop/batch for the time it can get;
+    arms that cannot train enough steps are dropped with the figures."""
+    from upres.training.lr_find import range_test
+
+    cands = run.journal["candidates"]["candidates"]
+    seconds = _training_seconds(run)
+    arms, dropped = [], []
+    drafts = [(c, v) for c in cands for v in _variants(c, _param_names(c))]
+    probe_steps = int(np.clip(PROBE_SHARE * seconds / max(len(drafts), 1) / 2, 8, 40))
+    min_side = min(min(images.header_size(p.hr)) for p in run.pairs)
+    for cand, variant in drafts:
+        arm = {**cand, **variant, "name": f"{cand['name']}-{variant['variant']}", "crop": 64,
+               "batch": 4, "lr": 2e-4, "ema": 0.99, "checkpoint_every": 50}
+        scratch = variant["variant"] == "scratch"
+        low, high = (1e-5, 1e-2) if scratch else (1e-6, 3e-3)
+        test = range_test(arm_config(run, arm, probe_steps), run.out / "probes" / arm["name"],
+                          probe_steps, low, high, progress=False)
+        share = seconds * (1 - HALVING_SHARE + HALVING_SHARE / max(len(drafts), 1))
+        arm.update(_sized(arm, test.seconds_per_step, share, min_side, run.scale))
+        arm["lr"] = float(np.clip(test.suggestion, 1e-5, 2e-3 if scratch else 1e-3))
+        arm["range_test"] = {"suggestion": test.suggestion, "steps": len(test.lrs),
+                             "seconds_per_step": round(test.seconds_per_step, 3)}
+        need = SCRATCH_MIN_STEPS if scratch else MIN_STEPS
+        if arm["steps_planned"] < need:
+            dropped.append({"name": arm["name"], "why": f"{arm['steps_planned']} steps in the time "
+                            f"it would get ({need} needed)"})
+            continue
+        arms.append(arm)
+        run.say(f"  {arm['name']}: lr {arm['lr']:.2e}, crop {arm['crop']} x batch {arm['batch']}, "
+                f"{arm['seconds_per_step']:.2f} s/step, ~{arm['steps_planned']} steps if it wins")
+    if not arms:
+        raise AutoError("no arm can train in this budget: " + "; ".join(
+            f"{d['name']}: {d['why']}" for d in dropped) + ". Raise --budget")
+    return {"arms": arms, "dropped": dropped, "training_seconds": round(seconds, 1),
+            "probe_steps": probe_steps}
+
+
+def _param_names(cand: dict) -> list[str]:
+    """The parameter names of a start's network (built on the meta device)."""
+    import torch
+
+    from upres.models import registry
+
+    if cand.get("preset"):
+        return []
+    with torch.device("meta"):
+        model = registry.build_model(cand["arch"], cand["hparams"])
+    return [n for n, _ in model.named_parameters()]
+
+
+def _sized(arm: dict, seconds_per_step: float, seconds: float, min_side: int, scale: int) -> dict:
+    """Crop and batch from the measured step time: the most HR pixels per step that still give
+    ``MIN_STEPS`` in the arm's time (step time grows with the pixels), a crop that fits the
+    smallest image, batches of at least 2; the EMA and checkpoint interval follow the steps."""
+    per_pixel = seconds_per_step / (arm["batch"] * arm["crop"] ** 2)
+    pixels = seconds / (MIN_STEPS * per_pixel)
+    options = [(c, b) for c in (32, 48, 64, 96, 128, 192, 256) for b in (2, 4, 8, 16, 32)
+               if c <= min_side and c % (4 * scale) == 0] or [(4 * scale, 2)]
+    fitting = [o for o in options if o[0] ** 2 * o[1] <= pixels] or [min(options)]
+    crop, batch = max(fitting, key=lambda o: (o[0] ** 2 * o[1], o[1] >= 4, o[0]))
+    step = per_pixel * crop ** 2 * batch
+    steps = int(seconds / step)
+    return {"crop": crop, "batch": batch, "seconds_per_step": round(step, 3),
+            "steps_planned": steps, "ema": 0.99 if steps < 2000 else 0.999,
+            "checkpoint_every": max(5, int(60 / step))}
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _arm_psnr(run: AutoRun, name: str) -> tuple[float, int]:
+    """An arm's latest validation PSNR and step, from its metrics."""
+    scores = [(r["val_psnr"], r["step"]) for r in _metrics(run.out / "arms" / name)
+              if "val_psnr" in r]
+    return scores[-1] if scores else (-math.inf, 0)
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return read_jsonl(path) if path.exists() else []
+
+
+def _train_arm(run: AutoRun, arm: dict, seconds: float, iterations: int) -> None:
+    """Continue an arm's training for ``seconds`` (at most ``iterations`` steps in all), ending
+    with a validation; every rank trains, rank 0 writes."""
+    from upres.training.loop import train
+
+    cfg = arm_config(run, arm, iterations, seconds - _val_seconds(run))
+    train(cfg, run.out / "arms" / arm["name"], resume="auto",
+          command=["upres", "auto", arm["name"]], progress=run.options.progress)
+
+
+def run_halving(run: AutoRun) -> None:
+    """Successive halving: every arm trains a round, the better half (by validation PSNR) goes
+    on to a round twice as long, until one is left; rounds are recorded as they end, so a
+    resumed run skips them."""
+    arms = {a["name"]: a for a in run.journal["probes"]["arms"]}
+    record = run.journal.data["phases"].setdefault("halving", {"rounds": [], "alive": list(arms)})
+    if "winner" in record:
+        return
+    n = len(arms)
+    rounds = max(1, math.ceil(math.log2(n))) if n > 1 else 0
+    first = HALVING_SHARE * run.journal["probes"]["training_seconds"] / max(rounds * n, 1)
+    while len(record["rounds"]) < rounds and len(record["alive"]) > 1:
+        r = len(record["rounds"])
+        seconds = first * 2 ** r
+        run.say(f"[{_minutes(run.clock.elapsed())}] halving round {r + 1} of {rounds}: "
+                f"{len(record['alive'])} arms x {seconds / 60:.1f} min")
+        done = record.setdefault("current", {})
+        for name in record["alive"]:
+            if name not in done:
+                _train_arm(run, arms[name], seconds, _horizon(arms[name]))
+                psnr = round(_arm_psnr(run, name)[0], 4) if run.shard.main else None
+                done[name] = run.shard.broadcast(psnr)
+                run.journal.save(run.clock)
+        ranked = sorted(record["alive"], key=lambda a: -done[a])
+        record["rounds"].append({"seconds": round(seconds, 1), "psnr": dict(done),
+                                 "kept": ranked[:math.ceil(len(ranked) / 2)]})
+        record["alive"] = ranked[:math.ceil(len(ranked) / 2)]
+        record.pop("current")
+        run.journal.save(run.clock)
+    last = record["rounds"][-1]["psnr"] if record["rounds"] else {}
+    ranked = sorted(last, key=lambda a: -last[a]) or record["alive"]
+    record["winner"], record["runner_up"] = ranked[0], (ranked[1] if len(ranked) > 1 else None)
+    run.journal.save(run.clock)
+    run.say(f"  winner {record['winner']}" + (f" (runner-up {record['runner_up']})"
+                                              if record["runner_up"] else ""))
+
+
+def _horizon(arm: dict) -> int:
+    """The steps of an arm's cosine schedule: what it would train if it won."""
+    return max(int(arm["steps_planned"]), 10)
+
+
+def _best_weights(run: AutoRun, name: str) -> Path:
+    return run.out / "arms" / name / "best.safetensors"
+
+
+def measure_levers(run: AutoRun) -> dict:
+    """What self-ensemble and an ensemble with the runner-up buy on validation (with the arms'
+    weights after halving), against what they cost on the test set: each is kept where it
+    gains at least ``KEEP_DB`` and its test-time cost fits the time left (reported in dB per
+    minute of test time)."""
+    from upres.io.loading import load_model
+
+    halving = run.journal["halving"]
+    files = val_files(run, min(run.journal["candidates"]["val_used"], 4))
+    winner = load_model(_best_weights(run, halving["winner"]))
+    test_pass = _test_seconds(run)
+    levers = {}
+    measuring = 9 * _val_seconds(run) * len(files) / max(run.journal["candidates"]["val_used"], 1)
+    cost_se = 7 * test_pass + measuring
+    if cost_se > 0.3 * run.clock.left():
+        levers["self_ensemble"] = {"keep": False, "why": f"not affordable: ~{cost_se / 60:.1f} min "
+                                   f"of {run.clock.left() / 60:.1f} left"}
+    else:
+        plain, _ = _score(winner, files, run.scale, run.shard.device)
+        mean, seconds = _score(winner, files, run.scale, run.shard.device, "mean")
+        levers["self_ensemble"] = _lever(mean - plain, 7 * test_pass, run, "x8 flips/rotations")
+    levers["ensemble"] = _measure_ensemble(run, files, test_pass)
+    return levers
+
+
+def _lever(gain: float, cost: float, run: AutoRun, what: str) -> dict:
+    keep = gain >= KEEP_DB and cost < 0.3 * run.clock.left()
+    return {"keep": keep, "gain_db": round(gain, 4), "test_seconds": round(cost, 1),
+            "db_per_minute": round(gain / max(cost / 60, 1e-9), 4), "what": what,
+            "why": ("kept" if keep else f"gain {gain:+.3f} dB below {KEEP_DB}" if gain < KEEP_DB
+                    else "too slow for the time left")}
+
+
+def _measure_ensemble(run: AutoRun, files: list[dict], test_pass: float) -> dict:
+    """Soft voting of the winner and the runner-up, weights fitted on validation."""
+    from upres.inference.ensemble import Predictor, fit_coefficients
+    from upres.inference.upscaler import InferenceOptions
+
+    halving = run.journal["halving"]
+    if not halving.get("runner_up"):
+        return {"keep": False, "why": "one arm only"}
+    options = InferenceOptions(backend="torch", dtype="fp32", tile=0, device=run.shard.device)
+    predictor = Predictor([_best_weights(run, halving["winner"]),
+                           _best_weights(run, halving["runner_up"])], options)
+    val = predictor.validate_files(files, run.scale)
+    weights = fit_coefficients(val.preds, val.targets)
+    result = _lever(val.fused_psnr(weights) - val.psnr[0], test_pass, run, "winner + runner-up")
+    return {**result, "weights": [round(float(w), 4) for w in weights]}
+
+
+def run_final(run: AutoRun) -> None:
+    """The winner trains on for the time left after the reserve for the end, its cosine
+    schedule stretched to end with that time (from its measured speed)."""
+    record = run.journal.data["phases"].setdefault("final", {})
+    if record.get("done"):
+        return
+    halving, levers = run.journal["halving"], run.journal["levers"]
+    arm = next(a for a in run.journal["probes"]["arms"] if a["name"] == halving["winner"])
+    reserve = reserve_after_training(run, levers["self_ensemble"]["keep"], levers["ensemble"]["keep"])
+    seconds = run.clock.left() - reserve
+    records = _metrics(run.out / "arms" / arm["name"])
+    rates = [r["it_per_s"] for r in records if "it_per_s" in r][-5:]
+    rate = float(np.median(rates)) if rates else 1 / arm["seconds_per_step"]
+    step = max((r["step"] for r in records), default=0)
+    iterations = step + int(0.97 * max(seconds - _val_seconds(run), 0) * rate)
+    record.update(planned_seconds=round(seconds, 1), reserve_seconds=round(reserve, 1),
+                  from_step=step, iterations=iterations)
+    if iterations > step + 1:
+        run.say(f"[{_minutes(run.clock.elapsed())}] final: {arm['name']} trains "
+                f"{seconds / 60:.1f} min more, to step {iterations}")
+        _train_arm(run, arm, seconds, iterations)
+    record.update(done=True, psnr=round(_arm_psnr(run, arm["name"])[0], 4) if run.shard.main else None)
+    run.journal.save(run.clock)
+
+
+def decide_end(run: AutoRun) -> dict:
+    """The final models and weights on validation, and LR-consistency refinement kept for the
+    fingerprint groups (and label confidences) where it raises validation PSNR."""
+    from upres.degradation.fingerprint import Fingerprint
+    from upres.degradation.refine import Refiner
+    from upres.inference.ensemble import Predictor, choose_refinement, fit_coefficients
+    from upres.inference.upscaler import InferenceOptions
+
+    halving, levers = run.journal["halving"], run.journal["levers"]
+    models = [_best_weights(run, halving["winner"])]
+    if levers["ensemble"]["keep"]:
+        models.append(_best_weights(run, halving["runner_up"]))
+    options = InferenceOptions(backend="torch", dtype="fp32", tile=0, device=run.shard.device)
+    predictor = Predictor(models, options)
+    val = predictor.validate_files(val_files(run, run.journal["candidates"]["val_used"]), run.scale)
+    weights = fit_coefficients(val.preds, val.targets) if len(models) > 1 else np.ones(1)
+    refine = {"keep": False, "why": "the fingerprint has one group"}
+    fp = Fingerprint.load(run.out / "fingerprint" / "fingerprint.json")
+    if len(fp.groups) > 1 and fp.classifier:
+        refiner = Refiner(fp)
+        refine = choose_refinement(refiner, val, weights)
+        refine["keep"] = refine["gain_db"] >= KEEP_DB and bool(refiner.enabled)
+    return {"models": [str(m) for m in models], "weights": [float(w) for w in weights],
+            "val_psnr": round(val.fused_psnr(weights), 4), "val_psnr_models": val.psnr,
+            "bicubic_psnr": run.journal["candidates"]["bicubic_psnr"],
+            "self_ensemble": levers["self_ensemble"]["keep"], "refine": refine}
+
+
+def submit(run: AutoRun) -> dict:
+    """The test set through the chosen models, self-ensemble and refinement, into
+    ``RUN/submission`` (a folder that appears complete) and ``RUN/submission.zip``."""
+    from upres.degradation.fingerprint import Fingerprint
+    from upres.degradation.refine import Refiner
+    from upres.inference.ensemble import Predictor
+    from upres.inference.submission import write_submission, zip_folder
+    from upres.inference.upscaler import InferenceOptions
+
+    end = run.journal["end"]
+    cpu = run.shard.device == "cpu"
+    options = InferenceOptions(backend="torch", dtype="fp32" if cpu else "auto", device=run.shard.device,
+                               self_ensemble="mean" if end["self_ensemble"] else "off")
+    predictor = Predictor([Path(m) for m in end["models"]], options)
+    if end["refine"]["keep"]:
+        predictor.refiner = Refiner(Fingerprint.load(run.out / "fingerprint" / "fingerprint.json"))
+        predictor.refiner.enabled = set(end["refine"]["enabled_groups"])
+        predictor.refiner.threshold = end["refine"]["threshold"]
+    inputs = images.list_images(run.data / "test" / "lr")
+    start = time.perf_counter()
+    written = write_submission(predictor, np.asarray(end["weights"]), inputs, run.out / "submission",
+                               run.options.progress, Shard(device=run.shard.device))
+    archive = zip_folder(run.out / "submission", written)
+    return {"images": len(written), "predict_seconds": round(time.perf_counter() - start, 1),
+            "folder": str(run.out / "submission"), "zip": str(archive)}

@@ -1,0 +1,177 @@
+"""The decisions page of ``upres auto`` (``RUN/report.html``): every phase and decision with its
+numbers, the time line, and each arm's validation curve beside bicubic; one self-contained file
+(plots inline), readable on a phone."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+from upres.io.files import atomic_write_bytes, read_jsonl
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:0 auto;padding:1em;max-width:1000px;color:#222}
+h1{font-size:1.5em}
+h2{font-size:1.2em;border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.5em 0;font-size:.92em}
+th,td{border-bottom:1px solid #ddd;padding:3px 8px;text-align:right}
+th:first-child,td:first-child{text-align:left}
+.wrap{overflow-x:auto}.keep{color:#060;font-weight:bold}.drop{color:#a00}
+.best{background:#e6f4e6;font-weight:bold}img{max-width:100%;height:auto}
+.summary{background:#f5f7fa;border:1px solid #dde;padding:.6em 1em;border-radius:6px}
+"""
+
+
+def _esc(value) -> str:
+    return html.escape(str(value))
+
+
+def _table(header: list[str], rows: list[list], best: int | None = None) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "".join(
+        f"<tr{' class=best' if i == best else ''}>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>"
+        for i, row in enumerate(rows))
+    return f"<div class=wrap><table><tr>{head}</tr>{body}</table></div>"
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return f"<img alt='plot' src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'>"
+
+
+def _curves(record: dict, out: Path) -> str:
+    """Validation PSNR against training minutes for every arm, bicubic as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for arm in record["phases"].get("probes", {}).get("arms", []):
+        metrics = out / "arms" / arm["name"] / "metrics.jsonl"
+        points = [(r.get("train_seconds", 0) / 60, r["val_psnr"])
+                  for r in (read_jsonl(metrics) if metrics.exists() else []) if "val_psnr" in r]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=arm["name"])
+    bicubic = record["phases"].get("candidates", {}).get("bicubic_psnr")
+    if bicubic is not None:
+        ax.axhline(bicubic, color="k", ls="--", lw=1, label=f"bicubic {bicubic:.2f} dB")
+    ax.set_xlabel("training minutes (each arm's own, rounds in sequence)")
+    ax.set_ylabel("validation PSNR (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _timeline(record: dict) -> str:
+    import matplotlib.pyplot as plt
+
+    phases = [(name, p.get("seconds", 0)) for name, p in record["phases"].items()
+              if isinstance(p, dict) and p.get("seconds")]
+    if not phases:
+        return ""
+    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.3 * len(phases)))
+    start = 0.0
+    for name, seconds in phases:
+        ax.barh(name, seconds / 60, left=start / 60)
+        start += seconds
+    ax.axvline(record["options"]["budget"] / 60, color="tab:red", ls="--", label="budget")
+    ax.invert_yaxis()
+    ax.set_xlabel("minutes")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _kept(lever: dict) -> str:
+    mark = "<span class=keep>kept</span>" if lever.get("keep") else "<span class=drop>dropped</span>"
+    return f"{mark} ({_esc(lever.get('why', ''))})"
+
+
+def _sections(record: dict) -> list[str]:
+    p = record["phases"]
+    parts = []
+    check, fp = p.get("check", {}), p.get("fingerprint", {})
+    parts.append(f"<h2>Data</h2><p>{check.get('train_pairs')} training pairs (x{check.get('scale')}), "
+                 f"{check.get('test_images')} test images ({check.get('test_megapixels')} MP). "
+                 f"Fingerprint: {fp.get('groups')} recipe groups of sizes {fp.get('sizes')}; blind "
+                 f"classifier {_pct(fp.get('classifier_accuracy'))} cross-validated beside "
+                 f"{_pct(fp.get('classifier_chance'))} chance (<a href='fingerprint/fingerprint.html'>"
+                 "the fingerprint page</a>). Validation: "
+                 f"{p.get('split', {}).get('count')} pairs ({_esc(p.get('split', {}).get('from'))}), "
+                 f"{p.get('candidates', {}).get('val_used')} used per validation.</p>")
+    cands = p.get("candidates", {})
+    rows = [[_esc(c["name"]), _esc(c["arch"]), f"{(c.get('params') or 0) / 1e6:.2f}",
+             "" if c.get("psnr0") is None else f"{c['psnr0']:.3f}",
+             "" if c.get("seconds_per_mp") is None else f"{c['seconds_per_mp']:.0f}"]
+            for c in cands.get("candidates", [])]
+    parts.append("<h2>Starts at step 0</h2>" + _table(
+        ["start", "arch", "params (M)", "val PSNR (dB)", "inference s/MP"], rows)
+        + f"<p>bicubic: {cands.get('bicubic_psnr')} dB. Missing: {_esc(cands.get('missing') or 'none')}</p>")
+    probes = p.get("probes", {})
+    rows = [[_esc(a["name"]), f"{a['lr']:.2e}", a["crop"], a["batch"], f"{a['seconds_per_step']:.2f}",
+             a["steps_planned"]] for a in probes.get("arms", [])]
+    parts.append("<h2>Probes</h2>" + _table(["arm", "learning rate (range test)", "crop", "batch",
+                                             "s/step", "steps if it wins"], rows)
+                 + "".join(f"<p class=drop>{_esc(d['name'])}: {_esc(d['why'])}</p>"
+                           for d in probes.get("dropped", [])))
+    return parts + _later_sections(record)
+
+
+def _later_sections(record: dict) -> list[str]:
+    p = record["phases"]
+    halving = p.get("halving", {})
+    parts = []
+    for i, rnd in enumerate(halving.get("rounds", []), start=1):
+        ranked = sorted(rnd["psnr"].items(), key=lambda kv: -kv[1])
+        rows = [[_esc(n), f"{v:.3f}", "kept" if n in rnd["kept"] else "dropped"] for n, v in ranked]
+        parts.append(f"<h2>Halving round {i} ({rnd['seconds'] / 60:.1f} min each)</h2>"
+                     + _table(["arm", "val PSNR (dB)", ""], rows, best=0))
+    if halving.get("winner"):
+        final = p.get("final", {})
+        parts.append(f"<p>Winner: <b>{_esc(halving['winner'])}</b>; final training: "
+                     f"{final.get('planned_seconds', 0) / 60:.1f} min to step "
+                     f"{final.get('iterations')}, val PSNR {final.get('psnr')} dB.</p>")
+    levers, end = p.get("levers", {}), p.get("end", {})
+    rows = []
+    refine = [("refinement", end["refine"])] if end.get("refine") else []
+    for name, lever in [*((k, v) for k, v in levers.items() if isinstance(v, dict)), *refine]:
+        rows.append([_esc(name), f"{lever.get('gain_db', 0):+.3f}", f"{lever.get('test_seconds', 0):.0f}",
+                     f"{lever.get('db_per_minute', 0):+.3f}", _kept(lever)])
+    parts.append("<h2>Levers at the end (on validation)</h2>" + _table(
+        ["lever", "gain (dB)", "test-time cost (s)", "dB per minute", "decision"], rows))
+    sub = p.get("submit", {})
+    if sub:
+        parts.append(f"<h2>Submission</h2><p>{sub['images']} images in <code>{_esc(sub['folder'])}"
+                     f"</code> and <code>{_esc(sub['zip'])}</code>, predicted in "
+                     f"{sub['predict_seconds']:.0f} s; models {_esc(end.get('models'))} with weights "
+                     f"{_esc(end.get('weights'))}.</p>")
+    return parts
+
+
+def _pct(value) -> str:
+    return "?" if value is None else f"{value:.0%}"
+
+
+def write_report(record: dict, out: Path) -> Path:
+    """``out/report.html`` from an ``auto.json`` record (and the arms' metrics)."""
+    end = record["phases"].get("end", {})
+    gain = (end.get("val_psnr", 0) - end.get("bicubic_psnr", 0)) if end else None
+    summary = (f"<div class=summary><b>{end.get('val_psnr', '?')} dB</b> on validation, "
+               f"{'' if gain is None else f'{gain:+.2f} dB over bicubic, '}"
+               f"in {record.get('total_seconds', record['spent']) / 60:.1f} of "
+               f"{record['options']['budget'] / 60:.1f} budgeted minutes.</div>")
+    body = ["<h1>upres auto</h1>", summary, "<h2>Time line</h2>", _timeline(record),
+            "<h2>Validation curves</h2>", _curves(record, out), *_sections(record)]
+    page = ("<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' "
+            "content='width=device-width,initial-scale=1'><title>upres auto</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>")
+    atomic_write_bytes(out / "report.html", page.encode())
+    return out / "report.html"

@@ -1,0 +1,159 @@
+"""``upres auto`` with budgets of seconds on tiny data: a submission and its decisions within
+the budget, a bad start dropped by validation, and a resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import PHOTOS, photo, tiny_rrdbnet
+from upres.cli import main
+from upres.degradation.recipes import degrade, parse_recipe
+from upres.errors import DataError
+from upres.io import images
+from upres.io.loading import save_model
+from upres.training.auto import KEEP_DB, AutoError, AutoOptions, head_patterns, run_auto
+
+
+def make_auto_set(root: Path) -> Path:
+    """Eight 128x128 training pairs in two LR recipes, two LR-only test images."""
+    for i, name in enumerate(PHOTOS):
+        img = photo(name)
+        for j, (y, x) in enumerate(((0, 0), (img.shape[0] // 2, img.shape[1] // 2))):
+            hr = np.ascontiguousarray(img[y:y + 128, x:x + 128])
+            recipe = parse_recipe("bicubic" if (i + j) % 2 else "area")
+            images.write_image(root / "train" / "hr" / f"{i}{j}.png", hr)
+            images.write_image(root / "train" / "lr" / f"{i}{j}.png", degrade(hr, recipe, 4))
+    test = photo("coffee")[200:328, 300:428]
+    for k, recipe in enumerate(("bicubic", "area")):
+        images.write_image(root / "test" / "lr" / f"t{k}.png", degrade(test, parse_recipe(recipe), 4))
+    return root
+
+
+@pytest.fixture(scope="module")
+def auto_set(tmp_path_factory) -> Path:
+    return make_auto_set(tmp_path_factory.mktemp("autoset"))
+
+
+def nearest_rrdbnet():
+    """A tiny RRDBNet whose output is the nearest-neighbour upscaling of its input (the dense
+    blocks off, every other layer passing the three colour channels on): a sensible start."""
+    model = tiny_rrdbnet(num_block=2)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.zero_()
+        for name in ("conv_first", "conv_up1", "conv_up2", "conv_hr", "conv_last"):
+            weight = getattr(model, name).weight
+            for c in range(3):
+                weight[c, c, 1, 1] = 1.0
+    return model
+
+
+@pytest.fixture(scope="module")
+def starts(tmp_path_factory) -> tuple[Path, Path]:
+    """A sensible start, and one whose output is garbage (random, last layer scaled up)."""
+    folder = tmp_path_factory.mktemp("starts")
+    save_model(nearest_rrdbnet(), folder / "good.safetensors")
+    bad = tiny_rrdbnet(num_block=2, seed=1)
+    with torch.no_grad():
+        bad.conv_last.weight.mul_(50)
+    save_model(bad, folder / "bad.safetensors")
+    return folder / "good.safetensors", folder / "bad.safetensors"
+
+
+def _options(starts, budget: float, tmp_path: Path) -> AutoOptions:
+    return AutoOptions(budget, device="cpu", pretrained=(), candidates=tuple(map(str, starts)),
+                       cache_dir=str(tmp_path / "cache"), progress=False)
+
+
+def test_auto_writes_a_submission_within_the_budget_and_drops_the_bad_start(auto_set, starts,
+                                                                              tmp_path):
+    budget = 75.0
+    began = time.monotonic()
+    result = run_auto(auto_set, tmp_path / "run", _options(starts, budget, tmp_path),
+                      say=lambda _: None)
+    wall = time.monotonic() - began
+    assert wall <= budget * 1.05 + 3, wall  # the budget holds, prediction included
+    assert wall >= budget * 0.75, wall  # and is used
+    for k in range(2):
+        out = images.read_image(result.submission / f"t{k}.png")
+        assert out.shape == (128, 128, 3)
+    assert (tmp_path / "run" / "submission.zip").stat().st_size > 0
+    record = json.loads((tmp_path / "run" / "auto.json").read_text())
+    phases = record["phases"]
+    assert list(phases) == ["check", "fingerprint", "split", "candidates", "probes", "halving",
+                            "levers", "final", "end", "submit"]
+    scores = {c["name"]: c["psnr0"] for c in phases["candidates"]["candidates"]}
+    assert scores["good"] > scores["bad"] + 3  # the garbage start is far below at step 0
+    first = phases["halving"]["rounds"][0]
+    assert all(not arm.startswith("bad") for arm in first["kept"])  # and validation drops it
+    assert not phases["halving"]["winner"].startswith("bad")
+    for lever in phases["levers"].values():  # each decision follows its numbers
+        if isinstance(lever, dict) and "gain_db" in lever:
+            assert lever["gain_db"] >= KEEP_DB if lever["keep"] else True
+            assert not lever["keep"] if lever["gain_db"] < KEEP_DB else True
+    assert phases["end"]["val_psnr"] == pytest.approx(max(phases["end"]["val_psnr_models"]), abs=0.5)
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "Halving round 1" in page and "data:image/png;base64," in page
+
+
+def test_auto_refuses_a_used_folder_and_data_without_tests(auto_set, starts, tmp_path):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "mine.txt").write_text("keep me")
+    with pytest.raises(AutoError, match="holds files already; pass --resume"):
+        run_auto(auto_set, tmp_path / "used", _options(starts, 30, tmp_path))
+    assert (tmp_path / "used" / "mine.txt").read_text() == "keep me"
+    with pytest.raises(AutoError, match="nothing to resume"):
+        run_auto(auto_set, tmp_path / "new", _options(starts, 30, tmp_path), resume=True)
+    empty = tmp_path / "notest"
+    (empty / "train").mkdir(parents=True)
+    os.symlink(auto_set / "train" / "lr", empty / "train" / "lr")
+    os.symlink(auto_set / "train" / "hr", empty / "train" / "hr")
+    with pytest.raises(DataError, match="test/lr: no test images to predict"):
+        run_auto(empty, tmp_path / "r2", _options(starts, 30, tmp_path))
+    assert main(["auto", str(empty), "--budget", "30s", "--out", str(tmp_path / "r3"),
+                 "--pretrained", "none", "--candidate", str(starts[0]), "--quiet"]) == 2
+
+
+def test_resume_after_sigkill_finishes_without_redoing_recorded_phases(auto_set, starts, tmp_path):
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "upres.cli", "auto", str(auto_set), "--budget", "70s", "--out",
+            str(run), "--pretrained", "none", "--candidate", str(starts[0]), "--device", "cpu",
+            "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    record_path = run / "auto.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # kill -9 while the arms train
+        if record_path.exists() and "probes" in json.loads(record_path.read_text())["phases"]:
+            break
+        time.sleep(0.2)
+    time.sleep(2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = json.loads(record_path.read_text())
+    assert "submit" not in before["phases"]
+    done = subprocess.run([*argv, "--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    after = json.loads(record_path.read_text())
+    for phase in ("check", "fingerprint", "split", "candidates", "probes"):
+        assert after["phases"][phase] == before["phases"][phase], phase  # not done again
+    assert sorted(p.name for p in (run / "submission").iterdir()) == ["t0.png", "t1.png"]
+
+
+def test_head_patterns_freeze_whole_leading_modules():
+    names = [n for n, _ in tiny_rrdbnet(num_block=4).named_parameters()]
+    patterns = head_patterns(names, 0.5)
+    assert patterns[0] == r"conv_first\." and patterns[-1].startswith(r"body\.")
+    frozen = [n for n in names if any(re.match(p, n) for p in patterns)]
+    assert 0.3 * len(names) < len(frozen) <= 0.5 * len(names)
+    assert all(n.startswith(("conv_first", "body.")) for n in frozen)
