@@ -282,13 +282,18 @@ def recipe_distance(a: Group, b: Group, samples: list[np.ndarray], scale: int) -
              abs(np.log(max(a.noise, 1e-3) / max(b.noise, 1e-3))) / np.log(tol["noise_ratio"]),
              abs(a.blockiness - b.blockiness) / tol["blockiness"],
              abs(a.correlation - b.correlation) / tol["correlation"]]
-    if a.post["kind"] != b.post["kind"]:
+    if _post_kind(a.post) != _post_kind(b.post):
         parts.append(np.inf)
     elif a.post["kind"] == "jpeg":
         parts.append(abs(a.post["level"] - b.post["level"]) / 15)
-    elif a.post["kind"] == "noise":
+    elif _post_kind(a.post) == "noise":
         parts.append(abs(np.log(a.post["level"] / b.post["level"])) / np.log(1.5))
     return float(max(parts))
+
+
+def _post_kind(post: dict) -> str:
+    """A step's kind, noise below 1/255 counting as none (what content alone leaves)."""
+    return "none" if post["kind"] == "noise" and post.get("level", 0) < 1.0 else post["kind"]
 
 
 def merge_recipes(groups: list[Group], load, members: list[np.ndarray], scale: int) -> np.ndarray:

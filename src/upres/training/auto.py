@@ -35,7 +35,11 @@ FORMAT = "upres-auto/1"
 VAL_SHARE = 0.04  # of the budget, at most, for one validation pass (fewer pairs if needed)
 PROBE_SHARE = 0.08  # of the training time, at most, for the probes
 HALVING_SHARE = 0.45  # of the training time, for successive halving; the rest to the winner
-MIN_STEPS = 150  # fewest steps an arm's schedule should get (else smaller crops or batches)
+MIN_STEPS = 300  # steps an arm's schedule should get (else smaller crops or batches)
+FEWEST_STEPS = 50  # a fine-tune that cannot get this many steps is not an arm
+ROUND_STEPS = 100  # a halving round holding fewer steps per arm cannot tell two levers apart
+RANGE_STEPS = 24  # a range test of fewer steps is too noisy to trust
+DEFAULT_LR = {False: 2e-4, True: 5e-4}  # fine-tuning (BasicSR's), from scratch: if not measured
 KEEP_DB = 0.01  # a lever at the end must gain at least this on validation to be kept
 SCRATCH_MIN_STEPS = 20_000  # a preset from scratch is a candidate only if it gets this many
 
@@ -109,7 +113,8 @@ class Journal:
     def save(self, clock: Clock) -> None:
         self.data["spent"] = round(clock.elapsed(), 2)
         if self.main:
-            atomic_write_bytes(self.path, (json.dumps(self.data, indent=1) + "\n").encode())
+            text = json.dumps(self.data, indent=1, default=_plain)
+            atomic_write_bytes(self.path, (text + "\n").encode())
 
 
 @dataclass
@@ -135,6 +140,13 @@ class AutoRun:
         self.say(f"[{_minutes(started)} / {_minutes(self.clock.budget)}] {name} ...")
         result = self.shard.broadcast(work(self) if self.shard.main else None)
         return self.journal.record(name, result, self.clock, started) if self.shard.main else result
+
+
+def _plain(value):
+    """NumPy scalars (measured figures) as JSON numbers and booleans."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def _jsonable(options: AutoOptions) -> dict:
@@ -311,35 +323,40 @@ def _starts(run: AutoRun) -> tuple[list[str], list[str]]:
 
 
 def score_candidates(run: AutoRun) -> dict:
-    """Each start's validation PSNR at step 0 and its inference speed; bicubic beside them; how
-    many validation pairs one validation can afford."""
+    """How many validation pairs one validation can afford (timed on the first start), then
+    each start's validation PSNR at step 0 and its inference speed on those pairs, bicubic's
+    beside them."""
     from upres.io.loading import load_weights, model_from_weights
     from upres.scoring import metrics
 
-    files = val_files(run)
-    bicubic = float(np.mean([metrics.psnr(metrics.bicubic_upscale(images.read_image(f["lr"]), run.scale),
-                                          images.read_image(f["hr"]), run.scale) for f in files]))
-    val_mp = sum(np.prod(images.header_size(f["lr"])) for f in files) / 1e6
     starts, missing = _starts(run)
     scored = []
+    files = val_files(run)
     for source in starts:
         weights = load_weights(source)
         model = model_from_weights(weights)
+        if not scored:  # the first start's speed sets the number of validation pairs
+            _, seconds = _score(model, files[:1], run.scale, run.shard.device)
+            per_pair = seconds * max(_megapixels(files) / len(files), 1e-9) / _megapixels(files[:1])
+            files = files[:int(np.clip(VAL_SHARE * run.options.budget / per_pair, 2, len(files)))]
         psnr0, seconds = _score(model, files, run.scale, run.shard.device)
         scored.append({"name": _short(source), "source": str(source), "arch": weights.arch,
                        "hparams": weights.hparams, "params": sum(p.numel() for p in model.parameters()),
                        "psnr0": round(psnr0, 4), "val_seconds": round(seconds, 2),
-                       "seconds_per_mp": round(seconds / max(val_mp, 1e-9), 2)})
-        run.say(f"  {scored[-1]['name']}: step-0 validation PSNR {psnr0:.3f} dB "
-                f"(bicubic {bicubic:.3f}) in {seconds:.1f} s")
+                       "seconds_per_mp": round(seconds / _megapixels(files), 2)})
+        run.say(f"  {scored[-1]['name']}: step-0 validation PSNR {psnr0:.3f} dB in {seconds:.1f} s")
     scored += _preset_candidates(run)
     if not scored:
         raise AutoError("no candidate start: " + ("; ".join(missing) or "none asked for")
                         + ". Give --candidate FILE or install the pretrained models")
-    slowest = max((c.get("seconds_per_mp") or 0) for c in scored) * val_mp / max(len(files), 1)
-    used = int(np.clip(VAL_SHARE * run.options.budget / max(slowest, 1e-9), 2, len(files)))
+    bicubic = float(np.mean([metrics.psnr(metrics.bicubic_upscale(images.read_image(f["lr"]), run.scale),
+                                          images.read_image(f["hr"]), run.scale) for f in files]))
     return {"bicubic_psnr": round(bicubic, 4), "candidates": scored, "missing": missing,
-            "val_used": min(used, len(files)), "val_megapixels": round(val_mp, 4)}
+            "val_used": len(files), "val_megapixels": round(_megapixels(files), 4)}
+
+
+def _megapixels(files: list[dict]) -> float:
+    return sum(np.prod(images.header_size(f["lr"])) for f in files) / 1e6
 
 
 def _short(source: str) -> str:
@@ -414,7 +431,8 @@ def head_patterns(names: list[str], share: float) -> list[str]:
 
 def _variants(cand: dict, names: list[str]) -> list[dict]:
     """The arms of a start: all layers training, and tail first (the first 85% of the tensors
-    frozen, all training from the second half on); a preset from scratch trains whole."""
+    frozen, all training from the second half on, each step cheaper); a preset from scratch
+    trains whole."""
     if cand.get("preset"):
         return [{"variant": "scratch", "freeze": [], "unfreeze": []}]
     return [{"variant": "full", "freeze": [], "unfreeze": []},
@@ -429,64 +447,100 @@ def _training_seconds(run: AutoRun) -> float:
 
 def reserve_after_training(run: AutoRun, self_ensemble: bool, ensemble: bool) -> float:
     """Seconds the end needs: validating the final model(s), predicting the test set (x8 with
-    self-ensemble, x2 for an ensemble), writing the report; from measured throughput."""
-    models = 2 if ensemble else 1
-    passes = models * (_val_seconds(run) + _test_seconds(run) * (8 if self_ensemble else 1))
-    return 1.15 * passes + min(10.0, 0.02 * run.options.budget)  # the report and the zip
+    self-ensemble), writing the report; from the measured speed of the models it will run (the
+    slowest start before the halving has chosen)."""
+    halving = run.journal.data["phases"].get("halving", {})
+    names = [halving.get("winner")] + ([halving.get("runner_up")] if ensemble else [])
+    passes = sum(_val_seconds(run, n) + _test_seconds(run, n) * (8 if self_ensemble else 1)
+                 for n in names)
+    return 1.1 * passes + min(10.0, 0.02 * run.options.budget)  # the report and the zip
 
 
-def _per_mp(run: AutoRun) -> float:
-    """Inference seconds per input megapixel of the slowest start, as measured."""
-    return max((c.get("seconds_per_mp") or 0) for c in run.journal["candidates"]["candidates"])
+def _per_mp(run: AutoRun, arm: str | None = None) -> float:
+    """Inference seconds per input megapixel of an arm's start, as measured (the slowest start
+    where no arm is named)."""
+    cands = run.journal["candidates"]["candidates"]
+    if arm is not None:
+        start = next((a["name"][:-len(a["variant"]) - 1] for a in run.journal["probes"]["arms"]
+                      if a["name"] == arm), None)
+        cands = [c for c in cands if c["name"] == start] or cands
+    return max((c.get("seconds_per_mp") or 0) for c in cands)
 
 
-def _val_seconds(run: AutoRun) -> float:
+def _val_seconds(run: AutoRun, arm: str | None = None) -> float:
     """One validation pass (over the pairs a validation uses)."""
-    cands = run.journal["candidates"]
-    return _per_mp(run) * cands["val_megapixels"] * cands["val_used"] / max(len(val_files(run)), 1)
+    return _per_mp(run, arm) * run.journal["candidates"]["val_megapixels"]
 
 
-def _test_seconds(run: AutoRun) -> float:
+def _test_seconds(run: AutoRun, arm: str | None = None) -> float:
     """One pass over the test set."""
-    return _per_mp(run) * run.journal["check"]["test_megapixels"]
+    return _per_mp(run, arm) * run.journal["check"]["test_megapixels"]
 
 
 def probe_arms(run: AutoRun) -> dict:
     """Each arm's learning rate (range test), step time and crop/batch for the time it can get;
-    arms that cannot train enough steps are dropped with the figures."""
-    from upres.training.lr_find import range_test
-
+    arms that cannot train enough steps are dropped with the figures. Tail first is an arm only
+    where a halving round gives it ``ROUND_STEPS`` steps or more, enough to tell it from the full
+    fine-tune (on minicomp it trailed by 0.08 dB after 10 minutes)."""
     cands = run.journal["candidates"]["candidates"]
     seconds = _training_seconds(run)
     arms, dropped = [], []
-    drafts = [(c, v) for c in cands for v in _variants(c, _param_names(c))]
-    probe_steps = int(np.clip(PROBE_SHARE * seconds / max(len(drafts), 1) / 2, 8, 40))
+    probe_steps = int(min(PROBE_SHARE * seconds / max(len(cands), 1) / 3, 40))
     min_side = min(min(images.header_size(p.hr)) for p in run.pairs)
-    for cand, variant in drafts:
-        arm = {**cand, **variant, "name": f"{cand['name']}-{variant['variant']}", "crop": 64,
-               "batch": 4, "lr": 2e-4, "ema": 0.99, "checkpoint_every": 50}
-        scratch = variant["variant"] == "scratch"
-        low, high = (1e-5, 1e-2) if scratch else (1e-6, 3e-3)
-        test = range_test(arm_config(run, arm, probe_steps), run.out / "probes" / arm["name"],
-                          probe_steps, low, high, progress=False)
-        share = seconds * (1 - HALVING_SHARE + HALVING_SHARE / max(len(drafts), 1))
-        arm.update(_sized(arm, test.seconds_per_step, share, min_side, run.scale))
-        arm["lr"] = float(np.clip(test.suggestion, 1e-5, 2e-3 if scratch else 1e-3))
-        arm["range_test"] = {"suggestion": test.suggestion, "steps": len(test.lrs),
-                             "seconds_per_step": round(test.seconds_per_step, 3)}
-        need = SCRATCH_MIN_STEPS if scratch else MIN_STEPS
-        if arm["steps_planned"] < need:
-            dropped.append({"name": arm["name"], "why": f"{arm['steps_planned']} steps in the time "
-                            f"it would get ({need} needed)"})
-            continue
-        arms.append(arm)
-        run.say(f"  {arm['name']}: lr {arm['lr']:.2e}, crop {arm['crop']} x batch {arm['batch']}, "
-                f"{arm['seconds_per_step']:.2f} s/step, ~{arm['steps_planned']} steps if it wins")
+    rounds_of = HALVING_SHARE * seconds / max(2 * len(cands), 1)  # if every start has two arms
+    for cand in cands:
+        names = _param_names(cand)
+        variants = _variants(cand, names)
+        lr = None
+        for variant in variants:
+            arm = _probe(run, cand, variant, probe_steps, seconds, min_side, len(cands), lr)
+            lr = arm["lr"]  # the rate of the full fine-tune serves tail first too
+            if variant["variant"] == "full" and rounds_of / arm["seconds_per_step"] < ROUND_STEPS:
+                variants[1:] = []  # tail first would not get steps enough to be compared
+                dropped.append({"name": f"{cand['name']}-tail-first", "why": f"a halving round "
+                                f"of {rounds_of:.0f} s holds {rounds_of / arm['seconds_per_step']:.0f} "
+                                f"steps ({ROUND_STEPS} needed to compare it)"})
+            need = SCRATCH_MIN_STEPS if variant["variant"] == "scratch" else FEWEST_STEPS
+            if arm["steps_planned"] < need:
+                dropped.append({"name": arm["name"], "why": f"{arm['steps_planned']} steps in "
+                                f"the time it would get ({need} needed)"})
+                continue
+            arms.append(arm)
+            run.say(f"  {arm['name']}: lr {arm['lr']:.2e}, crop {arm['crop']} x batch "
+                    f"{arm['batch']}, {arm['seconds_per_step']:.2f} s/step, ~{arm['steps_planned']} "
+                    "steps if it wins")
     if not arms:
         raise AutoError("no arm can train in this budget: " + "; ".join(
             f"{d['name']}: {d['why']}" for d in dropped) + ". Raise --budget")
     return {"arms": arms, "dropped": dropped, "training_seconds": round(seconds, 1),
             "probe_steps": probe_steps}
+
+
+def _probe(run: AutoRun, cand: dict, variant: dict, steps: int, seconds: float, min_side: int,
+           starts: int, lr: float | None) -> dict:
+    """One arm measured: a range test of ``steps`` (its rate and its step time; with ``lr``
+    given, or fewer than ``RANGE_STEPS`` affordable, a few steps at a known rate time it), then
+    its crop, batch and schedule for the time it would get if it won."""
+    from upres.training.lr_find import range_test
+
+    scratch = variant["variant"] == "scratch"
+    arm = {**cand, **variant, "name": f"{cand['name']}-{variant['variant']}", "crop": 64,
+           "batch": 4, "lr": DEFAULT_LR[scratch], "ema": 0.99, "checkpoint_every": 50}
+    folder = run.out / "probes" / arm["name"]
+    if lr is None and steps >= RANGE_STEPS:
+        low, high = (1e-5, 1e-2) if scratch else (1e-6, 3e-3)
+        test = range_test(arm_config(run, arm, steps), folder, steps, low, high, progress=False)
+        arm["lr"] = float(np.clip(test.suggestion, 1e-5, 2e-3 if scratch else 1e-3))
+        arm["range_test"] = {"suggestion": test.suggestion, "steps": len(test.lrs)}
+    else:
+        arm["lr"] = lr or arm["lr"]
+        rate = arm["lr"]
+        test = range_test(arm_config(run, arm, 5), folder, 5, rate, rate * 1.0001, progress=False)
+        arm["range_test"] = {"skipped": "the full fine-tune's rate" if lr else
+                             f"{steps} steps affordable ({RANGE_STEPS} needed): the usual rate"}
+    share = seconds * (1 - HALVING_SHARE + HALVING_SHARE / max(starts, 1))
+    arm.update(_sized(arm, test.seconds_per_step, share, min_side, run.scale))
+    return arm
 
 
 def _param_names(cand: dict) -> list[str]:
@@ -504,12 +558,14 @@ def _param_names(cand: dict) -> list[str]:
 
 def _sized(arm: dict, seconds_per_step: float, seconds: float, min_side: int, scale: int) -> dict:
     """Crop and batch from the measured step time: the most HR pixels per step that still give
-    ``MIN_STEPS`` in the arm's time (step time grows with the pixels), a crop that fits the
-    smallest image, batches of at least 2; the EMA and checkpoint interval follow the steps."""
+    ``MIN_STEPS`` in the arm's time (step time grows with the pixels), crops of at least 64 that
+    fit the smallest image, batches of at least 4; the EMA and checkpoint interval follow the
+    steps."""
     per_pixel = seconds_per_step / (arm["batch"] * arm["crop"] ** 2)
     pixels = seconds / (MIN_STEPS * per_pixel)
-    options = [(c, b) for c in (32, 48, 64, 96, 128, 192, 256) for b in (2, 4, 8, 16, 32)
-               if c <= min_side and c % (4 * scale) == 0] or [(4 * scale, 2)]
+    least = min(64, min_side // (4 * scale) * 4 * scale) or 4 * scale  # crops of 64, batches of 4
+    options = [(c, b) for c in (32, 48, 64, 96, 128, 192, 256) for b in (4, 8, 16, 32)
+               if least <= c <= min_side and c % (4 * scale) == 0] or [(least, 4)]
     fitting = [o for o in options if o[0] ** 2 * o[1] <= pixels] or [min(options)]
     crop, batch = max(fitting, key=lambda o: (o[0] ** 2 * o[1], o[1] >= 4, o[0]))
     step = per_pixel * crop ** 2 * batch
@@ -539,7 +595,7 @@ def _train_arm(run: AutoRun, arm: dict, seconds: float, iterations: int) -> None
     with a validation; every rank trains, rank 0 writes."""
     from upres.training.loop import train
 
-    cfg = arm_config(run, arm, iterations, seconds - _val_seconds(run))
+    cfg = arm_config(run, arm, iterations, seconds - _val_seconds(run, arm["name"]))
     train(cfg, run.out / "arms" / arm["name"], resume="auto",
           command=["upres", "auto", arm["name"]], progress=run.options.progress)
 
@@ -586,8 +642,13 @@ def _horizon(arm: dict) -> int:
     return max(int(arm["steps_planned"]), 10)
 
 
-def _best_weights(run: AutoRun, name: str) -> Path:
-    return run.out / "arms" / name / "best.safetensors"
+def _best_weights(run: AutoRun, name: str) -> Path | str | None:
+    """An arm's best weights so far (its start before it trained; None for a preset that has
+    not trained yet)."""
+    path = run.out / "arms" / name / "best.safetensors"
+    if path.exists():
+        return path
+    return next(a.get("source") for a in run.journal["probes"]["arms"] if a["name"] == name)
 
 
 def measure_levers(run: AutoRun) -> dict:
@@ -599,10 +660,14 @@ def measure_levers(run: AutoRun) -> dict:
 
     halving = run.journal["halving"]
     files = val_files(run, min(run.journal["candidates"]["val_used"], 4))
+    if _best_weights(run, halving["winner"]) is None:
+        why = {"keep": False, "why": "nothing trained yet to measure it on"}
+        return {"self_ensemble": why, "ensemble": why}
     winner = load_model(_best_weights(run, halving["winner"]))
-    test_pass = _test_seconds(run)
+    test_pass = _test_seconds(run, halving["winner"])
     levers = {}
-    measuring = 9 * _val_seconds(run) * len(files) / max(run.journal["candidates"]["val_used"], 1)
+    measuring = 9 * _val_seconds(run, halving["winner"]) * len(files) / max(
+        run.journal["candidates"]["val_used"], 1)
     cost_se = 7 * test_pass + measuring
     if cost_se > 0.3 * run.clock.left():
         levers["self_ensemble"] = {"keep": False, "why": f"not affordable: ~{cost_se / 60:.1f} min "
@@ -611,19 +676,20 @@ def measure_levers(run: AutoRun) -> dict:
         plain, _ = _score(winner, files, run.scale, run.shard.device)
         mean, seconds = _score(winner, files, run.scale, run.shard.device, "mean")
         levers["self_ensemble"] = _lever(mean - plain, 7 * test_pass, run, "x8 flips/rotations")
-    levers["ensemble"] = _measure_ensemble(run, files, test_pass)
+    levers["ensemble"] = _measure_ensemble(run, files)
     return levers
 
 
 def _lever(gain: float, cost: float, run: AutoRun, what: str) -> dict:
-    keep = gain >= KEEP_DB and cost < 0.3 * run.clock.left()
+    gain = float(gain)
+    keep = bool(gain >= KEEP_DB and cost < 0.3 * run.clock.left())
     return {"keep": keep, "gain_db": round(gain, 4), "test_seconds": round(cost, 1),
             "db_per_minute": round(gain / max(cost / 60, 1e-9), 4), "what": what,
             "why": ("kept" if keep else f"gain {gain:+.3f} dB below {KEEP_DB}" if gain < KEEP_DB
                     else "too slow for the time left")}
 
 
-def _measure_ensemble(run: AutoRun, files: list[dict], test_pass: float) -> dict:
+def _measure_ensemble(run: AutoRun, files: list[dict]) -> dict:
     """Soft voting of the winner and the runner-up, weights fitted on validation."""
     from upres.inference.ensemble import Predictor, fit_coefficients
     from upres.inference.upscaler import InferenceOptions
@@ -636,7 +702,8 @@ def _measure_ensemble(run: AutoRun, files: list[dict], test_pass: float) -> dict
                            _best_weights(run, halving["runner_up"])], options)
     val = predictor.validate_files(files, run.scale)
     weights = fit_coefficients(val.preds, val.targets)
-    result = _lever(val.fused_psnr(weights) - val.psnr[0], test_pass, run, "winner + runner-up")
+    extra = _test_seconds(run, halving["runner_up"])  # the runner-up's pass over the test set
+    result = _lever(val.fused_psnr(weights) - val.psnr[0], extra, run, "winner + runner-up")
     return {**result, "weights": [round(float(w), 4) for w in weights]}
 
 
@@ -654,7 +721,7 @@ def run_final(run: AutoRun) -> None:
     rates = [r["it_per_s"] for r in records if "it_per_s" in r][-5:]
     rate = float(np.median(rates)) if rates else 1 / arm["seconds_per_step"]
     step = max((r["step"] for r in records), default=0)
-    iterations = step + int(0.97 * max(seconds - _val_seconds(run), 0) * rate)
+    iterations = step + int(0.97 * max(seconds - _val_seconds(run, arm["name"]), 0) * rate)
     record.update(planned_seconds=round(seconds, 1), reserve_seconds=round(reserve, 1),
                   from_step=step, iterations=iterations)
     if iterations > step + 1:
