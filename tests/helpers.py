@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from upres.degradation.recipes import degrade, parse_recipe
 from upres.io import images
 from upres.models import ModelDescriptor, RRDBNet
 
@@ -71,4 +72,21 @@ def make_competition(root: Path, train_size: int = 256, val_size: int = 96) -> P
         write_pair(root, "train", f"{i:04d}", img[:train_h, :train_w])
         y, x = h // 2 - val_size // 2, 3 * w // 4 - val_size // 2
         write_pair(root, "val", f"{i:04d}", img[y:y + val_size, x:x + val_size])
+    return root
+
+
+def make_recipe_set(root: Path) -> Path:
+    """A competition folder: eight 128x128 training pairs in two LR recipes (bicubic, area),
+    two test images in each recipe as test/lr with their test/hr."""
+    for i, name in enumerate(PHOTOS):
+        img = photo(name)
+        for j, (y, x) in enumerate(((0, 0), (img.shape[0] // 2, img.shape[1] // 2))):
+            hr = np.ascontiguousarray(img[y:y + 128, x:x + 128])
+            recipe = parse_recipe("bicubic" if (i + j) % 2 else "area")
+            images.write_image(root / "train" / "hr" / f"{i}{j}.png", hr)
+            images.write_image(root / "train" / "lr" / f"{i}{j}.png", degrade(hr, recipe, 4))
+    test = np.ascontiguousarray(photo("coffee")[200:328, 300:428])
+    for k, recipe in enumerate(("bicubic", "area")):
+        images.write_image(root / "test" / "lr" / f"t{k}.png", degrade(test, parse_recipe(recipe), 4))
+        images.write_image(root / "test" / "hr" / f"t{k}.png", test)
     return root

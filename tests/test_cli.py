@@ -165,3 +165,6 @@ def test_demo_upscales_the_sample_photo_with_x4plus(tmp_path):
     # A faithful 4x: shrunk back by area averaging it matches the input closely.
     back = sr.reshape(300, 4, 451, 4, 3).mean(axis=(1, 3))
     assert metrics.psnr(np.rint(back).astype(np.uint8), src) > 30
+    page = (out / "index.html").read_text()  # its own before/after, both crops inline
+    assert page.count("data:image/png;base64,") >= 2 and "type=range" in page
+    assert "href='upscaled_x4.png'" in page and "href='input.png'" in page

@@ -647,7 +647,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out_dir = Path(args.output)
     src, dst = out_dir / "input.png", out_dir / "upscaled_x4.png"
-    others = sorted(p.name for p in out_dir.iterdir() if p not in (src, dst)) if out_dir.is_dir() else []
+    own = {src.name, dst.name, "index.html"}
+    others = sorted(p.name for p in out_dir.iterdir() if p.name not in own) if out_dir.is_dir() else []
     if others:  # the demo replaces only its own two files
         raise UpresError(f"{out_dir}: the demo folder holds other files ({', '.join(others[:3])}); "
                          "choose another -o")
@@ -659,6 +660,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.verbose:
         upscaler.engine.on_plan = lambda plan: _note(f"{src.name}: {plan}")
     upscaler.upscale_file(src, dst, overwrite=True)
+    from upres.scoring.report import before_after_page
+
+    page = before_after_page(src, dst, out_dir / "index.html", model="realesrgan-x4plus")
+    print(f"before/after page: {page.resolve()}")
     print(f"wrote {dst.resolve()}")
     return 0
 
@@ -687,11 +692,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_config_list(args: argparse.Namespace) -> int:
     from upres.models import registry
-    from upres.training.config import SHIPPED_CONFIGS, shipped_configs
+    from upres.training.config import shipped_configs, shipped_description
 
     for name, path in shipped_configs().items():
         kind = "plan" if path.parent.name == "experiments" else "config"
-        print(f"{name:22s} {kind:6s} {path.relative_to(SHIPPED_CONFIGS)}")
+        print(f"{name:22s} {kind:6s} {shipped_description(path)}")
     for name, (arch, preset) in registry.presets().items():  # `upres train NAME`: zoo.yaml + preset
         print(f"{name:22s} {'preset':6s} {arch}: {preset.source}")
     return 0

@@ -34,3 +34,20 @@ def test_atomic_path_leaves_the_old_file_and_no_temp_on_failure(tmp_path):
             raise RuntimeError("disk trouble")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["keep.bin"]
+
+
+def test_ticking_says_what_runs_while_it_runs(caplog):
+    import logging
+    import time
+
+    from upres.io.ticker import ticking
+
+    with caplog.at_level(logging.INFO, logger="upres"):
+        with ticking("converting X", every=0.05):
+            time.sleep(0.3)
+        with ticking("quick", every=5):
+            pass
+    lines = [r.getMessage() for r in caplog.records]
+    beats = [m for m in lines if m.startswith("converting X: still running")]
+    assert len(beats) >= 3 and lines[-1].startswith("converting X: done in")
+    assert not any(m.startswith("quick") for m in lines)  # short work says nothing extra

@@ -12,37 +12,20 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from helpers import PHOTOS, photo, tiny_rrdbnet
+from helpers import make_recipe_set, tiny_rrdbnet
 from upres.cli import main
-from upres.degradation.recipes import degrade, parse_recipe
 from upres.errors import DataError
 from upres.io import images
 from upres.io.loading import save_model
 from upres.training.auto import KEEP_DB, AutoError, AutoOptions, head_patterns, run_auto
 
 
-def make_auto_set(root: Path) -> Path:
-    """Eight 128x128 training pairs in two LR recipes, two LR-only test images."""
-    for i, name in enumerate(PHOTOS):
-        img = photo(name)
-        for j, (y, x) in enumerate(((0, 0), (img.shape[0] // 2, img.shape[1] // 2))):
-            hr = np.ascontiguousarray(img[y:y + 128, x:x + 128])
-            recipe = parse_recipe("bicubic" if (i + j) % 2 else "area")
-            images.write_image(root / "train" / "hr" / f"{i}{j}.png", hr)
-            images.write_image(root / "train" / "lr" / f"{i}{j}.png", degrade(hr, recipe, 4))
-    test = photo("coffee")[200:328, 300:428]
-    for k, recipe in enumerate(("bicubic", "area")):
-        images.write_image(root / "test" / "lr" / f"t{k}.png", degrade(test, parse_recipe(recipe), 4))
-    return root
-
-
 @pytest.fixture(scope="module")
 def auto_set(tmp_path_factory) -> Path:
-    return make_auto_set(tmp_path_factory.mktemp("autoset"))
+    return make_recipe_set(tmp_path_factory.mktemp("autoset"))
 
 
 def nearest_rrdbnet():
@@ -93,6 +76,9 @@ def test_auto_writes_a_submission_within_the_budget_and_drops_the_bad_start(auto
     phases = record["phases"]
     assert list(phases) == ["check", "fingerprint", "split", "candidates", "probes", "halving",
                             "levers", "final", "end", "submit"]
+    spans = [(phase["began"], phase["seconds"]) for phase in phases.values()]  # the time line
+    assert all(b2 >= b1 + s1 - 0.5 for (b1, s1), (b2, _) in zip(spans, spans[1:]))
+    assert spans[-1][0] + spans[-1][1] <= record["spent"] + 0.5
     scores = {c["name"]: c["psnr0"] for c in phases["candidates"]["candidates"]}
     assert scores["good"] > scores["bad"] + 3  # the garbage start is far below at step 0
     first = phases["halving"]["rounds"][0]

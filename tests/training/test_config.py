@@ -91,6 +91,11 @@ def test_config_commands_list_show_and_write_the_schema(tmp_path, capsys):
     listed = capsys.readouterr().out
     for name in ("smoke-cpu", "recipe-x4plus", "finetune-cpu", "seed-ablation-cpu"):
         assert name in listed
+    lines = {line.split()[0]: line for line in listed.splitlines()}  # each described in a line
+    assert lines["seed-ablation-cpu"].split(None, 2)[2] == ("The recipe's comparison at CPU size: "
+                                                           "tiny RRDBNets, small crops, equal "
+                                                           "iterations, one seed")
+    assert "plan" in lines["levers-cpu"] and "config" in lines["recipe-x4plus"]
     assert main(["config", "show", "smoke-cpu"]) == 0
     assert capsys.readouterr().out == (SHIPPED_CONFIGS / "smoke-cpu.yaml").read_text()
     out = tmp_path / "schema.json"

@@ -8,8 +8,9 @@ import yaml
 from helpers import make_competition
 from upres.cli import main
 from upres.errors import ConfigError
+from upres.training import experiment
 from upres.training.config import load_config, load_plan
-from upres.training.experiment import arm_config
+from upres.training.experiment import PlanClock, arm_config
 
 
 def write_plan(tmp_path, comp):
@@ -92,3 +93,24 @@ def test_a_bad_arm_fails_before_any_arm_trains(tmp_path):
     with pytest.raises(ConfigError, match="model.preset: span is a SPAN, not a RRDBNet"):
         run_plan(load_plan(path), tmp_path / "out", str(tmp_path / "nodata"))
     assert not (tmp_path / "out" / "arms").exists()
+
+
+def test_plan_clock_says_the_eta_and_warns_past_a_day(monkeypatch, capsys):
+    now = [1000.0]
+    monkeypatch.setattr(experiment.time, "monotonic", lambda: now[0])
+    plan = load_plan("arch-zoo-cpu")  # 5 arms of 3m
+    clock = PlanClock(5, plan)
+    assert capsys.readouterr().out.strip() == "plan: 5 arms of 3m each, ~15m of training"
+    now[0] += 1.0  # an arm kept from an earlier run: no pace from it
+    clock.arm_done()
+    assert capsys.readouterr().out == ""
+    now[0] += 240.0
+    clock.arm_done()  # 4 min a trained arm, 3 left
+    assert capsys.readouterr().out.strip() == "3 arm(s) left; ETA ~12m at the pace so far"
+    now[0] += 20 * 3600.0  # (240 + 72000) / 2 a trained arm, 2 left: ~20h04m
+    clock.arm_done()
+    out = capsys.readouterr().out
+    assert "2 arm(s) left; ETA ~20h04m" in out and "warning" not in out
+    now[0] += 60 * 3600.0
+    clock.arm_done()  # (240 + 72000 + 216000) / 3 = 26.7 h for the last arm
+    assert "warning: the plan needs ~27 more hours on this device" in capsys.readouterr().out

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from upres.io.files import cache_dir, files_sha256
+from upres.io.ticker import ticking
 from upres.models.descriptor import ModelDescriptor
 
 PRECISIONS = {"bf16": "bf16", "fp32": "f32"}
@@ -112,9 +113,10 @@ def convert(model, descriptor: ModelDescriptor):
     side = max(16, descriptor.min_size) * descriptor.size_multiple
     example = torch.rand(1, descriptor.in_channels, side, side)
     shape = ov.PartialShape([-1, descriptor.in_channels, -1, -1])
-    log.info("converting %s to OpenVINO, once (kept in %s; x4plus took about 40 s here) ...",
-             descriptor.arch, ir_folder())
-    with torch.no_grad(), _no_telemetry(), warnings.catch_warnings():
+    log.info("converting %s to OpenVINO, once (kept in %s; x4plus took about 40 s here, window "
+             "transformers take minutes) ...", descriptor.arch, ir_folder())
+    with torch.no_grad(), _no_telemetry(), warnings.catch_warnings(), \
+            ticking(f"converting {descriptor.arch} to OpenVINO"):
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace", category=FutureWarning)
         return ov.convert_model(model.eval().to("cpu"), example_input=example, input=[shape])

@@ -179,3 +179,30 @@ the best PSNR of each row is marked. Ground truth: {html.escape(str(gt_dir))}; L
 {figs}
 </body></html>
 """
+
+
+def before_after_page(lr_path: str | Path, sr_path: str | Path, out: str | Path,
+                      model: str = "upres") -> Path:
+    """A one-image page without ground truth (the demo's): the busiest window of the result,
+    bicubic against the model under a slider, and links to the full-size files."""
+    from upres.scoring.metrics import bicubic_upscale
+
+    out = Path(out)
+    lr, sr = images.read_image(lr_path), images.read_image(sr_path)
+    scale = max(sr.shape[0] // lr.shape[0], 1)
+    size = min(2 * CROP, sr.shape[0], sr.shape[1])
+    y, x = busiest_window(sr, size)
+    bicubic = bicubic_upscale(lr, scale)[:sr.shape[0], :sr.shape[1]]
+    before, after = (_b64(_zoom(img, y, x, size)) for img in (bicubic, sr))
+    figure = _figure_html({"stem": Path(sr_path).name, "strip": after, "before": before,
+                           "after": after, "after_name": model, "x": x, "y": y, "size": size,
+                           "links": {"input": os.path.relpath(lr_path, out.parent),
+                                     model: os.path.relpath(sr_path, out.parent)}}, model)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' "
+            f"content='width=device-width,initial-scale=1'><title>upres: before/after</title>"
+            f"<style>{STYLE}</style>{SLIDER}</head><body><h1>{html.escape(Path(lr_path).name)} x"
+            f"{scale}</h1><p>{lr.shape[1]}x{lr.shape[0]} in, {sr.shape[1]}x{sr.shape[0]} out by "
+            f"{html.escape(model)}. Drag the slider to compare with bicubic upsampling.</p>"
+            f"{figure}</body></html>")
+    atomic_write_bytes(out, page.encode())
+    return out

@@ -105,7 +105,8 @@ class Journal:
         return self.data["phases"][phase]
 
     def record(self, phase: str, result: dict, clock: Clock, started: float) -> dict:
-        result = {**result, "seconds": round(clock.elapsed() - started, 2)}
+        result = {**result, "began": round(started, 2),
+                  "seconds": round(clock.elapsed() - started, 2)}
         self.data["phases"][phase] = result
         self.save(clock)
         return result
@@ -605,7 +606,8 @@ def run_halving(run: AutoRun) -> None:
     on to a round twice as long, until one is left; rounds are recorded as they end, so a
     resumed run skips them."""
     arms = {a["name"]: a for a in run.journal["probes"]["arms"]}
-    record = run.journal.data["phases"].setdefault("halving", {"rounds": [], "alive": list(arms)})
+    record = run.journal.data["phases"].setdefault(
+        "halving", {"rounds": [], "alive": list(arms), "began": round(run.clock.elapsed(), 2)})
     if "winner" in record:
         return
     n = len(arms)
@@ -632,6 +634,7 @@ def run_halving(run: AutoRun) -> None:
     last = record["rounds"][-1]["psnr"] if record["rounds"] else {}
     ranked = sorted(last, key=lambda a: -last[a]) or record["alive"]
     record["winner"], record["runner_up"] = ranked[0], (ranked[1] if len(ranked) > 1 else None)
+    record["seconds"] = round(run.clock.elapsed() - record["began"], 2)
     run.journal.save(run.clock)
     run.say(f"  winner {record['winner']}" + (f" (runner-up {record['runner_up']})"
                                               if record["runner_up"] else ""))
@@ -710,7 +713,7 @@ def _measure_ensemble(run: AutoRun, files: list[dict]) -> dict:
 def run_final(run: AutoRun) -> None:
     """The winner trains on for the time left after the reserve for the end, its cosine
     schedule stretched to end with that time (from its measured speed)."""
-    record = run.journal.data["phases"].setdefault("final", {})
+    record = run.journal.data["phases"].setdefault("final", {"began": round(run.clock.elapsed(), 2)})
     if record.get("done"):
         return
     halving, levers = run.journal["halving"], run.journal["levers"]
@@ -728,7 +731,8 @@ def run_final(run: AutoRun) -> None:
         run.say(f"[{_minutes(run.clock.elapsed())}] final: {arm['name']} trains "
                 f"{seconds / 60:.1f} min more, to step {iterations}")
         _train_arm(run, arm, seconds, iterations)
-    record.update(done=True, psnr=round(_arm_psnr(run, arm["name"])[0], 4) if run.shard.main else None)
+    record.update(done=True, psnr=round(_arm_psnr(run, arm["name"])[0], 4) if run.shard.main else None,
+                  seconds=round(run.clock.elapsed() - record["began"], 2))
     run.journal.save(run.clock)
 
 

@@ -73,13 +73,14 @@ def _curves(record: dict, out: Path) -> str:
 def _timeline(record: dict) -> str:
     import matplotlib.pyplot as plt
 
-    phases = [(name, p.get("seconds", 0)) for name, p in record["phases"].items()
+    phases = [(name, p.get("began"), p["seconds"]) for name, p in record["phases"].items()
               if isinstance(p, dict) and p.get("seconds")]
     if not phases:
         return ""
     fig, ax = plt.subplots(figsize=(8, 0.5 + 0.3 * len(phases)))
     start = 0.0
-    for name, seconds in phases:
+    for name, began, seconds in phases:  # where it began (older records: after the last)
+        start = began if began is not None else start
         ax.barh(name, seconds / 60, left=start / 60)
         start += seconds
     ax.axvline(record["options"]["budget"] / 60, color="tab:red", ls="--", label="budget")

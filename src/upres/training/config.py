@@ -526,6 +526,17 @@ def shipped_configs() -> dict[str, Path]:
     return {p.stem: p for p in sorted(SHIPPED_CONFIGS.rglob("*.yaml"))}
 
 
+def shipped_description(path: Path) -> str:
+    """The first sentence of a shipped YAML's leading comment: what ``config list`` says of it."""
+    words = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        words.append(line.lstrip("#").strip())
+    text = re.split(r"\.(?:\s|$)", " ".join(words))[0].rstrip(":")
+    return text if len(text) <= 120 else text[:119] + "..."
+
+
 def load_plan(path: str | Path) -> Plan:
     """An experiment plan (a path or shipped name), validated like a config."""
     path = resolve_config_path(path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from upres.io.files import (
     staged_folder,
 )
 from upres.io.tables import write_tables
-from upres.training.config import Arm, Plan, load_config, parse_overrides
+from upres.training.config import Arm, Plan, duration_seconds, load_config, parse_overrides
 from upres.training.experts import split_budget, train_experts
 from upres.training.loop import train
 from upres.training.per_recipe import score_by_recipe
@@ -122,6 +123,7 @@ def run_plan(plan: Plan, out_dir: str | Path, data: str | None = None, progress:
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / "plan.yaml", yaml.safe_dump(plan.model_dump(), sort_keys=False).encode())
     results = {}
+    eta = PlanClock(sum(not arm.reuse for arm in plan.arms), plan)
     for i, arm in enumerate(plan.arms, start=1):
         if arm.reuse:
             print(f"arm {i}/{len(plan.arms)} {arm.name}: the weights of {arm.reuse}")
@@ -133,12 +135,42 @@ def run_plan(plan: Plan, out_dir: str | Path, data: str | None = None, progress:
         except TrainingInterrupted:
             raise TrainingInterrupted(f"interrupted in arm {arm.name}; run the same command with "
                                       f"--resume (and --out {out_dir}) to continue") from None
+        eta.arm_done()
     with staged_folder(out_dir / "results", overwrite=True) as staging:
         written = write_results(plan, results, out_dir, staging)
         if plan.score_recipes:
             written |= score_by_recipe(plan, configs, out_dir, data, progress, staging)
         written["index.html"] = write_index(plan, staging, out_dir)
     return {name: out_dir / "results" / name for name in written}
+
+
+class PlanClock:
+    """The plan's ETA, said after each arm from the pace of the arms trained in this process
+    (arms differ in speed, so it is an estimate and says so); a warning past a day."""
+
+    def __init__(self, arms: int, plan: Plan) -> None:
+        self.left, self.last, self.trained, self.spent = arms, time.monotonic(), 0, 0.0
+        if plan.time_budget:
+            total = duration_seconds(plan.time_budget) * arms
+            print(f"plan: {arms} arms of {plan.time_budget} each, ~{_span(total)} of training")
+
+    def arm_done(self) -> None:
+        now, self.left = time.monotonic(), self.left - 1
+        if now - self.last > 5:  # an arm that trained here, not one kept from before
+            self.trained, self.spent = self.trained + 1, self.spent + now - self.last
+        self.last = now
+        if not self.left or not self.trained:
+            return
+        eta = self.spent / self.trained * self.left
+        print(f"{self.left} arm(s) left; ETA ~{_span(eta)} at the pace so far")
+        if eta > 24 * 3600:
+            print(f"warning: the plan needs ~{eta / 3600:,.0f} more hours on this device; size "
+                  "it down with KEY=VALUE overrides (train.iterations=..., train.time_budget=...)")
+
+
+def _span(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{max(minutes, 1)}m"
 
 
 def _run_arm(plan: Plan, arm: Arm, configs: dict, out_dir: Path, progress: bool,

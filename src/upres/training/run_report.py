@@ -25,6 +25,7 @@ h2{font-size:1.15em;border-bottom:2px solid #ddd;margin-top:1.5em}
 table{border-collapse:collapse;font-size:.92em}td,th{border-bottom:1px solid #ddd;padding:3px 8px}
 img{max-width:100%;height:auto;image-rendering:pixelated}pre{background:#f5f5f5;padding:.6em;
 overflow-x:auto;font-size:.85em}.wrap{overflow-x:auto}figure{margin:.6em 0}
+.plots{display:flex;flex-wrap:wrap;gap:8px}.plots img{flex:1 1 400px;min-width:0;image-rendering:auto}
 """
 
 
@@ -51,33 +52,37 @@ def _png(data: bytes) -> str:
 
 
 def _plot(records: list[dict]) -> str:
+    """The loss and validation curves as two images side by side that stack on a phone."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    if losses:
-        left.plot(*zip(*losses))
-        left.set_yscale("log")
-    left.set_xlabel("step")
-    left.set_ylabel("training loss")
-    left.grid(alpha=0.3)
-    vals = [(r["step"], r["val_psnr"]) for r in records if "val_psnr" in r]
-    if vals:
-        right.plot(*zip(*vals), marker="o", label="model (EMA)")
-        bicubic = next(r["bicubic_psnr"] for r in records if "bicubic_psnr" in r)
-        right.axhline(bicubic, color="k", ls="--", lw=1, label=f"bicubic {bicubic:.2f}")
-        right.legend(fontsize=8)
-    right.set_xlabel("step")
-    right.set_ylabel("validation PSNR (dB)")
-    right.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return f"<img alt='curves' src='{_png(buf.getvalue())}'>"
+    pictures = []
+    for kind in ("loss", "val"):
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        if kind == "loss":
+            losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
+            if losses:
+                ax.plot(*zip(*losses))
+                ax.set_yscale("log")
+            ax.set_ylabel("training loss")
+        else:
+            vals = [(r["step"], r["val_psnr"]) for r in records if "val_psnr" in r]
+            if vals:
+                ax.plot(*zip(*vals), marker="o", label="model (EMA)")
+                bicubic = next(r["bicubic_psnr"] for r in records if "bicubic_psnr" in r)
+                ax.axhline(bicubic, color="k", ls="--", lw=1, label=f"bicubic {bicubic:.2f}")
+                ax.legend(fontsize=8)
+            ax.set_ylabel("validation PSNR (dB)")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+        pictures.append(f"<img alt='{kind} curve' src='{_png(buf.getvalue())}'>")
+    return f"<div class=plots>{''.join(pictures)}</div>"
 
 
 def _crops_html(run_dir: Path) -> str:

@@ -1,0 +1,86 @@
+"""What a person sees: the longest stretch without any output (a line, a progress-bar update)
+of commands that used to run silently for minutes, each in a fresh cache so one-time work
+(model conversion) is included. Run it alone on an idle machine.
+
+    python benchmarks/bench_silence.py DATA [--out DIR]
+
+DATA is a competition folder (train/lr, train/hr, test/lr), e.g. ../shared/data/minicomp. For
+each command it prints the wall time, the longest silence, and the output around it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import selectors
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from upres.io import images
+
+
+def watch(argv: list[str], env: dict) -> tuple[float, float, str]:
+    """Wall time, the longest gap between two pieces of output, and the text before that gap."""
+    began = last = time.monotonic()
+    longest, before, tail = 0.0, "", ""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    sel = selectors.DefaultSelector()
+    for stream in (proc.stdout, proc.stderr):
+        sel.register(stream, selectors.EVENT_READ)
+    open_streams = 2
+    while open_streams:
+        for key, _ in sel.select():
+            chunk = os.read(key.fileobj.fileno(), 65536)
+            if not chunk:
+                sel.unregister(key.fileobj)
+                open_streams -= 1
+                continue
+            now = time.monotonic()
+            if now - last > longest:
+                longest, before = now - last, tail
+            last = now
+            tail = (tail + chunk.decode(errors="replace"))[-160:]
+    if proc.wait() != 0:
+        raise SystemExit(f"{' '.join(argv)} failed with exit {proc.returncode}")
+    end = time.monotonic()
+    longest = max(longest, end - last)
+    return end - began, longest, " ".join(before.replace("\r", "\n").split("\n")[-2:]).strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", type=Path)
+    parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp()))
+    args = parser.parse_args()
+    data, out = args.data.resolve(), args.out.resolve()
+    photo = sorted((data / "test" / "lr").iterdir())[0]
+    one = out / "one"
+    one.mkdir(parents=True, exist_ok=True)
+    images.write_image(one / photo.name, images.read_image(photo))
+    upres = [sys.executable, "-m", "upres.cli"]
+    pth = out / "x4plus.pth"
+    cases = [
+        ("convert x4plus to .pth (fresh cache: ncnn conversion)",
+         [*upres, "convert", "realesrgan-x4plus", str(pth)]),
+        ("upscale with a .pth, OpenVINO (first run: IR conversion)",
+         [*upres, "upscale", str(one), "-o", str(out / "up"), "-n", str(pth)]),
+        ("upscale --self-ensemble mean, one image",
+         [*upres, "upscale", str(one), "-o", str(out / "se"), "--self-ensemble", "mean"]),
+        ("fingerprint DATA",
+         [*upres, "fingerprint", str(data), "--out", str(out / "fp")]),
+        ("train finetune-cpu, 20 steps with a validation at 0 and 20",
+         [*upres, "train", "finetune-cpu", "--data", str(data), "--run-dir", str(out / "run"),
+          "train.iterations=20", "train.val_every=20", "train.checkpoint_every=20"]),
+        ("demo", [*upres, "demo", "-o", str(out / "demo")]),
+    ]
+    env = dict(os.environ, XDG_CACHE_HOME=str(out / "cache"))
+    print("| command | wall (s) | longest silence (s) | output before it |\n|---|---|---|---|")
+    for name, argv in cases:
+        wall, silence, before = watch(argv, env)
+        print(f"| {name} | {wall:.1f} | {silence:.1f} | `{before[-80:]}` |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
