@@ -107,8 +107,10 @@ def test_suggestion_is_a_third_of_the_smoothed_minimum():
 
 
 def test_range_test_sweeps_geometrically_and_the_command_writes_its_curve(comp, tmp_path, capsys):
-    cfg = load_config(None, [*TINY, f"data.root={comp}", f"data.cache_dir={tmp_path / 'c'}"])
+    cfg = load_config(None, [*TINY, f"data.root={comp}", f"data.cache_dir={tmp_path / 'c'}",
+                             "train.iterations=3"])  # the sweep's length is its own, not training's
     result = range_test(cfg, tmp_path / "lrf", steps=12, low=1e-5, high=1e-1, progress=False)
+    assert len(result.lrs) > 3  # more steps than train.iterations
     ratios = np.diff(np.log10(result.lrs))
     np.testing.assert_allclose(ratios, 4 / 11)  # 4 decades in 11 steps
     assert result.lrs[0] == pytest.approx(1e-5)

@@ -93,7 +93,9 @@ def _timeline(record: dict) -> str:
 
 def _kept(lever: dict) -> str:
     mark = "<span class=keep>kept</span>" if lever.get("keep") else "<span class=drop>dropped</span>"
-    return f"{mark} ({_esc(lever.get('why', ''))})"
+    why = lever.get("why") or (f"on recipe groups {', '.join(map(str, lever['enabled_groups']))}"
+                               if lever.get("enabled_groups") else "")
+    return f"{mark} ({_esc(why)})" if why and why != "kept" else mark
 
 
 def _sections(record: dict) -> list[str]:
@@ -144,17 +146,27 @@ def _later_sections(record: dict) -> list[str]:
     rows = []
     refine = [("refinement", end["refine"])] if end.get("refine") else []
     for name, lever in [*((k, v) for k, v in levers.items() if isinstance(v, dict)), *refine]:
-        rows.append([_esc(name), f"{lever.get('gain_db', 0):+.3f}", f"{lever.get('test_seconds', 0):.0f}",
-                     f"{lever.get('db_per_minute', 0):+.3f}", _kept(lever)])
+        timed = "test_seconds" in lever
+        rows.append([_esc(name), f"{lever.get('gain_db', 0):+.3f}",
+                     f"{lever['test_seconds']:.0f}" if timed else "-",
+                     f"{lever.get('db_per_minute', 0):+.3f}" if timed else "-", _kept(lever)])
     parts.append("<h2>Levers at the end (on validation)</h2>" + _table(
         ["lever", "gain (dB)", "test-time cost (s)", "dB per minute", "decision"], rows))
     sub = p.get("submit", {})
     if sub:
         parts.append(f"<h2>Submission</h2><p>{sub['images']} images in <code>{_esc(sub['folder'])}"
                      f"</code> and <code>{_esc(sub['zip'])}</code>, predicted in "
-                     f"{sub['predict_seconds']:.0f} s; models {_esc(end.get('models'))} with weights "
-                     f"{_esc(end.get('weights'))}.</p>")
+                     f"{sub['predict_seconds']:.0f} s by {_models(end)}.</p>")
     return parts
+
+
+def _models(end: dict) -> str:
+    """Each model by its arm's name (the folder above its weights file) with its weight."""
+    models, weights = end.get("models") or [], end.get("weights") or []
+    named = [_esc(Path(m).parent.name or m) for m in models]
+    if len(named) == len(weights) and len(named) > 1:
+        return "a weighted ensemble of " + ", ".join(f"{n} ({w:.2f})" for n, w in zip(named, weights))
+    return ", ".join(named) or "the winner"
 
 
 def _pct(value) -> str:

@@ -364,10 +364,13 @@ def wrap_model(model: nn.Module, cfg: Config, shard: Shard) -> nn.Module:
     return torch.compile(net) if cfg.train.compile else net
 
 
-def make_loader(dataset: CropDataset, cfg: Config, shard: Shard, start_step: int) -> DataLoader:
-    """Batches for the steps still to run; the sampler makes them depend on (seed, step) only."""
+def make_loader(dataset: CropDataset, cfg: Config, shard: Shard, start_step: int,
+                steps: int | None = None) -> DataLoader:
+    """Batches for the steps still to run (``steps``, else up to ``train.iterations``); the
+    sampler makes them depend on (seed, step) only."""
     tc = cfg.train
-    sampler = StepSampler(tc.batch_size, start_step, shard.rank, shard.world, tc.iterations - start_step)
+    steps = tc.iterations - start_step if steps is None else steps
+    sampler = StepSampler(tc.batch_size, start_step, shard.rank, shard.world, steps)
     workers = min(cfg.data.workers, os.cpu_count() or 1)  # more only compete for the cores
     return DataLoader(dataset, batch_size=tc.batch_size, sampler=sampler,
                       num_workers=workers, pin_memory=shard.device.startswith("cuda"),

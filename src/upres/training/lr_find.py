@@ -55,7 +55,7 @@ def range_test(cfg: Config, out_dir: str | Path, steps: int = 60, low: float = 1
     state = build_state(cfg, torch.device(shard.device))
     apply_freezing(state.model, cfg.train, 0)
     state.model.train()
-    loader = iter(make_loader(data.dataset, cfg, shard, 0))
+    loader = iter(make_loader(data.dataset, cfg, shard, 0, steps))  # not train.iterations
     factor = (high / low) ** (1 / max(steps - 1, 1))
     lrs, smoothed, average, hardness, best = [], [], 0.0, 0.0, math.inf
     started = None
