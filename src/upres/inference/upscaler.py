@@ -21,6 +21,7 @@ from upres.inference.engine import Progress, SelfEnsemble, TileEngine
 from upres.inference.shard import Shard
 from upres.io import images
 from upres.io.files import OutputExistsError, check_output_file, check_output_folder
+from upres.io.ticker import ticking
 from upres.models.descriptor import ModelDescriptor
 
 if TYPE_CHECKING:
@@ -157,7 +158,11 @@ class Upscaler:
         x = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)[None]
         if self.descriptor.in_channels == 1:
             x = (x * images.LUMA.reshape(1, 3, 1, 1)).sum(1, keepdims=True, dtype=np.float32)
-        y = self.engine(x, on_progress)[0]
+        # without a progress callback (the API, demo) a heartbeat says the work goes on
+        beat = (ticking(f"upscaling a {rgb.shape[1]}x{rgb.shape[0]} image") if on_progress is None
+                else contextlib.nullcontext())
+        with beat:
+            y = self.engine(x, on_progress)[0]
         if not np.isfinite(y).all():
             raise InferenceError(f"the model's output holds NaN or infinite values "
                                  f"({self.descriptor.arch}); its weights are broken")
