@@ -5,16 +5,21 @@ of commands that used to run silently for minutes, each in a fresh cache so one-
     python benchmarks/bench_silence.py DATA [--out DIR]
 
 DATA is a competition folder (train/lr, train/hr, test/lr), e.g. ../shared/data/minicomp. For
-each command it prints the wall time, the longest silence, and the output around it."""
+each command it prints the wall time, the longest silence, and the output around it. Each
+command runs on a pseudo-terminal, as a person would run it; PYTHONPATH=OTHER/src measures
+another checkout (an older commit) with the same options."""
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
-import selectors
+import pty
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from pathlib import Path
 
@@ -22,31 +27,36 @@ from upres.io import images
 
 
 def watch(argv: list[str], env: dict) -> tuple[float, float, str]:
-    """Wall time, the longest gap between two pieces of output, and the text before that gap."""
+    """Wall time, the longest gap between two pieces of output, and the text before that gap;
+    the command runs on a pseudo-terminal, so it shows what a person at a terminal sees
+    (progress bars included: tqdm hides them when output goes to a pipe)."""
     began = last = time.monotonic()
     longest, before, tail = 0.0, "", ""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    sel = selectors.DefaultSelector()
-    for stream in (proc.stdout, proc.stderr):
-        sel.register(stream, selectors.EVENT_READ)
-    open_streams = 2
-    while open_streams:
-        for key, _ in sel.select():
-            chunk = os.read(key.fileobj.fileno(), 65536)
-            if not chunk:
-                sel.unregister(key.fileobj)
-                open_streams -= 1
-                continue
-            now = time.monotonic()
-            if now - last > longest:
-                longest, before = now - last, tail
-            last = now
-            tail = (tail + chunk.decode(errors="replace"))[-160:]
+    master, slave = pty.openpty()
+    # a terminal's size (40 x 120): at 0 columns tqdm draws nothing
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the command closed the terminal (it ended)
+            chunk = b""
+        if not chunk:
+            break
+        now = time.monotonic()
+        if now - last > longest:
+            longest, before = now - last, tail
+        last = now
+        tail = (tail + chunk.decode(errors="replace"))[-160:]
+    os.close(master)
     if proc.wait() != 0:
-        raise SystemExit(f"{' '.join(argv)} failed with exit {proc.returncode}")
+        raise SystemExit(f"{' '.join(argv)} failed with exit {proc.returncode}:\n{tail}")
     end = time.monotonic()
-    longest = max(longest, end - last)
-    return end - began, longest, " ".join(before.replace("\r", "\n").split("\n")[-2:]).strip()
+    if end - last > longest:  # the longest silence is the last one: after all output, to exit
+        longest, before = end - last, tail.rstrip() + " [then silent until it exits]"
+    lines = [line.strip() for line in before.replace("\r", "\n").split("\n") if line.strip()]
+    return end - began, longest, " ".join(lines[-1:])
 
 
 def main() -> None:
@@ -65,7 +75,7 @@ def main() -> None:
         ("convert x4plus to .pth (fresh cache: ncnn conversion)",
          [*upres, "convert", "realesrgan-x4plus", str(pth)]),
         ("upscale with a .pth, OpenVINO (first run: IR conversion)",
-         [*upres, "upscale", str(one), "-o", str(out / "up"), "-n", str(pth)]),
+         [*upres, "upscale", str(one), "-o", str(out / "up"), "--model", str(pth)]),
         ("upscale --self-ensemble mean, one image",
          [*upres, "upscale", str(one), "-o", str(out / "se"), "--self-ensemble", "mean"]),
         ("fingerprint DATA",

@@ -757,6 +757,7 @@ def _main(argv: list[str] | None) -> int:
     handler = _TqdmHandler()
     log = logging.getLogger("upres")
     log.addHandler(handler)
+    log.propagate = False  # a handler a library adds to the root (OpenVINO's) would repeat them
     log.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     try:
         return args.func(args)
@@ -771,6 +772,7 @@ def _main(argv: list[str] | None) -> int:
         return EXIT_INTERRUPTED
     finally:
         log.removeHandler(handler)
+        log.propagate = True
 
 
 class _TqdmHandler(logging.Handler):

@@ -43,11 +43,12 @@ def test_ticking_says_what_runs_while_it_runs(caplog):
     from upres.io.ticker import ticking
 
     with caplog.at_level(logging.INFO, logger="upres"):
-        with ticking("converting X", every=0.05):
-            time.sleep(0.3)
+        with ticking("converting X", every=0.05, first=0.05):
+            time.sleep(0.4)
         with ticking("quick", every=5):
             pass
     lines = [r.getMessage() for r in caplog.records]
     beats = [m for m in lines if m.startswith("converting X: still running")]
+    assert lines[0] == "converting X ..."  # said once the work has run `first` seconds
     assert len(beats) >= 3 and lines[-1].startswith("converting X: done in")
     assert not any(m.startswith("quick") for m in lines)  # short work says nothing extra

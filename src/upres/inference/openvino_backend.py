@@ -116,7 +116,7 @@ def convert(model, descriptor: ModelDescriptor):
     log.info("converting %s to OpenVINO, once (kept in %s; x4plus took about 40 s here, window "
              "transformers take minutes) ...", descriptor.arch, ir_folder())
     with torch.no_grad(), _no_telemetry(), warnings.catch_warnings(), \
-            ticking(f"converting {descriptor.arch} to OpenVINO"):
+            ticking(f"converting {descriptor.arch} to OpenVINO", first=10.0):  # announced above
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace", category=FutureWarning)
         return ov.convert_model(model.eval().to("cpu"), example_input=example, input=[shape])

@@ -14,12 +14,16 @@ log = logging.getLogger("upres")
 
 
 @contextlib.contextmanager
-def ticking(what: str, every: float = 10.0) -> Iterator[None]:
-    """Log ``what: still running, N s`` every ``every`` seconds until the block ends."""
+def ticking(what: str, every: float = 10.0, first: float = 3.0) -> Iterator[None]:
+    """Log ``what ...`` once the block has run ``first`` seconds (short work stays quiet), then
+    ``what: still running, N s`` every ``every`` seconds until it ends."""
     done = threading.Event()
     began = time.monotonic()
 
     def beat() -> None:
+        if done.wait(first):
+            return
+        log.info("%s ...", what)
         while not done.wait(every):
             log.info("%s: still running, %.0f s", what, time.monotonic() - began)
 
@@ -30,5 +34,5 @@ def ticking(what: str, every: float = 10.0) -> Iterator[None]:
     finally:
         done.set()
         thread.join()
-        if time.monotonic() - began >= every:
+        if time.monotonic() - began >= first:
             log.info("%s: done in %.0f s", what, time.monotonic() - began)
