@@ -20,7 +20,14 @@ from upres.cli import main
 from upres.errors import DataError
 from upres.io import images
 from upres.io.loading import save_model
-from upres.training.auto import KEEP_DB, AutoError, AutoOptions, head_patterns, run_auto
+from upres.training.auto import (
+    KEEP_DB,
+    AutoError,
+    AutoOptions,
+    afford_together,
+    head_patterns,
+    run_auto,
+)
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +150,18 @@ def test_head_patterns_freeze_whole_leading_modules():
     frozen = [n for n in names if any(re.match(p, n) for p in patterns)]
     assert 0.3 * len(names) < len(frozen) <= 0.5 * len(names)
     assert all(n.startswith(("conv_first", "body.")) for n in frozen)
+
+
+def test_two_levers_that_fit_alone_but_not_together_keep_the_better_per_minute():
+    def levers():
+        return {"self_ensemble": {"keep": True, "db_per_minute": 0.09, "why": "kept"},
+                "ensemble": {"keep": True, "db_per_minute": 0.13, "why": "kept"}}
+
+    # 400 s left: 0.3 of it is 120 s; together they would cost 396 s (the minicomp 15m case)
+    chosen = afford_together(levers(), joint_cost=396, left=400)
+    assert chosen["ensemble"]["keep"] and not chosen["self_ensemble"]["keep"]
+    assert "with the other lever ~6.6 min of 6.7 left" in chosen["self_ensemble"]["why"]
+    assert all(v["keep"] for v in afford_together(levers(), joint_cost=100, left=400).values())
+    one = levers()
+    one["ensemble"]["keep"] = False
+    assert afford_together(one, joint_cost=396, left=400)["self_ensemble"]["keep"]

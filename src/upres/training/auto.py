@@ -680,6 +680,21 @@ def measure_levers(run: AutoRun) -> dict:
         mean, seconds = _score(winner, files, run.scale, run.shard.device, "mean")
         levers["self_ensemble"] = _lever(mean - plain, 7 * test_pass, run, "x8 flips/rotations")
     levers["ensemble"] = _measure_ensemble(run, files)
+    joint = reserve_after_training(run, True, True) - reserve_after_training(run, False, False)
+    return afford_together(levers, joint, run.clock.left())
+
+
+def afford_together(levers: dict, joint_cost: float, left: float) -> dict:
+    """Self-ensemble and the ensemble may each fit alone, yet together the runner-up runs x8
+    too (on minicomp at 15 minutes the pair took all the winner's final training): both stay
+    only if their joint cost fits the same 30% of the time left, else the one with fewer dB per
+    minute goes."""
+    both = [levers["self_ensemble"], levers["ensemble"]]
+    if not all(lever.get("keep") for lever in both) or joint_cost < 0.3 * left:
+        return levers
+    weaker = min(both, key=lambda lever: lever["db_per_minute"])
+    weaker.update(keep=False, why=f"fits alone, but with the other lever ~{joint_cost / 60:.1f} "
+                  f"min of {left / 60:.1f} left; it gains fewer dB per minute")
     return levers
 
 
