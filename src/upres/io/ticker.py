@@ -14,7 +14,7 @@ log = logging.getLogger("upres")
 
 
 @contextlib.contextmanager
-def ticking(what: str, every: float = 10.0, first: float = 3.0) -> Iterator[None]:
+def ticking(what: str, every: float = 10.0, first: float = 5.0) -> Iterator[None]:
     """Log ``what ...`` once the block has run ``first`` seconds (short work stays quiet), then
     ``what: still running, N s`` every ``every`` seconds until it ends."""
     done = threading.Event()
