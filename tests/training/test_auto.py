@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,11 +21,15 @@ from upres.cli import main
 from upres.errors import DataError
 from upres.io import images
 from upres.io.loading import save_model
+from upres.training import auto
 from upres.training.auto import (
     KEEP_DB,
+    LAYOUT_GAIN,
+    PRECISION_DB,
     AutoError,
     AutoOptions,
     afford_together,
+    choose_precision,
     head_patterns,
     run_auto,
 )
@@ -96,6 +101,12 @@ def test_auto_writes_a_submission_within_the_budget_and_drops_the_bad_start(auto
             assert lever["gain_db"] >= KEEP_DB if lever["keep"] else True
             assert not lever["keep"] if lever["gain_db"] < KEEP_DB else True
     assert phases["end"]["val_psnr"] == pytest.approx(max(phases["end"]["val_psnr_models"]), abs=0.5)
+    precision = phases["candidates"]["precision"]  # measured, or fp32 where nothing is faster
+    assert precision["dtype"] == "fp32" or precision["psnr"][precision["dtype"]] >= \
+        precision["psnr"]["fp32"] - PRECISION_DB
+    for arm in phases["probes"]["arms"]:  # the layout follows its two timings
+        timed = arm["layout"]
+        assert arm["channels_last"] == (timed["channels_last"] < (1 - LAYOUT_GAIN) * timed["nchw"])
     page = (tmp_path / "run" / "report.html").read_text()
     assert "Halving round 1" in page and "data:image/png;base64," in page
 
@@ -165,3 +176,33 @@ def test_two_levers_that_fit_alone_but_not_together_keep_the_better_per_minute()
     one = levers()
     one["ensemble"]["keep"] = False
     assert afford_together(one, joint_cost=396, left=400)["self_ensemble"]["keep"]
+
+
+def test_the_end_runs_in_bf16_only_where_it_scores_as_fp32(auto_set, monkeypatch):
+    """bf16 keeps about three significant digits: a network that carries its pixels on an
+    offset of 100 (added by the first layer, taken off by the last) loses them in bf16, the
+    plain nearest-neighbour network does not."""
+    from upres.inference import devices
+
+    real = devices.pick_dtype  # a device whose fast precision is bf16, whatever this CPU has
+    monkeypatch.setattr(devices, "pick_dtype",
+                        lambda dtype, *a, **k: "bf16" if dtype == "auto" else real(dtype, *a, **k))
+    run = SimpleNamespace(shard=SimpleNamespace(device="cpu"), scale=4, say=lambda _: None)
+    files = [{"lr": p, "hr": auto_set / "train" / "hr" / p.name}
+             for p in sorted((auto_set / "train" / "lr").iterdir())[:2]]
+    plain = nearest_rrdbnet().eval()
+    psnr32, seconds32 = auto._score(plain, files, 4, "cpu")
+    chosen = choose_precision(plain, files, run, psnr32, seconds32)
+    assert chosen["dtype"] == "bf16" and chosen["psnr"]["bf16"] >= psnr32 - PRECISION_DB
+    ratio = chosen["seconds"]["bf16"] / seconds32  # (seconds recorded to 1 ms)
+    assert chosen["speed_ratio"] == pytest.approx(ratio, abs=0.001 + 0.0006 / seconds32)
+    offset = nearest_rrdbnet().eval()
+    with torch.no_grad():
+        offset.conv_first.bias.fill_(100.0)
+        offset.conv_last.bias.fill_(-100.0)
+    psnr_offset, seconds = auto._score(offset, files, 4, "cpu")
+    assert psnr_offset == pytest.approx(psnr32, abs=1e-3)  # the same network in fp32
+    lost = choose_precision(offset, files, run, psnr_offset, seconds)
+    assert lost["dtype"] == "fp32" and lost["speed_ratio"] == 1.0
+    assert lost["psnr"]["bf16"] < psnr_offset - 1  # values near 100 keep steps of 0.5 in bf16
+    assert "more than 0.01 dB lost" in lost["why"]

@@ -117,15 +117,26 @@ def _sections(record: dict) -> list[str]:
             for c in cands.get("candidates", [])]
     parts.append("<h2>Starts at step 0</h2>" + _table(
         ["start", "arch", "params (M)", "val PSNR (dB)", "inference s/MP"], rows)
-        + f"<p>bicubic: {cands.get('bicubic_psnr')} dB. Missing: {_esc(cands.get('missing') or 'none')}</p>")
+        + f"<p>bicubic: {cands.get('bicubic_psnr')} dB. Missing: {_esc(cands.get('missing') or 'none')}"
+        + (f". Precision of the end: <b>{_esc(precision['dtype'])}</b> ({_esc(precision['why'])})"
+           if (precision := cands.get("precision")) else "") + "</p>")
     probes = p.get("probes", {})
     rows = [[_esc(a["name"]), f"{a['lr']:.2e}", a["crop"], a["batch"], f"{a['seconds_per_step']:.2f}",
-             a["steps_planned"]] for a in probes.get("arms", [])]
+             a["steps_planned"], _layout(a)] for a in probes.get("arms", [])]
     parts.append("<h2>Probes</h2>" + _table(["arm", "learning rate (range test)", "crop", "batch",
-                                             "s/step", "steps if it wins"], rows)
+                                             "s/step", "steps if it wins", "layout (s/step, crop 64 x batch 4)"],
+                                            rows)
                  + "".join(f"<p class=drop>{_esc(d['name'])}: {_esc(d['why'])}</p>"
                            for d in probes.get("dropped", [])))
     return parts + _later_sections(record)
+
+
+def _layout(arm: dict) -> str:
+    timed = arm.get("layout")
+    if not timed:
+        return "-"
+    chosen = "channels_last" if arm.get("channels_last") else "NCHW"
+    return f"{chosen} ({timed['nchw']:.2f} NCHW, {timed['channels_last']:.2f} channels_last)"
 
 
 def _later_sections(record: dict) -> list[str]:

@@ -64,6 +64,8 @@ def range_test(cfg: Config, out_dir: str | Path, steps: int = 60, low: float = 1
         for group in state.optimizer.param_groups:
             group["lr"] = lr
         lr_b, hr_b = (t.to(state.device) for t in next(loader))
+        if cfg.train.channels_last:  # as the training step feeds it
+            lr_b = lr_b.contiguous(memory_format=torch.channels_last)
         with autocast_context(state.device, state.amp_dtype):
             sr = state.model(lr_b)
         loss = loss_fn(cfg.train.loss, sr.float(), hr_b, cfg.train.charbonnier_eps)
