@@ -123,9 +123,9 @@ def _sections(record: dict) -> list[str]:
     probes = p.get("probes", {})
     rows = [[_esc(a["name"]), f"{a['lr']:.2e}", a["crop"], a["batch"], f"{a['seconds_per_step']:.2f}",
              a["steps_planned"], _layout(a)] for a in probes.get("arms", [])]
-    parts.append("<h2>Probes</h2>" + _table(["arm", "learning rate (range test)", "crop", "batch",
-                                             "s/step", "steps if it wins", "layout (s/step, crop 64 x batch 4)"],
-                                            rows)
+    header = ["arm", "learning rate (range test)", "crop", "batch", "s/step", "steps if it wins",
+              "layout (s/step, crop 64 x batch 4)"]
+    parts.append("<h2>Probes</h2>" + _table(header, rows)
                  + "".join(f"<p class=drop>{_esc(d['name'])}: {_esc(d['why'])}</p>"
                            for d in probes.get("dropped", [])))
     return parts + _later_sections(record)
