@@ -25,6 +25,7 @@ from upres.training import auto
 from upres.training.auto import (
     KEEP_DB,
     LAYOUT_GAIN,
+    MIN_STEPS,
     PRECISION_DB,
     AutoError,
     AutoOptions,
@@ -206,3 +207,24 @@ def test_the_end_runs_in_bf16_only_where_it_scores_as_fp32(auto_set, monkeypatch
     assert lost["dtype"] == "fp32" and lost["speed_ratio"] == 1.0
     assert lost["psnr"]["bf16"] < psnr_offset - 1  # values near 100 keep steps of 0.5 in bf16
     assert "more than 0.01 dB lost" in lost["why"]
+
+
+def test_the_sizing_fits_a_step_overhead_and_plans_from_it():
+    """Steps timed at two sizes of a cost of 0.25 s + 10 us per HR pixel: the fit recovers both
+    and plans the largest batch that still gives MIN_STEPS; one timing alone (no overhead)
+    overestimates large crops and plans a smaller one."""
+    def cost(crop, batch):
+        return 0.25 + 1e-5 * crop ** 2 * batch
+
+    model = auto._step_model([(64 ** 2 * 4, cost(64, 4)), (128 ** 2 * 8, cost(128, 8))])
+    assert model == pytest.approx((0.25, 1e-5))
+    arm = {"crop": 64, "batch": 4}
+    seconds = MIN_STEPS * 3.0  # 3 s a step: at most (3 - 0.25) / 1e-5 = 275,000 pixels
+    sized = auto._sized(arm, model, seconds, min_side=500, scale=4)
+    assert (sized["crop"], sized["batch"]) == (256, 4)  # 262,144 pixels; 192 x 8 is 294,912
+    assert sized["seconds_per_step"] == pytest.approx(cost(256, 4), abs=1e-3)
+    assert sized["steps_planned"] == int(seconds / cost(256, 4)) >= MIN_STEPS
+    linear = auto._sized(arm, auto._step_model([(64 ** 2 * 4, cost(64, 4))]), seconds, 500, 4)
+    assert linear["crop"] ** 2 * linear["batch"] <= seconds / MIN_STEPS / (cost(64, 4) / 64 ** 2 / 4)
+    assert (linear["crop"], linear["batch"]) == (96, 8)
+    assert auto._step_model([(100, 2.0), (200, 1.0)]) == (0.0, 0.02)  # noise: the costlier reading

@@ -589,7 +589,23 @@ def _probe(run: AutoRun, cand: dict, variant: dict, steps: int, seconds: float, 
         arm.update(_layout(run, arm, folder, per_step))
         per_step = arm["layout"]["channels_last"] if arm["channels_last"] else per_step
     share = seconds * (1 - HALVING_SHARE + HALVING_SHARE / max(starts, 1))
-    arm.update(_sized(arm, per_step, share, min_side, run.scale))
+    probe_pixels = arm["batch"] * arm["crop"] ** 2
+    if known:  # the same start's fitted costs, scaled by how this arm's probe step compares
+        ratio = per_step / known["timing"]["probe_seconds"]
+        model = (known["timing"]["overhead"] * ratio, known["timing"]["per_pixel"] * ratio)
+        timed = list(known["timing"]["timed"])
+    else:
+        timed = [[arm["crop"], arm["batch"], round(per_step, 4)]]
+        model = _step_model([(probe_pixels, per_step)])
+        guess = _sized(arm, model, share, min_side, run.scale)
+        if guess["batch"] * guess["crop"] ** 2 != probe_pixels:  # time the size it would train at
+            test = range_test(arm_config(run, {**arm, **guess}, 5), folder / "sized", 5, arm["lr"],
+                              arm["lr"] * 1.0001, progress=False)
+            timed.append([guess["crop"], guess["batch"], round(test.seconds_per_step, 4)])
+            model = _step_model([(b * c ** 2, t) for c, b, t in timed])
+    arm.update(_sized(arm, model, share, min_side, run.scale))
+    arm["timing"] = {"probe_seconds": per_step, "overhead": model[0], "per_pixel": model[1],
+                     "timed": timed}
     return arm
 
 
@@ -620,19 +636,33 @@ def _param_names(cand: dict) -> list[str]:
     return [n for n, _ in model.named_parameters()]
 
 
-def _sized(arm: dict, seconds_per_step: float, seconds: float, min_side: int, scale: int) -> dict:
-    """Crop and batch from the measured step time: the most HR pixels per step that still give
-    ``MIN_STEPS`` in the arm's time (step time grows with the pixels), crops of at least 64 that
-    fit the smallest image, batches of at least 4; the EMA and checkpoint interval follow the
-    steps."""
-    per_pixel = seconds_per_step / (arm["batch"] * arm["crop"] ** 2)
-    pixels = seconds / (MIN_STEPS * per_pixel)
+def _step_model(timed: list[tuple[int, float]]) -> tuple[float, float]:
+    """Seconds a training step takes as ``overhead + per_pixel * pixels`` (HR pixels in the
+    batch), fitted to steps timed at different sizes. The overhead (optimizer and EMA over every
+    weight, loading) is why pixels alone mislead: x4plus in bf16 on a CPU with AMX took 0.41 s a
+    step at crop 64 x batch 4 and about 1.6 s, not 3.7, at 192 x 4. One timing: no overhead."""
+    pixels = np.array([p for p, _ in timed], dtype=float)
+    seconds = np.array([t for _, t in timed], dtype=float)
+    if len(set(pixels)) < 2:
+        return 0.0, float(seconds.mean() / pixels.mean())
+    per_pixel, overhead = np.polyfit(pixels, seconds, 1)
+    if per_pixel <= 0 or overhead < 0:  # noise: keep the costlier linear reading
+        return 0.0, float(np.max(seconds / pixels))
+    return float(overhead), float(per_pixel)
+
+
+def _sized(arm: dict, model: tuple[float, float], seconds: float, min_side: int, scale: int) -> dict:
+    """Crop and batch from the step-time ``model`` (``_step_model``): the most HR pixels per step
+    that still give ``MIN_STEPS`` in the arm's time, crops of at least 64 that fit the smallest
+    image, batches of at least 4; the EMA and checkpoint interval follow the steps."""
+    overhead, per_pixel = model
+    pixels = (seconds / MIN_STEPS - overhead) / per_pixel
     least = min(64, min_side // (4 * scale) * 4 * scale) or 4 * scale  # crops of 64, batches of 4
     options = [(c, b) for c in (32, 48, 64, 96, 128, 192, 256) for b in (4, 8, 16, 32)
                if least <= c <= min_side and c % (4 * scale) == 0] or [(least, 4)]
     fitting = [o for o in options if o[0] ** 2 * o[1] <= pixels] or [min(options)]
     crop, batch = max(fitting, key=lambda o: (o[0] ** 2 * o[1], o[1] >= 4, o[0]))
-    step = per_pixel * crop ** 2 * batch
+    step = overhead + per_pixel * crop ** 2 * batch
     steps = int(seconds / step)
     return {"crop": crop, "batch": batch, "seconds_per_step": round(step, 3),
             "steps_planned": steps, "ema": 0.99 if steps < 2000 else 0.999,

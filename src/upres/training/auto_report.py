@@ -122,13 +122,21 @@ def _sections(record: dict) -> list[str]:
            if (precision := cands.get("precision")) else "") + "</p>")
     probes = p.get("probes", {})
     rows = [[_esc(a["name"]), f"{a['lr']:.2e}", a["crop"], a["batch"], f"{a['seconds_per_step']:.2f}",
-             a["steps_planned"], _layout(a)] for a in probes.get("arms", [])]
+             a["steps_planned"], _layout(a), _timing(a)] for a in probes.get("arms", [])]
     header = ["arm", "learning rate (range test)", "crop", "batch", "s/step", "steps if it wins",
-              "layout (s/step, crop 64 x batch 4)"]
+              "layout (s/step, crop 64 x batch 4)", "step time: fitted (timed crop x batch: s)"]
     parts.append("<h2>Probes</h2>" + _table(header, rows)
                  + "".join(f"<p class=drop>{_esc(d['name'])}: {_esc(d['why'])}</p>"
                            for d in probes.get("dropped", [])))
     return parts + _later_sections(record)
+
+
+def _timing(arm: dict) -> str:
+    timing = arm.get("timing")
+    if not timing:
+        return "-"
+    timed = ", ".join(f"{c}x{b}: {t:.2f}" for c, b, t in timing["timed"])
+    return f"{timing['overhead']:.2f} s + {timing['per_pixel'] * 1e6:.2f} s/MP ({timed})"
 
 
 def _layout(arm: dict) -> str:
