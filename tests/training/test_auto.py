@@ -108,6 +108,9 @@ def test_auto_writes_a_submission_within_the_budget_and_drops_the_bad_start(auto
     for arm in phases["probes"]["arms"]:  # the layout follows its two timings
         timed = arm["layout"]
         assert arm["channels_last"] == (timed["channels_last"] < (1 - LAYOUT_GAIN) * timed["nchw"])
+        timing = arm["timing"]  # and the plan follows the step time fitted to its timings
+        fitted = timing["overhead"] + timing["per_pixel"] * arm["crop"] ** 2 * arm["batch"]
+        assert arm["seconds_per_step"] == pytest.approx(fitted, abs=1e-3)
     page = (tmp_path / "run" / "report.html").read_text()
     assert "Halving round 1" in page and "data:image/png;base64," in page
 

@@ -43,6 +43,10 @@ DEFAULT_LR = {False: 2e-4, True: 5e-4}  # fine-tuning (BasicSR's), from scratch:
 KEEP_DB = 0.01  # a lever at the end must gain at least this on validation to be kept
 PRECISION_DB = 0.01  # the fast inference precision may lose at most this against fp32
 LAYOUT_GAIN = 0.05  # channels_last is taken where a step is at least this share faster
+# The final schedule's steps over what its measured speed fits: stopped by time at 1/1.1 of its
+# length, a cosine is at 2% of its peak; run out of steps early and the time is lost (known6 at
+# 30m: the halving round's median speed was 13% under the final's, 2.5 minutes went unused)
+FINAL_OVERSHOOT = 1.1
 SCRATCH_MIN_STEPS = 20_000  # a preset from scratch is a candidate only if it gets this many
 
 
@@ -820,7 +824,8 @@ def _measure_ensemble(run: AutoRun, files: list[dict]) -> dict:
 
 def run_final(run: AutoRun) -> None:
     """The winner trains on for the time left after the reserve for the end, its cosine
-    schedule stretched to end with that time (from its measured speed)."""
+    schedule stretched to end with that time (from its measured speed, ``FINAL_OVERSHOOT``
+    long so that the time, not the steps, ends it)."""
     record = run.journal.data["phases"].setdefault("final", {"began": round(run.clock.elapsed(), 2)})
     if record.get("done"):
         return
@@ -829,10 +834,10 @@ def run_final(run: AutoRun) -> None:
     reserve = reserve_after_training(run, levers["self_ensemble"]["keep"], levers["ensemble"]["keep"])
     seconds = run.clock.left() - reserve
     records = _metrics(run.out / "arms" / arm["name"])
-    rates = [r["it_per_s"] for r in records if "it_per_s" in r][-5:]
+    rates = [r["it_per_s"] for r in records if "it_per_s" in r]
     rate = float(np.median(rates)) if rates else 1 / arm["seconds_per_step"]
     step = max((r["step"] for r in records), default=0)
-    iterations = step + int(0.97 * max(seconds - _val_seconds(run, arm["name"]), 0) * rate)
+    iterations = step + int(FINAL_OVERSHOOT * max(seconds - _val_seconds(run, arm["name"]), 0) * rate)
     record.update(planned_seconds=round(seconds, 1), reserve_seconds=round(reserve, 1),
                   from_step=step, iterations=iterations)
     if iterations > step + 1:
