@@ -111,6 +111,10 @@ def test_auto_writes_a_submission_within_the_budget_and_drops_the_bad_start(auto
         timing = arm["timing"]  # and the plan follows the step time fitted to its timings
         fitted = timing["overhead"] + timing["per_pixel"] * arm["crop"] ** 2 * arm["batch"]
         assert arm["seconds_per_step"] == pytest.approx(fitted, abs=1e-3)
+        if arm["variant"] == "full":  # planned no further than 1.5x the pixels of a timed size
+            top = max(b * c ** 2 for c, b, _ in timing["timed"])
+            assert arm["crop"] ** 2 * arm["batch"] <= 1.5 * top or \
+                len(timing["timed"]) == 1 + auto.SIZE_TIMINGS
     page = (tmp_path / "run" / "report.html").read_text()
     assert "Halving round 1" in page and "data:image/png;base64," in page
 

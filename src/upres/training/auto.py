@@ -43,6 +43,10 @@ DEFAULT_LR = {False: 2e-4, True: 5e-4}  # fine-tuning (BasicSR's), from scratch:
 KEEP_DB = 0.01  # a lever at the end must gain at least this on validation to be kept
 PRECISION_DB = 0.01  # the fast inference precision may lose at most this against fp32
 LAYOUT_GAIN = 0.05  # channels_last is taken where a step is at least this share faster
+# Sizes timed beyond the probe's: a fit from 64 x 4 and 96 x 8 put x4plus at 192 x 8 at 2.3 s a
+# step on minicomp, where it ran at 4 to 5 s (the cost per pixel grows with the crop), so a size
+# more than 1.5x the pixels of any timed one is timed before it is planned on
+SIZE_TIMINGS = 3
 # The final schedule's steps over what its measured speed fits: stopped by time at 1/1.1 of its
 # length, a cosine is at 2% of its peak; run out of steps early and the time is lost (known6 at
 # 30m: the halving round's median speed was 13% under the final's, 2.5 minutes went unused)
@@ -601,12 +605,16 @@ def _probe(run: AutoRun, cand: dict, variant: dict, steps: int, seconds: float, 
     else:
         timed = [[arm["crop"], arm["batch"], round(per_step, 4)]]
         model = _step_model([(probe_pixels, per_step)])
-        guess = _sized(arm, model, share, min_side, run.scale)
-        if guess["batch"] * guess["crop"] ** 2 != probe_pixels:  # time the size it would train at
-            test = range_test(arm_config(run, {**arm, **guess}, 5), folder / "sized", 5, arm["lr"],
-                              arm["lr"] * 1.0001, progress=False)
+        for attempt in range(SIZE_TIMINGS):  # time the size it would train at, until it is timed
+            guess = _sized(arm, model, share, min_side, run.scale)
+            pixels = guess["batch"] * guess["crop"] ** 2
+            if pixels <= 1.5 * max(b * c ** 2 for c, b, _ in timed):  # within what was timed
+                break
+            test = range_test(arm_config(run, {**arm, **guess}, 5), folder / f"sized{attempt}", 5,
+                              arm["lr"], arm["lr"] * 1.0001, progress=False)
             timed.append([guess["crop"], guess["batch"], round(test.seconds_per_step, 4)])
-            model = _step_model([(b * c ** 2, t) for c, b, t in timed])
+            largest = sorted(timed, key=lambda t: t[0] ** 2 * t[1])[-2:]  # the slope near the top
+            model = _step_model([(b * c ** 2, t) for c, b, t in largest])
     arm.update(_sized(arm, model, share, min_side, run.scale))
     arm["timing"] = {"probe_seconds": per_step, "overhead": model[0], "per_pixel": model[1],
                      "timed": timed}
