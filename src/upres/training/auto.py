@@ -610,6 +610,7 @@ def _probe(run: AutoRun, cand: dict, variant: dict, steps: int, seconds: float, 
             pixels = guess["batch"] * guess["crop"] ** 2
             if pixels <= 1.5 * max(b * c ** 2 for c, b, _ in timed):  # within what was timed
                 break
+            run.say(f"  {arm['name']}: timing crop {guess['crop']} x batch {guess['batch']}")
             test = range_test(arm_config(run, {**arm, **guess}, 5), folder / f"sized{attempt}", 5,
                               arm["lr"], arm["lr"] * 1.0001, progress=False)
             timed.append([guess["crop"], guess["batch"], round(test.seconds_per_step, 4)])
@@ -651,14 +652,15 @@ def _param_names(cand: dict) -> list[str]:
 def _step_model(timed: list[tuple[int, float]]) -> tuple[float, float]:
     """Seconds a training step takes as ``overhead + per_pixel * pixels`` (HR pixels in the
     batch), fitted to steps timed at different sizes. The overhead (optimizer and EMA over every
-    weight, loading) is why pixels alone mislead: x4plus in bf16 on a CPU with AMX took 0.41 s a
-    step at crop 64 x batch 4 and about 1.6 s, not 3.7, at 192 x 4. One timing: no overhead."""
+    weight, loading) is why pixels alone mislead: x4plus in bf16 on a CPU with AMX took 0.82 s a
+    step at crop 64 x batch 4 and 1.86 s, not 3.7, at 96 x 8. One timing: no overhead."""
     pixels = np.array([p for p, _ in timed], dtype=float)
     seconds = np.array([t for _, t in timed], dtype=float)
     if len(set(pixels)) < 2:
         return 0.0, float(seconds.mean() / pixels.mean())
     per_pixel, overhead = np.polyfit(pixels, seconds, 1)
-    if per_pixel <= 0 or overhead < 0:  # noise: keep the costlier linear reading
+    if per_pixel <= 0 or overhead < 0:  # noise, or a cost per pixel growing with the size:
+        # keep the costlier linear reading
         return 0.0, float(np.max(seconds / pixels))
     return float(overhead), float(per_pixel)
 
