@@ -93,6 +93,28 @@ def test_self_ensemble_mean_and_median_match_manual_computation(photo):
     assert np.abs(mean - single).max() > 1e-4  # the ensemble really changes the output
 
 
+def test_a_self_ensemble_of_2_or_4_averages_those_flips_only(photo):
+    """2: the image and its mirror; 4: those turned half a turn too (the shape is kept)."""
+    model = tiny_rrdbnet()
+    img = photo[:24, :32].astype(np.float32) / 255
+    x = torch.from_numpy(img.transpose(2, 0, 1).copy())[None]
+    with torch.no_grad():
+        plain, mirror = model(x), model(x.flip(3)).flip(3)
+        turned = torch.rot90(model(torch.rot90(x, 2, dims=(2, 3))), 2, dims=(2, 3))
+        both = torch.rot90(model(torch.rot90(x.flip(3), 2, dims=(2, 3))), 2, dims=(2, 3)).flip(3)
+    expect = {2: (plain + mirror) / 2, 4: (plain + mirror + turned + both) / 4}
+    for n, want in expect.items():
+        got = Upscaler(model, tile=0, dtype="fp32", self_ensemble="mean",
+                       ensemble_transforms=n).upscale_float(img)
+        np.testing.assert_allclose(got, want[0].permute(1, 2, 0).numpy(), atol=1e-5)
+    four = torch.stack([plain, mirror, turned, both]).sort(0).values[1:3].mean(0)
+    median = Upscaler(model, tile=0, dtype="fp32", self_ensemble="median",
+                      ensemble_transforms=4).upscale_float(img)
+    np.testing.assert_allclose(median, four[0].permute(1, 2, 0).numpy(), atol=1e-5)
+    with pytest.raises(InferenceError, match="2, 4 or 8 flips/rotations, not 3"):
+        Upscaler(model, self_ensemble="mean", ensemble_transforms=3)
+
+
 def test_self_ensemble_is_identity_for_an_equivariant_model():
     img = np.random.default_rng(1).random((20, 28, 3), dtype=np.float32)
     plain = nearest(tile=0).upscale_float(img)

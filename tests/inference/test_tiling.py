@@ -91,8 +91,9 @@ def test_large_png_results_stream_and_others_are_refused_beyond_the_budget(tmp_p
         up.upscale_file(tmp_path / "a.png", tmp_path / "out.jpg")
 
 
-@pytest.mark.parametrize("shape, calls", [((40, 40), [8]), ((32, 48), [4, 4])])
-def test_self_ensemble_in_one_batch_equals_one_by_one(photo, shape, calls):
+@pytest.mark.parametrize("shape, calls, transforms", [((40, 40), [8], 8), ((32, 48), [4, 4], 8),
+                                                     ((32, 48), [4], 4)])
+def test_self_ensemble_in_one_batch_equals_one_by_one(photo, shape, calls, transforms):
     """A square tile's 8 flips/rotations share one shape: one forward pass of batch 8 (else two
     of 4), with the same result as eight passes."""
     model = tiny_rrdbnet()
@@ -107,10 +108,10 @@ def test_self_ensemble_in_one_batch_equals_one_by_one(photo, shape, calls):
     results = {}
     for batch in (1, 8):
         engine = TileEngine(counted, describe(model), tile=0, self_ensemble="mean",
-                            ensemble_batch=batch)
+                            ensemble_batch=batch, transforms=transforms)
         seen.clear()
         results[batch] = engine(x)
-        assert seen == ([1] * 8 if batch == 1 else calls)
+        assert seen == ([1] * transforms if batch == 1 else calls)
     np.testing.assert_allclose(results[8], results[1], rtol=0, atol=1e-5)
 
 

@@ -4,6 +4,7 @@ the budget, a bad start dropped by validation, and a resume after SIGKILL."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -33,6 +34,7 @@ from upres.training.auto import (
     choose_precision,
     head_patterns,
     run_auto,
+    training_loss,
 )
 
 
@@ -97,10 +99,25 @@ def test_auto_writes_a_submission_within_the_budget_and_drops_the_bad_start(auto
     first = phases["halving"]["rounds"][0]
     assert all(not arm.startswith("bad") for arm in first["kept"])  # and validation drops it
     assert not phases["halving"]["winner"].startswith("bad")
-    for lever in phases["levers"].values():  # each decision follows its numbers
-        if isinstance(lever, dict) and "gain_db" in lever:
-            assert lever["gain_db"] >= KEEP_DB if lever["keep"] else True
-            assert not lever["keep"] if lever["gain_db"] < KEEP_DB else True
+    levers = phases["levers"]
+    for lever in (levers["self_ensemble"], levers["ensemble"]):  # each decision follows its numbers
+        if "gain_db" in lever:
+            loss = lever["training_loss_db"]  # None: its time would not fit
+            assert lever["net_db"] == (-1e9 if loss is None else
+                                       pytest.approx(lever["gain_db"] - loss, abs=1e-3))
+            assert lever["keep"] == (lever["net_db"] >= KEEP_DB) or "together" in lever["why"]
+    options = levers["self_ensemble"]["options"]  # of 2, 4 and 8 flips, the best net gain
+    assert sorted(options) == ["2", "4", "8"]
+    assert levers["self_ensemble"]["net_db"] == max(o["net_db"] for o in options.values())
+    winner = phases["halving"]["winner"]  # the slope that prices them: its last two validations
+    value = levers["training"]  # before the final, and the halving round validated midway too
+    metrics = (tmp_path / "run" / "arms" / winner / "metrics.jsonl").read_text().splitlines()
+    vals = [(r["step"], r["val_psnr"]) for r in map(json.loads, metrics)
+            if "val_psnr" in r and 0 < r["step"] <= value["from_step"]]
+    assert len(vals) >= 2, vals
+    (s1, p1), (s2, p2) = vals[-2:]
+    assert value["slope_db_per_log_step"] == pytest.approx(max(p2 - p1, 0) / math.log(s2 / s1),
+                                                           abs=1e-3)
     assert phases["end"]["val_psnr"] == pytest.approx(max(phases["end"]["val_psnr_models"]), abs=0.5)
     precision = phases["candidates"]["precision"]  # measured, or fp32 where nothing is faster
     assert precision["dtype"] == "fp32" or precision["psnr"][precision["dtype"]] >= \
@@ -171,19 +188,35 @@ def test_head_patterns_freeze_whole_leading_modules():
     assert all(n.startswith(("conv_first", "body.")) for n in frozen)
 
 
-def test_two_levers_that_fit_alone_but_not_together_keep_the_better_per_minute():
+def test_two_levers_that_pay_alone_but_not_together_keep_the_better_net_gain():
     def levers():
-        return {"self_ensemble": {"keep": True, "db_per_minute": 0.09, "why": "kept"},
-                "ensemble": {"keep": True, "db_per_minute": 0.13, "why": "kept"}}
+        return {"self_ensemble": {"keep": True, "gain_db": 0.05, "net_db": 0.03, "why": "kept"},
+                "ensemble": {"keep": True, "gain_db": 0.04, "net_db": 0.035, "why": "kept"}}
 
-    # 400 s left: 0.3 of it is 120 s; together they would cost 396 s (the minicomp 15m case)
-    chosen = afford_together(levers(), joint_cost=396, left=400)
+    # together: 0.09 dB less 0.06 of training = 0.03, under the ensemble's 0.035 alone
+    chosen = afford_together(levers(), joint_loss=0.06)
     assert chosen["ensemble"]["keep"] and not chosen["self_ensemble"]["keep"]
-    assert "with the other lever ~6.6 min of 6.7 left" in chosen["self_ensemble"]["why"]
-    assert all(v["keep"] for v in afford_together(levers(), joint_cost=100, left=400).values())
+    assert "the final would train 0.060 dB less" in chosen["self_ensemble"]["why"]
+    assert all(v["keep"] for v in afford_together(levers(), joint_loss=0.05).values())
     one = levers()
     one["ensemble"]["keep"] = False
-    assert afford_together(one, joint_cost=396, left=400)["self_ensemble"]["keep"]
+    assert afford_together(one, joint_loss=0.06)["self_ensemble"]["keep"]
+
+
+def test_a_levers_time_is_priced_by_the_winners_validation_slope():
+    """log-law: 0.3 dB per e-fold of steps; the final would run from step 100 for 200 s at
+    2 steps/s (to step 500): a lever of 50 s ends it at step 400 instead."""
+    value = {"from_step": 100, "steps_per_second": 2.0, "final_seconds": 200.0,
+             "slope_db_per_log_step": 0.3}
+    assert training_loss(value, 50) == pytest.approx(0.3 * math.log(500 / 400))
+    assert training_loss(value, 0) == 0 and training_loss(value, 200) == math.inf
+    unknown = {**value, "slope_db_per_log_step": None}  # then a share of the final, at most
+    assert training_loss(unknown, 0.29 * 200) == 0 and training_loss(unknown, 0.31 * 200) == math.inf
+    kept = auto._lever(0.1, 50, value, "x4")  # 0.1 dB against 0.067 of training
+    assert kept["keep"] and kept["net_db"] == pytest.approx(0.1 - 0.3 * math.log(1.25), abs=1e-4)
+    assert not auto._lever(0.05, 50, value, "x4")["keep"]
+    dropped = auto._lever(0.05, 150, value, "x8")  # 0.3 ln(500/200) = 0.27 dB of training
+    assert not dropped["keep"] and "would cost the training 0.275 dB" in dropped["why"]
 
 
 def test_the_end_runs_in_bf16_only_where_it_scores_as_fp32(auto_set, monkeypatch):

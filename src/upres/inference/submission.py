@@ -220,6 +220,7 @@ def predict_folder(models: list, input_dir: str | Path, output_dir: str | Path,
     info = {"models": [str(m) for m in models], "weights": [float(w) for w in chosen],
             "weight_rule": weights if len(models) > 1 else "single model",
             "self_ensemble": (options or InferenceOptions()).self_ensemble,
+            "ensemble_transforms": (options or InferenceOptions()).ensemble_transforms,
             "refine": str(refine) if refine else None,
             "validation_psnr": val_scores}
     atomic_write_bytes(output_dir.parent / f"{output_dir.name}.ensemble.json",

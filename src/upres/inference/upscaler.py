@@ -39,6 +39,7 @@ class InferenceOptions:
     tile: int | Literal["auto"] = "auto"
     tile_overlap: int = 192
     self_ensemble: SelfEnsemble = "off"
+    ensemble_transforms: int = 8  # flips/rotations a self-ensemble runs: 2, 4 or 8 (engine.TRANSFORMS)
     device: str = "auto"
     dtype: str = "auto"  # auto | fp32 | bf16 | fp16
     channels_last: bool = True
@@ -99,7 +100,7 @@ class Upscaler:
                                  # measured on the CPU: one batch of 8 flips is slower than 8
                                  # passes (PyTorch 11.3x vs 8.9x one pass at 128x128; OpenVINO
                                  # 8.43x vs 7.97x at 256x256)
-                                 1 if on_cpu else None)
+                                 1 if on_cpu else None, opts.ensemble_transforms)
 
     @property
     def descriptor(self) -> ModelDescriptor:

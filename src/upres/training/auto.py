@@ -41,6 +41,7 @@ ROUND_STEPS = 100  # a halving round holding fewer steps per arm cannot tell two
 RANGE_STEPS = 24  # a range test of fewer steps is too noisy to trust
 DEFAULT_LR = {False: 2e-4, True: 5e-4}  # fine-tuning (BasicSR's), from scratch: if not measured
 KEEP_DB = 0.01  # a lever at the end must gain at least this on validation to be kept
+LEVER_SHARE = 0.3  # of the final's time, at most, for a lever where training's slope is unknown
 PRECISION_DB = 0.01  # the fast inference precision may lose at most this against fp32
 LAYOUT_GAIN = 0.05  # channels_last is taken where a step is at least this share faster
 # Sizes timed beyond the probe's: a fit from 64 x 4 and 96 x 8 put x4plus at 192 x 8 at 2.3 s a
@@ -490,17 +491,17 @@ def _variants(cand: dict, names: list[str]) -> list[dict]:
 
 def _training_seconds(run: AutoRun) -> float:
     """Training time still to share: what is left, less the reserve for the phases after it."""
-    return run.clock.left() - reserve_after_training(run, self_ensemble=False, ensemble=False)
+    return run.clock.left() - reserve_after_training(run, transforms=1, ensemble=False)
 
 
-def reserve_after_training(run: AutoRun, self_ensemble: bool, ensemble: bool) -> float:
-    """Seconds the end needs: validating the final model(s), predicting the test set (x8 with
-    self-ensemble), writing the report; from the measured speed of the models it will run (the
-    slowest start before the halving has chosen)."""
+def reserve_after_training(run: AutoRun, transforms: int, ensemble: bool) -> float:
+    """Seconds the end needs: validating the final model(s), predicting the test set (each
+    image ``transforms`` times: a self-ensemble's flips/rotations), writing the report; from
+    the measured speed of the models it will run (the slowest start before the halving has
+    chosen)."""
     halving = run.journal.data["phases"].get("halving", {})
     names = [halving.get("winner")] + ([halving.get("runner_up")] if ensemble else [])
-    passes = sum(_val_seconds(run, n, end=True) + _test_seconds(run, n) * (8 if self_ensemble else 1)
-                 for n in names)
+    passes = sum(_val_seconds(run, n, end=True) + _test_seconds(run, n) * transforms for n in names)
     return 1.1 * passes + min(10.0, 0.02 * run.options.budget)  # the report and the zip
 
 
@@ -698,12 +699,18 @@ def _metrics(run_dir: Path) -> list[dict]:
     return read_jsonl(path) if path.exists() else []
 
 
-def _train_arm(run: AutoRun, arm: dict, seconds: float, iterations: int) -> None:
+def _train_arm(run: AutoRun, arm: dict, seconds: float, iterations: int, midway: bool = False) -> None:
     """Continue an arm's training for ``seconds`` (at most ``iterations`` steps in all), ending
-    with a validation; every rank trains, rank 0 writes."""
+    with a validation (and one ``midway``, for the slope ``training_value`` reads); every rank
+    trains, rank 0 writes."""
     from upres.training.loop import train
 
-    cfg = arm_config(run, arm, iterations, seconds - _val_seconds(run, arm["name"]))
+    vals, extra = 1, []
+    if midway:
+        vals, half = 2, 0.6 * seconds / arm["seconds_per_step"]  # past the middle: a faster
+        # round than planned still validates twice, not three times
+        extra = [f"train.val_every={max(int(half), 1)}"]
+    cfg = arm_config(run, arm, iterations, seconds - vals * _val_seconds(run, arm["name"]), extra)
     train(cfg, run.out / "arms" / arm["name"], resume="auto",
           command=["upres", "auto", arm["name"]], progress=run.options.progress)
 
@@ -728,7 +735,7 @@ def run_halving(run: AutoRun) -> None:
         done = record.setdefault("current", {})
         for name in record["alive"]:
             if name not in done:
-                _train_arm(run, arms[name], seconds, _horizon(arms[name]))
+                _train_arm(run, arms[name], seconds, _horizon(arms[name]), midway=True)
                 psnr = round(_arm_psnr(run, name)[0], 4) if run.shard.main else None
                 done[name] = run.shard.broadcast(psnr)
                 run.journal.save(run.clock)
@@ -761,60 +768,171 @@ def _best_weights(run: AutoRun, name: str) -> Path | str | None:
     return next(a.get("source") for a in run.journal["probes"]["arms"] if a["name"] == name)
 
 
+def training_value(run: AutoRun) -> dict:
+    """What the winner's final training would lose if a lever took ``c`` of its seconds: its
+    validation PSNR read as ``a + b ln(step)`` through its last two validations (a halving round
+    validates at its middle and its end), so the loss is ``b ln(S / S')`` for the final's end
+    step ``S`` and the ``S'`` it reaches ``c`` seconds sooner. Where the slope cannot be read,
+    ``b`` is None and a lever may take at most ``LEVER_SHARE`` of the final."""
+    halving = run.journal["halving"]
+    arm = next(a for a in run.journal["probes"]["arms"] if a["name"] == halving["winner"])
+    records = _metrics(run.out / "arms" / arm["name"])
+    scores = sorted({r["step"]: r["val_psnr"] for r in records if "val_psnr" in r and r["step"] > 0}.items())
+    rates = [r["it_per_s"] for r in records if "it_per_s" in r]
+    rate = float(np.median(rates)) if rates else 1 / arm["seconds_per_step"]
+    step = max((r["step"] for r in records), default=0)
+    seconds = max(run.clock.left() - reserve_after_training(run, 1, False), 0.0)
+    value = {"from_step": step, "steps_per_second": round(rate, 4), "final_seconds": round(seconds, 1),
+             "slope_db_per_log_step": None}
+    if len(scores) >= 2:
+        (s1, p1), (s2, p2) = scores[-2:]
+        value["slope_db_per_log_step"] = round(max(p2 - p1, 0.0) / math.log(s2 / s1), 4)
+        value["between"] = [[s1, round(p1, 4)], [s2, round(p2, 4)]]
+    return value
+
+
+def training_loss(value: dict, cost: float) -> float:
+    """Validation dB the final would lose by training ``cost`` seconds less (``training_value``);
+    infinite where the cost takes the whole final, or more than ``LEVER_SHARE`` of it where the
+    slope is unknown."""
+    seconds, slope = value["final_seconds"], value["slope_db_per_log_step"]
+    if cost >= seconds or (slope is None and cost > LEVER_SHARE * seconds):
+        return math.inf
+    if slope is None or cost <= 0:
+        return 0.0
+    start, rate = max(value["from_step"], 1), value["steps_per_second"]
+    return slope * math.log((start + rate * seconds) / (start + rate * (seconds - cost)))
+
+
 def measure_levers(run: AutoRun) -> dict:
-    """What self-ensemble and an ensemble with the runner-up buy on validation (with the arms'
-    weights after halving), against what they cost on the test set: each is kept where it
-    gains at least ``KEEP_DB`` and its test-time cost fits the time left (reported in dB per
-    minute of test time)."""
+    """What self-ensemble (of 2, 4 or 8 flips/rotations) and an ensemble with the runner-up buy
+    on validation, with the arms' weights after halving and after the refinement the end would
+    choose (the two overlap: on known6 x8 gained 0.125 dB on test alone, 0.043 after refinement),
+    against what their test-time cost would take from the final's training
+    (``training_value``): a lever is kept where its gain less that loss is ``KEEP_DB`` or more;
+    of the self-ensembles, the one with the largest such net gain."""
     from upres.io.loading import load_model
 
     halving = run.journal["halving"]
-    files = val_files(run, min(run.journal["candidates"]["val_used"], 4))
     if _best_weights(run, halving["winner"]) is None:
         why = {"keep": False, "why": "nothing trained yet to measure it on"}
         return {"self_ensemble": why, "ensemble": why}
-    winner = load_model(_best_weights(run, halving["winner"]))
-    test_pass = _test_seconds(run, halving["winner"])
-    levers = {}
-    measuring = 9 * _val_seconds(run, halving["winner"], end=True) * len(files) / max(
-        run.journal["candidates"]["val_used"], 1)
-    cost_se = 7 * test_pass + measuring
-    if cost_se > 0.3 * run.clock.left():
-        levers["self_ensemble"] = {"keep": False, "why": f"not affordable: ~{cost_se / 60:.1f} min "
-                                   f"of {run.clock.left() / 60:.1f} left"}
+    value = training_value(run)
+    if value["slope_db_per_log_step"] is not None:
+        (s1, p1), (s2, p2) = value["between"]
+        run.say(f"  training's price: {p1:.3f} dB at step {s1}, {p2:.3f} at {s2}: "
+                f"{value['slope_db_per_log_step']:.3f} dB per e-fold of steps")
+    files = val_files(run, run.journal["candidates"]["val_used"])
+    measuring = 8 * _val_seconds(run, halving["winner"], end=True)
+    levers: dict = {"training": value}
+    if measuring > 0.1 * run.clock.left():
+        levers["self_ensemble"] = {"keep": False, "why": f"not affordable: measuring it takes "
+                                   f"~{measuring / 60:.1f} min of {run.clock.left() / 60:.1f} left"}
     else:
-        plain, _ = _score(winner, files, run.scale, run.shard.device, dtype=end_dtype(run))
-        mean, seconds = _score(winner, files, run.scale, run.shard.device, "mean", end_dtype(run))
-        levers["self_ensemble"] = _lever(mean - plain, 7 * test_pass, run, "x8 flips/rotations")
-    levers["ensemble"] = _measure_ensemble(run, files)
-    joint = reserve_after_training(run, True, True) - reserve_after_training(run, False, False)
-    return afford_together(levers, joint, run.clock.left())
-
-
-def afford_together(levers: dict, joint_cost: float, left: float) -> dict:
-    """Self-ensemble and the ensemble may each fit alone, yet together the runner-up runs x8
-    too (on minicomp at 15 minutes the pair took all the winner's final training): both stay
-    only if their joint cost fits the same 30% of the time left, else the one with fewer dB per
-    minute goes."""
-    both = [levers["self_ensemble"], levers["ensemble"]]
-    if not all(lever.get("keep") for lever in both) or joint_cost < 0.3 * left:
-        return levers
-    weaker = min(both, key=lambda lever: lever["db_per_minute"])
-    weaker.update(keep=False, why=f"fits alone, but with the other lever ~{joint_cost / 60:.1f} "
-                  f"min of {left / 60:.1f} left; it gains fewer dB per minute")
+        run.say(f"  self-ensemble: the winner's 8 flips/rotations on {len(files)} validation pairs")
+        winner = load_model(_best_weights(run, halving["winner"]))
+        levers["self_ensemble"] = _measure_self_ensemble(run, winner, files, value)
+    levers["ensemble"] = _measure_ensemble(run, files, value)
+    transforms = levers["self_ensemble"].get("transforms", 1)
+    joint = reserve_after_training(run, transforms, True) - reserve_after_training(run, 1, False)
+    afford_together(levers, training_loss(value, joint))
+    for name in ("self_ensemble", "ensemble"):
+        lever = levers[name]
+        label = f"x{lever['transforms']}" if "transforms" in lever else lever.get("what", "")
+        run.say(f"  {name.replace('_', '-')} {label}: " + (
+            f"{lever['gain_db']:+.3f} dB for {lever['test_seconds'] / 60:.1f} min of test time, "
+            if "gain_db" in lever else "") + ("kept" if lever["keep"] else f"dropped ({lever['why']})"))
     return levers
 
 
-def _lever(gain: float, cost: float, run: AutoRun, what: str) -> dict:
-    gain = float(gain)
-    keep = bool(gain >= KEEP_DB and cost < 0.3 * run.clock.left())
+def _flips(model, lrs: list[np.ndarray], run: AutoRun) -> list[np.ndarray]:
+    """Per LR image (float RGB), the model's float predictions of its 8 flips/rotations, each
+    turned back: (8, H, W, 3), in the end's precision."""
+    from upres.inference.engine import dihedral, dihedral_inverse
+    from upres.inference.upscaler import Upscaler
+
+    up = Upscaler(model, device=run.shard.device, backend="torch", dtype=end_dtype(run), tile=0,
+                  cache_converted=False)
+    return [np.stack([dihedral_inverse(up.upscale_float(np.ascontiguousarray(dihedral(lr, k, (0, 1)))),
+                                       k, (0, 1)) for k in range(8)]) for lr in lrs]
+
+
+def _refiner_for(run: AutoRun, val):
+    """The refinement the end would choose on these predictions (None: not kept)."""
+    from upres.degradation.fingerprint import Fingerprint
+    from upres.degradation.refine import Refiner
+    from upres.inference.ensemble import choose_refinement
+
+    fp = Fingerprint.load(run.out / "fingerprint" / "fingerprint.json")
+    if len(fp.groups) < 2 or not fp.classifier:
+        return None
+    refiner = Refiner(fp)
+    chosen = choose_refinement(refiner, val, np.ones(1))
+    return refiner if chosen["gain_db"] >= KEEP_DB and refiner.enabled else None
+
+
+def _measure_self_ensemble(run: AutoRun, winner, files: list[dict], value: dict) -> dict:
+    """Self-ensembles of 2, 4 and 8 against the plain winner on validation (one pass of the 8
+    flips/rotations scores all three), after refinement where the end would keep it."""
+    from upres.inference.engine import TRANSFORMS
+    from upres.inference.ensemble import Validation, rgb_input, to_image
+    from upres.scoring import metrics
+
+    lrs = [rgb_input(images.read_image(f["lr"]), f["lr"]) for f in files]
+    flips = _flips(winner, lrs, run)
+    hrs = [images.read_image(f["hr"]) for f in files]
+    targets = [images.gray_to_rgb(images.to_float(hr)) for hr in hrs]
+    val = Validation(files, [f[:1] for f in flips], targets, hrs, run.scale, [])
+    refiner = _refiner_for(run, val)
+    test_pass = _test_seconds(run, run.journal["halving"]["winner"])
+    options = {}
+    for n, ks in [(1, (0,)), *TRANSFORMS.items()]:
+        scores = []
+        for lr, hr, flip in zip(lrs, hrs, flips):
+            pred = flip[list(ks)].mean(0)
+            if refiner is not None:
+                pred = refiner(pred, lr)
+            scores.append(metrics.psnr(to_image(pred, hr), hr, run.scale))
+        options[n] = float(np.mean(scores))
+    choices = {n: _lever(options[n] - options[1], (n - 1) * test_pass, value, f"x{n} flips/rotations")
+               for n in TRANSFORMS}
+    best = max(choices, key=lambda n: choices[n]["net_db"])
+    return {**choices[best], "transforms": best, "refined": refiner is not None,
+            "options": {str(n): {k: choices[n][k] for k in ("gain_db", "test_seconds", "net_db")}
+                        for n in choices}}
+
+
+def afford_together(levers: dict, joint_loss: float) -> dict:
+    """Self-ensemble and the ensemble may each pay alone, yet together the runner-up runs its
+    flips too (on minicomp at 15 minutes the pair took all the winner's final training): both
+    stay only if their gains less the training their joint cost takes beat the better one
+    alone, else the one with the smaller net gain goes."""
+    both = [levers["self_ensemble"], levers["ensemble"]]
+    if not all(lever.get("keep") for lever in both):
+        return levers
+    if sum(lever["gain_db"] for lever in both) - joint_loss >= max(lever["net_db"] for lever in both):
+        return levers
+    weaker = min(both, key=lambda lever: lever["net_db"])
+    weaker.update(keep=False, why=f"pays alone, but with the other lever the final would train "
+                  f"{joint_loss:.3f} dB less; together they gain less than the other alone")
+    return levers
+
+
+def _lever(gain: float, cost: float, value: dict, what: str) -> dict:
+    """A lever's validation gain against the training its test-time ``cost`` takes."""
+    gain, loss = float(gain), training_loss(value, cost)
+    net = gain - loss
+    keep = bool(net >= KEEP_DB)
+    why = ("kept" if keep else f"gain {gain:+.3f} dB below {KEEP_DB}" if gain < KEEP_DB
+           else "too slow for the time left" if math.isinf(loss)
+           else f"gain {gain:+.3f} dB, but its time would cost the training {loss:.3f} dB")
     return {"keep": keep, "gain_db": round(gain, 4), "test_seconds": round(cost, 1),
-            "db_per_minute": round(gain / max(cost / 60, 1e-9), 4), "what": what,
-            "why": ("kept" if keep else f"gain {gain:+.3f} dB below {KEEP_DB}" if gain < KEEP_DB
-                    else "too slow for the time left")}
+            "training_loss_db": round(loss, 4) if math.isfinite(loss) else None,
+            "net_db": round(net, 4) if math.isfinite(net) else -1e9,
+            "db_per_minute": round(gain / max(cost / 60, 1e-9), 4), "what": what, "why": why}
 
 
-def _measure_ensemble(run: AutoRun, files: list[dict]) -> dict:
+def _measure_ensemble(run: AutoRun, files: list[dict], value: dict) -> dict:
     """Soft voting of the winner and the runner-up, weights fitted on validation."""
     from upres.inference.ensemble import Predictor, fit_coefficients
     from upres.inference.upscaler import InferenceOptions
@@ -828,7 +946,7 @@ def _measure_ensemble(run: AutoRun, files: list[dict]) -> dict:
     val = predictor.validate_files(files, run.scale)
     weights = fit_coefficients(val.preds, val.targets)
     extra = _test_seconds(run, halving["runner_up"])  # the runner-up's pass over the test set
-    result = _lever(val.fused_psnr(weights) - val.psnr[0], extra, run, "winner + runner-up")
+    result = _lever(val.fused_psnr(weights) - val.psnr[0], extra, value, "winner + runner-up")
     return {**result, "weights": [round(float(w), 4) for w in weights]}
 
 
@@ -841,7 +959,7 @@ def run_final(run: AutoRun) -> None:
         return
     halving, levers = run.journal["halving"], run.journal["levers"]
     arm = next(a for a in run.journal["probes"]["arms"] if a["name"] == halving["winner"])
-    reserve = reserve_after_training(run, levers["self_ensemble"]["keep"], levers["ensemble"]["keep"])
+    reserve = reserve_after_training(run, _transforms(levers), levers["ensemble"]["keep"])
     seconds = run.clock.left() - reserve
     records = _metrics(run.out / "arms" / arm["name"])
     rates = [r["it_per_s"] for r in records if "it_per_s" in r]
@@ -884,7 +1002,13 @@ def decide_end(run: AutoRun) -> dict:
     return {"models": [str(m) for m in models], "weights": [float(w) for w in weights],
             "val_psnr": round(val.fused_psnr(weights), 4), "val_psnr_models": val.psnr,
             "bicubic_psnr": run.journal["candidates"]["bicubic_psnr"],
-            "self_ensemble": levers["self_ensemble"]["keep"], "refine": refine}
+            "self_ensemble": _transforms(levers) if _transforms(levers) > 1 else 0, "refine": refine}
+
+
+def _transforms(levers: dict) -> int:
+    """The flips/rotations the test set runs: the self-ensemble's where it is kept, else 1."""
+    lever = levers["self_ensemble"]
+    return int(lever.get("transforms", 8)) if lever.get("keep") else 1
 
 
 def submit(run: AutoRun) -> dict:
@@ -898,7 +1022,8 @@ def submit(run: AutoRun) -> dict:
 
     end = run.journal["end"]
     options = InferenceOptions(backend="torch", dtype=end_dtype(run), device=run.shard.device,
-                               self_ensemble="mean" if end["self_ensemble"] else "off")
+                               self_ensemble="mean" if end["self_ensemble"] else "off",
+                               ensemble_transforms=end["self_ensemble"] or 8)
     predictor = Predictor([Path(m) for m in end["models"]], options)
     if end["refine"]["keep"]:
         predictor.refiner = Refiner(Fingerprint.load(run.out / "fingerprint" / "fingerprint.json"))

@@ -164,19 +164,44 @@ def _later_sections(record: dict) -> list[str]:
     levers, end = p.get("levers", {}), p.get("end", {})
     rows = []
     refine = [("refinement", end["refine"])] if end.get("refine") else []
-    for name, lever in [*((k, v) for k, v in levers.items() if isinstance(v, dict)), *refine]:
+    for name, lever in [*((k, v) for k, v in levers.items() if k in ("self_ensemble", "ensemble")
+                          and isinstance(v, dict)), *refine]:
         timed = "test_seconds" in lever
-        rows.append([_esc(name), f"{lever.get('gain_db', 0):+.3f}",
+        label = f"self-ensemble x{lever['transforms']}" if lever.get("transforms") else name
+        loss = lever.get("training_loss_db")
+        rows.append([_esc(label), f"{lever.get('gain_db', 0):+.3f}",
                      f"{lever['test_seconds']:.0f}" if timed else "-",
-                     f"{lever.get('db_per_minute', 0):+.3f}" if timed else "-", _kept(lever)])
+                     f"{lever.get('db_per_minute', 0):+.3f}" if timed else "-",
+                     "-" if not timed else "all of it" if loss is None else f"{loss:.3f}",
+                     _kept(lever)])
+        for n, option in sorted((lever.get("options") or {}).items(), key=lambda kv: int(kv[0])):
+            if int(n) != lever.get("transforms"):
+                rows.append([f"&nbsp;&nbsp;(x{_esc(n)})", f"{option['gain_db']:+.3f}",
+                             f"{option['test_seconds']:.0f}", "", "", f"net {option['net_db']:+.3f}"
+                             if option["net_db"] > -1e8 else "does not fit"])
     parts.append("<h2>Levers at the end (on validation)</h2>" + _table(
-        ["lever", "gain (dB)", "test-time cost (s)", "dB per minute", "decision"], rows))
+        ["lever", "gain (dB)", "test-time cost (s)", "dB per minute",
+         "training it takes (dB)", "decision"], rows) + _slope(levers.get("training")))
     sub = p.get("submit", {})
     if sub:
         parts.append(f"<h2>Submission</h2><p>{sub['images']} images in <code>{_esc(sub['folder'])}"
                      f"</code> and <code>{_esc(sub['zip'])}</code>, predicted in "
                      f"{sub['predict_seconds']:.0f} s by {_models(end)}.</p>")
     return parts
+
+
+def _slope(value: dict | None) -> str:
+    """How the levers' time was priced: the winner's validation slope."""
+    if not value:
+        return ""
+    if value.get("slope_db_per_log_step") is None:
+        return (f"<p>The winner's validation slope was not measured; a lever could take at most "
+                f"a share of the final's {value['final_seconds'] / 60:.1f} min.</p>")
+    (s1, p1), (s2, p2) = value["between"]
+    return (f"<p>A lever's time is priced by the winner's validation curve: {p1:.3f} dB at step "
+            f"{s1}, {p2:.3f} at step {s2}, read as {value['slope_db_per_log_step']:.3f} dB per "
+            f"e-fold of steps, over a final of {value['final_seconds'] / 60:.1f} min at "
+            f"{value['steps_per_second']:.3f} steps/s.</p>")
 
 
 def _models(end: dict) -> str:
