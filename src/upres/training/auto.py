@@ -39,6 +39,8 @@ MIN_STEPS = 300  # steps an arm's schedule should get (else smaller crops or bat
 FEWEST_STEPS = 50  # a fine-tune that cannot get this many steps is not an arm
 ROUND_STEPS = 100  # a halving round holding fewer steps per arm cannot tell two levers apart
 RANGE_STEPS = 24  # a range test of fewer steps is too noisy to trust
+# and one whose rate falls under a tenth of the usual one is distrusted too: 40 steps with x4plus
+# on known6 put the smoothed minimum at its first steps (1e-5 after the clip), where 2e-4 fine-tunes
 DEFAULT_LR = {False: 2e-4, True: 5e-4}  # fine-tuning (BasicSR's), from scratch: if not measured
 KEEP_DB = 0.01  # a lever at the end must gain at least this on validation to be kept
 LEVER_SHARE = 0.3  # of the final's time, at most, for a lever where training's slope is unknown
@@ -585,8 +587,12 @@ def _probe(run: AutoRun, cand: dict, variant: dict, steps: int, seconds: float, 
     if lr is None and steps >= RANGE_STEPS:
         low, high = (1e-5, 1e-2) if scratch else (1e-6, 3e-3)
         test = range_test(arm_config(run, arm, steps), folder, steps, low, high, progress=False)
-        arm["lr"] = float(np.clip(test.suggestion, 1e-5, 2e-3 if scratch else 1e-3))
         arm["range_test"] = {"suggestion": test.suggestion, "steps": len(test.lrs)}
+        if test.suggestion < DEFAULT_LR[scratch] / 10:  # the loss rose from its first steps
+            arm["range_test"]["distrusted"] = (f"{test.suggestion:.1e} is under a tenth of "
+                                               f"{DEFAULT_LR[scratch]:.0e}: the usual rate")
+        else:
+            arm["lr"] = float(np.clip(test.suggestion, 1e-5, 2e-3 if scratch else 1e-3))
     else:
         arm["lr"] = lr or arm["lr"]
         rate = arm["lr"]
