@@ -33,6 +33,7 @@ from upres.training.auto import (
     afford_together,
     choose_precision,
     head_patterns,
+    range_rate,
     run_auto,
     training_loss,
 )
@@ -177,6 +178,16 @@ def test_resume_after_sigkill_finishes_without_redoing_recorded_phases(auto_set,
     for phase in ("check", "fingerprint", "split", "candidates", "probes"):
         assert after["phases"][phase] == before["phases"][phase], phase  # not done again
     assert sorted(p.name for p in (run / "submission").iterdir()) == ["t0.png", "t1.png"]
+
+
+def test_a_range_test_rate_far_under_the_usual_one_is_distrusted():
+    """x4plus on known6: 40 steps put the minimum at the first rate (suggestion 3.3e-7)."""
+    assert range_rate(3.3e-7, scratch=False) == (auto.DEFAULT_LR[False], {
+        "suggestion": 3.3e-7, "distrusted": "3.3e-07 is under a tenth of 2e-04"})
+    assert range_rate(3e-4, scratch=False) == (3e-4, {"suggestion": 3e-4})
+    assert range_rate(5e-3, scratch=False)[0] == 1e-3  # clipped
+    assert range_rate(4e-5, scratch=True) == (5e-4, {  # from scratch the usual rate is 5e-4
+        "suggestion": 4e-5, "distrusted": "4.0e-05 is under a tenth of 5e-04"})
 
 
 def test_head_patterns_freeze_whole_leading_modules():

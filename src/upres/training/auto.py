@@ -40,7 +40,7 @@ FEWEST_STEPS = 50  # a fine-tune that cannot get this many steps is not an arm
 ROUND_STEPS = 100  # a halving round holding fewer steps per arm cannot tell two levers apart
 RANGE_STEPS = 24  # a range test of fewer steps is too noisy to trust
 # and one whose rate falls under a tenth of the usual one is distrusted too: 40 steps with x4plus
-# on known6 put the smoothed minimum at its first steps (1e-5 after the clip), where 2e-4 fine-tunes
+# on known6 put the smoothed minimum at the first step (3.3e-7, 1e-5 after the clip; 2e-4 works)
 DEFAULT_LR = {False: 2e-4, True: 5e-4}  # fine-tuning (BasicSR's), from scratch: if not measured
 KEEP_DB = 0.01  # a lever at the end must gain at least this on validation to be kept
 LEVER_SHARE = 0.3  # of the final's time, at most, for a lever where training's slope is unknown
@@ -587,12 +587,8 @@ def _probe(run: AutoRun, cand: dict, variant: dict, steps: int, seconds: float, 
     if lr is None and steps >= RANGE_STEPS:
         low, high = (1e-5, 1e-2) if scratch else (1e-6, 3e-3)
         test = range_test(arm_config(run, arm, steps), folder, steps, low, high, progress=False)
-        arm["range_test"] = {"suggestion": test.suggestion, "steps": len(test.lrs)}
-        if test.suggestion < DEFAULT_LR[scratch] / 10:  # the loss rose from its first steps
-            arm["range_test"]["distrusted"] = (f"{test.suggestion:.1e} is under a tenth of "
-                                               f"{DEFAULT_LR[scratch]:.0e}: the usual rate")
-        else:
-            arm["lr"] = float(np.clip(test.suggestion, 1e-5, 2e-3 if scratch else 1e-3))
+        arm["lr"], arm["range_test"] = range_rate(test.suggestion, scratch)
+        arm["range_test"]["steps"] = len(test.lrs)
     else:
         arm["lr"] = lr or arm["lr"]
         rate = arm["lr"]
@@ -627,6 +623,16 @@ def _probe(run: AutoRun, cand: dict, variant: dict, steps: int, seconds: float, 
     arm["timing"] = {"probe_seconds": per_step, "overhead": model[0], "per_pixel": model[1],
                      "timed": timed}
     return arm
+
+
+def range_rate(suggestion: float, scratch: bool) -> tuple[float, dict]:
+    """The rate a range test's suggestion gives (clipped), and its record; under a tenth of the
+    usual rate the loss rose from the test's first steps, and the usual rate stays."""
+    record = {"suggestion": suggestion}
+    if suggestion < DEFAULT_LR[scratch] / 10:
+        record["distrusted"] = f"{suggestion:.1e} is under a tenth of {DEFAULT_LR[scratch]:.0e}"
+        return DEFAULT_LR[scratch], record
+    return float(np.clip(suggestion, 1e-5, 2e-3 if scratch else 1e-3)), record
 
 
 def _layout(run: AutoRun, arm: dict, folder: Path, nchw_seconds: float) -> dict:
