@@ -53,7 +53,7 @@ def run_auto(data: Path, budget: str, folder: Path) -> dict:
     return {"wall": wall, "scores": score(folder / "submission", data),
             "winner": record["phases"]["halving"]["winner"],
             "levers": {k: (v.get("transforms") or True) if v.get("keep") else False
-                       for k, v in record["phases"]["levers"].items() if "keep" in v},
+                       for k, v in record["phases"]["levers"].items() if isinstance(v, dict) and "keep" in v},
             "refine": record["phases"]["end"]["refine"].get("keep")}
 
 
