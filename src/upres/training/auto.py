@@ -819,7 +819,7 @@ def training_loss(value: dict, cost: float) -> float:
 def measure_levers(run: AutoRun) -> dict:
     """What self-ensemble (of 2, 4 or 8 flips/rotations) and an ensemble with the runner-up buy
     on validation, with the arms' weights after halving and after the refinement the end would
-    choose (the two overlap: on known6 x8 gained 0.125 dB on test alone, 0.043 after refinement),
+    choose (the two overlap: on known6 x8 gained 0.124 dB on test alone, 0.066 after refinement),
     against what their test-time cost would take from the final's training
     (``training_value``): a lever is kept where its gain less that loss is ``KEEP_DB`` or more;
     of the self-ensembles, the one with the largest such net gain."""
