@@ -9,7 +9,7 @@ import pytest
 from helpers import photo, tiny_rrdbnet, write_pair
 from upres.cli import main
 from upres.errors import PredictError, UpresError
-from upres.inference.ensemble import coefficients_from_psnr, fit_coefficients, project_to_simplex
+from upres.inference.ensemble import Validation, coefficients_from_psnr, fit_coefficients, project_to_simplex
 from upres.inference.submission import predict_folder as predict
 from upres.io import images
 from upres.io.loading import save_model
@@ -33,6 +33,30 @@ def test_fit_stays_on_the_simplex_when_best_is_outside():
     w = fit_coefficients([p], [target])
     np.testing.assert_allclose(w, [1.0, 0.0], atol=1e-6)
     np.testing.assert_allclose(project_to_simplex(np.array([2.0, 0.0, -1.0])), [1.0, 0.0, 0.0])
+
+
+def test_a_fusion_is_scored_after_the_refiner_and_a_model_alone(tmp_path):
+    rng = np.random.default_rng(0)
+    lr = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    hr = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    images.write_image(tmp_path / "lr.png", lr)
+    preds = [np.stack([np.full((32, 32, 3), 0.2, np.float32), np.full((32, 32, 3), 0.6, np.float32)])]
+    val = Validation([{"lr": tmp_path / "lr.png", "hr": tmp_path / "hr.png"}], preds,
+                     [hr / 255.0], [hr], 4, [11.0, 12.0])
+    seen = []
+
+    def refiner(sr, lr_rgb):  # sees the fusion (0.25 * 0.2 + 0.75 * 0.6 = 0.5) and the LR
+        seen.append((float(sr.mean()), lr_rgb))
+        return sr + 0.1
+
+    # 0.6 everywhere is 153 of 255: PSNR by hand inside the 4-pixel border
+    mse = ((153.0 - hr[4:-4, 4:-4].astype(np.float64)) ** 2).mean()
+    expected = 10 * np.log10(255.0 ** 2 / mse)
+    assert val.fused_psnr(np.array([0.25, 0.75]), refiner) == pytest.approx(expected, abs=1e-9)
+    assert seen[0][0] == pytest.approx(0.5) and np.allclose(seen[0][1], lr / 255.0)
+    alone = val.model(1)  # the second model alone, unrefined, is the same 0.6
+    assert alone.psnr == [12.0] and alone.preds[0].shape == (1, 32, 32, 3)
+    assert alone.fused_psnr(np.ones(1)) == pytest.approx(expected, abs=1e-9)
 
 
 def test_psnr_weight_rules():

@@ -129,11 +129,21 @@ class Validation:
     border: int
     psnr: list[float]  # per model, the mean over the pairs
 
-    def fused_psnr(self, coefficients: np.ndarray) -> float:
-        """Mean PSNR of the soft-voting fusion with these coefficients."""
-        scores = [metrics.psnr(to_image(fuse(list(p), coefficients), hr), hr, self.border)
-                  for hr, p in zip(self.hr, self.preds)]
+    def fused_psnr(self, coefficients: np.ndarray, refiner=None) -> float:
+        """Mean PSNR of the soft-voting fusion with these coefficients, after ``refiner``
+        (``refiner(sr, lr)``, e.g. a ``Refiner``) where one is given."""
+        scores = []
+        for f, hr, p in zip(self.files, self.hr, self.preds):
+            fused = fuse(list(p), coefficients)
+            if refiner is not None:
+                fused = refiner(fused, rgb_input(images.read_image(f["lr"]), f["lr"]))
+            scores.append(metrics.psnr(to_image(fused, hr), hr, self.border))
         return float(np.mean(scores))
+
+    def model(self, index: int) -> Validation:
+        """One model's predictions alone."""
+        return Validation(self.files, [p[index:index + 1] for p in self.preds], self.targets,
+                          self.hr, self.border, self.psnr[index:index + 1])
 
 
 class Predictor:

@@ -957,9 +957,11 @@ def _measure_ensemble(run: AutoRun, files: list[dict], value: dict) -> dict:
                            _best_weights(run, halving["runner_up"])], options)
     val = predictor.validate_files(files, run.scale)
     weights = fit_coefficients(val.preds, val.targets)
+    refiner = _refiner_for(run, val.model(0))  # what the fusion adds beyond the refinement
+    gain = val.fused_psnr(weights, refiner) - val.model(0).fused_psnr(np.ones(1), refiner)
     extra = _test_seconds(run, halving["runner_up"])  # the runner-up's pass over the test set
-    result = _lever(val.fused_psnr(weights) - val.psnr[0], extra, value, "winner + runner-up")
-    return {**result, "weights": [round(float(w), 4) for w in weights]}
+    result = _lever(gain, extra, value, "winner + runner-up")
+    return {**result, "weights": [round(float(w), 4) for w in weights], "refined": refiner is not None}
 
 
 def run_final(run: AutoRun) -> None:

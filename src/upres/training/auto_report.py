@@ -179,7 +179,11 @@ def _later_sections(record: dict) -> list[str]:
                 rows.append([f"&nbsp;&nbsp;(x{_esc(n)})", f"{option['gain_db']:+.3f}",
                              f"{option['test_seconds']:.0f}", "", "", f"net {option['net_db']:+.3f}"
                              if option["net_db"] > -1e8 else "does not fit"])
-    parts.append("<h2>Levers at the end (on validation)</h2>" + _table(
+    refined = any(levers.get(k, {}).get("refined") for k in ("self_ensemble", "ensemble")
+                  if isinstance(levers.get(k), dict))
+    parts.append("<h2>Levers at the end (on validation)</h2>"
+                 + ("<p>Self-ensemble and ensemble gains are measured after the refinement the "
+                    "end keeps.</p>" if refined else "") + _table(
         ["lever", "gain (dB)", "test-time cost (s)", "dB per minute",
          "training it takes (dB)", "decision"], rows) + _slope(levers.get("training")))
     sub = p.get("submit", {})
