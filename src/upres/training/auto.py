@@ -887,8 +887,7 @@ def _measure_self_ensemble(run: AutoRun, winner, files: list[dict], value: dict)
     """Self-ensembles of 2, 4 and 8 against the plain winner on validation (one pass of the 8
     flips/rotations scores all three), after refinement where the end would keep it."""
     from upres.inference.engine import TRANSFORMS
-    from upres.inference.ensemble import Validation, rgb_input, to_image
-    from upres.scoring import metrics
+    from upres.inference.ensemble import Validation, rgb_input
 
     lrs = [rgb_input(images.read_image(f["lr"]), f["lr"]) for f in files]
     flips = _flips(winner, lrs, run)
@@ -897,15 +896,9 @@ def _measure_self_ensemble(run: AutoRun, winner, files: list[dict], value: dict)
     val = Validation(files, [f[:1] for f in flips], targets, hrs, run.scale, [])
     refiner = _refiner_for(run, val)
     test_pass = _test_seconds(run, run.journal["halving"]["winner"])
-    options = {}
-    for n, ks in [(1, (0,)), *TRANSFORMS.items()]:
-        scores = []
-        for lr, hr, flip in zip(lrs, hrs, flips):
-            pred = flip[list(ks)].mean(0)
-            if refiner is not None:
-                pred = refiner(pred, lr)
-            scores.append(metrics.psnr(to_image(pred, hr), hr, run.scale))
-        options[n] = float(np.mean(scores))
+    options = {n: Validation(files, [flip[list(ks)].mean(0)[None] for flip in flips], targets, hrs,
+                             run.scale, []).fused_psnr(np.ones(1), refiner)
+               for n, ks in [(1, (0,)), *TRANSFORMS.items()]}
     choices = {n: _lever(options[n] - options[1], (n - 1) * test_pass, value, f"x{n} flips/rotations")
                for n in TRANSFORMS}
     best = max(choices, key=lambda n: choices[n]["net_db"])
@@ -957,8 +950,9 @@ def _measure_ensemble(run: AutoRun, files: list[dict], value: dict) -> dict:
                            _best_weights(run, halving["runner_up"])], options)
     val = predictor.validate_files(files, run.scale)
     weights = fit_coefficients(val.preds, val.targets)
-    refiner = _refiner_for(run, val.model(0))  # what the fusion adds beyond the refinement
-    gain = val.fused_psnr(weights, refiner) - val.model(0).fused_psnr(np.ones(1), refiner)
+    alone = val.model(0)
+    refiner = _refiner_for(run, alone)  # what the fusion adds beyond the refinement
+    gain = val.fused_psnr(weights, refiner) - alone.fused_psnr(np.ones(1), refiner)
     extra = _test_seconds(run, halving["runner_up"])  # the runner-up's pass over the test set
     result = _lever(gain, extra, value, "winner + runner-up")
     return {**result, "weights": [round(float(w), 4) for w in weights], "refined": refiner is not None}
