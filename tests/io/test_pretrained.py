@@ -25,7 +25,8 @@ def ncnn_reference(param, img: np.ndarray) -> np.ndarray:
     return np.array(out).transpose(1, 2, 0)
 
 
-@pytest.mark.parametrize("name, size", [("realesrgan-x4plus", 128), ("realesrgan-x4plus-anime", 48)])
+@pytest.mark.parametrize("name, size", [("realesrgan-x4plus", 128), ("realesrgan-x4plus-anime", 48),
+                                        ("realsr-df2k", 48)])
 def test_pretrained_conversion_matches_ncnn(name, size, photo):
     """The upscale path (default tiling) in fp32 against ncnn on a real photo crop."""
     crop = photo[100:100 + size, 150:150 + size].astype(np.float32) / 255
@@ -56,6 +57,15 @@ def test_missing_pretrained_package_says_what_to_install(tmp_path, monkeypatch):
         load_model("realesrgan-x4plus")
     with pytest.raises(WeightsError, match="unknown pretrained model 'esrgan'"):
         P.pretrained_ncnn_files("esrgan")
+
+
+def test_each_pretrained_name_needs_only_its_own_package(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setitem(P.PACKAGE_OF, "realsr-df2k", "no_such_package_upres_test")
+    with pytest.raises(WeightsError, match="'realsr-df2k' needs the package no-such-package-upres-test"):
+        load_model("realsr-df2k")
+    assert not P.pretrained_available("realsr-df2k")
+    assert P.pretrained_available("realesrgan-x4plus-anime")
 
 
 def test_ncnn_bin_that_does_not_match_param_is_refused(tmp_path):

