@@ -9,7 +9,14 @@ import pytest
 from helpers import photo, tiny_rrdbnet, write_pair
 from upres.cli import main
 from upres.errors import PredictError, UpresError
-from upres.inference.ensemble import Validation, coefficients_from_psnr, fit_coefficients, project_to_simplex
+from upres.inference.ensemble import (
+    GroupWeights,
+    Validation,
+    coefficients_from_psnr,
+    fit_coefficients,
+    fit_group_weights,
+    project_to_simplex,
+)
 from upres.inference.submission import predict_folder as predict
 from upres.io import images
 from upres.io.loading import save_model
@@ -57,6 +64,38 @@ def test_a_fusion_is_scored_after_the_refiner_and_a_model_alone(tmp_path):
     alone = val.model(1)  # the second model alone, unrefined, is the same 0.6
     assert alone.psnr == [12.0] and alone.preds[0].shape == (1, 32, 32, 3)
     assert alone.fused_psnr(np.ones(1)) == pytest.approx(expected, abs=1e-9)
+
+
+def test_weights_per_group_follow_each_group_s_pairs_shrunk_toward_the_pooled_fit(tmp_path):
+    """Group 0's pairs are model 0's output exactly, group 1's pair model 1's: each group's fit
+    is that model alone, moved toward the pooled fit by one pair's worth; a test image of a
+    group without pairs gets the pooled coefficients."""
+    rng = np.random.default_rng(1)
+    files, preds, targets, hrs, groups = [], [], [], [], {}
+    for k, group in enumerate([0, 0, 1]):
+        lr = np.full((8, 8, 3), 40 * (group + 1) + k, np.uint8)  # the label reads the LR's level
+        images.write_image(tmp_path / f"{k}.png", lr)
+        p = rng.uniform(0.1, 0.9, (2, 32, 32, 3)).astype(np.float32)
+        target = p[group].astype(np.float64)
+        files.append({"lr": tmp_path / f"{k}.png", "hr": tmp_path / f"{k}.png"})
+        preds.append(p), targets.append(target)
+        hrs.append(np.rint(target * 255).astype(np.uint8))
+        groups[round(float(lr.mean()) / 255, 4)] = group
+
+    def label(lr_rgb):
+        return groups[round(float(lr_rgb.mean()), 4)], 0.9
+
+    val = Validation(files, preds, targets, hrs, 4, [])
+    pooled = fit_coefficients(preds, targets)
+    grouped = fit_group_weights(val, label, pooled)
+    np.testing.assert_allclose(grouped.by_group[0], (2 * np.array([1.0, 0.0]) + pooled) / 3, atol=1e-3)
+    np.testing.assert_allclose(grouped.by_group[1], (np.array([0.0, 1.0]) + pooled) / 2, atol=1e-3)
+    assert 0.4 < pooled[0] < 0.9  # two pairs of three favour model 0, not all the way
+    lr0 = images.to_float(images.read_image(files[0]["lr"]))
+    np.testing.assert_allclose(grouped(lr0), grouped.by_group[0])
+    elsewhere = GroupWeights(pooled, {1: grouped.by_group[1]}, label)  # group 0 has no weights
+    np.testing.assert_allclose(elsewhere(lr0), pooled)
+    assert val.fused_psnr(grouped) > val.fused_psnr(pooled) + 1.0
 
 
 def test_psnr_weight_rules():

@@ -120,6 +120,14 @@ def test_auto_writes_a_submission_within_the_budget_and_drops_the_bad_start(auto
     assert value["slope_db_per_log_step"] == pytest.approx(max(p2 - p1, 0) / math.log(s2 / s1),
                                                            abs=1e-3)
     assert phases["end"]["val_psnr"] == pytest.approx(max(phases["end"]["val_psnr_models"]), abs=0.5)
+    if "speed" in levers:  # the end's speed as timed at the levers, never under the estimate
+        speed = levers["speed"]
+        ratio = max(1.0, speed["seconds"] / speed["estimated_seconds"])  # (each to 1 ms)
+        assert speed["ratio"] == pytest.approx(ratio, abs=1e-3 + 0.002 * ratio / speed["estimated_seconds"])
+    grouped = phases["end"]["weights_by_group"]  # per recipe group, where validation says so
+    if "gain_db" in grouped:
+        assert grouped["keep"] == (grouped["gain_db"] >= KEEP_DB)
+        assert all(sum(w) == pytest.approx(1, abs=1e-3) for w in grouped["weights"].values())
     precision = phases["candidates"]["precision"]  # measured, or fp32 where nothing is faster
     assert precision["dtype"] == "fp32" or precision["psnr"][precision["dtype"]] >= \
         precision["psnr"]["fp32"] - PRECISION_DB
@@ -228,6 +236,24 @@ def test_a_levers_time_is_priced_by_the_winners_validation_slope():
     assert not auto._lever(0.05, 50, value, "x4")["keep"]
     dropped = auto._lever(0.05, 150, value, "x8")  # 0.3 ln(500/200) = 0.27 dB of training
     assert not dropped["keep"] and "would cost the training 0.275 dB" in dropped["why"]
+
+
+def test_the_reserve_for_the_end_follows_the_speed_timed_at_the_levers(tmp_path):
+    """Step-0 timing: 10 s per MP in fp32, the end's precision at half that; validation 0.1 MP,
+    test 2 MP. Timed at the levers, 8 validation passes took 6 s against 4 s estimated: the
+    reserve for x2 self-ensemble grows by that 1.5x; a faster timing never shrinks it."""
+    phases = {"check": {"test_megapixels": 2.0},
+              "candidates": {"candidates": [{"name": "a", "seconds_per_mp": 10.0}],
+                             "precision": {"dtype": "bf16", "speed_ratio": 0.5}, "val_megapixels": 0.1},
+              "probes": {"arms": [{"name": "a-full", "variant": "full"}]},
+              "halving": {"winner": "a-full"}}
+    run = SimpleNamespace(journal=auto.Journal(tmp_path / "auto.json", {"phases": phases}),
+                          options=SimpleNamespace(budget=600.0), end_speed=1.0)
+    assert auto.reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.5 + 2 * 10) + 10)
+    speed = auto._calibrate(run, 6.0, passes=8)
+    assert speed == {"seconds": 6.0, "estimated_seconds": 4.0, "ratio": 1.5}
+    assert auto.reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.75 + 2 * 15) + 10)
+    assert auto._calibrate(run, 3.0, passes=8)["ratio"] == 1.0 and run.end_speed == 1.0
 
 
 def test_the_end_runs_in_bf16_only_where_it_scores_as_fp32(auto_set, monkeypatch):

@@ -15,9 +15,11 @@ import numpy as np
 
 from upres.errors import PredictError, UpresError
 from upres.inference.ensemble import (
+    Coefficients,
     Predictor,
     Validation,
     choose_refinement,
+    coefficients_for,
     coefficients_from_psnr,
     fit_coefficients,
     fuse,
@@ -114,7 +116,7 @@ def _val_report(predictor: Predictor, val: Validation, coefficients: np.ndarray,
     return build_report(val_dir / "hr", val_dir / "lr", folders, report_dir, val.border)
 
 
-def write_submission(predictor: Predictor, coefficients: np.ndarray, inputs: list[Path],
+def write_submission(predictor: Predictor, coefficients: Coefficients, inputs: list[Path],
                      output_dir: Path, progress: bool, shard: Shard,
                      on_plan: Callable[[str], None] | None = None, overwrite: bool = False) -> list[str]:
     """Fill a hidden staging folder (each process its share of the inputs) and rename it to
@@ -132,7 +134,7 @@ def write_submission(predictor: Predictor, coefficients: np.ndarray, inputs: lis
             for name, each in zip(predictor.names, predictor.upscalers) if on_plan else ():
                 each.engine.on_plan = lambda plan, m=name, s=src.name: on_plan(f"{s} ({m}): {plan}")
             rgb = rgb_input(img, src)
-            fused = fuse(predictor.predict_float(rgb), coefficients)
+            fused = fuse(predictor.predict_float(rgb), coefficients_for(coefficients, rgb))
             if predictor.refiner is not None:
                 fused = predictor.refiner(fused, rgb)
             images.write_image(staging / f"{src.stem}.png", to_image(fused, img))

@@ -145,6 +145,7 @@ class AutoRun:
     pairs: list[Pair] = field(default_factory=list)
     val_pairs: list[Pair] = field(default_factory=list)  # from DATA/val, when it exists
     scale: int = 4
+    end_speed: float = 1.0  # the end's inference time as timed at the levers over the estimate
 
     def phase(self, name: str, work: Callable[[AutoRun], dict]) -> dict:
         """Run a phase once (rank 0 does the work and tells the other ranks) and record it."""
@@ -214,7 +215,7 @@ def _run_phases(run: AutoRun) -> None:
     run.phase("candidates", score_candidates)
     run.phase("probes", probe_arms)
     run_halving(run)
-    run.phase("levers", measure_levers)
+    run.end_speed = run.phase("levers", measure_levers).get("speed", {}).get("ratio", 1.0)
     run_final(run)
     run.phase("end", decide_end)
     run.phase("submit", submit)
@@ -516,7 +517,7 @@ def _per_mp(run: AutoRun, arm: str | None = None, end: bool = False) -> float:
         start = next((a["name"][:-len(a["variant"]) - 1] for a in run.journal["probes"]["arms"]
                       if a["name"] == arm), None)
         cands = [c for c in cands if c["name"] == start] or cands
-    ratio = run.journal["candidates"].get("precision", _FP32)["speed_ratio"] if end else 1.0
+    ratio = run.journal["candidates"].get("precision", _FP32)["speed_ratio"] * run.end_speed if end else 1.0
     return ratio * max((c.get("seconds_per_mp") or 0) for c in cands)
 
 
@@ -823,6 +824,7 @@ def measure_levers(run: AutoRun) -> dict:
     against what their test-time cost would take from the final's training
     (``training_value``): a lever is kept where its gain less that loss is ``KEEP_DB`` or more;
     of the self-ensembles, the one with the largest such net gain."""
+    from upres.inference.ensemble import rgb_input
     from upres.io.loading import load_model
 
     halving = run.journal["halving"]
@@ -843,7 +845,11 @@ def measure_levers(run: AutoRun) -> dict:
     else:
         run.say(f"  self-ensemble: the winner's 8 flips/rotations on {len(files)} validation pairs")
         winner = load_model(_best_weights(run, halving["winner"]))
-        levers["self_ensemble"] = _measure_self_ensemble(run, winner, files, value)
+        lrs = [rgb_input(images.read_image(f["lr"]), f["lr"]) for f in files]
+        start = time.perf_counter()
+        flips = _flips(winner, lrs, run)
+        levers["speed"] = _calibrate(run, time.perf_counter() - start, passes=8)
+        levers["self_ensemble"] = _measure_self_ensemble(run, flips, files, value)
     levers["ensemble"] = _measure_ensemble(run, files, value)
     transforms = levers["self_ensemble"].get("transforms", 1)
     joint = reserve_after_training(run, transforms, True) - reserve_after_training(run, 1, False)
@@ -883,14 +889,25 @@ def _refiner_for(run: AutoRun, val):
     return refiner if chosen["gain_db"] >= KEEP_DB and refiner.enabled else None
 
 
-def _measure_self_ensemble(run: AutoRun, winner, files: list[dict], value: dict) -> dict:
-    """Self-ensembles of 2, 4 and 8 against the plain winner on validation (one pass of the 8
-    flips/rotations scores all three), after refinement where the end would keep it."""
-    from upres.inference.engine import TRANSFORMS
-    from upres.inference.ensemble import Validation, rgb_input
+def _calibrate(run: AutoRun, seconds: float, passes: int) -> dict:
+    """The end's inference as timed now (a trained model, minutes after the step-0 timing that
+    the estimates come from) against that estimate: the reserve for the end and the levers'
+    test-time costs use the slower of the two (known6 at 30m: the test set took 1.3 to 1.6x
+    the estimate, and the run ended 4.8% over its budget)."""
+    run.end_speed = 1.0
+    estimated = passes * _val_seconds(run, run.journal["halving"]["winner"], end=True)
+    run.end_speed = max(1.0, seconds / max(estimated, 1e-9))
+    return {"seconds": round(seconds, 3), "estimated_seconds": round(estimated, 3),
+            "ratio": round(run.end_speed, 3)}
 
-    lrs = [rgb_input(images.read_image(f["lr"]), f["lr"]) for f in files]
-    flips = _flips(winner, lrs, run)
+
+def _measure_self_ensemble(run: AutoRun, flips: list[np.ndarray], files: list[dict],
+                           value: dict) -> dict:
+    """Self-ensembles of 2, 4 and 8 against the plain winner on validation (one pass of the 8
+    flips/rotations, ``_flips``, scores all three), after refinement where the end would keep it."""
+    from upres.inference.engine import TRANSFORMS
+    from upres.inference.ensemble import Validation
+
     hrs = [images.read_image(f["hr"]) for f in files]
     targets = [images.gray_to_rgb(images.to_float(hr)) for hr in hrs]
     val = Validation(files, [f[:1] for f in flips], targets, hrs, run.scale, [])
@@ -986,11 +1003,12 @@ def run_final(run: AutoRun) -> None:
 
 
 def decide_end(run: AutoRun) -> dict:
-    """The final models and weights on validation, and LR-consistency refinement kept for the
-    fingerprint groups (and label confidences) where it raises validation PSNR."""
+    """The final models and weights on validation (per fingerprint group where that raises
+    validation PSNR by ``KEEP_DB``), and LR-consistency refinement kept for the groups (and
+    label confidences) where it raises validation PSNR."""
     from upres.degradation.fingerprint import Fingerprint
     from upres.degradation.refine import Refiner
-    from upres.inference.ensemble import Predictor, choose_refinement, fit_coefficients
+    from upres.inference.ensemble import Predictor, choose_refinement, fit_coefficients, fit_group_weights
     from upres.inference.upscaler import InferenceOptions
 
     halving, levers = run.journal["halving"], run.journal["levers"]
@@ -1001,16 +1019,38 @@ def decide_end(run: AutoRun) -> dict:
     predictor = Predictor(models, options)
     val = predictor.validate_files(val_files(run, run.journal["candidates"]["val_used"]), run.scale)
     weights = fit_coefficients(val.preds, val.targets) if len(models) > 1 else np.ones(1)
+    fused, by_group = weights, {"keep": False, "why": "one model"}
     refine = {"keep": False, "why": "the fingerprint has one group"}
     fp = Fingerprint.load(run.out / "fingerprint" / "fingerprint.json")
     if len(fp.groups) > 1 and fp.classifier:
+        if len(models) > 1:
+            grouped = fit_group_weights(val, Refiner(fp).label, weights)
+            gain = val.fused_psnr(grouped) - val.fused_psnr(weights)
+            by_group = {"keep": bool(gain >= KEEP_DB), "gain_db": round(gain, 4),
+                        "weights": {str(g): [round(float(w), 4) for w in c]
+                                    for g, c in grouped.by_group.items()}}
+            fused = grouped if by_group["keep"] else weights
         refiner = Refiner(fp)
-        refine = choose_refinement(refiner, val, weights)
+        refine = choose_refinement(refiner, val, fused)
         refine["keep"] = refine["gain_db"] >= KEEP_DB and bool(refiner.enabled)
     return {"models": [str(m) for m in models], "weights": [float(w) for w in weights],
-            "val_psnr": round(val.fused_psnr(weights), 4), "val_psnr_models": val.psnr,
-            "bicubic_psnr": run.journal["candidates"]["bicubic_psnr"],
+            "weights_by_group": by_group, "val_psnr": round(val.fused_psnr(fused), 4),
+            "val_psnr_models": val.psnr, "bicubic_psnr": run.journal["candidates"]["bicubic_psnr"],
             "self_ensemble": _transforms(levers) if _transforms(levers) > 1 else 0, "refine": refine}
+
+
+def end_coefficients(end: dict, fingerprint):
+    """The fusion's coefficients that ``decide_end`` chose: per group (labelled by the
+    fingerprint's blind classifier) where it kept them, else the pooled fit."""
+    from upres.degradation.refine import Refiner
+    from upres.inference.ensemble import GroupWeights
+
+    pooled = np.asarray(end["weights"])
+    by_group = end.get("weights_by_group") or {}
+    if not by_group.get("keep"):
+        return pooled
+    return GroupWeights(pooled, {int(g): np.asarray(w) for g, w in by_group["weights"].items()},
+                        Refiner(fingerprint).label)
 
 
 def _transforms(levers: dict) -> int:
@@ -1033,13 +1073,14 @@ def submit(run: AutoRun) -> dict:
                                self_ensemble="mean" if end["self_ensemble"] else "off",
                                ensemble_transforms=end["self_ensemble"] or 8)
     predictor = Predictor([Path(m) for m in end["models"]], options)
+    fp = Fingerprint.load(run.out / "fingerprint" / "fingerprint.json")
     if end["refine"]["keep"]:
-        predictor.refiner = Refiner(Fingerprint.load(run.out / "fingerprint" / "fingerprint.json"))
+        predictor.refiner = Refiner(fp)
         predictor.refiner.enabled = set(end["refine"]["enabled_groups"])
         predictor.refiner.threshold = end["refine"]["threshold"]
     inputs = images.list_images(run.data / "test" / "lr")
     start = time.perf_counter()
-    written = write_submission(predictor, np.asarray(end["weights"]), inputs, run.out / "submission",
+    written = write_submission(predictor, end_coefficients(end, fp), inputs, run.out / "submission",
                                run.options.progress, Shard(device=run.shard.device))
     archive = zip_folder(run.out / "submission", written)
     return {"images": len(written), "predict_seconds": round(time.perf_counter() - start, 1),

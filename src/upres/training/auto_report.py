@@ -163,9 +163,10 @@ def _later_sections(record: dict) -> list[str]:
                      f"{final.get('iterations')}, val PSNR {final.get('psnr')} dB.</p>")
     levers, end = p.get("levers", {}), p.get("end", {})
     rows = []
+    grouped = _group_weights(end.get("weights_by_group") or {})
     refine = [("refinement", end["refine"])] if end.get("refine") else []
     for name, lever in [*((k, v) for k, v in levers.items() if k in ("self_ensemble", "ensemble")
-                          and isinstance(v, dict)), *refine]:
+                          and isinstance(v, dict)), *grouped, *refine]:
         timed = "test_seconds" in lever
         label = f"self-ensemble x{lever['transforms']}" if lever.get("transforms") else name
         loss = lever.get("training_loss_db")
@@ -192,6 +193,15 @@ def _later_sections(record: dict) -> list[str]:
                      f"</code> and <code>{_esc(sub['zip'])}</code>, predicted in "
                      f"{sub['predict_seconds']:.0f} s by {_models(end)}.</p>")
     return parts
+
+
+def _group_weights(record: dict) -> list[tuple[str, dict]]:
+    """The ensemble weights fitted per recipe group, as a lever row (its weights in the why)."""
+    if "gain_db" not in record:
+        return []
+    weights = "; ".join(f"group {g}: " + "/".join(f"{w:.2f}" for w in ws)
+                        for g, ws in record["weights"].items())
+    return [("ensemble weights per recipe group", {**record, "why": f"weights {weights}"})]
 
 
 def _slope(value: dict | None) -> str:
