@@ -218,8 +218,9 @@ def _add_auto(sub) -> None:
                    help=f"pretrained starts, comma-separated, or none (default: "
                    f"{','.join(PRETRAINED)})")
     p.add_argument("--presets", default="auto", metavar="auto|none|NAMES",
-                   help="published presets trained from scratch on an accelerator when the budget "
-                   "gives them enough steps (default: auto)")
+                   help="published presets to train from scratch where the budget gives them "
+                   "enough steps: auto (every one, on an accelerator only), none, or names "
+                   "(on any device; `upres models` lists them)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the training")
     p.add_argument("--cache-dir", metavar="DIR", help="decoded-image cache (as data.cache_dir)")
     _add_quiet(p)

@@ -21,7 +21,7 @@ from helpers import make_recipe_set, tiny_rrdbnet
 from upres.cli import main
 from upres.errors import DataError
 from upres.io import images
-from upres.io.loading import save_model
+from upres.io.loading import load_weights, save_model
 from upres.training import auto
 from upres.training.auto import (
     KEEP_DB,
@@ -254,6 +254,59 @@ def test_the_reserve_for_the_end_follows_the_speed_timed_at_the_levers(tmp_path)
     assert speed == {"seconds": 6.0, "estimated_seconds": 4.0, "ratio": 1.5}
     assert auto.reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.75 + 2 * 15) + 10)
     assert auto._calibrate(run, 3.0, passes=8)["ratio"] == 1.0 and run.end_speed == 1.0
+
+
+def test_the_end_s_fast_precision_applies_only_to_families_that_run_in_it(tmp_path):
+    """bf16 measured on start ``a`` (half the time of fp32); ``p``, a preset from scratch whose
+    family runs in fp32 only, ends in fp32 at its own timed speed, and so does any ensemble
+    holding it (fp16 on CUDA is not safe for window transformers: the end must not ask it)."""
+    phases = {"check": {"test_megapixels": 2.0},
+              "candidates": {"candidates": [
+                  {"name": "a", "seconds_per_mp": 10.0, "dtypes": ["fp32", "bf16"]},
+                  {"name": "p", "preset": "p", "seconds_per_mp": 4.0, "dtypes": ["fp32"]}],
+                  "precision": {"dtype": "bf16", "speed_ratio": 0.5}, "val_megapixels": 0.1},
+              "probes": {"arms": [{"name": "a-full", "variant": "full"},
+                                  {"name": "p-scratch", "variant": "scratch"}]},
+              "halving": {"winner": "p-scratch", "runner_up": "a-full"}}
+    run = SimpleNamespace(journal=auto.Journal(tmp_path / "auto.json", {"phases": phases}),
+                          options=SimpleNamespace(budget=600.0), end_speed=1.0)
+    assert auto.end_dtype(run, ["a-full"]) == "bf16"
+    assert auto.end_dtype(run, ["p-scratch"]) == "fp32"
+    assert auto.end_dtype(run, ["p-scratch", "a-full"]) == "fp32"
+    assert auto._per_mp(run, "a-full", end=True) == 5.0 and auto._per_mp(run, "p-scratch", end=True) == 4.0
+    assert auto._per_mp(run, "p-scratch") == 4.0 and auto._per_mp(run, end=True) == 5.0
+    # the preset winner's end is reserved from its own timing (x2 self-ensemble): not zero
+    assert auto.reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.4 + 2 * 8) + 10)
+    old = {**phases["candidates"]["candidates"][1]}
+    old.pop("dtypes")  # a record from before dtypes were kept: as measured
+    phases["candidates"]["candidates"][1] = old
+    assert auto.end_dtype(run, ["p-scratch"]) == "bf16"
+
+
+def test_a_named_preset_trains_from_scratch_beside_the_starts_on_any_device(auto_set, starts,
+                                                                             tmp_path, monkeypatch):
+    """``--presets ultracompact`` on a CPU (``auto`` asks for none there): the preset is timed
+    at step 0, probed and trained in the halving round like the starts; a misspelt name is
+    refused before anything is written."""
+    with pytest.raises(AutoError, match="no preset 'ultracompakt' \\(did you mean 'ultracompact'"):
+        run_auto(auto_set, tmp_path / "typo", AutoOptions(30, device="cpu", pretrained=(),
+                                                           presets="ultracompakt"))
+    assert not (tmp_path / "typo").exists()
+    assert auto.preset_names("auto", "cpu") == [] and auto.preset_names("none", "cuda:0") == []
+    monkeypatch.setattr(auto, "SCRATCH_MIN_STEPS", 5)  # (20,000 steps: not in seconds on a CPU)
+    options = AutoOptions(60, device="cpu", pretrained=(), candidates=(str(starts[0]),),
+                          presets="ultracompact", cache_dir=str(tmp_path / "cache"), progress=False)
+    result = run_auto(auto_set, tmp_path / "run", options, say=lambda _: None)
+    phases = result.record["phases"]
+    preset = next(c for c in phases["candidates"]["candidates"] if c.get("preset"))
+    assert preset["name"] == "ultracompact" and preset["arch"] == "Compact" and preset["psnr0"] is None
+    assert preset["seconds_per_mp"] > 0 and "fp32" in preset["dtypes"]
+    arm = next(a for a in phases["probes"]["arms"] if a["name"] == "ultracompact-scratch")
+    assert arm["steps_planned"] >= 5 and arm["lr"] > 0
+    assert math.isfinite(phases["halving"]["rounds"][0]["psnr"]["ultracompact-scratch"])
+    trained = load_weights(tmp_path / "run" / "arms" / "ultracompact-scratch" / "best.safetensors")
+    assert trained.arch == "Compact" and trained.hparams["num_conv"] == 8
+    assert sorted(p.name for p in result.submission.iterdir()) == ["t0.png", "t1.png"]
 
 
 def test_the_end_runs_in_bf16_only_where_it_scores_as_fp32(auto_set, monkeypatch):

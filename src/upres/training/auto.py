@@ -68,7 +68,7 @@ class AutoOptions:
     seed: int = 0
     pretrained: tuple[str, ...] = tuple(PRETRAINED)  # pretrained names tried as starts
     candidates: tuple[str, ...] = ()  # the user's own weights files, tried as starts
-    presets: str = "auto"  # "auto": published presets the device can train in time; "none"
+    presets: str = "auto"  # "auto" (on an accelerator), "none" or names: presets from scratch
     cache_dir: str | None = None
     progress: bool = True
 
@@ -187,6 +187,7 @@ def run_auto(data: str | Path, out: str | Path, options: AutoOptions, resume: bo
              say: Callable[[str], None] = print) -> AutoResult:
     data, out = Path(data), Path(out)
     shard = current_shard(options.device)
+    preset_names(options.presets, shard.device)  # a misspelt name fails now, not minutes in
     opened = Journal.open(out, resume, _jsonable(options)).data if shard.main else None
     journal = Journal(out / "auto.json", shard.broadcast(opened), shard.main)
     clock = Clock(options.budget, journal.data["spent"])
@@ -341,29 +342,41 @@ def _starts(run: AutoRun) -> tuple[list[str], list[str]]:
 def score_candidates(run: AutoRun) -> dict:
     """How many validation pairs one validation can afford (timed on the first start), then
     each start's validation PSNR at step 0 and its inference speed on those pairs, bicubic's
-    beside them."""
+    beside them; a preset from scratch is timed only. The dtypes each family runs correctly in
+    are recorded: the end's fast precision applies only to models that support it."""
     from upres.io.loading import load_weights, model_from_weights
+    from upres.models import registry
+    from upres.models.registry import describe
     from upres.scoring import metrics
 
     starts, missing = _starts(run)
+    presets = preset_names(run.options.presets, run.shard.device)
     scored = []
     files = val_files(run)
-    for source in starts:
-        weights = load_weights(source)
-        model = model_from_weights(weights)
+    for source, preset in [(s, None) for s in starts] + [(None, p) for p in presets]:
+        if preset:  # from scratch: its speed is timed, its random output not scored
+            arch = registry.presets()[preset][0]
+            model = registry.build_model(arch, registry.hyperparameters(arch, run.scale, preset))
+            entry = {"name": preset, "preset": preset, "arch": arch}
+        else:
+            weights = load_weights(source)
+            model = model_from_weights(weights)
+            entry = {"name": _short(source), "source": str(source), "arch": weights.arch,
+                     "hparams": weights.hparams}
         if not scored:  # the first start's speed sets the number of validation pairs
             _, seconds = _score(model, files[:1], run.scale, run.shard.device)
             per_pair = seconds * max(_megapixels(files) / len(files), 1e-9) / _megapixels(files[:1])
             files = files[:int(np.clip(VAL_SHARE * run.options.budget / per_pair, 2, len(files)))]
         psnr0, seconds = _score(model, files, run.scale, run.shard.device)
-        if not scored:
+        if source is not None and source == starts[0]:
             precision = choose_precision(model, files, run, psnr0, seconds)
-        scored.append({"name": _short(source), "source": str(source), "arch": weights.arch,
-                       "hparams": weights.hparams, "params": sum(p.numel() for p in model.parameters()),
-                       "psnr0": round(psnr0, 4), "val_seconds": round(seconds, 2),
+        scored.append({**entry, "params": sum(p.numel() for p in model.parameters()),
+                       "dtypes": list(describe(model).dtypes),
+                       "psnr0": None if preset else round(psnr0, 4),
+                       "val_seconds": round(seconds, 2),
                        "seconds_per_mp": round(seconds / _megapixels(files), 2)})
-        run.say(f"  {scored[-1]['name']}: step-0 validation PSNR {psnr0:.3f} dB in {seconds:.1f} s")
-    scored += _preset_candidates(run)
+        run.say(f"  {entry['name']}: " + (f"from scratch, a validation in {seconds:.1f} s" if preset
+                                          else f"step-0 validation PSNR {psnr0:.3f} dB in {seconds:.1f} s"))
     if not scored:
         raise AutoError("no candidate start: " + ("; ".join(missing) or "none asked for")
                         + ". Give --candidate FILE or install the pretrained models")
@@ -401,9 +414,24 @@ def choose_precision(model, files: list[dict], run: AutoRun, psnr32: float, seco
     return record
 
 
-def end_dtype(run: AutoRun) -> str:
-    """The precision the end phases run in (fp32 in records from before it was measured)."""
-    return run.journal["candidates"].get("precision", _FP32)["dtype"]
+def end_dtype(run: AutoRun, arms: list[str]) -> str:
+    """The precision the end phases run ``arms`` in: the one measured on the first start where
+    every arm's family runs correctly in it, else fp32 (a winner of another family: fp16 on CUDA
+    is not safe for window transformers); fp32 in records from before it was measured."""
+    dtype = run.journal["candidates"].get("precision", _FP32)["dtype"]
+    return dtype if all(_runs_in(_start_of(run, arm), dtype) for arm in arms) else "fp32"
+
+
+def _start_of(run: AutoRun, arm: str) -> dict | None:
+    """The candidate an arm starts from (its record at the candidates phase)."""
+    name = next((a["name"][:-len(a["variant"]) - 1] for a in run.journal["probes"]["arms"]
+                 if a["name"] == arm), None)
+    return next((c for c in run.journal["candidates"]["candidates"] if c["name"] == name), None)
+
+
+def _runs_in(candidate: dict | None, dtype: str) -> bool:
+    """Whether a candidate's family supports ``dtype`` (records without dtypes: as measured)."""
+    return candidate is None or dtype in candidate.get("dtypes", [dtype])
 
 
 def _megapixels(files: list[dict]) -> float:
@@ -415,18 +443,26 @@ def _short(source: str) -> str:
     return path.stem if path.suffix else str(source)
 
 
-def _preset_candidates(run: AutoRun) -> list[dict]:
-    """Published presets, to train from scratch: only on an accelerator, and only when asked
-    (``presets auto``); whether one can train enough steps is measured in the probes."""
+def preset_names(presets: str, device: str) -> list[str]:
+    """The published presets to train from scratch: ``auto`` every one on an accelerator and
+    none on a CPU (where none gets ``SCRATCH_MIN_STEPS`` in a day), ``none`` none, else the
+    named ones on any device (the probes drop those that the budget cannot train)."""
+    from difflib import get_close_matches
+
     from upres.models import registry
 
-    if run.options.presets == "none" or run.shard.device == "cpu":
-        return []
-    names = list(registry.presets()) if run.options.presets == "auto" else \
-        [p for p in run.options.presets.split(",") if p]
     found = registry.presets()
-    return [{"name": n, "preset": n, "arch": found[n][0], "psnr0": None, "seconds_per_mp": None}
-            for n in names if n in found]
+    if presets == "none" or (presets == "auto" and device.split(":")[0] == "cpu"):
+        return []
+    if presets == "auto":
+        return list(found)
+    names = [p.strip() for p in presets.split(",") if p.strip()]
+    for name in names:
+        if name not in found:
+            hint = get_close_matches(name, found, n=1)
+            raise AutoError(f"--presets: no preset {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint
+                                                                  else "") + "; `upres models` lists them")
+    return names
 
 
 # --------------------------------------------------------------------------- arms and probes
@@ -513,12 +549,15 @@ def _per_mp(run: AutoRun, arm: str | None = None, end: bool = False) -> float:
     validates in fp32) or, ``end``, in the end's precision (the slowest start where no arm is
     named)."""
     cands = run.journal["candidates"]["candidates"]
-    if arm is not None:
-        start = next((a["name"][:-len(a["variant"]) - 1] for a in run.journal["probes"]["arms"]
-                      if a["name"] == arm), None)
-        cands = [c for c in cands if c["name"] == start] or cands
-    ratio = run.journal["candidates"].get("precision", _FP32)["speed_ratio"] * run.end_speed if end else 1.0
-    return ratio * max((c.get("seconds_per_mp") or 0) for c in cands)
+    start = _start_of(run, arm) if arm is not None else None
+    cands = [start] if start else cands
+    precision = run.journal["candidates"].get("precision", _FP32)
+
+    def seconds(cand: dict) -> float:  # the fast precision only for families that run in it
+        fast = end and _runs_in(cand, precision["dtype"])
+        return (precision["speed_ratio"] if fast else 1.0) * (cand.get("seconds_per_mp") or 0)
+
+    return (run.end_speed if end else 1.0) * max(seconds(c) for c in cands)
 
 
 def _val_seconds(run: AutoRun, arm: str | None = None, end: bool = False) -> float:
@@ -847,7 +886,7 @@ def measure_levers(run: AutoRun) -> dict:
         winner = load_model(_best_weights(run, halving["winner"]))
         lrs = [rgb_input(images.read_image(f["lr"]), f["lr"]) for f in files]
         start = time.perf_counter()
-        flips = _flips(winner, lrs, run)
+        flips = _flips(winner, lrs, run, end_dtype(run, [halving["winner"]]))
         levers["speed"] = _calibrate(run, time.perf_counter() - start, passes=8)
         levers["self_ensemble"] = _measure_self_ensemble(run, flips, files, value)
     levers["ensemble"] = _measure_ensemble(run, files, value)
@@ -863,13 +902,13 @@ def measure_levers(run: AutoRun) -> dict:
     return levers
 
 
-def _flips(model, lrs: list[np.ndarray], run: AutoRun) -> list[np.ndarray]:
+def _flips(model, lrs: list[np.ndarray], run: AutoRun, dtype: str) -> list[np.ndarray]:
     """Per LR image (float RGB), the model's float predictions of its 8 flips/rotations, each
     turned back: (8, H, W, 3), in the end's precision."""
     from upres.inference.engine import dihedral, dihedral_inverse
     from upres.inference.upscaler import Upscaler
 
-    up = Upscaler(model, device=run.shard.device, backend="torch", dtype=end_dtype(run), tile=0,
+    up = Upscaler(model, device=run.shard.device, backend="torch", dtype=dtype, tile=0,
                   cache_converted=False)
     return [np.stack([dihedral_inverse(up.upscale_float(np.ascontiguousarray(dihedral(lr, k, (0, 1)))),
                                        k, (0, 1)) for k in range(8)]) for lr in lrs]
@@ -962,7 +1001,8 @@ def _measure_ensemble(run: AutoRun, files: list[dict], value: dict) -> dict:
     halving = run.journal["halving"]
     if not halving.get("runner_up"):
         return {"keep": False, "why": "one arm only"}
-    options = InferenceOptions(backend="torch", dtype=end_dtype(run), tile=0, device=run.shard.device)
+    dtype = end_dtype(run, [halving["winner"], halving["runner_up"]])
+    options = InferenceOptions(backend="torch", dtype=dtype, tile=0, device=run.shard.device)
     predictor = Predictor([_best_weights(run, halving["winner"]),
                            _best_weights(run, halving["runner_up"])], options)
     val = predictor.validate_files(files, run.scale)
@@ -1012,10 +1052,10 @@ def decide_end(run: AutoRun) -> dict:
     from upres.inference.upscaler import InferenceOptions
 
     halving, levers = run.journal["halving"], run.journal["levers"]
-    models = [_best_weights(run, halving["winner"])]
-    if levers["ensemble"]["keep"]:
-        models.append(_best_weights(run, halving["runner_up"]))
-    options = InferenceOptions(backend="torch", dtype=end_dtype(run), tile=0, device=run.shard.device)
+    arms = [halving["winner"]] + ([halving["runner_up"]] if levers["ensemble"]["keep"] else [])
+    models = [_best_weights(run, arm) for arm in arms]
+    dtype = end_dtype(run, arms)
+    options = InferenceOptions(backend="torch", dtype=dtype, tile=0, device=run.shard.device)
     predictor = Predictor(models, options)
     val = predictor.validate_files(val_files(run, run.journal["candidates"]["val_used"]), run.scale)
     weights = fit_coefficients(val.preds, val.targets) if len(models) > 1 else np.ones(1)
@@ -1033,7 +1073,7 @@ def decide_end(run: AutoRun) -> dict:
         refiner = Refiner(fp)
         refine = choose_refinement(refiner, val, fused)
         refine["keep"] = refine["gain_db"] >= KEEP_DB and bool(refiner.enabled)
-    return {"models": [str(m) for m in models], "weights": [float(w) for w in weights],
+    return {"models": [str(m) for m in models], "dtype": dtype, "weights": [float(w) for w in weights],
             "weights_by_group": by_group, "val_psnr": round(val.fused_psnr(fused), 4),
             "val_psnr_models": val.psnr, "bicubic_psnr": run.journal["candidates"]["bicubic_psnr"],
             "self_ensemble": _transforms(levers) if _transforms(levers) > 1 else 0, "refine": refine}
@@ -1069,7 +1109,8 @@ def submit(run: AutoRun) -> dict:
     from upres.inference.upscaler import InferenceOptions
 
     end = run.journal["end"]
-    options = InferenceOptions(backend="torch", dtype=end_dtype(run), device=run.shard.device,
+    dtype = end.get("dtype") or run.journal["candidates"].get("precision", _FP32)["dtype"]
+    options = InferenceOptions(backend="torch", dtype=dtype, device=run.shard.device,
                                self_ensemble="mean" if end["self_ensemble"] else "off",
                                ensemble_transforms=end["self_ensemble"] or 8)
     predictor = Predictor([Path(m) for m in end["models"]], options)

@@ -112,13 +112,14 @@ def _sections(record: dict) -> list[str]:
                  f"{p.get('candidates', {}).get('val_used')} used per validation.</p>")
     cands = p.get("candidates", {})
     rows = [[_esc(c["name"]), _esc(c["arch"]), f"{(c.get('params') or 0) / 1e6:.2f}",
-             "" if c.get("psnr0") is None else f"{c['psnr0']:.3f}",
+             ("from scratch" if c.get("preset") else "") if c.get("psnr0") is None else f"{c['psnr0']:.3f}",
              "" if c.get("seconds_per_mp") is None else f"{c['seconds_per_mp']:.0f}"]
             for c in cands.get("candidates", [])]
     parts.append("<h2>Starts at step 0</h2>" + _table(
         ["start", "arch", "params (M)", "val PSNR (dB)", "inference s/MP"], rows)
         + f"<p>bicubic: {cands.get('bicubic_psnr')} dB. Missing: {_esc(cands.get('missing') or 'none')}"
-        + (f". Precision of the end: <b>{_esc(precision['dtype'])}</b> ({_esc(precision['why'])})"
+        + (f". Precision of the end: <b>{_esc(precision['dtype'])}</b> ({_esc(precision['why'])}; "
+           f"fp32 for families that do not run in it)"
            if (precision := cands.get("precision")) else "") + "</p>")
     probes = p.get("probes", {})
     rows = [[_esc(a["name"]), f"{a['lr']:.2e}", a["crop"], a["batch"], f"{a['seconds_per_step']:.2f}",
