@@ -358,3 +358,21 @@ def test_the_sizing_fits_a_step_overhead_and_plans_from_it():
     assert linear["crop"] ** 2 * linear["batch"] <= seconds / MIN_STEPS / (cost(64, 4) / 64 ** 2 / 4)
     assert (linear["crop"], linear["batch"]) == (96, 8)
     assert auto._step_model([(100, 2.0), (200, 1.0)]) == (0.0, 0.02)  # noise: the costlier reading
+
+
+def test_the_validation_curve_sums_an_arm_s_minutes_across_its_rounds():
+    """Each halving round and the final resume the arm in a new session whose clock starts at 0
+    (minicomp at 60m: step 35 at 265 s, then step 39 at 35 s): the page's curve runs on."""
+    from upres.training.auto_report import validation_points
+
+    end = {"phase_seconds": {"training steps": 1.0}}  # written as a session ends
+    records = [{"step": 19, "val_psnr": 23.9, "train_seconds": 147.0}, {"step": 20, "loss": 0.1},
+               {"step": 35, "val_psnr": 24.7, "train_seconds": 265.0}, {"step": 35, **end},
+               {"step": 39, "val_psnr": 24.8, "train_seconds": 35.0},
+               {"step": 105, "val_psnr": 25.4, "train_seconds": 536.0}, {"step": 105, **end},
+               {"step": 303, "val_psnr": 25.6, "train_seconds": 1391.0}]  # (the final)
+    minutes = [m for m, _ in validation_points(records)]
+    assert minutes == pytest.approx([147 / 60, 265 / 60, 300 / 60, 801 / 60, 2192 / 60])
+    killed = [r for r in records if "phase_seconds" not in r][:4]  # no end record: the clock
+    assert [m for m, _ in validation_points(killed)] == pytest.approx([147 / 60, 265 / 60, 300 / 60])
+    assert [p for _, p in validation_points(records)] == [23.9, 24.7, 24.8, 25.4, 25.6]

@@ -758,10 +758,12 @@ def _train_arm(run: AutoRun, arm: dict, seconds: float, iterations: int, midway:
     from upres.training.loop import train
 
     vals, extra = 1, []
-    if midway:
-        vals, half = 2, 0.6 * seconds / arm["seconds_per_step"]  # past the middle: a faster
-        # round than planned still validates twice, not three times
-        extra = [f"train.val_every={max(int(half), 1)}"]
+    if midway:  # at 60% of the round's steps past where it resumes: a faster round than
+        # planned still validates twice, not three times (validation falls on multiples of
+        # val_every counted from step 0: round 2 at 60m on minicomp resumed at step 35 with
+        # val_every 39 and validated at 39, 78 and 105)
+        vals, half = 2, 0.6 * seconds / arm["seconds_per_step"]
+        extra = [f"train.val_every={_arm_psnr(run, arm['name'])[1] + max(int(half), 1)}"]
     cfg = arm_config(run, arm, iterations, seconds - vals * _val_seconds(run, arm["name"]), extra)
     train(cfg, run.out / "arms" / arm["name"], resume="auto",
           command=["upres", "auto", arm["name"]], progress=run.options.progress)

@@ -45,6 +45,23 @@ def _png(fig) -> str:
     return f"<img alt='plot' src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'>"
 
 
+def validation_points(records: list[dict]) -> list[tuple[float, float]]:
+    """(training minutes, validation PSNR) of an arm's metrics, its minutes summed across the
+    rounds: each round resumes in a new session whose ``train_seconds`` start again at 0 (a
+    session ends with its ``phase_seconds``; a killed one is seen by its clock going back)."""
+    points, offset, last = [], 0.0, 0.0
+    for r in records:
+        if "phase_seconds" in r:
+            offset, last = offset + last, 0.0
+        elif "val_psnr" in r:
+            seconds = r.get("train_seconds", 0.0)
+            if seconds < last:
+                offset += last
+            last = seconds
+            points.append(((offset + seconds) / 60, r["val_psnr"]))
+    return points
+
+
 def _curves(record: dict, out: Path) -> str:
     """Validation PSNR against training minutes for every arm, bicubic as a line."""
     import matplotlib
@@ -55,8 +72,7 @@ def _curves(record: dict, out: Path) -> str:
     fig, ax = plt.subplots(figsize=(8, 4))
     for arm in record["phases"].get("probes", {}).get("arms", []):
         metrics = out / "arms" / arm["name"] / "metrics.jsonl"
-        points = [(r.get("train_seconds", 0) / 60, r["val_psnr"])
-                  for r in (read_jsonl(metrics) if metrics.exists() else []) if "val_psnr" in r]
+        points = validation_points(read_jsonl(metrics) if metrics.exists() else [])
         if points:
             ax.plot(*zip(*points), marker="o", label=arm["name"])
     bicubic = record["phases"].get("candidates", {}).get("bicubic_psnr")
