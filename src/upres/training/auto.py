@@ -445,7 +445,7 @@ def _short(source: str) -> str:
 
 def preset_names(presets: str, device: str) -> list[str]:
     """The published presets to train from scratch: ``auto`` every one on an accelerator and
-    none on a CPU (where none gets ``SCRATCH_MIN_STEPS`` in a day), ``none`` none, else the
+    none on a CPU (the probes would time each only to drop it), ``none`` none, else the
     named ones on any device (the probes drop those that the budget cannot train)."""
     from difflib import get_close_matches
 
