@@ -134,8 +134,8 @@ def _sections(record: dict) -> list[str]:
     parts.append("<h2>Starts at step 0</h2>" + _table(
         ["start", "arch", "params (M)", "val PSNR (dB)", "inference s/MP"], rows)
         + f"<p>bicubic: {cands.get('bicubic_psnr')} dB. Missing: {_esc(cands.get('missing') or 'none')}"
-        + (f". Precision of the end: <b>{_esc(precision['dtype'])}</b> ({_esc(precision['why'])}; "
-           f"fp32 for families that do not run in it)"
+        + (f". Precision of the end: <b>{_esc(precision['dtype'])}</b> ({_esc(precision['why'])}"
+           + ("; fp32 for families that do not run in it" if precision["dtype"] != "fp32" else "") + ")"
            if (precision := cands.get("precision")) else "") + "</p>")
     probes = p.get("probes", {})
     rows = [[_esc(a["name"]), f"{a['lr']:.2e}", a["crop"], a["batch"], f"{a['seconds_per_step']:.2f}",
