@@ -153,13 +153,21 @@ class Validation:
     hr: list[np.ndarray]  # per pair: the HR as read (for scoring in its own mode)
     border: int
     psnr: list[float]  # per model, the mean over the pairs
+    lr_rgb: list[np.ndarray] | None = None  # per pair: the LR as float RGB, read when first needed
+
+    @property
+    def lrs(self) -> list[np.ndarray]:
+        """The LR images as float RGB, read once (group labels and refinement need them)."""
+        if self.lr_rgb is None:
+            self.lr_rgb = [rgb_input(images.read_image(f["lr"]), f["lr"]) for f in self.files]
+        return self.lr_rgb
 
     def fused_psnr(self, coefficients: Coefficients, refiner=None) -> float:
         """Mean PSNR of the soft-voting fusion with these coefficients, after ``refiner``
         (``refiner(sr, lr)``, e.g. a ``Refiner``) where one is given."""
-        scores = []
-        for f, hr, p in zip(self.files, self.hr, self.preds):
-            lr = rgb_input(images.read_image(f["lr"]), f["lr"])
+        scores, needs_lr = [], refiner is not None or isinstance(coefficients, GroupWeights)
+        for k, (hr, p) in enumerate(zip(self.hr, self.preds)):
+            lr = self.lrs[k] if needs_lr else None
             fused = fuse(list(p), coefficients_for(coefficients, lr))
             if refiner is not None:
                 fused = refiner(fused, lr)
@@ -169,7 +177,7 @@ class Validation:
     def model(self, index: int) -> Validation:
         """One model's predictions alone."""
         return Validation(self.files, [p[index:index + 1] for p in self.preds], self.targets,
-                          self.hr, self.border, self.psnr[index:index + 1])
+                          self.hr, self.border, self.psnr[index:index + 1], self.lr_rgb)
 
 
 class Predictor:
@@ -198,20 +206,21 @@ class Predictor:
     def validate_files(self, files: list[dict], crop_border: int | None = None) -> Validation:
         """``validate`` for a list of ``{"lr": path, "hr": path}``."""
         border = self.scale if crop_border is None else crop_border
-        preds, targets, truths, per_model = [], [], [], [[] for _ in self.names]
+        preds, targets, truths, lrs, per_model = [], [], [], [], [[] for _ in self.names]
         for f in files:
             lr, hr = images.read_image(f["lr"]), images.read_image(f["hr"])
             problem = images.scale_mismatch(lr, hr, self.scale, f["lr"], f["hr"])
             if problem:
                 raise EvalError(problem)
-            outs = self.predict_float(rgb_input(lr, f["lr"]))
+            lrs.append(rgb_input(lr, f["lr"]))
+            outs = self.predict_float(lrs[-1])
             for i, out in enumerate(outs):
                 per_model[i].append(metrics.psnr(to_image(out, hr), hr, border))
             preds.append(np.stack(outs))
             truths.append(hr)
             targets.append(images.gray_to_rgb(images.to_float(hr)))
         return Validation(files, preds, targets, truths, border,
-                          [float(np.mean(p)) for p in per_model])
+                          [float(np.mean(p)) for p in per_model], lrs)
 
 
 THRESHOLDS = (0.0, 0.5, 0.7, 0.9)  # label confidences tried for refinement on validation
@@ -224,8 +233,8 @@ def fit_group_weights(val: Validation, label: Callable[[np.ndarray], tuple[int, 
     pair moves halfway (on known6's test pairs halfway scored within 0.01 dB of the full move
     overall, and better on the JPEG group)."""
     members: dict[int, list[int]] = {}
-    for k, f in enumerate(val.files):
-        members.setdefault(label(rgb_input(images.read_image(f["lr"]), f["lr"]))[0], []).append(k)
+    for k, lr in enumerate(val.lrs):
+        members.setdefault(label(lr)[0], []).append(k)
     by_group = {}
     for group, ks in sorted(members.items()):
         fit = fit_coefficients([val.preds[k] for k in ks], [val.targets[k] for k in ks])
@@ -238,8 +247,7 @@ def choose_refinement(refiner, val: Validation, coefficients: Coefficients) -> d
     it raises the validation PSNR: every threshold in ``THRESHOLDS`` is tried, and the one whose
     enabled groups gain most in total is kept (no group enabled when none gains)."""
     scored = []  # (group, confidence, gain) per validation image
-    for f, hr, p in zip(val.files, val.hr, val.preds):
-        lr = rgb_input(images.read_image(f["lr"]), f["lr"])
+    for lr, hr, p in zip(val.lrs, val.hr, val.preds):
         fused = fuse(list(p), coefficients_for(coefficients, lr))
         group, confidence = refiner.label(lr)
         refined = refiner.refine(fused, lr, group)

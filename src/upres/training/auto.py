@@ -890,7 +890,7 @@ def measure_levers(run: AutoRun) -> dict:
         start = time.perf_counter()
         flips = _flips(winner, lrs, run, end_dtype(run, [halving["winner"]]))
         levers["speed"] = _calibrate(run, time.perf_counter() - start, passes=8)
-        levers["self_ensemble"] = _measure_self_ensemble(run, flips, files, value)
+        levers["self_ensemble"] = _measure_self_ensemble(run, flips, files, lrs, value)
     levers["ensemble"] = _measure_ensemble(run, files, value)
     transforms = levers["self_ensemble"].get("transforms", 1)
     joint = reserve_after_training(run, transforms, True) - reserve_after_training(run, 1, False)
@@ -943,7 +943,7 @@ def _calibrate(run: AutoRun, seconds: float, passes: int) -> dict:
 
 
 def _measure_self_ensemble(run: AutoRun, flips: list[np.ndarray], files: list[dict],
-                           value: dict) -> dict:
+                           lrs: list[np.ndarray], value: dict) -> dict:
     """Self-ensembles of 2, 4 and 8 against the plain winner on validation (one pass of the 8
     flips/rotations, ``_flips``, scores all three), after refinement where the end would keep it."""
     from upres.inference.engine import TRANSFORMS
@@ -951,11 +951,11 @@ def _measure_self_ensemble(run: AutoRun, flips: list[np.ndarray], files: list[di
 
     hrs = [images.read_image(f["hr"]) for f in files]
     targets = [images.gray_to_rgb(images.to_float(hr)) for hr in hrs]
-    val = Validation(files, [f[:1] for f in flips], targets, hrs, run.scale, [])
+    val = Validation(files, [f[:1] for f in flips], targets, hrs, run.scale, [], lrs)
     refiner = _refiner_for(run, val)
     test_pass = _test_seconds(run, run.journal["halving"]["winner"])
     options = {n: Validation(files, [flip[list(ks)].mean(0)[None] for flip in flips], targets, hrs,
-                             run.scale, []).fused_psnr(np.ones(1), refiner)
+                             run.scale, [], lrs).fused_psnr(np.ones(1), refiner)
                for n, ks in [(1, (0,)), *TRANSFORMS.items()]}
     choices = {n: _lever(options[n] - options[1], (n - 1) * test_pass, value, f"x{n} flips/rotations")
                for n in TRANSFORMS}
