@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from helpers import make_recipe_set, tiny_rrdbnet
+from helpers import free_port, make_recipe_set, tiny_rrdbnet
 from upres.cli import main
 from upres.errors import DataError
 from upres.io import images
@@ -376,3 +376,36 @@ def test_the_validation_curve_sums_an_arm_s_minutes_across_its_rounds():
     killed = [r for r in records if "phase_seconds" not in r][:4]  # no end record: the clock
     assert [m for m, _ in validation_points(killed)] == pytest.approx([147 / 60, 265 / 60, 300 / 60])
     assert [p for _, p in validation_points(records)] == [23.9, 24.7, 24.8, 25.4, 25.6]
+
+
+def _auto_rank(rank: int, world: int, port: int, argv: list[str], codes: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    code = main(argv)
+    Path(f"{codes}.{rank}").write_text(str(code))
+    torch.distributed.destroy_process_group()
+
+
+def test_auto_under_two_gloo_processes_trains_the_arms_with_ddp_and_submits(auto_set, starts,
+                                                                             tmp_path):
+    """What ``torchrun --nproc_per_node 2 -m upres.cli auto`` runs (gloo here, NCCL on GPUs):
+    rank 0 does the measuring phases and tells the other rank, both train every arm in step
+    (their plans broadcast from rank 0, or they would wait on each other for ever), only rank 0
+    writes, and both exit 0."""
+    run = tmp_path / "run"
+    argv = ["auto", str(auto_set), "--budget", "50s", "--out", str(run), "--pretrained", "none",
+            "--candidate", str(starts[0]), "--candidate", str(starts[1]), "--device", "cpu",
+            "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    torch.multiprocessing.spawn(_auto_rank, args=(2, free_port(), argv, str(tmp_path / "code")),
+                                nprocs=2, join=True)
+    assert [(tmp_path / f"code.{r}").read_text() for r in (0, 1)] == ["0", "0"]
+    assert sorted(p.name for p in (run / "submission").iterdir()) == ["t0.png", "t1.png"]
+    phases = json.loads((run / "auto.json").read_text())["phases"]
+    assert phases["final"]["done"] and "submit" in phases
+    trained = [d for d in (run / "arms").iterdir() if (d / "metrics.jsonl").exists()]
+    assert len(trained) == 2  # both arms trained a halving round
+    for arm in trained:
+        records = [json.loads(x) for x in (arm / "metrics.jsonl").read_text().splitlines()]
+        steps = [r["step"] for r in records if "loss" in r]
+        assert steps and steps == sorted(set(steps)), arm.name  # one writer: no step twice

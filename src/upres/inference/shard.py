@@ -7,8 +7,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 from upres.inference.devices import resolve_device
+
+# How long a process waits for the others at a collective. Rank 0 works alone at times while the
+# rest wait (validation; in `upres auto` the measuring phases and the test set's prediction,
+# which on a large test set with self-ensemble runs for many minutes); NCCL's default of 10
+# minutes would end such a run half-way.
+WAIT = timedelta(hours=4)
 
 
 @dataclass(frozen=True)
@@ -67,5 +74,5 @@ def current_shard(device: str = "auto") -> Shard:
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=WAIT)
     return Shard(rank, world, device if use_cuda else resolve_device(device))

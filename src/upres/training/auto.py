@@ -148,13 +148,16 @@ class AutoRun:
     end_speed: float = 1.0  # the end's inference time as timed at the levers over the estimate
 
     def phase(self, name: str, work: Callable[[AutoRun], dict]) -> dict:
-        """Run a phase once (rank 0 does the work and tells the other ranks) and record it."""
+        """Run a phase once (rank 0 does the work, records it and tells the other ranks, whose
+        journals hold it too: later phases read it there) and record it."""
         if self.journal.done(name):
             return self.journal[name]
         started = self.clock.elapsed()
         self.say(f"[{_minutes(started)} / {_minutes(self.clock.budget)}] {name} ...")
-        result = self.shard.broadcast(work(self) if self.shard.main else None)
-        return self.journal.record(name, result, self.clock, started) if self.shard.main else result
+        result = self.journal.record(name, work(self), self.clock, started) if self.shard.main else None
+        result = self.shard.broadcast(result)
+        self.journal.data["phases"][name] = result
+        return result
 
 
 def _plain(value):
@@ -763,7 +766,8 @@ def _train_arm(run: AutoRun, arm: dict, seconds: float, iterations: int, midway:
         # val_every counted from step 0: round 2 at 60m on minicomp resumed at step 35 with
         # val_every 39 and validated at 39, 78 and 105)
         vals, half = 2, 0.6 * seconds / arm["seconds_per_step"]
-        extra = [f"train.val_every={_arm_psnr(run, arm['name'])[1] + max(int(half), 1)}"]
+        resumed_at = run.shard.broadcast(_arm_psnr(run, arm["name"])[1])  # as rank 0 reads it
+        extra = [f"train.val_every={resumed_at + max(int(half), 1)}"]
     cfg = arm_config(run, arm, iterations, seconds - vals * _val_seconds(run, arm["name"]), extra)
     train(cfg, run.out / "arms" / arm["name"], resume="auto",
           command=["upres", "auto", arm["name"]], progress=run.options.progress)
@@ -1033,6 +1037,9 @@ def run_final(run: AutoRun) -> None:
     rate = float(np.median(rates)) if rates else 1 / arm["seconds_per_step"]
     step = max((r["step"] for r in records), default=0)
     iterations = step + int(FINAL_OVERSHOOT * max(seconds - _val_seconds(run, arm["name"]), 0) * rate)
+    # rank 0's plan on every rank: each rank's clock started apart, and DDP ranks that plan
+    # different step counts wait on each other for ever
+    seconds, iterations = run.shard.broadcast((seconds, iterations))
     record.update(planned_seconds=round(seconds, 1), reserve_seconds=round(reserve, 1),
                   from_step=step, iterations=iterations)
     if iterations > step + 1:
