@@ -14,8 +14,8 @@ def test_all_problems_reported_at_once_with_file_names(tmp_path):
     write_pair(tmp_path, "train", "good", img[:64, :64])
     write_pair(tmp_path, "train", "badsize", img[:64, :64])
     images.write_image(tmp_path / "train/hr/badsize.png", img[:60, :64])
-    write_pair(tmp_path, "train", "gray", img[:64, :64])
-    images.write_image(tmp_path / "train/lr/gray.png", img[:16, :16, 0])
+    write_pair(tmp_path, "train", "alpha", img[:64, :64])
+    images.write_image(tmp_path / "train/lr/alpha.png", np.dstack([img[:16, :16], img[:16, :16, :1]]))
     write_pair(tmp_path, "train", "cut", img[:64, :64])
     data = (tmp_path / "train/hr/cut.png").read_bytes()
     (tmp_path / "train/hr/cut.png").write_bytes(data[: len(data) // 2])
@@ -27,8 +27,23 @@ def test_all_problems_reported_at_once_with_file_names(tmp_path):
     msg = str(err.value)
     assert "3 problem(s)" in msg
     assert "badsize.png: size 64x60 is not 4 x the LR size 16x16" in msg
-    assert "gray.png: gray; training expects RGB" in msg
+    assert "alpha.png: 4 channels; training expects RGB (or gray)" in msg
     assert "cut.png: cannot decode image" in msg
+
+
+def test_a_gray_pair_trains_as_rgb_with_three_equal_channels(tmp_path):
+    hr = np.ascontiguousarray(photo("camera")[:64, :64, 0])  # scikit-image's gray photo
+    images.write_image(tmp_path / "train/hr/g.png", hr)
+    images.write_image(tmp_path / "train/lr/g.png", hr[::4, ::4])
+    write_pair(tmp_path, "train", "c", photo("astronaut")[:64, :64])
+    pairs, problems = find_pairs(tmp_path / "train/lr", tmp_path / "train/hr")
+    assert problems == []
+    cache = PairCache(pairs, 4, tmp_path / "cache", progress=False)
+    lr, hr_cached = cache.load([p.name for p in pairs].index("g"))
+    assert lr.shape == (16, 16, 3) and hr_cached.shape == (64, 64, 3)
+    for c in range(3):
+        np.testing.assert_array_equal(hr_cached[..., c], hr)
+        np.testing.assert_array_equal(lr[..., c], hr[::4, ::4])
 
 
 def test_missing_partners_are_reported_with_decode_checks(tmp_path):

@@ -81,9 +81,8 @@ def _check_pair(lr: np.ndarray, hr: np.ndarray, pair: Pair, scale: int) -> list[
     for img, path in ((lr, pair.lr), (hr, pair.hr)):
         if img.dtype != np.uint8:
             problems.append(f"{path}: {img.dtype.itemsize * 8}-bit samples; training expects 8-bit")
-        if img.ndim != 3 or img.shape[2] != 3:
-            mode = "gray" if img.ndim == 2 else f"{img.shape[2]} channels"
-            problems.append(f"{path}: {mode}; training expects RGB")
+        if img.ndim == 3 and img.shape[2] != 3:
+            problems.append(f"{path}: {img.shape[2]} channels; training expects RGB (or gray)")
     mismatch = images.scale_mismatch(lr, hr, scale, pair.lr, pair.hr)
     return problems + ([mismatch] if mismatch else [])
 
@@ -133,6 +132,8 @@ class PairCache:
             if found:
                 problems += found
                 continue
+            # a gray image trains as RGB with three equal channels (as BasicSR reads it)
+            lr, hr = images.gray_to_rgb(lr), images.gray_to_rgb(hr)
             folder.mkdir(parents=True, exist_ok=True)
             for name, arr in (("lr.npy", lr), ("hr.npy", hr)):
                 with atomic_path(folder / name) as tmp:
