@@ -148,8 +148,8 @@ class AutoRun:
     end_speed: float = 1.0  # the end's inference time as timed at the levers over the estimate
 
     def phase(self, name: str, work: Callable[[AutoRun], dict]) -> dict:
-        """Run a phase once (rank 0 does the work, records it and tells the other ranks, whose
-        journals hold it too: later phases read it there) and record it."""
+        """Run a phase once: rank 0 does the work, records it and tells the other ranks, whose
+        journals hold it too (later phases read it there)."""
         if self.journal.done(name):
             return self.journal[name]
         started = self.clock.elapsed()
