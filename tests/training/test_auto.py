@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -409,3 +410,90 @@ def test_auto_under_two_gloo_processes_trains_the_arms_with_ddp_and_submits(auto
         records = [json.loads(x) for x in (arm / "metrics.jsonl").read_text().splitlines()]
         steps = [r["step"] for r in records if "loss" in r]
         assert steps and steps == sorted(set(steps)), arm.name  # one writer: no step twice
+
+
+def _end_run(tmp_path: Path, speeds: dict[str, float], costs: dict | None = None) -> SimpleNamespace:
+    """A run record at the probes: starts at ``speeds`` s/MP (fp32, and the end's precision),
+    validation 0.1 MP, test 2 MP, 200 s of budget left."""
+    phases = {"check": {"test_megapixels": 2.0, "test_images": 4},
+              "candidates": {"candidates": [{"name": n, "seconds_per_mp": v, "psnr0": 30.0}
+                                            for n, v in speeds.items()],
+                             "precision": {"dtype": "fp32", "speed_ratio": 1.0}, "val_megapixels": 0.1,
+                             "bicubic_psnr": 29.0, **({"test_costs": costs} if costs else {})}}
+    return SimpleNamespace(journal=auto.Journal(tmp_path / "auto.json", {"phases": phases}),
+                           options=SimpleNamespace(budget=200.0), end_speed=1.0,
+                           clock=auto.Clock(200.0), say=lambda _: None)
+
+
+def test_a_start_whose_end_takes_most_of_the_time_left_is_not_trained(tmp_path):
+    """Of 200 s left, a start at 100 s/MP needs 1.1 x (10 + 200) + 4 s for its end, more than
+    half: it is not probed, and the time the others share is reserved for the slowest of them
+    only. The test images' measured size factor and the refinement's seconds per MP count."""
+    run = _end_run(tmp_path, {"slow": 100.0, "fast": 1.0})
+    fit, dropped = auto.starts_that_leave_training(run)
+    assert [c["name"] for c in fit] == ["fast"]
+    assert dropped[0]["name"] == "slow" and "takes ~3.9 min of the 3.3 left" in dropped[0]["why"]
+    assert auto.reserve_after_training(run, 1, False, starts=fit) == pytest.approx(1.1 * 2.1 + 4)
+    assert auto.reserve_after_training(run, 1, False) == pytest.approx(1.1 * 210 + 4)
+    run = _end_run(tmp_path, {"fast": 1.0}, {"size_factor": 2.5, "refine_seconds_per_mp": 3.0})
+    assert auto.reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.1 + 2 * 5 + 6) + 4)
+
+
+def test_where_no_start_can_train_or_beat_bicubic_the_error_names_the_budget(tmp_path):
+    run = _end_run(tmp_path, {"slow": 1000.0, "slower": 2000.0})
+    with pytest.raises(AutoError, match=r"no start as it is fits in the 3\.3 min left and beats "
+                       r"bicubic \(29\.000 dB on validation\); --budget 79m would give slow"):
+        auto.untrained_start(run, [])  # 1.1 x 2100 + 4 = 2314 s: 77.1 min with it at half, and one
+
+
+def test_where_no_arm_can_train_the_best_start_predicts_as_it_is(auto_set, starts, tmp_path,
+                                                                 monkeypatch):
+    """Every start's end too long to leave training time (``END_SHARE`` 0) and the good start
+    above bicubic at step 0: nothing trains, the good start predicts the test set as it is,
+    within the budget. A test image of 9x a validation image's pixels is timed as the
+    submission runs it, and its cost per MP scales the test set's."""
+    data = tmp_path / "data"
+    (data / "test" / "lr").mkdir(parents=True)
+    os.symlink(auto_set / "train", data / "train")
+    big = np.ascontiguousarray(images.read_image(auto_set / "test" / "lr" / "t0.png"))
+    images.write_image(data / "test" / "lr" / "big.png", np.tile(big, (3, 3, 1)))
+    monkeypatch.setattr(auto, "END_SHARE", 0.0)
+    real = auto.score_candidates
+    monkeypatch.setattr(auto, "score_candidates", lambda run: {**real(run), "bicubic_psnr": 0.0})
+    began = time.monotonic()
+    result = run_auto(data, tmp_path / "run", _options(starts, 40, tmp_path), say=lambda _: None)
+    assert time.monotonic() - began <= 40 * 1.05 + 3
+    phases = result.record["phases"]
+    assert [a["name"] for a in phases["probes"]["arms"]] == ["good-untrained"]
+    assert "no arm can train in this budget" in phases["probes"]["untrained"]
+    assert phases["halving"]["winner"] == "good-untrained" and phases["final"]["untrained"]
+    assert not (tmp_path / "run" / "arms").exists()  # nothing trained
+    assert phases["end"]["models"] == [str(starts[0])]
+    assert images.read_image(result.submission / "big.png").shape == (384, 384, 3)
+    costs = phases["candidates"]["test_costs"]
+    timed = costs["timed"]
+    assert timed["image"] == "big.png"
+    assert costs["size_factor"] == pytest.approx(max(timed["seconds_per_mp"] / timed["val_seconds_per_mp"],
+                                                     1.0), rel=1e-2)
+    refinable = phases["fingerprint"]["groups"] > 1 and phases["fingerprint"]["classifier_accuracy"]
+    assert (costs["refine_seconds_per_mp"] > 0) == bool(refinable), phases["fingerprint"]
+    assert "Nothing trains" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_the_refinement_s_cost_is_timed_where_the_fingerprint_can_refine(auto_set, tmp_path,
+                                                                        monkeypatch):
+    """Test images no larger than the validation ones are not timed again; with two recipe
+    groups and a classifier the back-projection is timed (on a bicubic output) per LR MP, and
+    with one group it costs nothing."""
+    from upres.degradation.fingerprint import Fingerprint
+
+    run = SimpleNamespace(data=auto_set, out=tmp_path, scale=4, shard=SimpleNamespace(device="cpu"),
+                          say=lambda _: None)
+    files = [{"lr": auto_set / "train" / "lr" / "00.png", "hr": auto_set / "train" / "hr" / "00.png"}]
+    for groups, refines in ((2, True), (1, False)):
+        stub = SimpleNamespace(groups=[None] * groups, classifier={"accuracy": 1.0},
+                               kernel=lambda group: np.full((12, 12), 1 / 144, np.float32))
+        monkeypatch.setattr(Fingerprint, "load", staticmethod(lambda path, stub=stub: stub))
+        costs = auto.test_costs(run, None, files, "fp32")
+        assert costs["size_factor"] == 1.0 and "timed" not in costs
+        assert (costs["refine_seconds_per_mp"] > 0) == refines

@@ -55,6 +55,7 @@ SIZE_TIMINGS = 3
 # 30m: the halving round's median speed was 13% under the final's, 2.5 minutes went unused)
 FINAL_OVERSHOOT = 1.1
 SCRATCH_MIN_STEPS = 20_000  # a preset from scratch is a candidate only if it gets this many
+END_SHARE = 0.5  # of the time left, at most, for a start's end (validation, test set) if it trains
 
 
 class AutoError(UpresError):
@@ -193,6 +194,7 @@ def run_auto(data: str | Path, out: str | Path, options: AutoOptions, resume: bo
     preset_names(options.presets, shard.device)  # a misspelt name fails now, not minutes in
     opened = Journal.open(out, resume, _jsonable(options)).data if shard.main else None
     journal = Journal(out / "auto.json", shard.broadcast(opened), shard.main)
+    journal.data["options"]["budget"] = options.budget  # a resumed run may be given more
     clock = Clock(options.budget, journal.data["spent"])
     run = AutoRun(data, out, options, clock, journal, shard, say if shard.main else (lambda _: None))
     out.mkdir(parents=True, exist_ok=True)
@@ -354,7 +356,7 @@ def score_candidates(run: AutoRun) -> dict:
 
     starts, missing = _starts(run)
     presets = preset_names(run.options.presets, run.shard.device)
-    scored = []
+    scored, first = [], None
     files = val_files(run)
     for source, preset in [(s, None) for s in starts] + [(None, p) for p in presets]:
         if preset:  # from scratch: its speed is timed, its random output not scored
@@ -373,6 +375,7 @@ def score_candidates(run: AutoRun) -> dict:
         psnr0, seconds = _score(model, files, run.scale, run.shard.device)
         if source is not None and source == starts[0]:
             precision = choose_precision(model, files, run, psnr0, seconds)
+            first = model, seconds / _megapixels(files) * precision["speed_ratio"]
         scored.append({**entry, "params": sum(p.numel() for p in model.parameters()),
                        "dtypes": list(describe(model).dtypes),
                        "psnr0": None if preset else round(psnr0, 4),
@@ -385,9 +388,54 @@ def score_candidates(run: AutoRun) -> dict:
                         + ". Give --candidate FILE or install the pretrained models")
     bicubic = float(np.mean([metrics.psnr(metrics.bicubic_upscale(images.read_image(f["lr"]), run.scale),
                                           images.read_image(f["hr"]), run.scale) for f in files]))
+    precision = precision if starts else _FP32
     return {"bicubic_psnr": round(bicubic, 4), "candidates": scored, "missing": missing,
             "val_used": len(files), "val_megapixels": round(_megapixels(files), 4),
-            "precision": precision if starts else _FP32}
+            "precision": precision, "test_costs": test_costs(run, first, files, precision["dtype"])}
+
+
+def test_costs(run: AutoRun, first: tuple | None, files: list[dict], dtype: str) -> dict:
+    """What timing the validation images misses about the test set. Seconds per megapixel grow
+    with the image (x4plus-anime in bf16 here: 9.8 s/MP on 120x80, 32 s/MP on 512x512, as its
+    activations outgrow the caches), so where the largest test image has over twice the pixels
+    of the largest validation one, the first start (``first``: model, its validation seconds
+    per MP in the end's precision) is timed on it as the submission runs it, and test passes
+    are scaled by ``size_factor``. And the refinement's back-projection, per test megapixel
+    (on known6 0.13 s an image, on 512x512 ones 1.7 s: a fifth of x4plus-anime's time)."""
+    from upres.degradation.fingerprint import Fingerprint
+    from upres.degradation.refine import back_project
+    from upres.inference.ensemble import rgb_input
+    from upres.inference.upscaler import InferenceOptions, Upscaler
+    from upres.scoring import metrics
+
+    def pixels(path: Path) -> int:
+        return int(np.prod(images.header_size(path)))
+
+    largest = max(images.list_images(run.data / "test" / "lr"), key=pixels)
+    record: dict = {"size_factor": 1.0, "refine_seconds_per_mp": 0.0}
+    lr = rgb_input(images.read_image(files[0]["lr"]), files[0]["lr"])
+    if first is not None and pixels(largest) > 2 * max(pixels(f["lr"]) for f in files):
+        model, val_per_mp = first
+        up = Upscaler(model, InferenceOptions(backend="torch", dtype=dtype, device=run.shard.device,
+                                              cache_converted=False))
+        lr = rgb_input(images.read_image(largest), largest)
+        start = time.perf_counter()
+        sr = up.upscale_float(lr)
+        per_mp = (time.perf_counter() - start) / (pixels(largest) / 1e6)
+        record.update(size_factor=round(max(per_mp / max(val_per_mp, 1e-9), 1.0), 3),
+                      timed={"image": largest.name, "seconds_per_mp": round(per_mp, 3),
+                             "val_seconds_per_mp": round(val_per_mp, 3)})
+        run.say(f"  {largest.name}: {per_mp:.1f} s/MP against {val_per_mp:.1f} on validation images")
+    else:
+        sr = rgb_input(metrics.bicubic_upscale(images.read_image(files[0]["lr"]), run.scale),
+                       files[0]["lr"])
+    fp = Fingerprint.load(run.out / "fingerprint" / "fingerprint.json")
+    if len(fp.groups) > 1 and fp.classifier:  # refinement is possible
+        start = time.perf_counter()
+        back_project(sr, lr, fp.kernel(0), run.scale)
+        seconds = time.perf_counter() - start
+        record["refine_seconds_per_mp"] = round(seconds / (lr.shape[0] * lr.shape[1] / 1e6), 3)
+    return record
 
 
 _FP32 = {"dtype": "fp32", "speed_ratio": 1.0, "why": "nothing to compare"}
@@ -531,27 +579,27 @@ def _variants(cand: dict, names: list[str]) -> list[dict]:
              "unfreeze": [{"at": 0.5, "params": ["."]}]}]
 
 
-def _training_seconds(run: AutoRun) -> float:
-    """Training time still to share: what is left, less the reserve for the phases after it."""
-    return run.clock.left() - reserve_after_training(run, transforms=1, ensemble=False)
-
-
-def reserve_after_training(run: AutoRun, transforms: int, ensemble: bool) -> float:
+def reserve_after_training(run: AutoRun, transforms: int, ensemble: bool,
+                           starts: list[dict] | None = None) -> float:
     """Seconds the end needs: validating the final model(s), predicting the test set (each
     image ``transforms`` times: a self-ensemble's flips/rotations), writing the report; from
-    the measured speed of the models it will run (the slowest start before the halving has
-    chosen)."""
+    the measured speed of the models it will run (before the halving has chosen, the slowest
+    of ``starts``, by default of every start)."""
     halving = run.journal.data["phases"].get("halving", {})
     names = [halving.get("winner")] + ([halving.get("runner_up")] if ensemble else [])
-    passes = sum(_val_seconds(run, n, end=True) + _test_seconds(run, n) * transforms for n in names)
+    passes = sum(_val_seconds(run, n, end=True, starts=starts) + _test_seconds(run, n, starts) * transforms
+                 for n in names)
+    refine = run.journal["candidates"].get("test_costs", {}).get("refine_seconds_per_mp", 0.0)
+    passes += refine * run.journal["check"]["test_megapixels"]
     return 1.1 * passes + min(10.0, 0.02 * run.options.budget)  # the report and the zip
 
 
-def _per_mp(run: AutoRun, arm: str | None = None, end: bool = False) -> float:
+def _per_mp(run: AutoRun, arm: str | None = None, end: bool = False,
+            starts: list[dict] | None = None) -> float:
     """Inference seconds per input megapixel of an arm's start, as measured in fp32 (training
-    validates in fp32) or, ``end``, in the end's precision (the slowest start where no arm is
-    named)."""
-    cands = run.journal["candidates"]["candidates"]
+    validates in fp32) or, ``end``, in the end's precision (the slowest of ``starts``, by
+    default of every start, where no arm is named)."""
+    cands = starts or run.journal["candidates"]["candidates"]
     start = _start_of(run, arm) if arm is not None else None
     cands = [start] if start else cands
     precision = run.journal["candidates"].get("precision", _FP32)
@@ -563,14 +611,33 @@ def _per_mp(run: AutoRun, arm: str | None = None, end: bool = False) -> float:
     return (run.end_speed if end else 1.0) * max(seconds(c) for c in cands)
 
 
-def _val_seconds(run: AutoRun, arm: str | None = None, end: bool = False) -> float:
+def _val_seconds(run: AutoRun, arm: str | None = None, end: bool = False,
+                 starts: list[dict] | None = None) -> float:
     """One validation pass (over the pairs a validation uses)."""
-    return _per_mp(run, arm, end) * run.journal["candidates"]["val_megapixels"]
+    return _per_mp(run, arm, end, starts) * run.journal["candidates"]["val_megapixels"]
 
 
-def _test_seconds(run: AutoRun, arm: str | None = None) -> float:
-    """One pass over the test set, in the end's precision."""
-    return _per_mp(run, arm, end=True) * run.journal["check"]["test_megapixels"]
+def _test_seconds(run: AutoRun, arm: str | None = None, starts: list[dict] | None = None) -> float:
+    """One pass over the test set, in the end's precision (at the test images' size)."""
+    factor = run.journal["candidates"].get("test_costs", {}).get("size_factor", 1.0)
+    return _per_mp(run, arm, end=True, starts=starts) * factor * run.journal["check"]["test_megapixels"]
+
+
+def starts_that_leave_training(run: AutoRun) -> tuple[list[dict], list[dict]]:
+    """The starts whose own end (a validation and a pass over the test set) takes at most
+    ``END_SHARE`` of the time left, and why each other one is not probed: a start whose
+    prediction alone would take most of the budget leaves its training too little (a large test
+    set on a CPU: 30 images of 512x512 take x4plus 6 minutes in bf16 here)."""
+    left, fit, dropped = run.clock.left(), [], []
+    for cand in run.journal["candidates"]["candidates"]:
+        end = reserve_after_training(run, 1, False, starts=[cand])
+        if end <= END_SHARE * left:
+            fit.append(cand)
+        else:
+            dropped.append({"name": cand["name"], "why": f"its end (a validation and the test set) "
+                            f"takes ~{end / 60:.1f} min of the {left / 60:.1f} left (at most "
+                            f"{END_SHARE:.0%} may go to it): not trained"})
+    return fit, dropped
 
 
 def probe_arms(run: AutoRun) -> dict:
@@ -578,9 +645,9 @@ def probe_arms(run: AutoRun) -> dict:
     arms that cannot train enough steps are dropped with the figures. Tail first is an arm only
     where a halving round gives it ``ROUND_STEPS`` steps or more, enough to tell it from the full
     fine-tune (on minicomp it trailed by 0.08 dB after 10 minutes)."""
-    cands = run.journal["candidates"]["candidates"]
-    seconds = _training_seconds(run)
-    arms, dropped = [], []
+    cands, dropped = starts_that_leave_training(run)
+    seconds = run.clock.left() - reserve_after_training(run, 1, False, starts=cands) if cands else 0.0
+    arms = []
     probe_steps = int(min(PROBE_SHARE * seconds / max(len(cands), 1) / 3, 40))
     min_side = min(min(images.header_size(p.hr)) for p in run.pairs)
     rounds_of = HALVING_SHARE * seconds / max(2 * len(cands), 1)  # if every start has two arms
@@ -606,10 +673,40 @@ def probe_arms(run: AutoRun) -> dict:
                     f"{arm['batch']}, {arm['seconds_per_step']:.2f} s/step, ~{arm['steps_planned']} "
                     "steps if it wins")
     if not arms:
-        raise AutoError("no arm can train in this budget: " + "; ".join(
-            f"{d['name']}: {d['why']}" for d in dropped) + ". Raise --budget")
+        return untrained_start(run, dropped)
     return {"arms": arms, "dropped": dropped, "training_seconds": round(seconds, 1),
             "probe_steps": probe_steps}
+
+
+def untrained_start(run: AutoRun, dropped: list[dict]) -> dict:
+    """Where no arm can train in the budget, the submission is the best start as it is: the
+    highest step-0 validation PSNR among the starts whose end fits in the time left, if it beats
+    bicubic (on minicomp none does: Real-ESRGAN's starts sharpen for the eye, not for PSNR).
+    Otherwise the error says what budget would train one."""
+    left = run.clock.left()
+    scored = [c for c in run.journal["candidates"]["candidates"] if c.get("psnr0") is not None]
+    ends = {c["name"]: reserve_after_training(run, 1, False, starts=[c]) for c in scored}
+    bicubic = run.journal["candidates"]["bicubic_psnr"]
+    fitting = [c for c in scored if ends[c["name"]] <= left and c["psnr0"] > bicubic]
+    why = "no arm can train in this budget (" + "; ".join(f"{d['name']}: {d['why']}" for d in dropped) + ")"
+    if not fitting:
+        fastest = min(scored, key=lambda c: ends[c["name"]], default=None)
+        need = "" if fastest is None else (
+            f"; --budget {math.ceil((run.clock.elapsed() + ends[fastest['name']] / END_SHARE) / 60) + 1}m "
+            f"would give {fastest['name']} (its end ~{ends[fastest['name']] / 60:.1f} min) some training")
+        raise AutoError(f"{why}, and no start as it is fits in the {max(left, 0) / 60:.1f} min left "
+                        f"and beats bicubic ({bicubic:.3f} dB on validation){need}; --resume with "
+                        "a larger --budget keeps what is measured")
+    best = max(fitting, key=lambda c: c["psnr0"])
+    run.say(f"  {why}: {best['name']} predicts as it is (step-0 validation PSNR {best['psnr0']:.3f} dB, "
+            f"bicubic {bicubic:.3f})")
+    arm = {**best, "name": f"{best['name']}-untrained", "variant": "untrained", "steps_planned": 0}
+    return {"arms": [arm], "dropped": dropped, "training_seconds": 0.0, "probe_steps": 0,
+            "untrained": why}
+
+
+def _trains(arm: dict) -> bool:
+    return arm["variant"] != "untrained"
 
 
 def _probe(run: AutoRun, cand: dict, variant: dict, steps: int, seconds: float, min_side: int,
@@ -837,11 +934,11 @@ def training_value(run: AutoRun) -> dict:
     records = _metrics(run.out / "arms" / arm["name"])
     scores = sorted({r["step"]: r["val_psnr"] for r in records if "val_psnr" in r and r["step"] > 0}.items())
     rates = [r["it_per_s"] for r in records if "it_per_s" in r]
-    rate = float(np.median(rates)) if rates else 1 / arm["seconds_per_step"]
+    rate = float(np.median(rates)) if rates else 1 / arm["seconds_per_step"] if _trains(arm) else 0.0
     step = max((r["step"] for r in records), default=0)
     seconds = max(run.clock.left() - reserve_after_training(run, 1, False), 0.0)
     value = {"from_step": step, "steps_per_second": round(rate, 4), "final_seconds": round(seconds, 1),
-             "slope_db_per_log_step": None}
+             "slope_db_per_log_step": None if _trains(arm) else 0.0}  # untrained: nothing to lose
     if len(scores) >= 2:
         (s1, p1), (s2, p2) = scores[-2:]
         value["slope_db_per_log_step"] = round(max(p2 - p1, 0.0) / math.log(s2 / s1), 4)
@@ -877,7 +974,7 @@ def measure_levers(run: AutoRun) -> dict:
         why = {"keep": False, "why": "nothing trained yet to measure it on"}
         return {"self_ensemble": why, "ensemble": why}
     value = training_value(run)
-    if value["slope_db_per_log_step"] is not None:
+    if "between" in value:
         (s1, p1), (s2, p2) = value["between"]
         run.say(f"  training's price: {p1:.3f} dB at step {s1}, {p2:.3f} at {s2}: "
                 f"{value['slope_db_per_log_step']:.3f} dB per e-fold of steps")
@@ -1030,6 +1127,10 @@ def run_final(run: AutoRun) -> None:
         return
     halving, levers = run.journal["halving"], run.journal["levers"]
     arm = next(a for a in run.journal["probes"]["arms"] if a["name"] == halving["winner"])
+    if not _trains(arm):
+        record.update(done=True, untrained=True, psnr=arm["psnr0"], seconds=0.0)
+        run.journal.save(run.clock)
+        return
     reserve = reserve_after_training(run, _transforms(levers), levers["ensemble"]["keep"])
     seconds = run.clock.left() - reserve
     records = _metrics(run.out / "arms" / arm["name"])
@@ -1122,7 +1223,7 @@ def submit(run: AutoRun) -> dict:
     options = InferenceOptions(backend="torch", dtype=dtype, device=run.shard.device,
                                self_ensemble="mean" if end["self_ensemble"] else "off",
                                ensemble_transforms=end["self_ensemble"] or 8)
-    predictor = Predictor([Path(m) for m in end["models"]], options)
+    predictor = Predictor(end["models"], options)  # files, or a pretrained name left untrained
     fp = Fingerprint.load(run.out / "fingerprint" / "fingerprint.json")
     if end["refine"]["keep"]:
         predictor.refiner = Refiner(fp)

@@ -139,12 +139,15 @@ def _sections(record: dict) -> list[str]:
            if (precision := cands.get("precision")) else "") + "</p>")
     probes = p.get("probes", {})
     rows = [[_esc(a["name"]), f"{a['lr']:.2e}", a["crop"], a["batch"], f"{a['seconds_per_step']:.2f}",
-             a["steps_planned"], _layout(a), _timing(a)] for a in probes.get("arms", [])]
+             a["steps_planned"], _layout(a), _timing(a)] for a in probes.get("arms", [])
+            if a["variant"] != "untrained"]
     header = ["arm", "learning rate (range test)", "crop", "batch", "s/step", "steps if it wins",
               "layout (s/step, crop 64 x batch 4)", "step time: fitted (timed crop x batch: s)"]
     parts.append("<h2>Probes</h2>" + _table(header, rows)
                  + "".join(f"<p class=drop>{_esc(d['name'])}: {_esc(d['why'])}</p>"
-                           for d in probes.get("dropped", [])))
+                           for d in probes.get("dropped", []))
+                 + (f"<p><b>Nothing trains</b>: {_esc(probes['untrained'])}; the best start that "
+                    f"fits predicts as it is.</p>" if probes.get("untrained") else ""))
     return parts + _later_sections(record)
 
 
@@ -173,7 +176,10 @@ def _later_sections(record: dict) -> list[str]:
         rows = [[_esc(n), f"{v:.3f}", "kept" if n in rnd["kept"] else "dropped"] for n, v in ranked]
         parts.append(f"<h2>Halving round {i} ({rnd['seconds'] / 60:.1f} min each)</h2>"
                      + _table(["arm", "val PSNR (dB)", ""], rows, best=0))
-    if halving.get("winner"):
+    if halving.get("winner") and p.get("final", {}).get("untrained"):
+        parts.append(f"<p>Submission from <b>{_esc(halving['winner'])}</b> as it is: step-0 val PSNR "
+                     f"{p['final']['psnr']} dB.</p>")
+    elif halving.get("winner"):
         final = p.get("final", {})
         parts.append(f"<p>Winner: <b>{_esc(halving['winner'])}</b>; final training: "
                      f"{final.get('planned_seconds', 0) / 60:.1f} min to step "
@@ -225,6 +231,8 @@ def _slope(value: dict | None) -> str:
     """How the levers' time was priced: the winner's validation slope."""
     if not value:
         return ""
+    if "between" not in value and value.get("steps_per_second") == 0:
+        return "<p>Nothing trains, so a lever's time costs no training.</p>"
     if value.get("slope_db_per_log_step") is None:
         return (f"<p>The winner's validation slope was not measured; a lever could take at most "
                 f"a share of the final's {value['final_seconds'] / 60:.1f} min.</p>")
