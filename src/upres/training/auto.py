@@ -689,6 +689,7 @@ def untrained_start(run: AutoRun, dropped: list[dict]) -> dict:
     bicubic = run.journal["candidates"]["bicubic_psnr"]
     fitting = [c for c in scored if ends[c["name"]] <= left and c["psnr0"] > bicubic]
     why = "no arm can train in this budget (" + "; ".join(f"{d['name']}: {d['why']}" for d in dropped) + ")"
+    short = "no arm can train in this budget (see dropped)"
     if not fitting:
         fastest = min(scored, key=lambda c: ends[c["name"]], default=None)
         need = "" if fastest is None else (
@@ -702,7 +703,7 @@ def untrained_start(run: AutoRun, dropped: list[dict]) -> dict:
             f"bicubic {bicubic:.3f})")
     arm = {**best, "name": f"{best['name']}-untrained", "variant": "untrained", "steps_planned": 0}
     return {"arms": [arm], "dropped": dropped, "training_seconds": 0.0, "probe_steps": 0,
-            "untrained": why}
+            "untrained": short}
 
 
 def _trains(arm: dict) -> bool:

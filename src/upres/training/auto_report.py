@@ -64,6 +64,8 @@ def validation_points(records: list[dict]) -> list[tuple[float, float]]:
 
 def _curves(record: dict, out: Path) -> str:
     """Validation PSNR against training minutes for every arm, bicubic as a line."""
+    if record["phases"].get("probes", {}).get("untrained"):
+        return "<p>No arm trained.</p>"
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,11 +145,11 @@ def _sections(record: dict) -> list[str]:
             if a["variant"] != "untrained"]
     header = ["arm", "learning rate (range test)", "crop", "batch", "s/step", "steps if it wins",
               "layout (s/step, crop 64 x batch 4)", "step time: fitted (timed crop x batch: s)"]
-    parts.append("<h2>Probes</h2>" + _table(header, rows)
+    parts.append("<h2>Probes</h2>" + (_table(header, rows) if rows else "")
                  + "".join(f"<p class=drop>{_esc(d['name'])}: {_esc(d['why'])}</p>"
                            for d in probes.get("dropped", []))
-                 + (f"<p><b>Nothing trains</b>: {_esc(probes['untrained'])}; the best start that "
-                    f"fits predicts as it is.</p>" if probes.get("untrained") else ""))
+                 + ("<p><b>Nothing trains</b>: the best start that fits and beats bicubic "
+                    "predicts as it is.</p>" if probes.get("untrained") else ""))
     return parts + _later_sections(record)
 
 
@@ -246,7 +248,8 @@ def _slope(value: dict | None) -> str:
 def _models(end: dict) -> str:
     """Each model by its arm's name (the folder above its weights file) with its weight."""
     models, weights = end.get("models") or [], end.get("weights") or []
-    named = [_esc(Path(m).parent.name or m) for m in models]
+    named = [_esc(Path(m).parent.name if Path(m).name == "best.safetensors" else Path(m).stem)
+             for m in models]
     if len(named) == len(weights) and len(named) > 1:
         return "a weighted ensemble of " + ", ".join(f"{n} ({w:.2f})" for n, w in zip(named, weights))
     return ", ".join(named) or "the winner"
