@@ -497,3 +497,46 @@ def test_the_refinement_s_cost_is_timed_where_the_fingerprint_can_refine(auto_se
         costs = auto.test_costs(run, None, files, "fp32")
         assert costs["size_factor"] == 1.0 and "timed" not in costs
         assert (costs["refine_seconds_per_mp"] > 0) == refines
+
+
+def test_large_validation_pairs_are_validated_on_their_aligned_centres(auto_set, starts, tmp_path,
+                                                                       monkeypatch):
+    """Validation LR images over twice ``VAL_CROP`` squared (32x32 against a crop of 16): each
+    held-out pair's centre is written to RUN/val (LR [8:24], HR [32:96]), numbered in the
+    stratified order; the pairs stay out of training, training validates on the crops in the
+    same order as auto scores them, and a whole run scores and submits with them."""
+    from upres.io.pairs import find_pairs
+    from upres.training.data import resolve_splits
+
+    monkeypatch.setattr(auto, "VAL_CROP", 16)
+    pairs, _ = find_pairs(auto_set / "train" / "lr", auto_set / "train" / "hr")
+    phases = {"fingerprint": {"group_of": {p.name: i % 2 for i, p in enumerate(pairs)}}}
+    run = SimpleNamespace(val_pairs=[], pairs=pairs, out=tmp_path / "r", scale=4, data=auto_set,
+                          journal=auto.Journal(tmp_path / "auto.json", {"phases": phases}),
+                          options=SimpleNamespace(seed=0, cache_dir=None),
+                          shard=SimpleNamespace(device="cpu"))
+    split = phases["split"] = auto.split_validation(run)
+    phases["candidates"] = {"val_used": 3}
+    assert split["crop"] == 16 and split["count"] == 4
+    files = auto.val_files(run)
+    assert [f["lr"].name for f in files] == [f"{i:03d}-{n}.png" for i, n in enumerate(split["val"])]
+    for f, name in zip(files, split["val"]):
+        lr, hr = (images.read_image(auto_set / "train" / part / f"{name}.png") for part in ("lr", "hr"))
+        assert (images.read_image(f["lr"]) == lr[8:24, 8:24]).all()
+        assert (images.read_image(f["hr"]) == hr[32:96, 32:96]).all()
+    hparams = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_block": 2, "num_grow_ch": 4, "scale": 4}
+    arm = {"crop": 16, "batch": 2, "lr": 1e-4, "ema": 0.99, "checkpoint_every": 50, "freeze": [],
+           "unfreeze": [], "arch": "RRDBNet", "hparams": hparams, "source": str(starts[0])}
+    splits = resolve_splits(auto.arm_config(run, arm, 10).data)
+    assert not {p.name for p in splits.train} & set(split["val"]) and len(splits.train) == 4
+    assert [p.lr for p in splits.val] == [f["lr"] for f in files[:3]]
+
+    result = run_auto(auto_set, tmp_path / "run", _options(starts, 40, tmp_path), say=lambda _: None)
+    phases = result.record["phases"]
+    assert phases["split"]["crop"] == 16
+    assert phases["candidates"]["val_megapixels"] == pytest.approx(
+        phases["candidates"]["val_used"] * 16 * 16 / 1e6, abs=1e-4)
+    winner = phases["halving"]["winner"]
+    metrics = (tmp_path / "run" / "arms" / winner / "metrics.jsonl").read_text()
+    assert "val_psnr" in metrics
+    assert sorted(p.name for p in result.submission.iterdir()) == ["t0.png", "t1.png"]

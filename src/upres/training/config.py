@@ -160,8 +160,9 @@ class DataConfig(_Strict):
     val_split: float = _doc("Without validation folders: a fraction (< 1) or a count (>= 1) of "
                             "the training pairs held out, chosen deterministically.", 0.1, ge=0)
     val_pairs: list[str] | None = _doc(
-        "Without validation folders: the training pairs held out for validation, by name (file "
-        "stem), instead of val_split (upres auto writes the split it chose this way).", None)
+        "The training pairs held out for validation, by name (file stem), instead of val_split "
+        "(upres auto writes the split it chose this way); with validation folders too, held out "
+        "from training and validated there instead (auto: their centres).", None)
     val_max_images: int | None = _doc("Score at most this many validation pairs.", None, ge=1)
     crop: int = _doc("HR crop side in pixels (the LR crop is crop / scale).", 128, ge=8)
     hflip: bool = _doc("Random horizontal flips.", True)

@@ -109,15 +109,15 @@ def resolve_splits(data_cfg, seed: int = 0) -> DataSplits:
     val_lr = data_cfg.val_lr or (root / "val" / "lr" if root and (root / "val").is_dir() else None)
     val_hr = data_cfg.val_hr or (root / "val" / "hr" if root and (root / "val").is_dir() else None)
     train, problems = find_pairs(train_lr, train_hr)
-    if val_lr and val_hr:
-        val, val_problems = find_pairs(val_lr, val_hr)
-        problems += val_problems
-    elif data_cfg.val_pairs is not None:
+    if data_cfg.val_pairs is not None:
         names = set(data_cfg.val_pairs)
         problems += [f"data.val_pairs: {n!r} is not a pair of {train_lr}"
                      for n in sorted(names - {p.name for p in train})]
         train, val = [p for p in train if p.name not in names], [p for p in train if p.name in names]
-    else:
+    if val_lr and val_hr:
+        val, val_problems = find_pairs(val_lr, val_hr)
+        problems += val_problems
+    elif data_cfg.val_pairs is None:
         if len(train) < 2 and not problems:
             problems.append(f"{train_lr}: at least 2 pairs are needed to split off validation")
         train, val = split_pairs(train, data_cfg.val_split, seed) if len(train) >= 2 else (train, [])
