@@ -116,8 +116,8 @@ def test_auto_writes_a_submission_within_the_budget_and_drops_the_bad_start(auto
     metrics = (tmp_path / "run" / "arms" / winner / "metrics.jsonl").read_text().splitlines()
     vals = [(r["step"], r["val_psnr"]) for r in map(json.loads, metrics)
             if "val_psnr" in r and 0 < r["step"] <= value["from_step"]]
-    assert len(vals) >= 2, vals
-    (s1, p1), (s2, p2) = vals[-2:]
+    s2, p2 = vals[-1]  # and the last one at least MIN_STEP_RATIO fewer steps before it
+    (s1, p1) = [(s, p) for s, p in vals[:-1] if s2 >= auto.MIN_STEP_RATIO * s][-1]
     assert value["slope_db_per_log_step"] == pytest.approx(max(p2 - p1, 0) / math.log(s2 / s1),
                                                            abs=1e-3)
     assert phases["end"]["val_psnr"] == pytest.approx(max(phases["end"]["val_psnr_models"]), abs=0.5)

@@ -45,6 +45,9 @@ RANGE_STEPS = 24  # a range test of fewer steps is too noisy to trust
 DEFAULT_LR = {False: 2e-4, True: 5e-4}  # fine-tuning (BasicSR's), from scratch: if not measured
 KEEP_DB = 0.01  # a lever at the end must gain at least this on validation to be kept
 LEVER_SHARE = 0.3  # of the final's time, at most, for a lever where training's slope is unknown
+# two validations this far apart in steps, at least, read a slope (0.005 dB between steps 73
+# and 74 read as 0.369 dB per e-fold on 512x512 pairs)
+MIN_STEP_RATIO = 1.2
 PRECISION_DB = 0.01  # the fast inference precision may lose at most this against fp32
 LAYOUT_GAIN = 0.05  # channels_last is taken where a step is at least this share faster
 # Sizes timed beyond the probe's: a fit from 64 x 4 and 96 x 8 put x4plus at 192 x 8 at 2.3 s a
@@ -895,8 +898,11 @@ def _train_arm(run: AutoRun, arm: dict, seconds: float, iterations: int, midway:
     if midway:  # at 60% of the round's steps past where it resumes: a faster round than
         # planned still validates twice, not three times (validation falls on multiples of
         # val_every counted from step 0: round 2 at 60m on minicomp resumed at step 35 with
-        # val_every 39 and validated at 39, 78 and 105)
-        vals, half = 2, 0.6 * seconds / arm["seconds_per_step"]
+        # val_every 39 and validated at 39, 78 and 105); the steps of its training time, not
+        # of the round's (on 512x512 pairs two validations took 36 s of a 2-minute round, and
+        # 60% of the round's seconds fell on the step before its last)
+        vals = 2
+        half = 0.6 * (seconds - vals * _val_seconds(run, arm["name"])) / arm["seconds_per_step"]
         resumed_at = run.shard.broadcast(_arm_psnr(run, arm["name"])[1])  # as rank 0 reads it
         extra = [f"train.val_every={resumed_at + max(int(half), 1)}"]
     cfg = arm_config(run, arm, iterations, seconds - vals * _val_seconds(run, arm["name"]), extra)
@@ -973,8 +979,10 @@ def training_value(run: AutoRun) -> dict:
     seconds = max(run.clock.left() - reserve_after_training(run, 1, False), 0.0)
     value = {"from_step": step, "steps_per_second": round(rate, 4), "final_seconds": round(seconds, 1),
              "slope_db_per_log_step": None if _trains(arm) else 0.0}  # untrained: nothing to lose
-    if len(scores) >= 2:
-        (s1, p1), (s2, p2) = scores[-2:]
+    s2, p2 = scores[-1] if scores else (0, 0.0)
+    earlier = [(s, p) for s, p in scores[:-1] if s2 >= MIN_STEP_RATIO * s]
+    if earlier:  # the latest validation and the last one enough steps before it
+        s1, p1 = earlier[-1]
         value["slope_db_per_log_step"] = round(max(p2 - p1, 0.0) / math.log(s2 / s1), 4)
         value["between"] = [[s1, round(p1, 4)], [s2, round(p2, 4)]]
     return value
