@@ -437,6 +437,10 @@ def test_a_start_whose_end_takes_most_of_the_time_left_is_not_trained(tmp_path):
     assert auto.reserve_after_training(run, 1, False) == pytest.approx(1.1 * 210 + 4)
     run = _end_run(tmp_path, {"fast": 1.0}, {"size_factor": 2.5, "refine_seconds_per_mp": 3.0})
     assert auto.reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.1 + 2 * 5 + 6) + 4)
+    run.end_speed = 1.5  # re-timed at the levers: the validation pass and the test passes
+    assert auto.reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.15 + 2 * 7.5 + 6) + 4)
+    run.journal["candidates"]["test_costs"]["timed"] = {}  # test images timed as submitted: not those
+    assert auto.reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.15 + 2 * 5 + 6) + 4)
 
 
 def test_where_no_start_can_train_or_beat_bicubic_the_error_names_the_budget(tmp_path):
