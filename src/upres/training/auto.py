@@ -320,8 +320,9 @@ def _split(run: AutoRun) -> dict:
 def crop_validation(run: AutoRun, files: list[dict[str, Path]]) -> int | None:
     """Where validation LR images hold over twice ``VAL_CROP`` squared pixels, every pair's
     centre (``VAL_CROP`` LR pixels a side, the HR aligned) is written to ``RUN/val`` and scored
-    instead: at competition size (512x512 LR) one pair costs x4plus ~90 s in fp32 on a 2-core
-    CPU, so a validation could afford two images; crops let it see more images for the time.
+    instead: at competition size (512x512 LR) one pair cost x4plus 61 s in fp32 on a 2-core CPU,
+    so a validation could afford two images (step-0 scoring took 438 s of a 20-minute budget,
+    79 s on four centres); crops let it see more images for the time.
     Files are numbered in the stratified order, so that training's first N are auto's."""
     sizes = [images.header_size(f["lr"]) for f in files]
     if max(w * h for w, h in sizes) <= 2 * VAL_CROP ** 2:
@@ -668,7 +669,8 @@ def starts_that_leave_training(run: AutoRun) -> tuple[list[dict], list[dict]]:
     """The starts whose own end (a validation and a pass over the test set) takes at most
     ``END_SHARE`` of the time left, and why each other one is not probed: a start whose
     prediction alone would take most of the budget leaves its training too little (a large test
-    set on a CPU: 30 images of 512x512 take x4plus 6 minutes in bf16 here)."""
+    set on a CPU: 30 images of 512x512 would take x4plus ~12 minutes in bf16 here, 89 s/MP as
+    timed on one)."""
     left, fit, dropped = run.clock.left(), [], []
     for cand in run.journal["candidates"]["candidates"]:
         end = reserve_after_training(run, 1, False, starts=[cand])
@@ -904,8 +906,8 @@ def _train_arm(run: AutoRun, arm: dict, seconds: float, iterations: int, midway:
         # planned still validates twice, not three times (validation falls on multiples of
         # val_every counted from step 0: round 2 at 60m on minicomp resumed at step 35 with
         # val_every 39 and validated at 39, 78 and 105); the steps of its training time, not
-        # of the round's (on 512x512 pairs two validations took 36 s of a 2-minute round, and
-        # 60% of the round's seconds fell on the step before its last)
+        # of the round's (on 512x512 pairs a 2-minute round held 84 s of training after the
+        # time reserved for its two validations, and 60% of 2 minutes fell on its last step but one)
         vals = 2
         half = 0.6 * (seconds - vals * _val_seconds(run, arm["name"])) / arm["seconds_per_step"]
         resumed_at = run.shard.broadcast(_arm_psnr(run, arm["name"])[1])  # as rank 0 reads it
