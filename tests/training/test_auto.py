@@ -38,6 +38,7 @@ from upres.training.auto import (
     run_auto,
     training_loss,
 )
+from upres.training.config import load_config
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +133,11 @@ def test_auto_writes_a_submission_within_the_budget_and_drops_the_bad_start(auto
     precision = phases["candidates"]["precision"]  # measured, or fp32 where nothing is faster
     assert precision["dtype"] == "fp32" or precision["psnr"][precision["dtype"]] >= \
         precision["psnr"]["fp32"] - PRECISION_DB
+    for arm in phases["probes"]["arms"]:  # validated in the end's precision where its family runs in it
+        saved = tmp_path / "run" / "arms" / arm["name"] / "config.yaml"
+        if saved.exists():
+            fast = precision["dtype"] in arm["dtypes"]
+            assert load_config(str(saved), []).val.dtype == (precision["dtype"] if fast else "fp32")
     for arm in phases["probes"]["arms"]:  # the layout follows its two timings
         timed = arm["layout"]
         assert arm["channels_last"] == (timed["channels_last"] < (1 - LAYOUT_GAIN) * timed["nchw"])
@@ -278,6 +284,10 @@ def test_the_end_s_fast_precision_applies_only_to_families_that_run_in_it(tmp_pa
     assert auto._per_mp(run, "p-scratch") == 4.0 and auto._per_mp(run, end=True) == 5.0
     # the preset winner's end is reserved from its own timing (x2 self-ensemble): not zero
     assert auto.reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.4 + 2 * 8) + 10)
+    a, p = phases["candidates"]["candidates"]  # training validates each in its own precision too
+    assert auto._val_dtype(run, a) == "bf16" and auto._val_dtype(run, p) == "fp32"
+    assert auto._training_val_seconds(run, a) == pytest.approx(0.5 * 10 * 0.1)
+    assert auto._training_val_seconds(run, p) == pytest.approx(4 * 0.1)
     old = {**phases["candidates"]["candidates"][1]}
     old.pop("dtypes")  # a record from before dtypes were kept: as measured
     phases["candidates"]["candidates"][1] = old

@@ -566,7 +566,7 @@ def arm_config(run: AutoRun, arm: dict, iterations: int, time_budget: float | No
          "train.log_every=10", "train.keep_checkpoints=1", f"model.scale={run.scale}",
          f"train.channels_last={bool(arm.get('channels_last'))}",
          f"train.freeze={json.dumps(arm['freeze'])}", f"train.unfreeze={json.dumps(arm['unfreeze'])}",
-         f"data.val_max_images={run.journal['candidates']['val_used']}"]
+         f"data.val_max_images={run.journal['candidates']['val_used']}", f"val.dtype={_val_dtype(run, arm)}"]
     if split["val"] is not None:  # held out from training
         o.append(f"data.val_pairs={json.dumps(split['val'])}")
     if split.get("crop"):  # validated on their centres
@@ -653,6 +653,21 @@ def _val_seconds(run: AutoRun, arm: str | None = None, end: bool = False,
                  starts: list[dict] | None = None) -> float:
     """One validation pass (over the pairs a validation uses)."""
     return _per_mp(run, arm, end, starts) * run.journal["candidates"]["val_megapixels"]
+
+
+def _val_dtype(run: AutoRun, arm: dict) -> str:
+    """The precision training validates an arm in: the end's where its family runs in it (it
+    scored within ``PRECISION_DB`` of fp32 at step 0), else fp32."""
+    dtype = run.journal["candidates"].get("precision", _FP32)["dtype"]
+    return dtype if _runs_in(arm, dtype) else "fp32"
+
+
+def _training_val_seconds(run: AutoRun, arm: dict) -> float:
+    """One validation during training, in ``_val_dtype``: at step 0's speed (an arm's record
+    holds its start's figures)."""
+    fast = _val_dtype(run, arm) != "fp32"
+    ratio = run.journal["candidates"].get("precision", _FP32)["speed_ratio"] if fast else 1.0
+    return ratio * (arm.get("seconds_per_mp") or 0) * run.journal["candidates"]["val_megapixels"]
 
 
 def _test_seconds(run: AutoRun, arm: str | None = None, starts: list[dict] | None = None) -> float:
@@ -909,10 +924,10 @@ def _train_arm(run: AutoRun, arm: dict, seconds: float, iterations: int, midway:
         # of the round's (on 512x512 pairs a 2-minute round held 84 s of training after the
         # time reserved for its two validations, and 60% of 2 minutes fell on its last step but one)
         vals = 2
-        half = 0.6 * (seconds - vals * _val_seconds(run, arm["name"])) / arm["seconds_per_step"]
+        half = 0.6 * (seconds - vals * _training_val_seconds(run, arm)) / arm["seconds_per_step"]
         resumed_at = run.shard.broadcast(_arm_psnr(run, arm["name"])[1])  # as rank 0 reads it
         extra = [f"train.val_every={resumed_at + max(int(half), 1)}"]
-    cfg = arm_config(run, arm, iterations, seconds - vals * _val_seconds(run, arm["name"]), extra)
+    cfg = arm_config(run, arm, iterations, seconds - vals * _training_val_seconds(run, arm), extra)
     train(cfg, run.out / "arms" / arm["name"], resume="auto",
           command=["upres", "auto", arm["name"]], progress=run.options.progress)
 
@@ -1186,7 +1201,7 @@ def run_final(run: AutoRun) -> None:
     rates = [r["it_per_s"] for r in records if "it_per_s" in r]
     rate = float(np.median(rates)) if rates else 1 / arm["seconds_per_step"]
     step = max((r["step"] for r in records), default=0)
-    iterations = step + int(FINAL_OVERSHOOT * max(seconds - _val_seconds(run, arm["name"]), 0) * rate)
+    iterations = step + int(FINAL_OVERSHOOT * max(seconds - _training_val_seconds(run, arm), 0) * rate)
     # rank 0's plan on every rank: each rank's clock started apart, and DDP ranks that plan
     # different step counts wait on each other for ever
     seconds, iterations = run.shard.broadcast((seconds, iterations))

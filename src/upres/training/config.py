@@ -306,6 +306,10 @@ class ValConfig(_Strict):
     backend: Literal["torch", "openvino"] = _doc(
         "Inference backend for validation: torch (exact fp32), or openvino on CPUs (converts "
         "the weights at every validation: worth it only for long validations).", "torch")
+    dtype: Literal["fp32", "bf16", "fp16"] = _doc(
+        "Precision of validation inference with the torch backend: fp32, or a faster one where "
+        "it scores as fp32 (upres auto sets the one it measured so: x4plus validated 4.3x "
+        "faster in bf16 on a CPU with AMX).", "fp32")
 
 
 class Config(_Strict):

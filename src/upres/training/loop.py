@@ -456,7 +456,7 @@ def validate(model: nn.Module, cache: PairCache, indices: list[int], cfg: Config
     from tqdm import tqdm
 
     was_training = model.training
-    up = Upscaler(model, device=str(device), dtype="fp32", channels_last=cfg.train.channels_last,
+    up = Upscaler(model, device=str(device), dtype=cfg.val.dtype, channels_last=cfg.train.channels_last,
                   tile=cfg.val.tile, tile_overlap=cfg.val.tile_overlap,
                   self_ensemble=cfg.val.self_ensemble, backend=cfg.val.backend,
                   cache_converted=False)
