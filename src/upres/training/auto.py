@@ -453,6 +453,7 @@ def test_costs(run: AutoRun, first: tuple | None, files: list[dict], dtype: str)
         up = Upscaler(model, InferenceOptions(backend="torch", dtype=dtype, device=run.shard.device,
                                               cache_converted=False))
         lr = rgb_input(images.read_image(largest), largest)
+        run.say(f"  timing the first start on the largest test image, {largest.name}")
         start = time.perf_counter()
         sr = up.upscale_float(lr)
         per_mp = (time.perf_counter() - start) / (pixels(largest) / 1e6)
