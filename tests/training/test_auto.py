@@ -508,7 +508,7 @@ def test_the_refinement_s_cost_is_timed_where_the_fingerprint_can_refine(auto_se
         stub = SimpleNamespace(groups=[None] * groups, classifier={"accuracy": 1.0},
                                kernel=lambda group: np.full((12, 12), 1 / 144, np.float32))
         monkeypatch.setattr(Fingerprint, "load", staticmethod(lambda path, stub=stub: stub))
-        costs = auto.test_costs(run, None, files, "fp32")
+        costs = auto.measure_test_costs(run, None, files, "fp32")
         assert costs["size_factor"] == 1.0 and "timed" not in costs
         assert (costs["refine_seconds_per_mp"] > 0) == refines
 

@@ -425,10 +425,10 @@ def score_candidates(run: AutoRun) -> dict:
     precision = precision if starts else _FP32
     return {"bicubic_psnr": round(bicubic, 4), "candidates": scored, "missing": missing,
             "val_used": len(files), "val_megapixels": round(_megapixels(files), 4),
-            "precision": precision, "test_costs": test_costs(run, first, files, precision["dtype"])}
+            "precision": precision, "test_costs": measure_test_costs(run, first, files, precision["dtype"])}
 
 
-def test_costs(run: AutoRun, first: tuple | None, files: list[dict], dtype: str) -> dict:
+def measure_test_costs(run: AutoRun, first: tuple | None, files: list[dict], dtype: str) -> dict:
     """What timing the validation images misses about the test set. Seconds per megapixel grow
     with the image (x4plus-anime in bf16 here: 9.8 s/MP on 120x80, 32 s/MP on 512x512, as its
     activations outgrow the caches), so where the largest test image has over twice the pixels
