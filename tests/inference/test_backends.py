@@ -197,3 +197,15 @@ def test_importing_openvino_through_upres_blocks_its_telemetry():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-1] == "None"  # blocked: OpenVINO uses its own stub
+
+
+def test_conversions_kept_in_the_folder_asked_for_not_the_user_cache(tmp_path, monkeypatch):
+    """``upres auto`` keeps its trained models' conversions in its run folder."""
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _saved_tiny(tmp_path / "m.safetensors")
+    Upscaler(tmp_path / "m.safetensors", backend="openvino", dtype="fp32", convert_cache=tmp_path / "run")
+    assert sorted(p.suffix for p in (tmp_path / "run").glob("src-*")) == [".bin", ".json", ".xml"]
+    assert not (tmp_path / "cache").exists()
+    monkeypatch.setattr(ovb, "convert", lambda *a: pytest.fail("converted again"))
+    Upscaler(tmp_path / "m.safetensors", backend="openvino", dtype="fp32", convert_cache=tmp_path / "run")

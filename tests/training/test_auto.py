@@ -350,6 +350,63 @@ def test_the_end_runs_in_bf16_only_where_it_scores_as_fp32(auto_set, monkeypatch
     assert "more than 0.01 dB lost" in lost["why"]
 
 
+def test_openvino_runs_the_end_only_where_installed_as_exact_and_faster(auto_set, starts, tmp_path,
+                                                                       monkeypatch):
+    """The first start through OpenVINO (fp32 here) against PyTorch's timing: chosen where it
+    scores within ``PRECISION_DB`` and is ``BACKEND_GAIN`` faster, its conversion timed and
+    kept in RUN/openvino; PyTorch where it would be slower, would lose PSNR, is not installed,
+    or the device is not the CPU."""
+    pytest.importorskip("openvino")
+    from upres.inference import openvino_backend
+
+    run = SimpleNamespace(shard=SimpleNamespace(device="cpu"), scale=4, say=lambda _: None,
+                          out=tmp_path / "run")
+    files = [{"lr": p, "hr": auto_set / "train" / "hr" / p.name}
+             for p in sorted((auto_set / "train" / "lr").iterdir())[:2]]
+    psnr32, _ = auto._score(nearest_rrdbnet().eval(), files, 4, "cpu")
+    fp32 = {"dtype": "fp32", "speed_ratio": 1.0}
+    slow_torch = auto.choose_end_backend(starts[0], files, run, psnr32, 1e3, fp32)
+    assert slow_torch["backend"] == "openvino" and slow_torch["dtype"] == "fp32"
+    assert slow_torch["psnr"] == pytest.approx(psnr32, abs=PRECISION_DB)
+    assert slow_torch["speed_ratio"] == pytest.approx(slow_torch["seconds"] / 1e3, abs=1e-3)
+    assert slow_torch["convert_seconds"] > 0
+    assert sorted(p.suffix for p in (run.out / "openvino").glob("src-*")) == [".bin", ".json", ".xml"]
+    fast_torch = auto.choose_end_backend(starts[0], files, run, psnr32, 1e-6, fp32)
+    assert fast_torch["backend"] == "torch" and "speed_ratio" not in fast_torch
+    better = auto.choose_end_backend(starts[0], files, run, psnr32 + 1, 1e3, fp32)
+    assert better["backend"] == "torch" and "scored -1.000 dB" in better["why"]
+    monkeypatch.setattr(openvino_backend, "openvino_available", lambda: False)
+    assert "not installed" in auto.choose_end_backend(starts[0], files, run, psnr32, 1e3, fp32)["why"]
+    run.shard.device = "cuda:0"
+    assert auto.choose_end_backend(starts[0], files, run, psnr32, 1e3, fp32)["backend"] == "torch"
+
+
+def test_the_end_s_openvino_speed_and_conversions_count_for_families_it_converts(tmp_path):
+    """OpenVINO measured at 0.3x PyTorch fp32 on start ``a`` (its conversion 5 s); ``p``, a
+    family it does not convert, ends in PyTorch at its own speed and converts nothing."""
+    phases = {"check": {"test_megapixels": 2.0},
+              "candidates": {"candidates": [
+                  {"name": "a", "seconds_per_mp": 10.0, "dtypes": ["fp32"], "openvino": True},
+                  {"name": "p", "seconds_per_mp": 4.0, "dtypes": ["fp32"], "openvino": False}],
+                  "precision": {"dtype": "fp32", "speed_ratio": 1.0}, "val_megapixels": 0.1,
+                  "end_backend": {"backend": "openvino", "speed_ratio": 0.3, "convert_seconds": 5.0}},
+              "probes": {"arms": [{"name": "a-full", "variant": "full"},
+                                  {"name": "p-full", "variant": "full"}]},
+              "halving": {"winner": "a-full", "runner_up": "p-full"}}
+    run = SimpleNamespace(journal=auto.Journal(tmp_path / "auto.json", {"phases": phases}),
+                          options=SimpleNamespace(budget=600.0), end_speed=1.0, out=tmp_path,
+                          shard=SimpleNamespace(device="cpu"))
+    assert auto._per_mp(run, "a-full", end=True) == pytest.approx(3.0)
+    assert auto._per_mp(run, "p-full", end=True) == 4.0 and auto._per_mp(run, "a-full") == 10.0
+    assert auto.reserve_after_training(run, 1, False) == pytest.approx(1.1 * (0.3 + 6) + 5 + 10)
+    assert auto.reserve_after_training(run, 1, True) == pytest.approx(1.1 * (0.7 + 14) + 5 + 10)
+    options = auto.end_options(run, "fp32", tile=0)
+    assert options.backend == "auto" and options.convert_cache == tmp_path / "openvino"
+    phases["candidates"]["end_backend"] = {"backend": "torch"}
+    assert auto.end_options(run, "fp32").backend == "torch"
+    assert auto.reserve_after_training(run, 1, False) == pytest.approx(1.1 * (1 + 20) + 10)
+
+
 def test_the_sizing_fits_a_step_overhead_and_plans_from_it():
     """Steps timed at two sizes of a cost of 0.25 s + 10 us per HR pixel: the fit recovers both
     and plans the largest batch that still gives MIN_STEPS; one timing alone (no overhead)
@@ -472,6 +529,7 @@ def test_where_no_arm_can_train_the_best_start_predicts_as_it_is(auto_set, start
     big = np.ascontiguousarray(images.read_image(auto_set / "test" / "lr" / "t0.png"))
     images.write_image(data / "test" / "lr" / "big.png", np.tile(big, (3, 3, 1)))
     monkeypatch.setattr(auto, "END_SHARE", 0.0)
+    monkeypatch.setattr(auto, "BACKEND_GAIN", -1e6)  # OpenVINO runs the end, however fast
     real = auto.score_candidates
     monkeypatch.setattr(auto, "score_candidates", lambda run: {**real(run), "bicubic_psnr": 0.0})
     began = time.monotonic()
@@ -492,6 +550,9 @@ def test_where_no_arm_can_train_the_best_start_predicts_as_it_is(auto_set, start
     refinable = phases["fingerprint"]["groups"] > 1 and phases["fingerprint"]["classifier_accuracy"]
     assert (costs["refine_seconds_per_mp"] > 0) == bool(refinable), phases["fingerprint"]
     assert "Nothing trains" in (tmp_path / "run" / "report.html").read_text()
+    if phases["candidates"]["end_backend"]["backend"] == "openvino":  # (where it is installed)
+        assert list((tmp_path / "run" / "openvino").glob("src-*.xml"))  # converted once, kept there
+        assert phases["candidates"]["candidates"][0]["openvino"]
 
 
 def test_the_refinement_s_cost_is_timed_where_the_fingerprint_can_refine(auto_set, tmp_path,

@@ -59,8 +59,9 @@ class Backend:
 def choose_backend(model: nn.Module | str | Path, device: str = "auto", dtype: str = "auto",
                    backend: BackendName = "auto", descriptor: ModelDescriptor | None = None,
                    compile: bool = False, channels_last: bool = True,
-                   cache_converted: bool = True) -> Backend:
-    """The backend for ``model`` (see the module's rules), with the reason it was chosen."""
+                   cache_converted: bool = True, convert_cache: Path | None = None) -> Backend:
+    """The backend for ``model`` (see the module's rules), with the reason it was chosen;
+    OpenVINO conversions are kept in ``convert_cache`` (default: the user's cache)."""
     from upres.inference import openvino_backend as ovb
 
     if backend not in ("auto", "torch", "openvino"):
@@ -72,7 +73,8 @@ def choose_backend(model: nn.Module | str | Path, device: str = "auto", dtype: s
             raise InferenceError(f"the openvino backend runs on the CPU, not {device}")
         if not ovb.openvino_available():
             raise InferenceError(f"backend openvino needs the openvino package: {OPENVINO_HINT}")
-        chosen, refusal = _openvino(source, dtype, cache_converted, "as asked (--backend openvino)")
+        chosen, refusal = _openvino(source, dtype, cache_converted, "as asked (--backend openvino)",
+                                    convert_cache)
         if chosen is None:
             raise InferenceError(f"backend openvino: {refusal}; use --backend torch")
         return chosen
@@ -80,7 +82,7 @@ def choose_backend(model: nn.Module | str | Path, device: str = "auto", dtype: s
     if why_torch is None:
         chosen, why_torch = _openvino(source, dtype, cache_converted,
                                       "OpenVINO is installed and the model converts (the fastest "
-                                      "CPU backend; --backend torch to change)")
+                                      "CPU backend; --backend torch to change)", convert_cache)
         if chosen is not None:
             return chosen
     return _torch(source, device, dtype, why_torch, compile, channels_last)
@@ -129,29 +131,30 @@ class _Source:
         return self._module
 
 
-def _openvino(source: _Source, dtype: str, cache: bool, reason: str):
+def _openvino(source: _Source, dtype: str, cache: bool, reason: str, folder: Path | None = None):
     """(the OpenVINO backend, None), or (None, why not) where the model is not converted."""
     from upres.inference import openvino_backend as ovb
 
+    folder = Path(folder) if folder is not None else ovb.ir_folder()
     key = ovb.source_key(source.spec) if source.spec is not None and cache else None
-    hit = ovb.read_cached(key) if key else None
+    hit = ovb.read_cached(key, folder) if key else None
     if hit is None:
-        refusal = _openvino_refusal(source.module(), source.descriptor)
+        refusal = openvino_refusal(source.module(), source.descriptor)
         if refusal:
             return None, refusal
         if cache and key is None:
             key = ovb.module_key(source.module(), source.descriptor)
-            hit = ovb.read_cached(key)
+            hit = ovb.read_cached(key, folder)
     try:
         if hit is None:
-            ir = ovb.convert(source.module(), source.descriptor)
+            ir = ovb.convert(source.module(), source.descriptor, folder if cache else None)
             if key:
-                ovb.store(ir, source.descriptor, key)
+                ovb.store(ir, source.descriptor, key, folder)
         else:
             ir, stored = hit
             source.descriptor = source.descriptor or stored
         chosen = pick_dtype(dtype, "cpu", source.descriptor.dtypes)
-        forward = ovb.OpenVinoModel(ir, chosen, ovb.ir_folder() / "blobs" if cache else None)
+        forward = ovb.OpenVinoModel(ir, chosen, folder / "blobs" if cache else None)
     except InferenceError:
         raise
     except Exception as err:  # any conversion failure: PyTorch still runs the model
@@ -162,7 +165,7 @@ def _openvino(source: _Source, dtype: str, cache: bool, reason: str):
     return Backend("openvino", forward, source.descriptor, "cpu", chosen, why), None
 
 
-def _openvino_refusal(module, descriptor: ModelDescriptor) -> str | None:
+def openvino_refusal(module, descriptor: ModelDescriptor) -> str | None:
     """Why this model is not converted (a converter crash cannot be caught): a registered family
     known not to convert, or a spandrel architecture upres has not verified."""
     from upres.models import registry, zoo

@@ -103,7 +103,7 @@ def read_cached(key: str, folder: Path | None = None):
         return None
 
 
-def convert(model, descriptor: ModelDescriptor):
+def convert(model, descriptor: ModelDescriptor, folder: Path | None = None):
     """The PyTorch module as an OpenVINO model with dynamic batch, height and width. The tracer's
     warnings (data-dependent shapes that the dynamic axes cover, torch.jit's deprecation) say
     nothing a user can act on, so they are silenced here."""
@@ -113,8 +113,8 @@ def convert(model, descriptor: ModelDescriptor):
     side = max(16, descriptor.min_size) * descriptor.size_multiple
     example = torch.rand(1, descriptor.in_channels, side, side)
     shape = ov.PartialShape([-1, descriptor.in_channels, -1, -1])
-    log.info("converting %s to OpenVINO, once (kept in %s; x4plus took about 40 s here, window "
-             "transformers take minutes) ...", descriptor.arch, ir_folder())
+    log.info("converting %s to OpenVINO%s (x4plus took 12 to 40 s here, window transformers take "
+             "minutes) ...", descriptor.arch, f", once (kept in {folder})" if folder else "")
     with torch.no_grad(), _no_telemetry(), warnings.catch_warnings(), \
             ticking(f"converting {descriptor.arch} to OpenVINO", first=10.0):  # announced above
         warnings.simplefilter("ignore", torch.jit.TracerWarning)

@@ -51,6 +51,7 @@ class InferenceOptions:
     backend: BackendName = "auto"  # auto: OpenVINO on CPUs if installed (see choose_backend)
     max_memory: int | str | None = None  # process target, bytes or "8G"; None: half of what is free
     cache_converted: bool = True  # keep OpenVINO conversions in the cache (not for training weights)
+    convert_cache: Path | None = None  # where they are kept; None: the user's cache (ir_folder)
 
 
 MAX_OUTSCALE = 16
@@ -83,7 +84,8 @@ class Upscaler:
         _check_options(opts)
         self.options = opts
         self.backend = choose_backend(model, opts.device, opts.dtype, opts.backend, descriptor,
-                                      opts.compile, opts.channels_last, opts.cache_converted)
+                                      opts.compile, opts.channels_last, opts.cache_converted,
+                                      opts.convert_cache)
         self.notes: list[str] = [str(self.backend)]
         self.budget = memory.process_budget(opts.max_memory, self.device)
         tile, bpp = opts.tile, None

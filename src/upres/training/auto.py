@@ -50,6 +50,7 @@ LEVER_SHARE = 0.3  # of the final's time, at most, for a lever where training's 
 MIN_STEP_RATIO = 1.2
 PRECISION_DB = 0.01  # the fast inference precision may lose at most this against fp32
 LAYOUT_GAIN = 0.05  # channels_last is taken where a step is at least this share faster
+BACKEND_GAIN = 0.05  # OpenVINO runs the end where it is at least this share faster than PyTorch
 # Sizes timed beyond the probe's: a fit from 64 x 4 and 96 x 8 put x4plus at 192 x 8 at 2.3 s a
 # step on minicomp, where it ran at 4 to 5 s (the cost per pixel grows with the crop), so a size
 # more than 1.5x the pixels of any timed one is timed before it is planned on
@@ -352,10 +353,16 @@ def _score(model, files: list[dict], scale: int, device: str, self_ensemble: str
            dtype: str = "fp32"):
     """(mean PSNR, seconds) of a model on validation pairs, as training validation scores."""
     from upres.inference.upscaler import Upscaler
-    from upres.scoring import metrics
 
     up = Upscaler(model, device=device, backend="torch", dtype=dtype, tile=0,
                   self_ensemble=self_ensemble, cache_converted=False)
+    return _score_with(up, files, scale)
+
+
+def _score_with(up, files: list[dict], scale: int) -> tuple[float, float]:
+    """(mean PSNR, seconds) of an ``Upscaler`` on validation pairs."""
+    from upres.scoring import metrics
+
     start, scores = time.perf_counter(), []
     for f in files:
         lr, hr = images.read_image(f["lr"]), images.read_image(f["hr"])
@@ -383,6 +390,7 @@ def score_candidates(run: AutoRun) -> dict:
     each start's validation PSNR at step 0 and its inference speed on those pairs, bicubic's
     beside them; a preset from scratch is timed only. The dtypes each family runs correctly in
     are recorded: the end's fast precision applies only to models that support it."""
+    from upres.inference.backends import openvino_refusal
     from upres.io.loading import load_weights, model_from_weights
     from upres.models import registry
     from upres.models.registry import describe
@@ -409,9 +417,12 @@ def score_candidates(run: AutoRun) -> dict:
         psnr0, seconds = _score(model, files, run.scale, run.shard.device)
         if source is not None and source == starts[0]:
             precision = choose_precision(model, files, run, psnr0, seconds)
-            first = model, seconds / _megapixels(files) * precision["speed_ratio"]
+            backend = choose_end_backend(source, files, run, psnr0, seconds, precision)
+            ratio = backend.get("speed_ratio", precision["speed_ratio"])  # as the end runs it
+            first = source, seconds / _megapixels(files) * ratio
         scored.append({**entry, "params": sum(p.numel() for p in model.parameters()),
                        "dtypes": list(describe(model).dtypes),
+                       "openvino": openvino_refusal(model, describe(model)) is None,
                        "psnr0": None if preset else round(psnr0, 4),
                        "val_seconds": round(seconds, 2),
                        "seconds_per_mp": round(seconds / _megapixels(files), 2)})
@@ -422,24 +433,26 @@ def score_candidates(run: AutoRun) -> dict:
                         + ". Give --candidate FILE or install the pretrained models")
     bicubic = float(np.mean([metrics.psnr(metrics.bicubic_upscale(images.read_image(f["lr"]), run.scale),
                                           images.read_image(f["hr"]), run.scale) for f in files]))
-    precision = precision if starts else _FP32
+    precision, backend = (precision, backend) if starts else (_FP32, _TORCH)
     return {"bicubic_psnr": round(bicubic, 4), "candidates": scored, "missing": missing,
             "val_used": len(files), "val_megapixels": round(_megapixels(files), 4),
-            "precision": precision, "test_costs": measure_test_costs(run, first, files, precision["dtype"])}
+            "precision": precision, "end_backend": backend,
+            "test_costs": measure_test_costs(run, first, files, precision["dtype"], backend["backend"])}
 
 
-def measure_test_costs(run: AutoRun, first: tuple | None, files: list[dict], dtype: str) -> dict:
+def measure_test_costs(run: AutoRun, first: tuple | None, files: list[dict], dtype: str,
+                       backend: str = "torch") -> dict:
     """What timing the validation images misses about the test set. Seconds per megapixel grow
     with the image (x4plus-anime in bf16 here: 9.8 s/MP on 120x80, 32 s/MP on 512x512, as its
     activations outgrow the caches), so where the largest test image has over twice the pixels
     of the largest validation one, the first start (``first``: model, its validation seconds
-    per MP in the end's precision) is timed on it as the submission runs it, and test passes
+    per MP as the end runs it) is timed on it as the submission runs it, and test passes
     are scaled by ``size_factor``. And the refinement's back-projection, per test megapixel
     (on known6 0.13 s an image, on 512x512 ones 1.7 s: a fifth of x4plus-anime's time)."""
     from upres.degradation.fingerprint import Fingerprint
     from upres.degradation.refine import back_project
     from upres.inference.ensemble import rgb_input
-    from upres.inference.upscaler import InferenceOptions, Upscaler
+    from upres.inference.upscaler import Upscaler
     from upres.scoring import metrics
 
     def pixels(path: Path) -> int:
@@ -449,9 +462,8 @@ def measure_test_costs(run: AutoRun, first: tuple | None, files: list[dict], dty
     record: dict = {"size_factor": 1.0, "refine_seconds_per_mp": 0.0}
     lr = rgb_input(images.read_image(files[0]["lr"]), files[0]["lr"])
     if first is not None and pixels(largest) > 2 * max(pixels(f["lr"]) for f in files):
-        model, val_per_mp = first
-        up = Upscaler(model, InferenceOptions(backend="torch", dtype=dtype, device=run.shard.device,
-                                              cache_converted=False))
+        source, val_per_mp = first
+        up = Upscaler(source, end_options(run, dtype, backend))
         lr = rgb_input(images.read_image(largest), largest)
         run.say(f"  timing the first start on the largest test image, {largest.name}")
         start = time.perf_counter()
@@ -474,6 +486,7 @@ def measure_test_costs(run: AutoRun, first: tuple | None, files: list[dict], dty
 
 
 _FP32 = {"dtype": "fp32", "speed_ratio": 1.0, "why": "nothing to compare"}
+_TORCH = {"backend": "torch", "why": "nothing to compare"}
 
 
 def choose_precision(model, files: list[dict], run: AutoRun, psnr32: float, seconds32: float) -> dict:
@@ -498,6 +511,57 @@ def choose_precision(model, files: list[dict], run: AutoRun, psnr32: float, seco
                      + ("" if ok else f" (more than {PRECISION_DB} dB lost)")}
     run.say(f"  end precision {record['dtype']}: {record['why']}")
     return record
+
+
+def choose_end_backend(source, files: list[dict], run: AutoRun, psnr32: float, seconds32: float,
+                       precision: dict) -> dict:
+    """OpenVINO runs the end where it is installed, converts the first start, scores within
+    ``PRECISION_DB`` of fp32 and is ``BACKEND_GAIN`` faster than PyTorch in the end's precision.
+    On a 2-core CPU without native bf16 x4plus took 72 s on a 512x512 image in fp32 against
+    PyTorch's 120 s (conversion 12 s, once per model): there the test set is most of the end,
+    and a competition-size one can take the whole budget. ``speed_ratio`` is against PyTorch
+    fp32, as the precision's is; the conversion is reserved for each model the end runs."""
+    from upres.errors import InferenceError
+    from upres.inference.openvino_backend import openvino_available
+    from upres.inference.upscaler import Upscaler
+
+    if run.shard.device != "cpu":
+        return {**_TORCH, "why": f"OpenVINO runs on the CPU, not {run.shard.device}"}
+    if not openvino_available():
+        return {**_TORCH, "why": "OpenVINO is not installed (pip install 'upres[openvino]')"}
+    start = time.perf_counter()
+    try:
+        up = Upscaler(source, end_options(run, precision["dtype"], "openvino", tile=0))
+    except InferenceError as err:
+        return {**_TORCH, "why": str(err)}
+    if up.backend.name != "openvino":
+        return {**_TORCH, "why": up.backend.reason}
+    convert = time.perf_counter() - start
+    _score_with(up, files[:1], run.scale)  # warm-up
+    psnr, seconds = _score_with(up, files, run.scale)
+    torch_seconds = seconds32 * precision["speed_ratio"]
+    ok = psnr >= psnr32 - PRECISION_DB and seconds <= (1 - BACKEND_GAIN) * torch_seconds
+    record = {"backend": "openvino" if ok else "torch", "dtype": up.backend.dtype,
+              "psnr": round(psnr, 4), "seconds": round(seconds, 3), "torch_seconds": round(torch_seconds, 3),
+              "convert_seconds": round(convert, 1), "why": f"OpenVINO {up.backend.dtype} scored "
+              f"{psnr - psnr32:+.3f} dB against PyTorch fp32 in {seconds / max(torch_seconds, 1e-9):.2f}x "
+              f"PyTorch's {precision['dtype']} time"}
+    if ok:
+        record["speed_ratio"] = round(seconds / max(seconds32, 1e-9), 3)
+    run.say(f"  end backend {record['backend']}: {record['why']}")
+    return record
+
+
+def end_options(run: AutoRun, dtype: str, backend: str | None = None, **overrides):
+    """How the end runs its models (``InferenceOptions``): through OpenVINO where
+    ``choose_end_backend`` chose it (``backend``, by default as recorded; PyTorch for a family
+    it does not convert), conversions kept in ``RUN/openvino``; else through PyTorch."""
+    from upres.inference.upscaler import InferenceOptions
+
+    backend = backend or run.journal["candidates"].get("end_backend", _TORCH)["backend"]
+    options = {"backend": "auto" if backend == "openvino" else "torch", "dtype": dtype,
+               "device": run.shard.device, "convert_cache": run.out / "openvino", **overrides}
+    return InferenceOptions(**options)
 
 
 def end_dtype(run: AutoRun, arms: list[str]) -> str:
@@ -629,7 +693,18 @@ def reserve_after_training(run: AutoRun, transforms: int, ensemble: bool,
                  for n in names)
     refine = run.journal["candidates"].get("test_costs", {}).get("refine_seconds_per_mp", 0.0)
     passes += refine * run.journal["check"]["test_megapixels"]
-    return 1.1 * passes + min(10.0, 0.02 * run.options.budget)  # the report and the zip
+    report = min(10.0, 0.02 * run.options.budget)  # the report and the zip
+    return 1.1 * passes + _conversions(run, names, starts) + report
+
+
+def _conversions(run: AutoRun, names: list[str | None], starts: list[dict] | None) -> float:
+    """Seconds to convert the end's models to OpenVINO (as timed on the first start), once each:
+    the final's weights are new; a runner-up's were converted at the levers, but not on resume."""
+    backend = run.journal["candidates"].get("end_backend", _TORCH)
+    cands = [_start_of(run, n) if n else None for n in names]
+    count = sum(_openvino_runs(run, c) if c else any(_openvino_runs(run, s) for s in
+                (starts or run.journal["candidates"]["candidates"])) for c in cands)
+    return count * backend.get("convert_seconds", 0.0)
 
 
 def _per_mp(run: AutoRun, arm: str | None = None, end: bool = False,
@@ -645,9 +720,18 @@ def _per_mp(run: AutoRun, arm: str | None = None, end: bool = False,
 
     def seconds(cand: dict) -> float:  # the fast precision only for families that run in it
         fast = end and _runs_in(cand, precision["dtype"])
-        return (precision["speed_ratio"] if fast else 1.0) * (cand.get("seconds_per_mp") or 0)
+        ratio = precision["speed_ratio"] if fast else 1.0
+        if end and _openvino_runs(run, cand):
+            ratio = run.journal["candidates"]["end_backend"]["speed_ratio"]
+        return ratio * (cand.get("seconds_per_mp") or 0)
 
     return (run.end_speed if end and calibrated else 1.0) * max(seconds(c) for c in cands)
+
+
+def _openvino_runs(run: AutoRun, cand: dict | None) -> bool:
+    """Whether the end runs this start's family through OpenVINO (chosen, and not refused)."""
+    backend = run.journal["candidates"].get("end_backend", _TORCH)
+    return backend["backend"] == "openvino" and cand is not None and cand.get("openvino", False)
 
 
 def _val_seconds(run: AutoRun, arm: str | None = None, end: bool = False,
@@ -1032,7 +1116,7 @@ def measure_levers(run: AutoRun) -> dict:
     (``training_value``): a lever is kept where its gain less that loss is ``KEEP_DB`` or more;
     of the self-ensembles, the one with the largest such net gain."""
     from upres.inference.ensemble import rgb_input
-    from upres.io.loading import load_model
+    from upres.inference.upscaler import Upscaler
 
     halving = run.journal["halving"]
     if _best_weights(run, halving["winner"]) is None:
@@ -1051,10 +1135,11 @@ def measure_levers(run: AutoRun) -> dict:
                                    f"~{measuring / 60:.1f} min of {run.clock.left() / 60:.1f} left"}
     else:
         run.say(f"  self-ensemble: the winner's 8 flips/rotations on {len(files)} validation pairs")
-        winner = load_model(_best_weights(run, halving["winner"]))
+        up = Upscaler(_best_weights(run, halving["winner"]),
+                      end_options(run, end_dtype(run, [halving["winner"]]), tile=0))
         lrs = [rgb_input(images.read_image(f["lr"]), f["lr"]) for f in files]
-        start = time.perf_counter()
-        flips = _flips(winner, lrs, run, end_dtype(run, [halving["winner"]]))
+        start = time.perf_counter()  # the passes alone: a conversion is reserved apart
+        flips = _flips(up, lrs)
         levers["speed"] = _calibrate(run, time.perf_counter() - start, passes=8)
         levers["self_ensemble"] = _measure_self_ensemble(run, flips, files, lrs, value)
     levers["ensemble"] = _measure_ensemble(run, files, value)
@@ -1070,14 +1155,11 @@ def measure_levers(run: AutoRun) -> dict:
     return levers
 
 
-def _flips(model, lrs: list[np.ndarray], run: AutoRun, dtype: str) -> list[np.ndarray]:
-    """Per LR image (float RGB), the model's float predictions of its 8 flips/rotations, each
-    turned back: (8, H, W, 3), in the end's precision."""
+def _flips(up, lrs: list[np.ndarray]) -> list[np.ndarray]:
+    """Per LR image (float RGB), an ``Upscaler``'s float predictions of its 8 flips/rotations,
+    each turned back: (8, H, W, 3)."""
     from upres.inference.engine import dihedral, dihedral_inverse
-    from upres.inference.upscaler import Upscaler
 
-    up = Upscaler(model, device=run.shard.device, backend="torch", dtype=dtype, tile=0,
-                  cache_converted=False)
     return [np.stack([dihedral_inverse(up.upscale_float(np.ascontiguousarray(dihedral(lr, k, (0, 1)))),
                                        k, (0, 1)) for k in range(8)]) for lr in lrs]
 
@@ -1164,13 +1246,11 @@ def _lever(gain: float, cost: float, value: dict, what: str) -> dict:
 def _measure_ensemble(run: AutoRun, files: list[dict], value: dict) -> dict:
     """Soft voting of the winner and the runner-up, weights fitted on validation."""
     from upres.inference.ensemble import Predictor, fit_coefficients
-    from upres.inference.upscaler import InferenceOptions
 
     halving = run.journal["halving"]
     if not halving.get("runner_up"):
         return {"keep": False, "why": "one arm only"}
-    dtype = end_dtype(run, [halving["winner"], halving["runner_up"]])
-    options = InferenceOptions(backend="torch", dtype=dtype, tile=0, device=run.shard.device)
+    options = end_options(run, end_dtype(run, [halving["winner"], halving["runner_up"]]), tile=0)
     predictor = Predictor([_best_weights(run, halving["winner"]),
                            _best_weights(run, halving["runner_up"])], options)
     val = predictor.validate_files(files, run.scale)
@@ -1224,14 +1304,12 @@ def decide_end(run: AutoRun) -> dict:
     from upres.degradation.fingerprint import Fingerprint
     from upres.degradation.refine import Refiner
     from upres.inference.ensemble import Predictor, choose_refinement, fit_coefficients, fit_group_weights
-    from upres.inference.upscaler import InferenceOptions
 
     halving, levers = run.journal["halving"], run.journal["levers"]
     arms = [halving["winner"]] + ([halving["runner_up"]] if levers["ensemble"]["keep"] else [])
     models = [_best_weights(run, arm) for arm in arms]
     dtype = end_dtype(run, arms)
-    options = InferenceOptions(backend="torch", dtype=dtype, tile=0, device=run.shard.device)
-    predictor = Predictor(models, options)
+    predictor = Predictor(models, end_options(run, dtype, tile=0))
     val = predictor.validate_files(val_files(run, run.journal["candidates"]["val_used"]), run.scale)
     weights = fit_coefficients(val.preds, val.targets) if len(models) > 1 else np.ones(1)
     fused, by_group = weights, {"keep": False, "why": "one model"}
@@ -1281,13 +1359,11 @@ def submit(run: AutoRun) -> dict:
     from upres.degradation.refine import Refiner
     from upres.inference.ensemble import Predictor
     from upres.inference.submission import write_submission, zip_folder
-    from upres.inference.upscaler import InferenceOptions
 
     end = run.journal["end"]
     dtype = end.get("dtype") or run.journal["candidates"].get("precision", _FP32)["dtype"]
-    options = InferenceOptions(backend="torch", dtype=dtype, device=run.shard.device,
-                               self_ensemble="mean" if end["self_ensemble"] else "off",
-                               ensemble_transforms=end["self_ensemble"] or 8)
+    options = end_options(run, dtype, self_ensemble="mean" if end["self_ensemble"] else "off",
+                          ensemble_transforms=end["self_ensemble"] or 8)
     predictor = Predictor(end["models"], options)  # files, or a pretrained name left untrained
     fp = Fingerprint.load(run.out / "fingerprint" / "fingerprint.json")
     if end["refine"]["keep"]:

@@ -138,7 +138,10 @@ def _sections(record: dict) -> list[str]:
         + f"<p>bicubic: {cands.get('bicubic_psnr')} dB. Missing: {_esc(cands.get('missing') or 'none')}"
         + (f". Precision of the end: <b>{_esc(precision['dtype'])}</b> ({_esc(precision['why'])}"
            + ("; fp32 for families that do not run in it" if precision["dtype"] != "fp32" else "") + ")"
-           if (precision := cands.get("precision")) else "") + "</p>")
+           if (precision := cands.get("precision")) else "")
+        + (f". Backend of the end: <b>{_esc(backend['backend'])}</b> ({_esc(backend['why'])}"
+           + (f"; conversion {backend['convert_seconds']:.0f} s a model" if "convert_seconds" in backend
+              else "") + ")" if (backend := cands.get("end_backend")) else "") + "</p>")
     probes = p.get("probes", {})
     rows = [[_esc(a["name"]), f"{a['lr']:.2e}", a["crop"], a["batch"], f"{a['seconds_per_step']:.2f}",
              a["steps_planned"], _layout(a), _timing(a)] for a in probes.get("arms", [])
