@@ -243,6 +243,11 @@ def test_a_levers_time_is_priced_by_the_winners_validation_slope():
     assert not auto._lever(0.05, 50, value, "x4")["keep"]
     dropped = auto._lever(0.05, 150, value, "x8")  # 0.3 ln(500/200) = 0.27 dB of training
     assert not dropped["keep"] and "would cost the training 0.275 dB" in dropped["why"]
+    # a lever whose one extra test pass takes the whole final is not even measured
+    assert auto._unaffordable(value, 150, "x2") is None
+    assert auto._unaffordable(value, 200, "x2") == ("not affordable: x2 adds a pass over the test set "
+                                                    "(~3.3 min) that would take the final's 3.3 min of training")
+    assert auto._unaffordable(unknown, 0.31 * 200, "the runner-up").startswith("not affordable")
 
 
 def test_the_reserve_for_the_end_follows_the_speed_timed_at_the_levers(tmp_path):

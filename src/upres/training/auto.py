@@ -1133,6 +1133,8 @@ def measure_levers(run: AutoRun) -> dict:
     if measuring > 0.1 * run.clock.left():
         levers["self_ensemble"] = {"keep": False, "why": f"not affordable: measuring it takes "
                                    f"~{measuring / 60:.1f} min of {run.clock.left() / 60:.1f} left"}
+    elif why := _unaffordable(value, _test_seconds(run, halving["winner"]), "x2"):
+        levers["self_ensemble"] = {"keep": False, "why": why}
     else:
         run.say(f"  self-ensemble: the winner's 8 flips/rotations on {len(files)} validation pairs")
         up = Upscaler(_best_weights(run, halving["winner"]),
@@ -1153,6 +1155,17 @@ def measure_levers(run: AutoRun) -> dict:
             f"{lever['gain_db']:+.3f} dB for {lever['test_seconds'] / 60:.1f} min of test time, "
             if "gain_db" in lever else "") + ("kept" if lever["keep"] else f"dropped ({lever['why']})"))
     return levers
+
+
+def _unaffordable(value: dict, test_pass: float, what: str) -> str | None:
+    """Why a lever is not worth measuring: its one extra pass over the test set would take the
+    whole final (or more than ``LEVER_SHARE`` of it where the slope is unknown), whatever it
+    gains. On big6 on a 2-core CPU without native bf16 (test pass 4.3 min) measuring
+    self-ensemble took 2.1 minutes of a 20-minute budget to learn that."""
+    if not math.isinf(training_loss(value, test_pass)):
+        return None
+    return (f"not affordable: {what} adds a pass over the test set (~{test_pass / 60:.1f} min) "
+            f"that would take the final's {value['final_seconds'] / 60:.1f} min of training")
 
 
 def _flips(up, lrs: list[np.ndarray]) -> list[np.ndarray]:
@@ -1250,6 +1263,9 @@ def _measure_ensemble(run: AutoRun, files: list[dict], value: dict) -> dict:
     halving = run.journal["halving"]
     if not halving.get("runner_up"):
         return {"keep": False, "why": "one arm only"}
+    extra = _test_seconds(run, halving["runner_up"])  # the runner-up's pass over the test set
+    if why := _unaffordable(value, extra, "the runner-up"):
+        return {"keep": False, "why": why}
     options = end_options(run, end_dtype(run, [halving["winner"], halving["runner_up"]]), tile=0)
     predictor = Predictor([_best_weights(run, halving["winner"]),
                            _best_weights(run, halving["runner_up"])], options)
@@ -1258,7 +1274,6 @@ def _measure_ensemble(run: AutoRun, files: list[dict], value: dict) -> dict:
     alone = val.model(0)
     refiner = _refiner_for(run, alone)  # what the fusion adds beyond the refinement
     gain = val.fused_psnr(weights, refiner) - alone.fused_psnr(np.ones(1), refiner)
-    extra = _test_seconds(run, halving["runner_up"])  # the runner-up's pass over the test set
     result = _lever(gain, extra, value, "winner + runner-up")
     return {**result, "weights": [round(float(w), 4) for w in weights], "refined": refiner is not None}
 
