@@ -245,8 +245,9 @@ def test_a_levers_time_is_priced_by_the_winners_validation_slope():
     assert not dropped["keep"] and "would cost the training 0.275 dB" in dropped["why"]
     # a lever whose one extra test pass takes the whole final is not even measured
     assert auto._unaffordable(value, 150, "x2") is None
-    assert auto._unaffordable(value, 200, "x2") == ("not affordable: x2 adds a pass over the test set "
-                                                    "(~3.3 min) that would take the final's 3.3 min of training")
+    assert auto._unaffordable(value, 200, "x2") == (
+        "not affordable: x2 adds a pass over the test set (~3.3 min) that would take the final's "
+        "3.3 min of training")
     assert auto._unaffordable(unknown, 0.31 * 200, "the runner-up").startswith("not affordable")
 
 
@@ -358,9 +359,9 @@ def test_the_end_runs_in_bf16_only_where_it_scores_as_fp32(auto_set, monkeypatch
 def test_openvino_runs_the_end_only_where_installed_as_exact_and_faster(auto_set, starts, tmp_path,
                                                                        monkeypatch):
     """The first start through OpenVINO (fp32 here) against PyTorch's timing: chosen where it
-    scores within ``PRECISION_DB`` and is ``BACKEND_GAIN`` faster, its conversion timed and
-    kept in RUN/openvino; PyTorch where it would be slower, would lose PSNR, is not installed,
-    or the device is not the CPU."""
+    scores within ``PRECISION_DB``, is ``BACKEND_GAIN`` faster and saves more than its
+    conversion, which is timed and kept in RUN/openvino; PyTorch where it would be slower,
+    would lose PSNR, could not pay, is not installed, or the device is not the CPU."""
     pytest.importorskip("openvino")
     from upres.inference import openvino_backend
 
@@ -370,20 +371,31 @@ def test_openvino_runs_the_end_only_where_installed_as_exact_and_faster(auto_set
              for p in sorted((auto_set / "train" / "lr").iterdir())[:2]]
     psnr32, _ = auto._score(nearest_rrdbnet().eval(), files, 4, "cpu")
     fp32 = {"dtype": "fp32", "speed_ratio": 1.0}
-    slow_torch = auto.choose_end_backend(starts[0], files, run, psnr32, 1e3, fp32)
+    test_mp = auto._megapixels(files)  # a pass over the test set as long as validation's
+    slow_torch = auto.choose_end_backend(starts[0], files, run, psnr32, 1e3, fp32, test_mp)
     assert slow_torch["backend"] == "openvino" and slow_torch["dtype"] == "fp32"
     assert slow_torch["psnr"] == pytest.approx(psnr32, abs=PRECISION_DB)
     assert slow_torch["speed_ratio"] == pytest.approx(slow_torch["seconds"] / 1e3, abs=1e-3)
     assert slow_torch["convert_seconds"] > 0
     assert sorted(p.suffix for p in (run.out / "openvino").glob("src-*")) == [".bin", ".json", ".xml"]
-    fast_torch = auto.choose_end_backend(starts[0], files, run, psnr32, 1e-6, fp32)
+    monkeypatch.setattr(auto, "OPENVINO_MIN_END", 0.0)
+    faster = slow_torch["seconds"] / 2  # PyTorch twice as fast as OpenVINO
+    fast_torch = auto.choose_end_backend(starts[0], files, run, psnr32, faster, fp32, test_mp)
     assert fast_torch["backend"] == "torch" and "speed_ratio" not in fast_torch
-    better = auto.choose_end_backend(starts[0], files, run, psnr32 + 1, 1e3, fp32)
+    run.out = tmp_path / "fresh"  # a conversion from scratch (seconds) against 2 x under 0.2 s saved
+    unpaid = auto.choose_end_backend(starts[0], files, run, psnr32, 0.2, fp32, test_mp)
+    assert unpaid["backend"] == "torch" and unpaid["convert_seconds"] > 0.4, unpaid
+    assert "s conversion" in unpaid["why"]
+    better = auto.choose_end_backend(starts[0], files, run, psnr32 + 1, 1e3, fp32, test_mp)
     assert better["backend"] == "torch" and "scored -1.000 dB" in better["why"]
+    monkeypatch.setattr(auto, "OPENVINO_MIN_END", 60.0)  # a short end: not even converted
+    short = auto.choose_end_backend(starts[0], files, run, psnr32, 29.0, fp32, test_mp)
+    assert short == {"backend": "torch", "why": "a pass over validation and test takes PyTorch 58 s: "
+                     "too short for a conversion to pay"}
     monkeypatch.setattr(openvino_backend, "openvino_available", lambda: False)
-    assert "not installed" in auto.choose_end_backend(starts[0], files, run, psnr32, 1e3, fp32)["why"]
+    assert "not installed" in auto.choose_end_backend(starts[0], files, run, psnr32, 1e3, fp32, 0)["why"]
     run.shard.device = "cuda:0"
-    assert auto.choose_end_backend(starts[0], files, run, psnr32, 1e3, fp32)["backend"] == "torch"
+    assert auto.choose_end_backend(starts[0], files, run, psnr32, 1e3, fp32, 0)["backend"] == "torch"
 
 
 def test_the_end_s_openvino_speed_and_conversions_count_for_families_it_converts(tmp_path):
@@ -535,6 +547,7 @@ def test_where_no_arm_can_train_the_best_start_predicts_as_it_is(auto_set, start
     images.write_image(data / "test" / "lr" / "big.png", np.tile(big, (3, 3, 1)))
     monkeypatch.setattr(auto, "END_SHARE", 0.0)
     monkeypatch.setattr(auto, "BACKEND_GAIN", -1e6)  # OpenVINO runs the end, however fast
+    monkeypatch.setattr(auto, "OPENVINO_MIN_END", 0.0)  # and short the end is
     real = auto.score_candidates
     monkeypatch.setattr(auto, "score_candidates", lambda run: {**real(run), "bicubic_psnr": 0.0})
     began = time.monotonic()

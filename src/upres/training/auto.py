@@ -51,6 +51,7 @@ MIN_STEP_RATIO = 1.2
 PRECISION_DB = 0.01  # the fast inference precision may lose at most this against fp32
 LAYOUT_GAIN = 0.05  # channels_last is taken where a step is at least this share faster
 BACKEND_GAIN = 0.05  # OpenVINO runs the end where it is at least this share faster than PyTorch
+OPENVINO_MIN_END = 60.0  # seconds of a PyTorch pass over validation and test under which it cannot pay
 # Sizes timed beyond the probe's: a fit from 64 x 4 and 96 x 8 put x4plus at 192 x 8 at 2.3 s a
 # step on minicomp, where it ran at 4 to 5 s (the cost per pixel grows with the crop), so a size
 # more than 1.5x the pixels of any timed one is timed before it is planned on
@@ -417,7 +418,8 @@ def score_candidates(run: AutoRun) -> dict:
         psnr0, seconds = _score(model, files, run.scale, run.shard.device)
         if source is not None and source == starts[0]:
             precision = choose_precision(model, files, run, psnr0, seconds)
-            backend = choose_end_backend(source, files, run, psnr0, seconds, precision)
+            backend = choose_end_backend(source, files, run, psnr0, seconds, precision,
+                                         run.journal["check"]["test_megapixels"])
             ratio = backend.get("speed_ratio", precision["speed_ratio"])  # as the end runs it
             first = source, seconds / _megapixels(files) * ratio
         scored.append({**entry, "params": sum(p.numel() for p in model.parameters()),
@@ -514,13 +516,15 @@ def choose_precision(model, files: list[dict], run: AutoRun, psnr32: float, seco
 
 
 def choose_end_backend(source, files: list[dict], run: AutoRun, psnr32: float, seconds32: float,
-                       precision: dict) -> dict:
+                       precision: dict, test_megapixels: float) -> dict:
     """OpenVINO runs the end where it is installed, converts the first start, scores within
-    ``PRECISION_DB`` of fp32 and is ``BACKEND_GAIN`` faster than PyTorch in the end's precision.
-    On a 2-core CPU without native bf16 x4plus took 72 s on a 512x512 image in fp32 against
-    PyTorch's 120 s (conversion 12 s, once per model): there the test set is most of the end,
-    and a competition-size one can take the whole budget. ``speed_ratio`` is against PyTorch
-    fp32, as the precision's is; the conversion is reserved for each model the end runs."""
+    ``PRECISION_DB`` of fp32, is ``BACKEND_GAIN`` faster than PyTorch in the end's precision
+    and saves more than its conversion on a pass over validation and test. On a 2-core CPU
+    without native bf16 x4plus took 72 s on a 512x512 image in fp32 against PyTorch's 120 s
+    (conversion 12 s, once per model): there the test set is most of the end, and a
+    competition-size one can take the whole budget; on minicomp's 10 small test images it saved
+    7 s a pass. ``speed_ratio`` is against PyTorch fp32, as the precision's is; the conversion
+    is reserved for each model the end runs."""
     from upres.errors import InferenceError
     from upres.inference.openvino_backend import openvino_available
     from upres.inference.upscaler import Upscaler
@@ -529,6 +533,11 @@ def choose_end_backend(source, files: list[dict], run: AutoRun, psnr32: float, s
         return {**_TORCH, "why": f"OpenVINO runs on the CPU, not {run.shard.device}"}
     if not openvino_available():
         return {**_TORCH, "why": "OpenVINO is not installed (pip install 'upres[openvino]')"}
+    torch_seconds = seconds32 * precision["speed_ratio"]
+    share = 1 + test_megapixels / _megapixels(files)  # a pass over the test set beside validation's
+    if torch_seconds * share < OPENVINO_MIN_END:
+        return {**_TORCH, "why": f"a pass over validation and test takes PyTorch "
+                f"{torch_seconds * share:.0f} s: too short for a conversion to pay"}
     start = time.perf_counter()
     try:
         up = Upscaler(source, end_options(run, precision["dtype"], "openvino", tile=0))
@@ -539,13 +548,14 @@ def choose_end_backend(source, files: list[dict], run: AutoRun, psnr32: float, s
     convert = time.perf_counter() - start
     _score_with(up, files[:1], run.scale)  # warm-up
     psnr, seconds = _score_with(up, files, run.scale)
-    torch_seconds = seconds32 * precision["speed_ratio"]
-    ok = psnr >= psnr32 - PRECISION_DB and seconds <= (1 - BACKEND_GAIN) * torch_seconds
+    saves = (torch_seconds - seconds) * share
+    ok = psnr >= psnr32 - PRECISION_DB and seconds <= (1 - BACKEND_GAIN) * torch_seconds and saves > convert
     record = {"backend": "openvino" if ok else "torch", "dtype": up.backend.dtype,
               "psnr": round(psnr, 4), "seconds": round(seconds, 3), "torch_seconds": round(torch_seconds, 3),
               "convert_seconds": round(convert, 1), "why": f"OpenVINO {up.backend.dtype} scored "
               f"{psnr - psnr32:+.3f} dB against PyTorch fp32 in {seconds / max(torch_seconds, 1e-9):.2f}x "
-              f"PyTorch's {precision['dtype']} time"}
+              f"PyTorch's {precision['dtype']} time, {saves:.0f} s saved a pass over validation and test "
+              f"for a {convert:.0f} s conversion"}
     if ok:
         record["speed_ratio"] = round(seconds / max(seconds32, 1e-9), 3)
     run.say(f"  end backend {record['backend']}: {record['why']}")
