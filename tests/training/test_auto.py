@@ -587,9 +587,49 @@ def test_the_refinement_s_cost_is_timed_where_the_fingerprint_can_refine(auto_se
         stub = SimpleNamespace(groups=[None] * groups, classifier={"accuracy": 1.0},
                                kernel=lambda group: np.full((12, 12), 1 / 144, np.float32))
         monkeypatch.setattr(Fingerprint, "load", staticmethod(lambda path, stub=stub: stub))
-        costs = auto.measure_test_costs(run, None, files, "fp32")
+        costs, _ = auto.measure_test_costs(run, None, files, "fp32")
         assert costs["size_factor"] == 1.0 and "timed" not in costs
         assert (costs["refine_seconds_per_mp"] > 0) == refines
+
+
+def test_both_backends_are_timed_on_a_large_test_image_and_the_faster_runs_the_end(
+        auto_set, starts, tmp_path, monkeypatch):
+    """Test images of 9x a validation image's pixels, and a test set of 4 of them or more:
+    PyTorch and OpenVINO (which scored as PyTorch on validation) are both timed on the largest,
+    and OpenVINO runs the end where it saves more than a conversion there, whatever validation
+    said; the size factor is the chosen backend's. With a test set of one such image, only the
+    backend validation chose is timed."""
+    pytest.importorskip("openvino")
+    from upres.degradation.fingerprint import Fingerprint
+
+    stub = SimpleNamespace(groups=[None], classifier=None)
+    monkeypatch.setattr(Fingerprint, "load", staticmethod(lambda path: stub))
+    data = tmp_path / "data"
+    (data / "test" / "lr").mkdir(parents=True)
+    big = np.ascontiguousarray(images.read_image(auto_set / "test" / "lr" / "t0.png"))
+    images.write_image(data / "test" / "lr" / "big.png", np.tile(big, (3, 3, 1)))
+    files = [{"lr": auto_set / "train" / "lr" / "00.png", "hr": auto_set / "train" / "hr" / "00.png"}]
+    phases = {"check": {"test_megapixels": 100.0}}
+    run = SimpleNamespace(data=data, out=tmp_path / "run", scale=4, shard=SimpleNamespace(device="cpu"),
+                          say=lambda _: None, journal=auto.Journal(tmp_path / "a.json", {"phases": phases}))
+    measured = {"backend": "torch", "exact": True, "seconds": 0.01, "val_speed_ratio": 0.5,
+                "convert_seconds": 0.0, "why": "w"}
+    costs, chosen = auto.measure_test_costs(run, (starts[0], 0.02 / auto._megapixels(files)), files,
+                                            "fp32", measured)
+    timed = costs["timed"]
+    assert sorted(timed["backends"]) == ["openvino", "torch"]
+    faster = min(timed["backends"], key=timed["backends"].get)
+    assert chosen["backend"] == faster and ("speed_ratio" in chosen) == (faster == "openvino")
+    assert timed["seconds_per_mp"] == timed["backends"][faster]
+    assert costs["size_factor"] == pytest.approx(max(timed["seconds_per_mp"] / timed["val_seconds_per_mp"],
+                                                     1.0), rel=1e-2)
+    assert "on big.png" in chosen["why"] and "s saved on the test set" in chosen["why"]
+    costly = {**measured, "backend": "openvino", "speed_ratio": 0.5, "convert_seconds": 1e9}
+    _, chosen = auto.measure_test_costs(run, (starts[0], 1.0), files, "fp32", costly)
+    assert chosen["backend"] == "torch" and "speed_ratio" not in chosen  # a conversion saves nothing
+    phases["check"]["test_megapixels"] = 0.01  # one large test image: validation's choice timed alone
+    costs, chosen = auto.measure_test_costs(run, (starts[0], 1.0), files, "fp32", measured)
+    assert list(costs["timed"]["backends"]) == ["torch"] and chosen == measured
 
 
 def test_large_validation_pairs_are_validated_on_their_aligned_centres(auto_set, starts, tmp_path,
