@@ -248,7 +248,9 @@ def test_a_levers_time_is_priced_by_the_winners_validation_slope():
     assert auto._unaffordable(value, 200, "x2") == (
         "not affordable: x2 adds a pass over the test set (~3.3 min) that would take the final's "
         "3.3 min of training")
-    assert auto._unaffordable(unknown, 0.31 * 200, "the runner-up").startswith("not affordable")
+    assert auto._unaffordable(unknown, 0.31 * 200, "the runner-up") == (
+        "not affordable: the runner-up adds a pass over the test set (~1.0 min) that would take over "
+        "30% of the final's 3.3 min of training")
 
 
 def test_the_reserve_for_the_end_follows_the_speed_timed_at_the_levers(tmp_path):
@@ -261,7 +263,7 @@ def test_the_reserve_for_the_end_follows_the_speed_timed_at_the_levers(tmp_path)
               "probes": {"arms": [{"name": "a-full", "variant": "full"}]},
               "halving": {"winner": "a-full"}}
     run = SimpleNamespace(journal=auto.Journal(tmp_path / "auto.json", {"phases": phases}),
-                          options=SimpleNamespace(budget=600.0), end_speed=1.0)
+                          options=SimpleNamespace(budget=600.0), end_speed=1.0, test_per_mp={})
     assert auto.reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.5 + 2 * 10) + 10)
     speed = auto._calibrate(run, 6.0, passes=8)
     assert speed == {"seconds": 6.0, "estimated_seconds": 4.0, "ratio": 1.5}
@@ -282,7 +284,7 @@ def test_the_end_s_fast_precision_applies_only_to_families_that_run_in_it(tmp_pa
                                   {"name": "p-scratch", "variant": "scratch"}]},
               "halving": {"winner": "p-scratch", "runner_up": "a-full"}}
     run = SimpleNamespace(journal=auto.Journal(tmp_path / "auto.json", {"phases": phases}),
-                          options=SimpleNamespace(budget=600.0), end_speed=1.0)
+                          options=SimpleNamespace(budget=600.0), end_speed=1.0, test_per_mp={})
     assert auto.end_dtype(run, ["a-full"]) == "bf16"
     assert auto.end_dtype(run, ["p-scratch"]) == "fp32"
     assert auto.end_dtype(run, ["p-scratch", "a-full"]) == "fp32"
@@ -411,7 +413,7 @@ def test_the_end_s_openvino_speed_and_conversions_count_for_families_it_converts
                                   {"name": "p-full", "variant": "full"}]},
               "halving": {"winner": "a-full", "runner_up": "p-full"}}
     run = SimpleNamespace(journal=auto.Journal(tmp_path / "auto.json", {"phases": phases}),
-                          options=SimpleNamespace(budget=600.0), end_speed=1.0, out=tmp_path,
+                          options=SimpleNamespace(budget=600.0), end_speed=1.0, test_per_mp={}, out=tmp_path,
                           shard=SimpleNamespace(device="cpu"))
     assert auto._per_mp(run, "a-full", end=True) == pytest.approx(3.0)
     assert auto._per_mp(run, "p-full", end=True) == 4.0 and auto._per_mp(run, "a-full") == 10.0
@@ -505,7 +507,7 @@ def _end_run(tmp_path: Path, speeds: dict[str, float], costs: dict | None = None
                              "precision": {"dtype": "fp32", "speed_ratio": 1.0}, "val_megapixels": 0.1,
                              "bicubic_psnr": 29.0, **({"test_costs": costs} if costs else {})}}
     return SimpleNamespace(journal=auto.Journal(tmp_path / "auto.json", {"phases": phases}),
-                           options=SimpleNamespace(budget=200.0), end_speed=1.0,
+                           options=SimpleNamespace(budget=200.0), end_speed=1.0, test_per_mp={},
                            clock=auto.Clock(200.0), say=lambda _: None)
 
 
@@ -525,6 +527,31 @@ def test_a_start_whose_end_takes_most_of_the_time_left_is_not_trained(tmp_path):
     assert auto.reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.15 + 2 * 7.5 + 6) + 4)
     run.journal["candidates"]["test_costs"]["timed"] = {}  # test images timed as submitted: not those
     assert auto.reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.15 + 2 * 5 + 6) + 4)
+
+    run.test_per_mp["fast-full"] = 7.0  # the winner timed on a test image before the final: that
+    run.journal.data["phases"]["probes"] = {"arms": [{"name": "fast-full", "variant": "full"}]}
+    run.journal.data["phases"]["halving"] = {"winner": "fast-full"}
+    assert auto._test_seconds(run, "fast-full") == 14.0
+    assert auto.reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.15 + 2 * 14 + 6) + 4)
+
+
+def test_the_winner_is_timed_on_the_largest_test_image_as_the_end_runs_it(auto_set, starts, tmp_path):
+    """Only where the test images were timed at step 0 (larger than validation's); the winner
+    (here its start, before it trained) through the end's backend, in seconds per LR MP."""
+    data = tmp_path / "data"
+    (data / "test" / "lr").mkdir(parents=True)
+    big = np.ascontiguousarray(images.read_image(auto_set / "test" / "lr" / "t0.png"))
+    images.write_image(data / "test" / "lr" / "big.png", np.tile(big, (3, 3, 1)))
+    phases = {"candidates": {"candidates": [{"name": "good", "dtypes": ["fp32"]}], "test_costs": {},
+                             "end_backend": {"backend": "torch"}},
+              "probes": {"arms": [{"name": "good-full", "variant": "full", "source": str(starts[0])}]}}
+    said = []
+    run = SimpleNamespace(data=data, out=tmp_path / "run", shard=SimpleNamespace(device="cpu"),
+                          say=said.append, journal=auto.Journal(tmp_path / "a.json", {"phases": phases}))
+    assert auto.time_on_test_image(run, "good-full") is None and not said
+    phases["candidates"]["test_costs"]["timed"] = {"image": "big.png"}
+    per_mp = auto.time_on_test_image(run, "good-full")
+    assert per_mp > 0 and said[-1] == f"  big.png: {per_mp:.1f} s/MP"
 
 
 def test_where_no_start_can_train_or_beat_bicubic_the_error_names_the_budget(tmp_path):
