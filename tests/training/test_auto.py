@@ -535,6 +535,57 @@ def test_a_start_whose_end_takes_most_of_the_time_left_is_not_trained(tmp_path):
     assert auto.reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.15 + 2 * 14 + 6) + 4)
 
 
+def test_the_end_is_measured_on_the_first_start_that_can_train_and_slower_ones_are_not_scored(tmp_path):
+    """Of 200 s left (half for a start's end), over 0.1 MP of validation and 2 MP of test: a
+    start at 100 s/MP on one pair would take 210 s, one at 10 s/MP 21 s. The reference is the
+    first that fits in fp32, else the fastest; a start too slow even at the reference's
+    fastest end is not scored, and not trained."""
+    run = _end_run(tmp_path, {})
+    files = [{"lr": tmp_path / "v.png"}]
+    images.write_image(files[0]["lr"], np.zeros((100, 1000, 3), np.uint8))  # 0.1 MP
+    slow, fast, faster = ({"name": n, "source": n, "seconds_per_mp": v}
+                          for n, v in [("slow", 100.0), ("fast", 10.0), ("faster", 5.0)])
+    said = []
+    run.say = said.append
+    assert auto._reference(run, [slow, fast, faster], files) is fast
+    assert said == ["  measuring the end on fast: the first start whose end fits"]
+    assert auto._reference(run, [{**slow, "seconds_per_mp": 300.0}, slow], files)["seconds_per_mp"] == 100.0
+    assert auto._end_too_slow(run, fast, files, 1.0) is None
+    assert auto._end_too_slow(run, slow, files, 0.45) is None  # 94.5 s: it may be scored
+    assert auto._end_too_slow(run, slow, files, 1.0) == ("its end (a validation and the test set) "
+                                                         "would take ~3.5 min of the 3.3 left (at most 50% may go to it)")
+    run.journal["candidates"]["candidates"] = [
+        {"name": "slow", "psnr0": None, "seconds_per_mp": 100.0, "unscored": "its end ... takes long"},
+        {"name": "fast", "psnr0": 30.0, "seconds_per_mp": 1.0}]
+    fit, dropped = auto.starts_that_leave_training(run)
+    assert [c["name"] for c in fit] == ["fast"]
+    assert dropped == [{"name": "slow", "why": "its end ... takes long: not scored or trained"}]
+
+
+def test_the_reference_is_scored_first_and_sets_the_end_the_others_are_judged_by(auto_set, starts,
+                                                                                  tmp_path, monkeypatch):
+    """The end's precision and backend are measured on the reference (scored first, whatever
+    its place); a start whose end is too slow at the reference's measured speed is recorded
+    unscored, with why, in the order given."""
+    run = _end_run(tmp_path, {})
+    run.shard, run.scale, run.say = SimpleNamespace(device="cpu"), 4, lambda _: None
+    files = [{"lr": p, "hr": auto_set / "train" / "hr" / p.name}
+             for p in sorted((auto_set / "train" / "lr").iterdir())[:2]]
+    measured = []
+    monkeypatch.setattr(auto, "choose_precision", lambda model, *_: measured.append(model) or
+                        {"dtype": "fp32", "speed_ratio": 0.5})
+    monkeypatch.setattr(auto, "choose_end_backend", lambda source, *_: {"backend": "torch", "on": source})
+    slow = {"name": "bad", "source": str(starts[1]), "seconds_per_mp": 1e6}
+    ref = {"name": "good", "source": str(starts[0]), "seconds_per_mp": 1.0}
+    scored, precision, backend, first = auto._score_starts(run, [slow, ref], ref, files)
+    assert [e["name"] for e in scored] == ["good", "bad"] and backend["on"] == str(starts[0])
+    assert scored[0]["psnr0"] > 20 and first[0] == str(starts[0]) and precision["speed_ratio"] == 0.5
+    assert scored[1]["psnr0"] is None and "would take" in scored[1]["unscored"]
+    assert len(measured) == 1
+    scored, *_ = auto._score_starts(run, [slow, ref], slow, files)  # none fit: the fastest, scored
+    assert scored[0]["name"] == "bad" and scored[0]["psnr0"] is not None and "unscored" not in scored[0]
+
+
 def test_the_winner_is_timed_on_the_largest_test_image_as_the_end_runs_it(auto_set, starts, tmp_path):
     """Only where the test images were timed at step 0 (larger than validation's); the winner
     (here its start, before it trained) through the end's backend, in seconds per LR MP."""
@@ -542,8 +593,10 @@ def test_the_winner_is_timed_on_the_largest_test_image_as_the_end_runs_it(auto_s
     (data / "test" / "lr").mkdir(parents=True)
     big = np.ascontiguousarray(images.read_image(auto_set / "test" / "lr" / "t0.png"))
     images.write_image(data / "test" / "lr" / "big.png", np.tile(big, (3, 3, 1)))
-    phases = {"candidates": {"candidates": [{"name": "good", "dtypes": ["fp32"]}], "test_costs": {},
-                             "end_backend": {"backend": "torch"}},
+    phases = {"candidates": {"candidates": [{"name": "good", "dtypes": ["fp32"], "arch": "RRDBNet",
+                                             "hparams": {"num_block": 2}},
+                                            {"name": "ref", "arch": "RRDBNet", "hparams": {"num_block": 6}}],
+                             "test_costs": {}, "end_backend": {"backend": "torch"}, "reference": "ref"},
               "probes": {"arms": [{"name": "good-full", "variant": "full", "source": str(starts[0])}]}}
     said = []
     run = SimpleNamespace(data=data, out=tmp_path / "run", shard=SimpleNamespace(device="cpu"),
@@ -552,6 +605,11 @@ def test_the_winner_is_timed_on_the_largest_test_image_as_the_end_runs_it(auto_s
     phases["candidates"]["test_costs"]["timed"] = {"image": "big.png"}
     per_mp = auto.time_on_test_image(run, "good-full")
     assert per_mp > 0 and said[-1] == f"  big.png: {per_mp:.1f} s/MP"
+    # the reference's network was timed on that image already: its figure, nothing run again
+    phases["candidates"]["reference"] = "good"
+    phases["candidates"]["test_costs"]["timed"] = {"image": "big.png", "seconds_per_mp": 7.25}
+    assert auto.time_on_test_image(run, "good-full") == 7.25
+    assert said[-1] == "  good-full: 7.2 s/MP on big.png, as timed on good (the same network)"
 
 
 def test_where_no_start_can_train_or_beat_bicubic_the_error_names_the_budget(tmp_path):

@@ -388,58 +388,118 @@ def _starts(run: AutoRun) -> tuple[list[str], list[str]]:
 
 
 def score_candidates(run: AutoRun) -> dict:
-    """How many validation pairs one validation can afford (timed on the first start), then
-    each start's validation PSNR at step 0 and its inference speed on those pairs, bicubic's
-    beside them; a preset from scratch is timed only. The dtypes each family runs correctly in
-    are recorded: the end's fast precision applies only to models that support it."""
-    from upres.inference.backends import openvino_refusal
-    from upres.io.loading import load_weights, model_from_weights
-    from upres.models import registry
-    from upres.models.registry import describe
+    """Each start timed on one validation pair (the first sets how many pairs a validation can
+    afford), then the reference (``_reference``) scored: the end's precision, backend and the
+    test images' costs are measured on it. Each other start is scored at step 0 unless even the
+    reference's fastest measured end could not run it in ``END_SHARE`` of the time left: on
+    big6 without native bf16, scoring x4plus and RealSR (whose test passes took longer than
+    the training could get) and timing x4plus on a test image in both backends took 6.3 of 20
+    minutes, and no start could train. A preset from scratch is timed only; bicubic is scored
+    beside them. The dtypes each family runs correctly in are recorded: the end's fast
+    precision applies only to models that support it."""
     from upres.scoring import metrics
 
     starts, missing = _starts(run)
     presets = preset_names(run.options.presets, run.shard.device)
-    scored, first = [], None
-    files = val_files(run)
+    files, timed = val_files(run), []
     for source, preset in [(s, None) for s in starts] + [(None, p) for p in presets]:
-        if preset:  # from scratch: its speed is timed, its random output not scored
-            arch = registry.presets()[preset][0]
-            model = registry.build_model(arch, registry.hyperparameters(arch, run.scale, preset))
-            entry = {"name": preset, "preset": preset, "arch": arch}
-        else:
-            weights = load_weights(source)
-            model = model_from_weights(weights)
-            entry = {"name": _short(source), "source": str(source), "arch": weights.arch,
-                     "hparams": weights.hparams}
-        if not scored:  # the first start's speed sets the number of validation pairs
-            _, seconds = _score(model, files[:1], run.scale, run.shard.device)
+        entry, model = _candidate(source, preset, run.scale)
+        _, seconds = _score(model, files[:1], run.scale, run.shard.device)
+        if not timed:  # the first start's speed sets the number of validation pairs
             per_pair = seconds * max(_megapixels(files) / len(files), 1e-9) / _megapixels(files[:1])
             files = files[:int(np.clip(VAL_SHARE * run.options.budget / per_pair, 2, len(files)))]
-        psnr0, seconds = _score(model, files, run.scale, run.shard.device)
-        if source is not None and source == starts[0]:
-            precision = choose_precision(model, files, run, psnr0, seconds)
-            backend = choose_end_backend(source, files, run, psnr0, seconds, precision,
-                                         run.journal["check"]["test_megapixels"])
-            first = source, seconds / _megapixels(files) * precision["speed_ratio"]  # PyTorch's
-        scored.append({**entry, "params": sum(p.numel() for p in model.parameters()),
-                       "dtypes": list(describe(model).dtypes),
-                       "openvino": openvino_refusal(model, describe(model)) is None,
-                       "psnr0": None if preset else round(psnr0, 4),
-                       "val_seconds": round(seconds, 2),
-                       "seconds_per_mp": round(seconds / _megapixels(files), 2)})
-        run.say(f"  {entry['name']}: " + (f"from scratch, a validation in {seconds:.1f} s" if preset
-                                          else f"step-0 validation PSNR {psnr0:.3f} dB in {seconds:.1f} s"))
-    if not scored:
+        timed.append({**entry, "params": sum(p.numel() for p in model.parameters()),
+                      "seconds_per_mp": round(seconds / _megapixels(files[:1]), 2)})
+    if not timed:
         raise AutoError("no candidate start: " + ("; ".join(missing) or "none asked for")
                         + ". Give --candidate FILE or install the pretrained models")
+    reference = _reference(run, timed, files)
+    scored, precision, backend, first = _score_starts(run, timed, reference, files)
     bicubic = float(np.mean([metrics.psnr(metrics.bicubic_upscale(images.read_image(f["lr"]), run.scale),
                                           images.read_image(f["hr"]), run.scale) for f in files]))
-    precision, backend = (precision, backend) if starts else (_FP32, _TORCH)
     costs, backend = measure_test_costs(run, first, files, precision["dtype"], backend)
-    return {"bicubic_psnr": round(bicubic, 4), "candidates": scored, "missing": missing,
-            "val_used": len(files), "val_megapixels": round(_megapixels(files), 4),
-            "precision": precision, "end_backend": backend, "test_costs": costs}
+    order = {e["name"]: i for i, e in enumerate(timed)}
+    return {"bicubic_psnr": round(bicubic, 4), "candidates": sorted(scored, key=lambda e: order[e["name"]]),
+            "missing": missing, "reference": reference["name"], "val_used": len(files),
+            "val_megapixels": round(_megapixels(files), 4), "precision": precision,
+            "end_backend": backend, "test_costs": costs}
+
+
+def _score_starts(run: AutoRun, timed: list[dict], reference: dict, files: list[dict]) -> tuple:
+    """The starts scored at step 0, the reference first (with the end's precision and backend
+    measured on it), each other one unless it is too slow for the reference's fastest end;
+    (records, precision, backend, the reference's source and PyTorch seconds per MP or None)."""
+    scored, precision, backend, first = [], _FP32, _TORCH, None
+    for entry in sorted(timed, key=lambda e: e is not reference):
+        ratio = min(precision["speed_ratio"], backend["val_speed_ratio"] if backend.get("exact") else 1.0)
+        too_slow = None if entry is reference else _end_too_slow(run, entry, files, ratio)
+        if too_slow:
+            scored.append({**entry, "psnr0": None, "unscored": too_slow})
+            run.say(f"  {entry['name']}: not scored, {too_slow}")
+            continue
+        model = _candidate(entry.get("source"), entry.get("preset"), run.scale)[1]
+        psnr0, seconds = _score(model, files, run.scale, run.shard.device)
+        if entry is reference and "source" in entry:
+            precision = choose_precision(model, files, run, psnr0, seconds)
+            backend = choose_end_backend(entry["source"], files, run, psnr0, seconds, precision,
+                                         run.journal["check"]["test_megapixels"])
+            first = entry["source"], seconds / _megapixels(files) * precision["speed_ratio"]  # PyTorch's
+        per_mp = seconds / _megapixels(files)
+        scored.append({**entry, "psnr0": None if entry.get("preset") else round(psnr0, 4),
+                       "val_seconds": round(seconds, 2), "seconds_per_mp": round(per_mp, 2)})
+        run.say(f"  {entry['name']}: " + (f"from scratch, a validation in {seconds:.1f} s"
+                                          if entry.get("preset") else
+                                          f"step-0 validation PSNR {psnr0:.3f} dB in {seconds:.1f} s"))
+    return scored, precision, backend, first
+
+
+def _candidate(source: str | None, preset: str | None, scale: int) -> tuple[dict, object]:
+    """A start's record (name, architecture, the dtypes and backends its family runs in) and
+    its model: the weights loaded, or a preset built from scratch."""
+    from upres.inference.backends import openvino_refusal
+    from upres.io.loading import load_weights, model_from_weights
+    from upres.models import registry
+    from upres.models.registry import describe
+
+    if preset:
+        arch = registry.presets()[preset][0]
+        model = registry.build_model(arch, registry.hyperparameters(arch, scale, preset))
+        entry = {"name": preset, "preset": preset, "arch": arch}
+    else:
+        weights = load_weights(source)
+        model = model_from_weights(weights)
+        entry = {"name": _short(source), "source": str(source), "arch": weights.arch,
+                 "hparams": weights.hparams}
+    return {**entry, "dtypes": list(describe(model).dtypes),
+            "openvino": openvino_refusal(model, describe(model)) is None}, model
+
+
+def _reference(run: AutoRun, timed: list[dict], files: list[dict]) -> dict:
+    """The start the end's precision, backend and test costs are measured on: the first start
+    (in the order given) whose end in fp32 fits in ``END_SHARE`` of the time left, as timed on
+    one pair, else the fastest start. The likeliest to run the end: a start that cannot train
+    is not the winner, and the first start's timing does not carry over to another family (on
+    big6 OpenVINO ran x4plus at 1.0x its validation speed per MP on a test image, x4plus-anime
+    at 1.7x)."""
+    trained = [e for e in timed if "source" in e] or timed
+    fits = [e for e in trained if not _end_too_slow(run, e, files, 1.0)]
+    reference = fits[0] if fits else min(trained, key=lambda e: e["seconds_per_mp"])
+    if reference is not timed[0]:
+        run.say(f"  measuring the end on {reference['name']}: "
+                + ("the first start whose end fits" if fits else "the fastest start"))
+    return reference
+
+
+def _end_too_slow(run: AutoRun, entry: dict, files: list[dict], ratio: float) -> str | None:
+    """Why a start cannot train, where a validation and a pass over the test set at
+    ``ratio`` of its fp32 speed on validation (the fastest end measured; the test images no
+    slower per MP) would take over ``END_SHARE`` of the time left; else None."""
+    megapixels = _megapixels(files) + run.journal["check"]["test_megapixels"]
+    seconds, left = entry["seconds_per_mp"] * ratio * megapixels, run.clock.left()
+    if seconds <= END_SHARE * left:
+        return None
+    return (f"its end (a validation and the test set) would take ~{seconds / 60:.1f} min of the "
+            f"{left / 60:.1f} left (at most {END_SHARE:.0%} may go to it)")
 
 
 _FP32 = {"dtype": "fp32", "speed_ratio": 1.0, "why": "nothing to compare"}
@@ -451,7 +511,7 @@ def measure_test_costs(run: AutoRun, first: tuple | None, files: list[dict], dty
     """What timing the validation images misses about the test set, and the end's backend
     decided on it. Seconds per megapixel grow with the image (x4plus-anime in bf16 here: 9.8
     s/MP on 120x80, 32 s/MP on 512x512, as its activations outgrow the caches), so where the
-    largest test image has over twice the pixels of the largest validation one, the first start
+    largest test image has over twice the pixels of the largest validation one, the reference start
     (``first``: its source, PyTorch's validation seconds per MP in the end's precision) is timed
     on it as the submission runs it, and test passes are scaled by ``size_factor``. Where
     OpenVINO scored as PyTorch (``backend``) and the test set holds 4 such images or more,
@@ -483,7 +543,7 @@ def measure_test_costs(run: AutoRun, first: tuple | None, files: list[dict], dty
         per_mp = {}
         for name in val_per_mp:
             up = Upscaler(source, end_options(run, dtype, name))
-            run.say(f"  timing the first start on the largest test image, {largest.name}"
+            run.say(f"  timing {_short(source)} on the largest test image, {largest.name}"
                     + (f", in {up.backend.name}" if len(val_per_mp) > 1 else ""))
             start = time.perf_counter()
             sr = up.upscale_float(lr)
@@ -822,7 +882,9 @@ def starts_that_leave_training(run: AutoRun) -> tuple[list[dict], list[dict]]:
     left, fit, dropped = run.clock.left(), [], []
     for cand in run.journal["candidates"]["candidates"]:
         end = reserve_after_training(run, 1, False, starts=[cand])
-        if end <= END_SHARE * left:
+        if cand.get("unscored"):  # found too slow when the candidates were scored
+            dropped.append({"name": cand["name"], "why": f"{cand['unscored']}: not scored or trained"})
+        elif end <= END_SHARE * left:
             fit.append(cand)
         else:
             dropped.append({"name": cand["name"], "why": f"its end (a validation and the test set) "
@@ -1371,16 +1433,25 @@ def run_final(run: AutoRun) -> None:
 def time_on_test_image(run: AutoRun, arm: str) -> float | None:
     """Seconds per MP of the winner as the end will run it, timed on the largest test image
     just before the final's reserve is fixed (None where the test images are not larger than
-    the validation ones). The first start's size factor does not carry over to another model:
+    the validation ones), unless it is the reference's network, timed there already (fine-tuning
+    does not change a network's time). A size factor does not carry over to another network:
     on big6 without native bf16 OpenVINO ran x4plus at 226 s/MP on a 512x512 test image and
     228 on the validation centres, x4plus-anime at ~110 against 66, and the run ended at 21:11
     of 20:00."""
     from upres.inference.ensemble import rgb_input
     from upres.inference.upscaler import Upscaler
 
-    timed = run.journal["candidates"].get("test_costs", {}).get("timed")
+    cands = run.journal["candidates"]
+    timed = cands.get("test_costs", {}).get("timed")
     if not timed:
         return None
+    reference = next(c for c in cands["candidates"] if c["name"] == cands.get("reference", c["name"]))
+    start = _start_of(run, arm) or {}
+    if [start.get(k) for k in ("arch", "hparams", "preset")] == \
+            [reference.get(k) for k in ("arch", "hparams", "preset")]:
+        run.say(f"  {arm}: {timed['seconds_per_mp']:.1f} s/MP on {timed['image']}, as timed on "
+                f"{reference['name']} (the same network)")
+        return timed["seconds_per_mp"]
     image = run.data / "test" / "lr" / timed["image"]
     up = Upscaler(_best_weights(run, arm), end_options(run, end_dtype(run, [arm])))
     lr = rgb_input(images.read_image(image), image)

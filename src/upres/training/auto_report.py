@@ -130,12 +130,15 @@ def _sections(record: dict) -> list[str]:
                  f"{p.get('candidates', {}).get('val_used')} used per validation.</p>")
     cands = p.get("candidates", {})
     rows = [[_esc(c["name"]), _esc(c["arch"]), f"{(c.get('params') or 0) / 1e6:.2f}",
-             ("from scratch" if c.get("preset") else "") if c.get("psnr0") is None else f"{c['psnr0']:.3f}",
+             ("from scratch" if c.get("preset") else "not scored" if c.get("unscored") else "")
+             if c.get("psnr0") is None else f"{c['psnr0']:.3f}",
              "" if c.get("seconds_per_mp") is None else f"{c['seconds_per_mp']:.0f}"]
             for c in cands.get("candidates", [])]
     parts.append("<h2>Starts at step 0</h2>" + _table(
         ["start", "arch", "params (M)", "val PSNR (dB)", "inference s/MP"], rows)
         + f"<p>bicubic: {cands.get('bicubic_psnr')} dB. Missing: {_esc(cands.get('missing') or 'none')}"
+        + (f". The end's precision, backend and test costs measured on <b>{_esc(ref)}</b>"
+           if (ref := cands.get("reference")) else "")
         + (f". Precision of the end: <b>{_esc(precision['dtype'])}</b> ({_esc(precision['why'])}"
            + ("; fp32 for families that do not run in it" if precision["dtype"] != "fp32" else "") + ")"
            if (precision := cands.get("precision")) else "")
