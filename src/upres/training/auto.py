@@ -611,7 +611,7 @@ def choose_precision(model, files: list[dict], run: AutoRun, psnr32: float, seco
 
 def choose_end_backend(source, files: list[dict], run: AutoRun, psnr32: float, seconds32: float,
                        precision: dict, test_megapixels: float) -> dict:
-    """OpenVINO runs the end where it is installed, converts the first start, scores within
+    """OpenVINO runs the end where it is installed, converts the reference start, scores within
     ``PRECISION_DB`` of fp32, is ``BACKEND_GAIN`` faster than PyTorch in the end's precision
     and saves more than its conversion on a pass over validation and test. On a 2-core CPU
     without native bf16 x4plus took 72 s on a 512x512 image in fp32 against PyTorch's 120 s
@@ -671,7 +671,7 @@ def end_options(run: AutoRun, dtype: str, backend: str | None = None, **override
 
 
 def end_dtype(run: AutoRun, arms: list[str]) -> str:
-    """The precision the end phases run ``arms`` in: the one measured on the first start where
+    """The precision the end phases run ``arms`` in: the one measured on the reference start where
     every arm's family runs correctly in it, else fp32 (a winner of another family: fp16 on CUDA
     is not safe for window transformers); fp32 in records from before it was measured."""
     dtype = run.journal["candidates"].get("precision", _FP32)["dtype"]
@@ -804,7 +804,7 @@ def reserve_after_training(run: AutoRun, transforms: int, ensemble: bool,
 
 
 def _conversions(run: AutoRun, names: list[str | None], starts: list[dict] | None) -> float:
-    """Seconds to convert the end's models to OpenVINO (as timed on the first start), once each:
+    """Seconds to convert the end's models to OpenVINO (as timed on the reference start), once each:
     the final's weights are new; a runner-up's were converted at the levers, but not on resume."""
     backend = run.journal["candidates"].get("end_backend", _TORCH)
     cands = [_start_of(run, n) if n else None for n in names]
