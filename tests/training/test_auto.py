@@ -463,6 +463,7 @@ def test_the_validation_curve_sums_an_arm_s_minutes_across_its_rounds():
     killed = [r for r in records if "phase_seconds" not in r][:4]  # no end record: the clock
     assert [m for m, _ in validation_points(killed)] == pytest.approx([147 / 60, 265 / 60, 300 / 60])
     assert [p for _, p in validation_points(records)] == [23.9, 24.7, 24.8, 25.4, 25.6]
+    assert validation_points(records, 22.5)[:2] == [(0.0, 22.5), (minutes[0], 23.9)]  # the start's score
 
 
 def _auto_rank(rank: int, world: int, port: int, argv: list[str], codes: str) -> None:
@@ -552,8 +553,9 @@ def test_the_end_is_measured_on_the_first_start_that_can_train_and_slower_ones_a
     assert auto._reference(run, [{**slow, "seconds_per_mp": 300.0}, slow], files)["seconds_per_mp"] == 100.0
     assert auto._end_too_slow(run, fast, files, 1.0) is None
     assert auto._end_too_slow(run, slow, files, 0.45) is None  # 94.5 s: it may be scored
-    assert auto._end_too_slow(run, slow, files, 1.0) == ("its end (a validation and the test set) "
-                                                         "would take ~3.5 min of the 3.3 left (at most 50% may go to it)")
+    assert auto._end_too_slow(run, slow, files, 1.0) == (
+        "its end (a validation and the test set) would take ~3.5 min of the 3.3 left "
+        "(at most 50% may go to it)")
     run.journal["candidates"]["candidates"] = [
         {"name": "slow", "psnr0": None, "seconds_per_mp": 100.0, "unscored": "its end ... takes long"},
         {"name": "fast", "psnr0": 30.0, "seconds_per_mp": 1.0}]

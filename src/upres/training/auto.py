@@ -410,6 +410,7 @@ def score_candidates(run: AutoRun) -> dict:
             files = files[:int(np.clip(VAL_SHARE * run.options.budget / per_pair, 2, len(files)))]
         timed.append({**entry, "params": sum(p.numel() for p in model.parameters()),
                       "seconds_per_mp": round(seconds / _megapixels(files[:1]), 2)})
+        run.say(f"  {entry['name']}: {seconds:.1f} s on one validation pair")
     if not timed:
         raise AutoError("no candidate start: " + ("; ".join(missing) or "none asked for")
                         + ". Give --candidate FILE or install the pretrained models")
@@ -481,9 +482,9 @@ def _reference(run: AutoRun, timed: list[dict], files: list[dict]) -> dict:
     is not the winner, and the first start's timing does not carry over to another family (on
     big6 OpenVINO ran x4plus at 1.0x its validation speed per MP on a test image, x4plus-anime
     at 1.7x)."""
-    trained = [e for e in timed if "source" in e] or timed
-    fits = [e for e in trained if not _end_too_slow(run, e, files, 1.0)]
-    reference = fits[0] if fits else min(trained, key=lambda e: e["seconds_per_mp"])
+    with_weights = [e for e in timed if "source" in e] or timed  # presets only where no other
+    fits = [e for e in with_weights if not _end_too_slow(run, e, files, 1.0)]
+    reference = fits[0] if fits else min(with_weights, key=lambda e: e["seconds_per_mp"])
     if reference is not timed[0]:
         run.say(f"  measuring the end on {reference['name']}: "
                 + ("the first start whose end fits" if fits else "the fastest start"))

@@ -45,11 +45,13 @@ def _png(fig) -> str:
     return f"<img alt='plot' src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'>"
 
 
-def validation_points(records: list[dict]) -> list[tuple[float, float]]:
+def validation_points(records: list[dict], psnr0: float | None = None) -> list[tuple[float, float]]:
     """(training minutes, validation PSNR) of an arm's metrics, its minutes summed across the
     rounds: each round resumes in a new session whose ``train_seconds`` start again at 0 (a
-    session ends with its ``phase_seconds``; a killed one is seen by its clock going back)."""
-    points, offset, last = [], 0.0, 0.0
+    session ends with its ``phase_seconds``; a killed one is seen by its clock going back).
+    The start's step-0 score (``psnr0``, on the same pairs) is the curve's first point: an arm
+    that trained only in the final validated once, a lone dot without it."""
+    points, offset, last = [] if psnr0 is None else [(0.0, psnr0)], 0.0, 0.0
     for r in records:
         if "phase_seconds" in r:
             offset, last = offset + last, 0.0
@@ -74,8 +76,8 @@ def _curves(record: dict, out: Path) -> str:
     fig, ax = plt.subplots(figsize=(8, 4))
     for arm in record["phases"].get("probes", {}).get("arms", []):
         metrics = out / "arms" / arm["name"] / "metrics.jsonl"
-        points = validation_points(read_jsonl(metrics) if metrics.exists() else [])
-        if points:
+        points = validation_points(read_jsonl(metrics) if metrics.exists() else [], arm.get("psnr0"))
+        if len(points) > 1:
             ax.plot(*zip(*points), marker="o", label=arm["name"])
     bicubic = record["phases"].get("candidates", {}).get("bicubic_psnr")
     if bicubic is not None:
