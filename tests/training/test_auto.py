@@ -584,8 +584,13 @@ def test_the_reference_is_scored_first_and_sets_the_end_the_others_are_judged_by
     assert scored[0]["psnr0"] > 20 and first[0] == str(starts[0]) and precision["speed_ratio"] == 0.5
     assert scored[1]["psnr0"] is None and "would take" in scored[1]["unscored"]
     assert len(measured) == 1
-    scored, *_ = auto._score_starts(run, [slow, ref], slow, files)  # none fit: the fastest, scored
-    assert scored[0]["name"] == "bad" and scored[0]["psnr0"] is not None and "unscored" not in scored[0]
+    # the reference cannot train (none could): the others are scored where they could predict
+    scored, *_ = auto._score_starts(run, [slow, ref], slow, files)
+    assert [e["name"] for e in scored] == ["bad", "good"]
+    assert None not in [e["psnr0"] for e in scored] and not any("unscored" in e for e in scored)
+    run.clock = auto.Clock(0.5)  # not even as they are
+    scored, *_ = auto._score_starts(run, [slow, {**ref, "seconds_per_mp": 1e5}], slow, files)
+    assert scored[1]["unscored"].endswith("left") and scored[1]["psnr0"] is None
 
 
 def test_the_winner_is_timed_on_the_largest_test_image_as_the_end_runs_it(auto_set, starts, tmp_path):

@@ -428,12 +428,14 @@ def score_candidates(run: AutoRun) -> dict:
 
 def _score_starts(run: AutoRun, timed: list[dict], reference: dict, files: list[dict]) -> tuple:
     """The starts scored at step 0, the reference first (with the end's precision and backend
-    measured on it), each other one unless it is too slow for the reference's fastest end;
-    (records, precision, backend, the reference's source and PyTorch seconds per MP or None)."""
-    scored, precision, backend, first = [], _FP32, _TORCH, None
+    measured on it), each other one unless it is too slow for the reference's fastest end: too
+    slow to train where the reference can, else too slow to predict as it is (then no start
+    trains and the best scored one predicts: ``untrained_start``); (records, precision,
+    backend, the reference's source and PyTorch seconds per MP or None)."""
+    scored, precision, backend, first, share = [], _FP32, _TORCH, None, END_SHARE
     for entry in sorted(timed, key=lambda e: e is not reference):
-        ratio = min(precision["speed_ratio"], backend["val_speed_ratio"] if backend.get("exact") else 1.0)
-        too_slow = None if entry is reference else _end_too_slow(run, entry, files, ratio)
+        too_slow = None if entry is reference else _end_too_slow(run, entry, files,
+                                                                  _fastest(precision, backend), share)
         if too_slow:
             scored.append({**entry, "psnr0": None, "unscored": too_slow})
             run.say(f"  {entry['name']}: not scored, {too_slow}")
@@ -446,12 +448,21 @@ def _score_starts(run: AutoRun, timed: list[dict], reference: dict, files: list[
                                          run.journal["check"]["test_megapixels"])
             first = entry["source"], seconds / _megapixels(files) * precision["speed_ratio"]  # PyTorch's
         per_mp = seconds / _megapixels(files)
+        if entry is reference and _end_too_slow(run, {"seconds_per_mp": per_mp}, files,
+                                                _fastest(precision, backend)):
+            share = 1.0  # the reference cannot train: the others are scored for predicting as they are
         scored.append({**entry, "psnr0": None if entry.get("preset") else round(psnr0, 4),
                        "val_seconds": round(seconds, 2), "seconds_per_mp": round(per_mp, 2)})
         run.say(f"  {entry['name']}: " + (f"from scratch, a validation in {seconds:.1f} s"
                                           if entry.get("preset") else
                                           f"step-0 validation PSNR {psnr0:.3f} dB in {seconds:.1f} s"))
     return scored, precision, backend, first
+
+
+def _fastest(precision: dict, backend: dict) -> float:
+    """The end's fastest measured speed against PyTorch fp32: the fast precision's, or
+    OpenVINO's where it scored as PyTorch."""
+    return min(precision["speed_ratio"], backend["val_speed_ratio"] if backend.get("exact") else 1.0)
 
 
 def _candidate(source: str | None, preset: str | None, scale: int) -> tuple[dict, object]:
@@ -491,16 +502,19 @@ def _reference(run: AutoRun, timed: list[dict], files: list[dict]) -> dict:
     return reference
 
 
-def _end_too_slow(run: AutoRun, entry: dict, files: list[dict], ratio: float) -> str | None:
-    """Why a start cannot train, where a validation and a pass over the test set at
-    ``ratio`` of its fp32 speed on validation (the fastest end measured; the test images no
-    slower per MP) would take over ``END_SHARE`` of the time left; else None."""
+def _end_too_slow(run: AutoRun, entry: dict, files: list[dict], ratio: float,
+                  share: float | None = None) -> str | None:
+    """Why a start cannot train (or, ``share`` 1, cannot even predict as it is), where a
+    validation and a pass over the test set at ``ratio`` of its fp32 speed on validation (the
+    fastest end measured; the test images no slower per MP) would take over ``share`` of the
+    time left (by default ``END_SHARE``); else None."""
+    share = END_SHARE if share is None else share
     megapixels = _megapixels(files) + run.journal["check"]["test_megapixels"]
     seconds, left = entry["seconds_per_mp"] * ratio * megapixels, run.clock.left()
-    if seconds <= END_SHARE * left:
+    if seconds <= share * left:
         return None
     return (f"its end (a validation and the test set) would take ~{seconds / 60:.1f} min of the "
-            f"{left / 60:.1f} left (at most {END_SHARE:.0%} may go to it)")
+            f"{left / 60:.1f} left" + (f" (at most {share:.0%} may go to it)" if share < 1 else ""))
 
 
 _FP32 = {"dtype": "fp32", "speed_ratio": 1.0, "why": "nothing to compare"}
