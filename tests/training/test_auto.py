@@ -562,6 +562,16 @@ def test_the_end_is_measured_on_the_first_start_that_can_train_and_slower_ones_a
     fit, dropped = auto.starts_that_leave_training(run)
     assert [c["name"] for c in fit] == ["fast"]
     assert dropped == [{"name": "slow", "why": "its end ... takes long: not scored or trained"}]
+    from upres.training.auto_report import write_report
+
+    for cand in run.journal["candidates"]["candidates"]:
+        cand.update(arch="RRDBNet", params=1e6)
+    run.journal["candidates"].update(reference="fast", bicubic_psnr=29.0, precision=auto._FP32)
+    page = write_report({"phases": {**run.journal.data["phases"], "probes": {"dropped": dropped}},
+                         "spent": 60.0, "options": {"budget": 200.0}},
+                        tmp_path).read_text()
+    assert "<td>not scored</td><td>100 (one pair)</td>" in page.replace("<td class='num'>", "<td>")
+    assert "test costs measured on <b>fast</b>" in page and "not scored or trained" in page
 
 
 def test_the_reference_is_scored_first_and_sets_the_end_the_others_are_judged_by(auto_set, starts,

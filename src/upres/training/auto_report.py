@@ -134,7 +134,8 @@ def _sections(record: dict) -> list[str]:
     rows = [[_esc(c["name"]), _esc(c["arch"]), f"{(c.get('params') or 0) / 1e6:.2f}",
              ("from scratch" if c.get("preset") else "not scored" if c.get("unscored") else "")
              if c.get("psnr0") is None else f"{c['psnr0']:.3f}",
-             "" if c.get("seconds_per_mp") is None else f"{c['seconds_per_mp']:.0f}"]
+             "" if c.get("seconds_per_mp") is None else f"{c['seconds_per_mp']:.0f}"
+             + (" (one pair)" if c.get("unscored") else "")]
             for c in cands.get("candidates", [])]
     parts.append("<h2>Starts at step 0</h2>" + _table(
         ["start", "arch", "params (M)", "val PSNR (dB)", "inference s/MP"], rows)
