@@ -574,6 +574,20 @@ def test_the_end_is_measured_on_the_first_start_that_can_train_and_slower_ones_a
     assert "test costs measured on <b>fast</b>" in page and "not scored or trained" in page
 
 
+def test_the_number_of_validation_pairs_follows_the_reference_s_speed(tmp_path):
+    """One validation may take ``VAL_SHARE`` of the budget (200 s: 8 s) at the reference's fp32
+    speed, 2 pairs at least: the slow first start would allow 2 of the 12, the reference all."""
+    run = _end_run(tmp_path, {})
+    files = [{"lr": tmp_path / f"v{i}.png"} for i in range(12)]
+    for f in files:
+        images.write_image(f["lr"], np.zeros((100, 100, 3), np.uint8))  # 0.01 MP each
+    slow, mid, fast = ({"name": n, "source": n, "seconds_per_mp": v}
+                       for n, v in [("slow", 400.0), ("mid", 100.0), ("fast", 10.0)])
+    assert [auto._val_count(run, e, files) for e in (slow, mid, fast)] == [2, 8, 12]
+    assert auto._val_count(run, slow, files[:1]) == 1
+    assert auto._reference(run, [slow, fast], files) is fast  # slow's end: 808 s of 200
+
+
 def test_the_reference_is_scored_first_and_sets_the_end_the_others_are_judged_by(auto_set, starts,
                                                                                   tmp_path, monkeypatch):
     """The end's precision and backend are measured on the reference (scored first, whatever
@@ -601,6 +615,41 @@ def test_the_reference_is_scored_first_and_sets_the_end_the_others_are_judged_by
     run.clock = auto.Clock(0.5)  # not even as they are
     scored, *_ = auto._score_starts(run, [slow, {**ref, "seconds_per_mp": 1e5}], slow, files)
     assert scored[1]["unscored"].endswith("left") and scored[1]["psnr0"] is None
+
+
+def test_the_final_plans_longer_past_the_probe_s_speed_than_past_a_measured_one(tmp_path,
+                                                                               monkeypatch):
+    """1000 s for the final at 2 s a step: 1.25 x 500 steps planned from the probe's timing
+    alone, 1.1 x the median logged speed where the arm trained in a halving round; the time
+    ends the schedule (the arm trains for the planned seconds), and the step reached is kept."""
+    trained = []
+    monkeypatch.setattr(auto, "reserve_after_training", lambda *_, **__: 0.0)
+    monkeypatch.setattr(auto, "_training_val_seconds", lambda *_: 0.0)
+    monkeypatch.setattr(auto, "time_on_test_image", lambda *_: None)
+    monkeypatch.setattr(auto, "_train_arm", lambda run, arm, seconds, steps: trained.append((seconds, steps)))
+
+    def final(records: list[dict]) -> dict:
+        folder = tmp_path / "run" / "arms" / "a-full"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        phases = {"halving": {"winner": "a-full"}, "levers": {"ensemble": {"keep": False}},
+                  "probes": {"arms": [{"name": "a-full", "variant": "full", "seconds_per_step": 2.0}]}}
+        run = SimpleNamespace(journal=auto.Journal(tmp_path / "auto.json", {"phases": phases}),
+                              shard=SimpleNamespace(main=True, broadcast=lambda x: x),
+                              clock=auto.Clock(1000.0), out=tmp_path / "run", say=lambda _: None,
+                              test_per_mp={})
+        monkeypatch.setattr(auto, "_transforms", lambda _: 1)
+        auto.run_final(run)
+        return phases["final"]
+
+    record = final([])
+    assert abs(record["iterations"] - auto.PROBE_OVERSHOOT * 500) <= 1 and record["rate_from"] == "probe"
+    assert trained[-1] == (pytest.approx(1000.0, abs=1.0), record["iterations"])
+    record = final([{"step": 10, "it_per_s": 0.4}, {"step": 20, "it_per_s": 0.5},
+                    {"step": 30, "it_per_s": 0.6}, {"step": 30, "val_psnr": 25.5}])
+    assert abs(record["iterations"] - (30 + auto.FINAL_OVERSHOOT * 500)) <= 1  # the median, 0.5 a second
+    assert record["rate_from"] == "training" and record["from_step"] == 30
+    assert record["psnr"] == 25.5 and record["reached_step"] == 30  # nothing trained here
 
 
 def test_the_winner_is_timed_on_the_largest_test_image_as_the_end_runs_it(auto_set, starts, tmp_path):

@@ -60,6 +60,10 @@ SIZE_TIMINGS = 3
 # length, a cosine is at 2% of its peak; run out of steps early and the time is lost (known6 at
 # 30m: the halving round's median speed was 13% under the final's, 2.5 minutes went unused)
 FINAL_OVERSHOOT = 1.1
+# ... and where no halving round logged a speed (one arm), only the probe's 5 timed steps: on
+# big6 without native bf16 its 2.12 s a step planned 355 steps that were done in 637 of 695 s.
+# Stopped by time at 1/1.25 of its length, a cosine is at 10% of its peak
+PROBE_OVERSHOOT = 1.25
 SCRATCH_MIN_STEPS = 20_000  # a preset from scratch is a candidate only if it gets this many
 END_SHARE = 0.5  # of the time left, at most, for a start's end (validation, test set) if it trains
 
@@ -388,10 +392,10 @@ def _starts(run: AutoRun) -> tuple[list[str], list[str]]:
 
 
 def score_candidates(run: AutoRun) -> dict:
-    """Each start timed on one validation pair (the first sets how many pairs a validation can
-    afford), then the reference (``_reference``) scored: the end's precision, backend and the
-    test images' costs are measured on it. Each other start is scored at step 0 unless even the
-    reference's fastest measured end could not run it in ``END_SHARE`` of the time left: on
+    """Each start timed on one validation pair, then the reference (``_reference``) scored: its
+    speed sets how many pairs a validation can afford (``_val_count``), and the end's precision,
+    backend and the test images' costs are measured on it. Each other start is scored at step 0
+    unless even the reference's fastest measured end could not run it in ``END_SHARE`` of the time left: on
     big6 without native bf16, scoring x4plus and RealSR (whose test passes took longer than
     the training could get) and timing x4plus on a test image in both backends took 6.3 of 20
     minutes, and no start could train. A preset from scratch is timed only; bicubic is scored
@@ -405,9 +409,6 @@ def score_candidates(run: AutoRun) -> dict:
     for source, preset in [(s, None) for s in starts] + [(None, p) for p in presets]:
         entry, model = _candidate(source, preset, run.scale)
         _, seconds = _score(model, files[:1], run.scale, run.shard.device)
-        if not timed:  # the first start's speed sets the number of validation pairs
-            per_pair = seconds * max(_megapixels(files) / len(files), 1e-9) / _megapixels(files[:1])
-            files = files[:int(np.clip(VAL_SHARE * run.options.budget / per_pair, 2, len(files)))]
         timed.append({**entry, "params": sum(p.numel() for p in model.parameters()),
                       "seconds_per_mp": round(seconds / _megapixels(files[:1]), 2)})
         run.say(f"  {entry['name']}: {seconds:.1f} s on one validation pair")
@@ -415,6 +416,7 @@ def score_candidates(run: AutoRun) -> dict:
         raise AutoError("no candidate start: " + ("; ".join(missing) or "none asked for")
                         + ". Give --candidate FILE or install the pretrained models")
     reference = _reference(run, timed, files)
+    files = files[:_val_count(run, reference, files)]
     scored, precision, backend, first = _score_starts(run, timed, reference, files)
     bicubic = float(np.mean([metrics.psnr(metrics.bicubic_upscale(images.read_image(f["lr"]), run.scale),
                                           images.read_image(f["hr"]), run.scale) for f in files]))
@@ -494,12 +496,21 @@ def _reference(run: AutoRun, timed: list[dict], files: list[dict]) -> dict:
     big6 OpenVINO ran x4plus at 1.0x its validation speed per MP on a test image, x4plus-anime
     at 1.7x)."""
     with_weights = [e for e in timed if "source" in e] or timed  # presets only where no other
-    fits = [e for e in with_weights if not _end_too_slow(run, e, files, 1.0)]
+    fits = [e for e in with_weights if not _end_too_slow(run, e, files[:_val_count(run, e, files)], 1.0)]
     reference = fits[0] if fits else min(with_weights, key=lambda e: e["seconds_per_mp"])
     if reference is not timed[0]:
         run.say(f"  measuring the end on {reference['name']}: "
                 + ("the first start whose end fits" if fits else "the fastest start"))
     return reference
+
+
+def _val_count(run: AutoRun, entry: dict, files: list[dict]) -> int:
+    """How many validation pairs (2 at least) one validation of a start at its fp32 speed can
+    score in ``VAL_SHARE`` of the budget. The reference's count is used: on big6 without native
+    bf16 the first start (x4plus, 337 s/MP) had allowed 3 pairs, and neither it nor RealSR
+    was scored; the reference (x4plus-anime, 104 s/MP) alone trained."""
+    per_pair = entry["seconds_per_mp"] * max(_megapixels(files) / max(len(files), 1), 1e-9)
+    return int(np.clip(VAL_SHARE * run.options.budget / max(per_pair, 1e-9), 2, max(len(files), 1)))
 
 
 def _end_too_slow(run: AutoRun, entry: dict, files: list[dict], ratio: float,
@@ -1408,7 +1419,7 @@ def _measure_ensemble(run: AutoRun, files: list[dict], value: dict) -> dict:
 def run_final(run: AutoRun) -> None:
     """The winner trains on for the time left after the reserve for the end, its cosine
     schedule stretched to end with that time (from its measured speed, ``FINAL_OVERSHOOT``
-    long so that the time, not the steps, ends it)."""
+    long so that the time, not the steps, ends it; ``PROBE_OVERSHOOT`` from the probe's)."""
     record = run.journal.data["phases"].setdefault("final", {"began": round(run.clock.elapsed(), 2)})
     if record.get("done"):
         return
@@ -1429,18 +1440,20 @@ def run_final(run: AutoRun) -> None:
     records = _metrics(run.out / "arms" / arm["name"])
     rates = [r["it_per_s"] for r in records if "it_per_s" in r]
     rate = float(np.median(rates)) if rates else 1 / arm["seconds_per_step"]
+    overshoot = FINAL_OVERSHOOT if rates else PROBE_OVERSHOOT
     step = max((r["step"] for r in records), default=0)
-    iterations = step + int(FINAL_OVERSHOOT * max(seconds - _training_val_seconds(run, arm), 0) * rate)
+    iterations = step + int(overshoot * max(seconds - _training_val_seconds(run, arm), 0) * rate)
     # rank 0's plan on every rank: each rank's clock started apart, and DDP ranks that plan
     # different step counts wait on each other for ever
     seconds, iterations = run.shard.broadcast((seconds, iterations))
     record.update(planned_seconds=round(seconds, 1), reserve_seconds=round(reserve, 1),
-                  from_step=step, iterations=iterations)
+                  from_step=step, iterations=iterations, rate_from="training" if rates else "probe")
     if iterations > step + 1:
         run.say(f"[{_minutes(run.clock.elapsed())}] final: {arm['name']} trains "
                 f"{seconds / 60:.1f} min more, to step {iterations}")
         _train_arm(run, arm, seconds, iterations)
-    record.update(done=True, psnr=round(_arm_psnr(run, arm["name"])[0], 4) if run.shard.main else None,
+    psnr, reached = _arm_psnr(run, arm["name"]) if run.shard.main else (None, None)
+    record.update(done=True, psnr=None if psnr is None else round(psnr, 4), reached_step=reached,
                   seconds=round(run.clock.elapsed() - record["began"], 2))
     run.journal.save(run.clock)
 

@@ -193,8 +193,10 @@ def _later_sections(record: dict) -> list[str]:
     elif halving.get("winner"):
         final = p.get("final", {})
         parts.append(f"<p>Winner: <b>{_esc(halving['winner'])}</b>; final training: "
-                     f"{final.get('planned_seconds', 0) / 60:.1f} min to step "
-                     f"{final.get('iterations')}, val PSNR {final.get('psnr')} dB.</p>")
+                     f"{final.get('planned_seconds', 0) / 60:.1f} min, its schedule planned to step "
+                     f"{final.get('iterations')} (from the {final.get('rate_from', 'measured')} speed)"
+                     + (f", stopped at step {final['reached_step']}" if final.get("reached_step") else "")
+                     + f", val PSNR {final.get('psnr')} dB.</p>")
     levers, end = p.get("levers", {}), p.get("end", {})
     rows = []
     grouped = _group_weights(end.get("weights_by_group") or {})
