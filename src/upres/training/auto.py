@@ -395,12 +395,12 @@ def score_candidates(run: AutoRun) -> dict:
     """Each start timed on one validation pair, then the reference (``_reference``) scored: its
     speed sets how many pairs a validation can afford (``_val_count``), and the end's precision,
     backend and the test images' costs are measured on it. Each other start is scored at step 0
-    unless even the reference's fastest measured end could not run it in ``END_SHARE`` of the time left: on
-    big6 without native bf16, scoring x4plus and RealSR (whose test passes took longer than
-    the training could get) and timing x4plus on a test image in both backends took 6.3 of 20
-    minutes, and no start could train. A preset from scratch is timed only; bicubic is scored
-    beside them. The dtypes each family runs correctly in are recorded: the end's fast
-    precision applies only to models that support it."""
+    unless even the reference's fastest measured end could not run it in ``END_SHARE`` of the
+    time left: on big6 without native bf16, scoring x4plus and RealSR (whose test passes took
+    longer than the training could get) and timing x4plus on a test image in both backends took
+    6.3 of 20 minutes, and no start could train. A preset from scratch is timed only; bicubic
+    is scored beside them. The dtypes each family runs correctly in are recorded: the end's
+    fast precision applies only to models that support it."""
     from upres.scoring import metrics
 
     starts, missing = _starts(run)
