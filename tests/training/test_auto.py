@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,6 +24,7 @@ from upres.cli import main
 from upres.errors import DataError
 from upres.io import images
 from upres.io.loading import load_weights, save_model
+from upres.scoring import metrics
 from upres.training import auto
 from upres.training.auto import (
     KEEP_DB,
@@ -678,11 +680,37 @@ def test_the_winner_is_timed_on_the_largest_test_image_as_the_end_runs_it(auto_s
     assert said[-1] == "  good-full: 7.2 s/MP on big.png, as timed on good (the same network)"
 
 
-def test_where_no_start_can_train_or_beat_bicubic_the_error_names_the_budget(tmp_path):
+def test_where_no_start_can_train_or_beat_bicubic_bicubic_is_chosen_naming_the_budget(tmp_path):
     run = _end_run(tmp_path, {"slow": 1000.0, "slower": 2000.0})
-    with pytest.raises(AutoError, match=r"no start as it is fits in the 3\.3 min left and beats "
-                       r"bicubic \(29\.000 dB on validation\); --budget 79m would give slow"):
-        auto.untrained_start(run, [])  # 1.1 x 2100 + 4 = 2314 s: 77.1 min with it at half, and one
+    probes = auto.untrained_start(run, [])  # 1.1 x 2100 + 4 = 2314 s: 77.1 min with it at half, and one
+    assert probes["arms"] == [] and probes["budget"] == 200.0
+    assert re.search(r"no start as it is fits in the 3\.3 min left and beats bicubic \(29\.000 dB on "
+                     r"validation\); --budget 79m would give slow", probes["bicubic"])
+
+
+def test_where_nothing_beats_bicubic_in_the_time_the_submission_is_bicubic(auto_set, starts, tmp_path,
+                                                                           monkeypatch):
+    """No start leaves time to train and none beats bicubic: the submission is the bicubic
+    baseline, bit for bit, with its page; resumed with a larger budget, the run probes again and
+    replaces it (the folder it wrote is not in the way)."""
+    monkeypatch.setattr(auto, "starts_that_leave_training", lambda run: ([], []))
+    real = auto.score_candidates
+    monkeypatch.setattr(auto, "score_candidates", lambda run: {**real(run), "bicubic_psnr": 99.0})
+    result = run_auto(auto_set, tmp_path / "run", _options(starts, 30, tmp_path), say=lambda _: None)
+    phases = result.record["phases"]
+    assert "halving" not in phases and "levers" not in phases and phases["end"]["models"] == ["bicubic"]
+    assert "beats bicubic (99.000 dB on validation)" in phases["probes"]["bicubic"]
+    for lr in (auto_set / "test" / "lr").iterdir():
+        expected = metrics.bicubic_upscale(images.read_image(lr), 4)
+        assert np.array_equal(images.read_image(result.submission / lr.name), expected)
+    with zipfile.ZipFile(tmp_path / "run" / "submission.zip") as zf:
+        assert sorted(zf.namelist()) == ["t0.png", "t1.png"]
+    assert "The submission is bicubic" in (tmp_path / "run" / "report.html").read_text()
+    again = run_auto(auto_set, tmp_path / "run", _options(starts, 40, tmp_path), resume=True,
+                     say=lambda _: None)
+    assert again.record["phases"]["probes"]["budget"] == 40  # probed again with the larger budget
+    assert again.record["phases"]["candidates"] == phases["candidates"]  # kept
+    assert sorted(p.name for p in again.submission.iterdir()) == ["t0.png", "t1.png"]
 
 
 def test_where_no_arm_can_train_the_best_start_predicts_as_it_is(auto_set, starts, tmp_path,

@@ -155,6 +155,22 @@ def write_submission(predictor: Predictor, coefficients: Coefficients, inputs: l
     return sorted(name for names, _ in outcomes for name in names)
 
 
+def write_bicubic(inputs: list[Path], output_dir: Path, scale: int, overwrite: bool = False) -> list[str]:
+    """The bicubic baseline of every input (the kernel every score stands beside), published
+    like a model's submission: the answer where no model beats bicubic in the time there is."""
+    from upres.scoring.metrics import bicubic_upscale
+
+    staging = begin_staging(output_dir)
+    try:
+        for src in inputs:
+            images.write_image(staging / f"{src.stem}.png", bicubic_upscale(images.read_image(src), scale))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    publish_folder(staging, output_dir, overwrite)
+    return sorted(f"{src.stem}.png" for src in inputs)
+
+
 def zip_folder(folder: Path, names: list[str], overwrite: bool = False) -> Path:
     """``FOLDER.zip`` beside the folder, holding ``names`` (stored, not compressed: PNGs are)."""
     zip_path = folder.parent / f"{folder.name}.zip"

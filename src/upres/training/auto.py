@@ -32,6 +32,7 @@ from upres.io.pretrained import PRETRAINED
 from upres.training.config import Config, load_config
 
 FORMAT = "upres-auto/1"
+BICUBIC = "bicubic"  # the end's model where nothing beats bicubic in the time (auto.json "models")
 VAL_SHARE = 0.04  # of the budget, at most, for one validation pass (fewer pairs if needed)
 VAL_CROP = 192  # LR pixels a side of the centre validated, of pairs over twice its square
 PROBE_SHARE = 0.08  # of the training time, at most, for the probes
@@ -206,6 +207,7 @@ def run_auto(data: str | Path, out: str | Path, options: AutoOptions, resume: bo
     opened = Journal.open(out, resume, _jsonable(options)).data if shard.main else None
     journal = Journal(out / "auto.json", shard.broadcast(opened), shard.main)
     journal.data["options"]["budget"] = options.budget  # a resumed run may be given more
+    reopen_bicubic(journal)
     clock = Clock(options.budget, journal.data["spent"])
     run = AutoRun(data, out, options, clock, journal, shard, say if shard.main else (lambda _: None))
     out.mkdir(parents=True, exist_ok=True)
@@ -230,12 +232,23 @@ def _run_phases(run: AutoRun) -> None:
     run.phase("fingerprint", fingerprint_train)
     run.phase("split", split_validation)
     run.phase("candidates", score_candidates)
-    run.phase("probes", probe_arms)
-    run_halving(run)
-    run.end_speed = run.phase("levers", measure_levers).get("speed", {}).get("ratio", 1.0)
-    run_final(run)
-    run.phase("end", decide_end)
+    if run.phase("probes", probe_arms).get("bicubic"):
+        run.phase("end", bicubic_end)
+    else:
+        run_halving(run)
+        run.end_speed = run.phase("levers", measure_levers).get("speed", {}).get("ratio", 1.0)
+        run_final(run)
+        run.phase("end", decide_end)
     run.phase("submit", submit)
+
+
+def reopen_bicubic(journal: Journal) -> None:
+    """A run that ended in bicubic, resumed with a larger budget, probes again (the budget may
+    now train a start); what the earlier phases measured is kept."""
+    probes = journal.data["phases"].get("probes", {})
+    if probes.get("bicubic") and journal.data["options"]["budget"] > probes["budget"]:
+        for phase in ("probes", "end", "submit"):
+            journal.data["phases"].pop(phase, None)
 
 
 # --------------------------------------------------------------------------- data
@@ -961,28 +974,41 @@ def untrained_start(run: AutoRun, dropped: list[dict]) -> dict:
     """Where no arm can train in the budget, the submission is the best start as it is: the
     highest step-0 validation PSNR among the starts whose end fits in the time left, if it beats
     bicubic (on minicomp none does: Real-ESRGAN's starts sharpen for the eye, not for PSNR).
-    Otherwise the error says what budget would train one."""
+    Otherwise the submission is bicubic, and the record says what budget would train a start."""
     left = run.clock.left()
     scored = [c for c in run.journal["candidates"]["candidates"] if c.get("psnr0") is not None]
     ends = {c["name"]: reserve_after_training(run, 1, False, starts=[c]) for c in scored}
     bicubic = run.journal["candidates"]["bicubic_psnr"]
     fitting = [c for c in scored if ends[c["name"]] <= left and c["psnr0"] > bicubic]
-    why = "no arm can train in this budget (" + "; ".join(f"{d['name']}: {d['why']}" for d in dropped) + ")"
+    why = "no arm can train in this budget" + (
+        " (" + "; ".join(f"{d['name']}: {d['why']}" for d in dropped) + ")" if dropped else "")
     short = "no arm can train in this budget (see dropped)"
     if not fitting:
         fastest = min(scored, key=lambda c: ends[c["name"]], default=None)
         need = "" if fastest is None else (
             f"; --budget {math.ceil((run.clock.elapsed() + ends[fastest['name']] / END_SHARE) / 60) + 1}m "
             f"would give {fastest['name']} (its end ~{ends[fastest['name']] / 60:.1f} min) some training")
-        raise AutoError(f"{why}, and no start as it is fits in the {max(left, 0) / 60:.1f} min left "
-                        f"and beats bicubic ({bicubic:.3f} dB on validation){need}; --resume with "
-                        "a larger --budget keeps what is measured")
+        reason = (f"{why}, and no start as it is fits in the {max(left, 0) / 60:.1f} min left and "
+                  f"beats bicubic ({bicubic:.3f} dB on validation){need}")
+        run.say(f"  {reason}: the submission is bicubic (--resume with a larger --budget keeps "
+                "what is measured and probes again)")
+        return {"arms": [], "dropped": dropped, "training_seconds": 0.0, "probe_steps": 0,
+                "bicubic": reason, "budget": run.clock.budget}
     best = max(fitting, key=lambda c: c["psnr0"])
     run.say(f"  {why}: {best['name']} predicts as it is (step-0 validation PSNR {best['psnr0']:.3f} dB, "
             f"bicubic {bicubic:.3f})")
     arm = {**best, "name": f"{best['name']}-untrained", "variant": "untrained", "steps_planned": 0}
     return {"arms": [arm], "dropped": dropped, "training_seconds": 0.0, "probe_steps": 0,
             "untrained": short}
+
+
+def bicubic_end(run: AutoRun) -> dict:
+    """The end where nothing beats bicubic in the time: bicubic itself, its validation PSNR."""
+    bicubic = run.journal["candidates"]["bicubic_psnr"]
+    return {"models": [BICUBIC], "dtype": _FP32["dtype"], "weights": [1.0],
+            "weights_by_group": {"keep": False, "why": "bicubic"}, "val_psnr": bicubic,
+            "val_psnr_models": [bicubic], "bicubic_psnr": bicubic, "self_ensemble": 0,
+            "refine": {"keep": False, "why": "bicubic"}}
 
 
 def _trains(arm: dict) -> bool:
@@ -1547,14 +1573,27 @@ def _transforms(levers: dict) -> int:
 
 
 def submit(run: AutoRun) -> dict:
-    """The test set through the chosen models, self-ensemble and refinement, into
-    ``RUN/submission`` (a folder that appears complete) and ``RUN/submission.zip``."""
+    """The test set through the chosen models, self-ensemble and refinement (or bicubic, where
+    nothing beat it in the time), into ``RUN/submission`` (a folder that appears complete) and
+    ``RUN/submission.zip``. A kill after the folder was published leaves one to replace."""
+    from upres.inference.submission import write_bicubic, zip_folder
+
+    end, folder = run.journal["end"], run.out / "submission"
+    inputs = images.list_images(run.data / "test" / "lr")
+    start = time.perf_counter()
+    written = (write_bicubic(inputs, folder, run.scale, overwrite=True) if end["models"] == [BICUBIC]
+               else _submit_models(run, end, inputs))
+    archive = zip_folder(folder, written, overwrite=True)
+    return {"images": len(written), "predict_seconds": round(time.perf_counter() - start, 1),
+            "folder": str(folder), "zip": str(archive)}
+
+
+def _submit_models(run: AutoRun, end: dict, inputs: list[Path]) -> list[str]:
     from upres.degradation.fingerprint import Fingerprint
     from upres.degradation.refine import Refiner
     from upres.inference.ensemble import Predictor
-    from upres.inference.submission import write_submission, zip_folder
+    from upres.inference.submission import write_submission
 
-    end = run.journal["end"]
     dtype = end.get("dtype") or run.journal["candidates"].get("precision", _FP32)["dtype"]
     options = end_options(run, dtype, self_ensemble="mean" if end["self_ensemble"] else "off",
                           ensemble_transforms=end["self_ensemble"] or 8)
@@ -1564,10 +1603,5 @@ def submit(run: AutoRun) -> dict:
         predictor.refiner = Refiner(fp)
         predictor.refiner.enabled = set(end["refine"]["enabled_groups"])
         predictor.refiner.threshold = end["refine"]["threshold"]
-    inputs = images.list_images(run.data / "test" / "lr")
-    start = time.perf_counter()
-    written = write_submission(predictor, end_coefficients(end, fp), inputs, run.out / "submission",
-                               run.options.progress, Shard(device=run.shard.device))
-    archive = zip_folder(run.out / "submission", written)
-    return {"images": len(written), "predict_seconds": round(time.perf_counter() - start, 1),
-            "folder": str(run.out / "submission"), "zip": str(archive)}
+    return write_submission(predictor, end_coefficients(end, fp), inputs, run.out / "submission",
+                            run.options.progress, Shard(device=run.shard.device), overwrite=True)

@@ -66,7 +66,8 @@ def validation_points(records: list[dict], psnr0: float | None = None) -> list[t
 
 def _curves(record: dict, out: Path) -> str:
     """Validation PSNR against training minutes for every arm, bicubic as a line."""
-    if record["phases"].get("probes", {}).get("untrained"):
+    probes = record["phases"].get("probes", {})
+    if probes.get("untrained") or probes.get("bicubic"):
         return "<p>No arm trained.</p>"
     import matplotlib
 
@@ -158,7 +159,9 @@ def _sections(record: dict) -> list[str]:
                  + "".join(f"<p class=drop>{_esc(d['name'])}: {_esc(d['why'])}</p>"
                            for d in probes.get("dropped", []))
                  + ("<p><b>Nothing trains</b>: the best start that fits and beats bicubic "
-                    "predicts as it is.</p>" if probes.get("untrained") else ""))
+                    "predicts as it is.</p>" if probes.get("untrained") else "")
+                 + (f"<p><b>The submission is bicubic</b>: {_esc(probes['bicubic'])}.</p>"
+                    if probes.get("bicubic") else ""))
     return parts + _later_sections(record)
 
 
@@ -218,7 +221,7 @@ def _later_sections(record: dict) -> list[str]:
                              if option["net_db"] > -1e8 else "does not fit"])
     refined = any(levers.get(k, {}).get("refined") for k in ("self_ensemble", "ensemble")
                   if isinstance(levers.get(k), dict))
-    parts.append("<h2>Levers at the end (on validation)</h2>"
+    parts.append("" if not levers else "<h2>Levers at the end (on validation)</h2>"
                  + ("<p>Self-ensemble and ensemble gains are measured after the refinement the "
                     "end keeps.</p>" if refined else "") + _table(
         ["lever", "gain (dB)", "test-time cost (s)", "dB per minute",
