@@ -2,6 +2,7 @@ import base64
 import json
 import re
 import zipfile
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -40,6 +41,66 @@ def test_fit_stays_on_the_simplex_when_best_is_outside():
     w = fit_coefficients([p], [target])
     np.testing.assert_allclose(w, [1.0, 0.0], atol=1e-6)
     np.testing.assert_allclose(project_to_simplex(np.array([2.0, 0.0, -1.0])), [1.0, 0.0, 0.0])
+
+
+class _KernelRefiner:
+    """Refinement whose effect is known: on group 0 (a resampling recipe) its own kernel halves
+    the error; every other refinement adds ``harm`` (group 1 is JPEG-like: no kernel fits it).
+    Labels are always right in-sample, as on the pairs the classifier was fitted on."""
+
+    def __init__(self, held_out: list, harm: float) -> None:
+        self.fp = SimpleNamespace(classifier={"held_out": held_out})
+        self.harm, self.hr = harm, {}
+
+    def label(self, lr):
+        return int(lr[0, 0, 0]), 0.95
+
+    def refine(self, sr, lr, group):
+        truth = self.hr[int(lr[0, 0, 0])]
+        return (sr + truth) / 2 if group == int(lr[0, 0, 0]) == 0 else np.clip(sr + self.harm, 0, 1)
+
+
+def _refine_case(harm: float, held_out: list):
+    """Two images of group 0 and two of group 1, one model 0.1 off the truth."""
+    rng = np.random.default_rng(3)
+    hr = (rng.random((8, 8, 3)) * 0.5 + 0.25)
+    refiner = _KernelRefiner(held_out, harm)
+    refiner.hr = {0: hr, 1: hr}
+    truth8 = np.rint(hr * 255).astype(np.uint8)
+    val = Validation([{"lr": None, "hr": None}] * 4, [np.stack([hr + 0.1])] * 4, [hr] * 4, [truth8] * 4,
+                     0, [0.0], [np.full((2, 2, 3), float(g)) for g in (0, 0, 1, 1)])
+    return refiner, val, [0, 0, 1, 1]
+
+
+def test_refinement_is_chosen_on_held_out_labels_and_spares_every_true_group():
+    """Group 1's images are sent to group 0's kernel a quarter of the time by the held-out
+    classifier (never in-sample): group 0 is enabled only while the expected loss of group 1
+    stays within ``REFINE_GROUP_LOSS_DB``; the expectation is the held-out odds times the gains.
+    Group 1's own refinement only harms: never enabled."""
+    from upres.inference.ensemble import REFINE_GROUP_LOSS_DB, choose_refinement
+
+    def db(x, truth):
+        return metrics.psnr(np.rint(np.clip(x, 0, 1) * 255).astype(np.uint8),
+                            np.rint(truth * 255).astype(np.uint8), 0)
+
+    held = [[0, 0, 0.9]] * 4 + [[1, 1, 0.9]] * 3 + [[1, 0, 0.9]]
+    for harm in (0.002, 0.3):
+        refiner, val, truth = _refine_case(harm, held)
+        hr, pred = val.targets[0], val.preds[0][0]
+        right = db((pred + hr) / 2, hr) - db(pred, hr)
+        wrong = db(np.clip(pred + harm, 0, 1), hr) - db(pred, hr)
+        chosen = choose_refinement(refiner, val, np.ones(1), truth)
+        loss = 0.25 * wrong  # group 1's expected change with group 0 enabled
+        assert chosen["gain_by_group"] == {"0": pytest.approx(right), "1": pytest.approx(wrong)}
+        if loss >= -REFINE_GROUP_LOSS_DB:  # a small harm: group 0 refined where labelled
+            assert chosen["enabled_groups"] == [0]
+            assert chosen["expected_by_group"] == {"0": pytest.approx(right, abs=1e-4),
+                                                   "1": pytest.approx(loss, abs=1e-4)}
+        else:  # group 1 would lose too much: nothing is refined
+            assert chosen["enabled_groups"] == [] and chosen["gain_db"] == 0.0
+    # without held-out labels (an older fingerprint) each image's own label decides, as before
+    refiner, val, truth = _refine_case(0.3, [])
+    assert choose_refinement(refiner, val, np.ones(1), truth)["enabled_groups"] == [0]
 
 
 def test_a_fusion_is_scored_after_the_refiner_and_a_model_alone(tmp_path):

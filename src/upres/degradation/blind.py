@@ -144,18 +144,19 @@ def train(vectors: list[np.ndarray], groups: list[int], folds: int = 5, seed: in
     x = np.stack(vectors)
     n_classes = int(labels.max()) + 1
     chance = float(np.bincount(labels[real]).max() / real.sum())
-    correct, scored = 0, 0
+    held_out = []  # per real image, scored by a fit that did not see its pair: [group, label, p]
     k = min(folds, len(np.unique(sources)))
     if k >= 2 and len(np.unique(labels)) > 1:
         splitter = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
         for train_idx, test_idx in splitter.split(x, labels, sources):
             model = _fit(x[train_idx], labels[train_idx])
             for i in test_idx[real[test_idx]]:
-                correct += int(probabilities(model, x[i], n_classes).argmax() == labels[i])
-                scored += 1
+                p = probabilities(model, x[i], n_classes)
+                held_out.append([int(labels[i]), int(p.argmax()), round(float(p.max()), 4)])
     model = _fit(x, labels)
-    model.update(accuracy=correct / scored if scored else None, chance=chance, folds=k,
-                 images=int(real.sum()), synthesized=int((~real).sum()))
+    correct = sum(group == label for group, label, _ in held_out)
+    model.update(accuracy=correct / len(held_out) if held_out else None, chance=chance, folds=k,
+                 images=int(real.sum()), synthesized=int((~real).sum()), held_out=held_out)
     return model
 
 

@@ -368,6 +368,15 @@ def val_files(run: AutoRun, count: int | None = None, split: dict | None = None)
     return [{"lr": p.lr, "hr": p.hr} for p in pairs[:count]]
 
 
+def val_groups(run: AutoRun, count: int) -> list[int] | None:
+    """The fingerprint group of each of the first ``count`` validation pairs (None for DATA/val:
+    its pairs are fitted where the refinement is chosen)."""
+    if run.val_pairs:
+        return None
+    group_of = run.journal["fingerprint"]["group_of"]
+    return [group_of[name] for name in run.journal["split"]["val"][:count]]
+
+
 def _score(model, files: list[dict], scale: int, device: str, self_ensemble: str = "off",
            dtype: str = "fp32"):
     """(mean PSNR, seconds) of a model on validation pairs, as training validation scores."""
@@ -1351,7 +1360,7 @@ def _refiner_for(run: AutoRun, val):
     if len(fp.groups) < 2 or not fp.classifier:
         return None
     refiner = Refiner(fp)
-    chosen = choose_refinement(refiner, val, np.ones(1))
+    chosen = choose_refinement(refiner, val, np.ones(1), val_groups(run, len(val.files)))
     return refiner if chosen["gain_db"] >= KEEP_DB and refiner.enabled else None
 
 
@@ -1544,7 +1553,7 @@ def decide_end(run: AutoRun) -> dict:
                                     for g, c in grouped.by_group.items()}}
             fused = grouped if by_group["keep"] else weights
         refiner = Refiner(fp)
-        refine = choose_refinement(refiner, val, fused)
+        refine = choose_refinement(refiner, val, fused, val_groups(run, len(val.files)))
         refine["keep"] = refine["gain_db"] >= KEEP_DB and bool(refiner.enabled)
     return {"models": [str(m) for m in models], "dtype": dtype, "weights": [float(w) for w in weights],
             "weights_by_group": by_group, "val_psnr": round(val.fused_psnr(fused), 4),
