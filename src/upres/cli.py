@@ -507,9 +507,9 @@ def cmd_auto(args: argparse.Namespace) -> int:
     end = result.record["phases"]["end"]
     print(f"validation PSNR {end['val_psnr']:.3f} dB (bicubic {end['bicubic_psnr']:.3f}); "
           f"decisions: {out / 'report.html'}")
-    if result.record["phases"]["probes"].get("bicubic"):
-        print("the submission is bicubic: no start trains or beats it in this budget (the "
-              "decisions page says what budget would train one)")
+    if end["models"] == ["bicubic"]:
+        print("the submission is bicubic: nothing beat it on validation in this budget (the "
+              "decisions page says why)")
     print(f"wrote {result.submission} and {result.submission}.zip")
     return 0
 

@@ -516,7 +516,7 @@ def _end_run(tmp_path: Path, speeds: dict[str, float], costs: dict | None = None
 
 def test_a_start_whose_end_takes_most_of_the_time_left_is_not_trained(tmp_path):
     """Of 200 s left, a start at 100 s/MP needs 1.1 x (10 + 200) + 4 s for its end, more than
-    half: it is not probed, and the time the others share is reserved for the slowest of them
+    ``END_SHARE``: it is not probed, and the time the others share is reserved for the slowest of them
     only. The test images' measured size factor and the refinement's seconds per MP count."""
     run = _end_run(tmp_path, {"slow": 100.0, "fast": 1.0})
     fit, dropped = auto.starts_that_leave_training(run)
@@ -539,7 +539,7 @@ def test_a_start_whose_end_takes_most_of_the_time_left_is_not_trained(tmp_path):
 
 
 def test_the_end_is_measured_on_the_first_start_that_can_train_and_slower_ones_are_not_scored(tmp_path):
-    """Of 200 s left (half for a start's end), over 0.1 MP of validation and 2 MP of test: a
+    """Of 200 s left (60% for a start's end), over 0.1 MP of validation and 2 MP of test: a
     start at 100 s/MP on one pair would take 210 s, one at 10 s/MP 21 s. The reference is the
     first that fits in fp32, else the fastest; a start too slow even at the reference's
     fastest end is not scored, and not trained."""
@@ -557,7 +557,7 @@ def test_the_end_is_measured_on_the_first_start_that_can_train_and_slower_ones_a
     assert auto._end_too_slow(run, slow, files, 0.45) is None  # 94.5 s: it may be scored
     assert auto._end_too_slow(run, slow, files, 1.0) == (
         "its end (a validation and the test set) would take ~3.5 min of the 3.3 left "
-        "(at most 50% may go to it)")
+        "(at most 60% may go to it)")
     run.journal["candidates"]["candidates"] = [
         {"name": "slow", "psnr0": None, "seconds_per_mp": 100.0, "unscored": "its end ... takes long"},
         {"name": "fast", "psnr0": 30.0, "seconds_per_mp": 1.0}]
@@ -682,10 +682,29 @@ def test_the_winner_is_timed_on_the_largest_test_image_as_the_end_runs_it(auto_s
 
 def test_where_no_start_can_train_or_beat_bicubic_bicubic_is_chosen_naming_the_budget(tmp_path):
     run = _end_run(tmp_path, {"slow": 1000.0, "slower": 2000.0})
-    probes = auto.untrained_start(run, [])  # 1.1 x 2100 + 4 = 2314 s: 77.1 min with it at half, and one
+    probes = auto.untrained_start(run, [])  # 1.1 x 2100 + 4 = 2314 s: 64.3 min with it at 60%, and one
     assert probes["arms"] == [] and probes["budget"] == 200.0
     assert re.search(r"no start as it is fits in the 3\.3 min left and beats bicubic \(29\.000 dB on "
-                     r"validation\); --budget 79m would give slow", probes["bicubic"])
+                     r"validation\); --budget 66m would give slow", probes["bicubic"])
+
+
+def test_an_end_under_bicubic_on_validation_gives_way_to_bicubic(tmp_path):
+    """A start trained too briefly to pass bicubic on validation is set aside, recorded and shown."""
+    from upres.training.auto_report import write_report
+
+    end = {"models": ["a.safetensors"], "val_psnr": 24.9, "bicubic_psnr": 25.0, "refine": {"keep": True}}
+    bicubic = {"models": ["bicubic"], "val_psnr": 25.0, "bicubic_psnr": 25.0}
+    said = []
+    floored = auto.floor_at_bicubic(end, bicubic, said.append)
+    assert floored == {**bicubic, "instead_of": {"models": ["a.safetensors"], "val_psnr": 24.9}}
+    assert said == ["  the end scores 24.900 dB on validation, under bicubic's 25.000: the submission "
+                    "is bicubic"]
+    assert auto.floor_at_bicubic({**end, "val_psnr": 25.0}, bicubic, said.append) == {**end, "val_psnr": 25.0}
+    assert len(said) == 1
+    submit = {"images": 2, "folder": "f", "zip": "z", "predict_seconds": 0.1, "seconds": 0.1}
+    record = {"phases": {"end": floored, "submit": submit}, "spent": 1.0, "options": {"budget": 2.0}}
+    page = write_report(record, tmp_path).read_text()
+    assert "the end's a scored 24.9 dB on validation, under bicubic's 25.0 dB" in page
 
 
 def test_where_nothing_beats_bicubic_in_the_time_the_submission_is_bicubic(auto_set, starts, tmp_path,

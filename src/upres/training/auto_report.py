@@ -231,6 +231,10 @@ def _later_sections(record: dict) -> list[str]:
         parts.append(f"<h2>Submission</h2><p>{sub['images']} images in <code>{_esc(sub['folder'])}"
                      f"</code> and <code>{_esc(sub['zip'])}</code>, predicted in "
                      f"{sub['predict_seconds']:.0f} s by {_models(end)}.</p>")
+    if end.get("instead_of"):
+        parts.append(f"<p><b>The submission is bicubic</b>: the end's "
+                     f"{_models(end['instead_of'])} scored {end['instead_of']['val_psnr']} dB on "
+                     f"validation, under bicubic's {end['bicubic_psnr']} dB.</p>")
     return parts
 
 
