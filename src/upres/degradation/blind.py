@@ -135,7 +135,9 @@ def train(vectors: list[np.ndarray], groups: list[int], folds: int = 5, seed: in
           sources: list[int] | None = None, real: list[bool] | None = None) -> dict:
     """Fit the classifier on every image's vector; report the accuracy on the real images
     (``real``; the others are synthesized) cross-validated by source pair (``sources``: no pair's
-    images, real or synthesized, are in both the fitted and the scored folds) beside chance."""
+    images, real or synthesized, are in both the fitted and the scored folds) beside chance;
+    ``held_out`` keeps each real image's [group, label, confidence] from the fit that did not see
+    it, as a test image's label would be (refinement is chosen on them)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     labels = np.asarray(groups)
