@@ -538,6 +538,29 @@ def test_a_start_whose_end_takes_most_of_the_time_left_is_not_trained(tmp_path):
     assert auto.reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.15 + 2 * 14 + 6) + 4)
 
 
+def test_openvino_is_timed_on_its_second_call_and_its_first_call_s_extra_is_reserved_once(
+        tmp_path, monkeypatch):
+    """OpenVINO's first inference at a new size costs extra once per model: the test image runs
+    twice and the second call sets the seconds per MP; the extra is reserved once, not per MP.
+    PyTorch runs it once."""
+    now = [0.0]
+    monkeypatch.setattr(auto, "time", SimpleNamespace(perf_counter=lambda: now[0], monotonic=time.monotonic))
+    lr = np.zeros((500, 200, 3), np.float32)  # 0.1 MP
+
+    def upscaler(name: str, calls: list[float]) -> SimpleNamespace:
+        def upscale_float(_):
+            now[0] += calls.pop(0)
+            return "sr"
+        return SimpleNamespace(backend=SimpleNamespace(name=name), upscale_float=upscale_float)
+
+    assert auto.timed_pass(upscaler("openvino", [3.0, 2.0]), lr) == (pytest.approx(20.0), 1.0, "sr")
+    assert auto.timed_pass(upscaler("torch", [3.0, 2.0]), lr) == (pytest.approx(30.0), 0.0, "sr")
+    run = _end_run(tmp_path, {"fast": 1.0}, {"size_factor": 2.0, "timed": {"first_call_seconds": 9.0}})
+    assert auto._test_seconds(run, None) == pytest.approx(9.0 + 1.0 * 2.0 * 2.0)  # 2 MP of test images
+    run.test_per_mp["fast-full"] = 7.0
+    assert auto._test_seconds(run, "fast-full") == pytest.approx(9.0 + 7.0 * 2.0)
+
+
 def test_the_end_is_measured_on_the_first_start_that_can_train_and_slower_ones_are_not_scored(tmp_path):
     """Of 200 s left (60% for a start's end), over 0.1 MP of validation and 2 MP of test: a
     start at 100 s/MP on one pair would take 210 s, one at 10 s/MP 21 s. The reference is the

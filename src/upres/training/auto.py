@@ -592,21 +592,21 @@ def measure_test_costs(run: AutoRun, first: tuple | None, files: list[dict], dty
             val_per_mp = {**val_per_mp, **openvino} if both else openvino if \
                 backend["backend"] == "openvino" else val_per_mp
         lr = rgb_input(images.read_image(largest), largest)
-        per_mp = {}
+        per_mp, first = {}, {}
         for name in val_per_mp:
             up = Upscaler(source, end_options(run, dtype, name))
             run.say(f"  timing {_short(source)} on the largest test image, {largest.name}"
                     + (f", in {up.backend.name}" if len(val_per_mp) > 1 else ""))
-            start = time.perf_counter()
-            sr = up.upscale_float(lr)
-            per_mp[name] = (time.perf_counter() - start) / (pixels(largest) / 1e6)
+            per_mp[name], first[name], sr = timed_pass(up, lr)
             run.say(f"  {largest.name}: {per_mp[name]:.1f} s/MP against {val_per_mp[name]:.1f} on "
-                    "validation images")
+                    "validation images" + (f" (its first call {first[name]:.0f} s longer)" if first[name]
+                                           else ""))
         backend = _backend_on_test(run, backend, per_mp, largest.name)
         chosen = backend["backend"] if len(per_mp) > 1 else next(iter(per_mp))
         record.update(size_factor=round(max(per_mp[chosen] / max(val_per_mp[chosen], 1e-9), 1.0), 3),
                       timed={"image": largest.name, "seconds_per_mp": round(per_mp[chosen], 3),
                              "val_seconds_per_mp": round(val_per_mp[chosen], 3),
+                             "first_call_seconds": round(first[chosen], 1),
                              "backends": {k: round(v, 3) for k, v in per_mp.items()}})
     else:
         sr = rgb_input(metrics.bicubic_upscale(images.read_image(files[0]["lr"]), run.scale),
@@ -618,6 +618,24 @@ def measure_test_costs(run: AutoRun, first: tuple | None, files: list[dict], dty
         seconds = time.perf_counter() - start
         record["refine_seconds_per_mp"] = round(seconds / (lr.shape[0] * lr.shape[1] / 1e6), 3)
     return record, backend
+
+
+def timed_pass(up, lr: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """Seconds per LR MP of one image as the submission runs it, the first call's extra
+    seconds, and the output. OpenVINO's first inference at a new size costs extra once per model,
+    not per image (x4plus-anime on a 512x512 test image here: 27.7 s, then 19.4; PyTorch 38.8,
+    then 40.2): a single timing had the 12 test images of big6 reserved 1.65x their time, and
+    the run ended at 15:57 of 20:00. So OpenVINO runs the image twice and the second is timed."""
+    megapixels = lr.shape[0] * lr.shape[1] / 1e6
+    start = time.perf_counter()
+    sr = up.upscale_float(lr)
+    first = time.perf_counter() - start
+    if up.backend.name != "openvino":
+        return first / megapixels, 0.0, sr
+    start = time.perf_counter()
+    up.upscale_float(lr)
+    again = time.perf_counter() - start
+    return again / megapixels, max(first - again, 0.0), sr
 
 
 def _backend_on_test(run: AutoRun, backend: dict, per_mp: dict[str, float], image: str) -> dict:
@@ -919,10 +937,11 @@ def _test_seconds(run: AutoRun, arm: str | None = None, starts: list[dict] | Non
     validation images' flips) does not apply: on 512x512 test images it said 1.23x that timing,
     and the test set took 222 s against 227 s from the timing alone (refinement included)."""
     costs = run.journal["candidates"].get("test_costs", {})
+    first = costs.get("timed", {}).get("first_call_seconds", 0.0)  # once per model (OpenVINO)
     if arm in run.test_per_mp:  # the winner, timed on the largest test image before the final
-        return run.test_per_mp[arm] * run.journal["check"]["test_megapixels"]
+        return first + run.test_per_mp[arm] * run.journal["check"]["test_megapixels"]
     per_mp = _per_mp(run, arm, end=True, starts=starts, calibrated="timed" not in costs)
-    return per_mp * costs.get("size_factor", 1.0) * run.journal["check"]["test_megapixels"]
+    return first + per_mp * costs.get("size_factor", 1.0) * run.journal["check"]["test_megapixels"]
 
 
 def starts_that_leave_training(run: AutoRun) -> tuple[list[dict], list[dict]]:
@@ -1523,9 +1542,7 @@ def time_on_test_image(run: AutoRun, arm: str) -> float | None:
     up = Upscaler(_best_weights(run, arm), end_options(run, end_dtype(run, [arm])))
     lr = rgb_input(images.read_image(image), image)
     run.say(f"  timing {arm} on {image.name}")
-    start = time.perf_counter()
-    up.upscale_float(lr)
-    per_mp = (time.perf_counter() - start) / (lr.shape[0] * lr.shape[1] / 1e6)
+    per_mp = timed_pass(up, lr)[0]
     run.say(f"  {image.name}: {per_mp:.1f} s/MP")
     return per_mp
 
