@@ -67,7 +67,7 @@ def validation_points(records: list[dict], psnr0: float | None = None) -> list[t
 def _curves(record: dict, out: Path) -> str:
     """Validation PSNR against training minutes for every arm, bicubic as a line."""
     probes = record["phases"].get("probes", {})
-    if probes.get("untrained") or probes.get("bicubic"):
+    if probes.get("untrained") or not probes.get("arms"):
         return "<p>No arm trained.</p>"
     import matplotlib
 
@@ -75,7 +75,7 @@ def _curves(record: dict, out: Path) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4))
-    for arm in record["phases"].get("probes", {}).get("arms", []):
+    for arm in probes["arms"]:
         metrics = out / "arms" / arm["name"] / "metrics.jsonl"
         points = validation_points(read_jsonl(metrics) if metrics.exists() else [], arm.get("psnr0"))
         if len(points) > 1:
