@@ -160,14 +160,9 @@ def write_bicubic(inputs: list[Path], output_dir: Path, scale: int, overwrite: b
     like a model's submission: the answer where no model beats bicubic in the time there is."""
     from upres.scoring.metrics import bicubic_upscale
 
-    staging = begin_staging(output_dir)
-    try:
+    with staged_folder(output_dir, overwrite) as staging:
         for src in inputs:
             images.write_image(staging / f"{src.stem}.png", bicubic_upscale(images.read_image(src), scale))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    publish_folder(staging, output_dir, overwrite)
     return sorted(f"{src.stem}.png" for src in inputs)
 
 
