@@ -56,7 +56,9 @@ def validation_files(run: Path, data: Path, journal: dict) -> list[dict[str, Pat
         return [{"lr": p, "hr": run / "val" / "hr" / p.name} for p in lrs]
     files = []
     for name in journal["split"]["val"][:journal["candidates"]["val_used"]]:
-        lr = next((data / "train" / "lr").glob(f"{name}.*"))
+        lr = next((data / "train" / "lr").glob(f"{name}.*"), None)
+        if lr is None:
+            raise SystemExit(f"{data / 'train' / 'lr'}: no LR image {name}.* (auto.json's validation pair)")
         files.append({"lr": lr, "hr": data / "train" / "hr" / lr.name})
     return files
 
@@ -97,12 +99,13 @@ def fusions(val: Validation, test: Validation, truth: list[int], fp: Fingerprint
     ceiling a function of the test image's index)."""
     label = Refiner(fp).label
     out: dict[str, tuple[list[int], object]] = {f"{n} alone": ([i], np.ones(1)) for i, n in enumerate(names)}
-    for what, idx in (("winner + runner-up", [0, 1]), ("every arm", list(range(len(names))))):
-        if len(idx) < 2 or (what == "every arm" and len(idx) == 2):
-            continue
+    groups = [("winner + runner-up", [0, 1])] if len(names) > 1 else []
+    if len(names) > 2:
+        groups.append(("every arm", list(range(len(names)))))
+    for what, idx in groups:
         sub, tsub = subset(val, idx), subset(test, idx)
         pooled = fit_coefficients(sub.preds, sub.targets)
-        held = confusion_weights(sub, truth, fp.classifier.get("held_out", []), pooled)
+        held = confusion_weights(sub, truth, (fp.classifier or {}).get("held_out", []), pooled)
         out[f"{what}, pooled"] = (idx, pooled)
         out[f"{what}, per group (own labels)"] = (idx, fit_group_weights(sub, label, pooled))
         out[f"{what}, per group (held-out confusion)"] = (idx, GroupWeights(pooled, held, label))
