@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from upres.degradation.fingerprint import Fingerprint
 from upres.degradation.recipes import read_labels
@@ -39,6 +40,7 @@ from upres.inference.ensemble import (
 )
 from upres.inference.upscaler import InferenceOptions
 from upres.scoring import metrics
+from upres.scoring.evaluate import match_by_stem
 
 
 def run_arms(journal: dict) -> list[str]:
@@ -128,8 +130,9 @@ def main() -> None:
     predictor = Predictor([args.run / "arms" / n / "best.safetensors" for n in names],
                           InferenceOptions(tile=0, dtype="fp32", device="cpu"), names)
     began = time.perf_counter()
-    val = predictor.validate_files(validation_files(args.run, args.set, journal), 4)
-    test = predictor.validate(args.set / "test", 4)
+    val = predict(predictor, validation_files(args.run, args.set, journal), "validation")
+    test = predict(predictor, match_by_stem({"lr": args.set / "test" / "lr", "hr": args.set / "test" / "hr"}),
+                   "test")
     print(f"{len(names)} arms on {len(val.files)} validation and {len(test.files)} test pairs: "
           f"{time.perf_counter() - began:.0f} s")
     recipes = [truth_of[f["lr"].stem] for f in test.files]
@@ -147,6 +150,15 @@ def main() -> None:
             seen += f" / {leave_one_out(sub):.3f}"
         print(f"| {what} | {seen} | **{np.mean(row['all']):.3f}** | "
               + " | ".join(f"{np.mean(row[r]):.3f}" for r in sorted(set(recipes))) + " |")
+
+
+def predict(predictor: Predictor, files: list[dict], what: str) -> Validation:
+    """Every arm on every pair, one pair at a time with a progress bar (minutes on a CPU)."""
+    parts = [predictor.validate_files([f], 4) for f in tqdm(files, desc=f"{what} pairs", unit="pair")]
+    return Validation(files, [p.preds[0] for p in parts], [p.targets[0] for p in parts],
+                      [p.hr[0] for p in parts], 4,
+                      [float(np.mean([p.psnr[i] for p in parts])) for i in range(len(predictor.names))],
+                      [p.lrs[0] for p in parts])
 
 
 def score(test: Validation, coefficients, recipes: list[str]) -> dict[str, list[float]]:
