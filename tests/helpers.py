@@ -75,6 +75,19 @@ def make_competition(root: Path, train_size: int = 256, val_size: int = 96) -> P
     return root
 
 
+def hr_folder(root: Path, count: int = 16, side: int = 160) -> Path:
+    """``count`` HR crops of scikit-image photos."""
+    folder = root / "hr_src"
+    spots = [(name, y, x) for name in ("astronaut", "chelsea", "coffee", "rocket")
+             for y, x in ((0, 0), (1, 1), (0, 1), (1, 0))]
+    for i, (name, y, x) in enumerate(spots[:count]):
+        img = photo(name)
+        h, w = img.shape[:2]
+        top, left = y * (h - side) // 2 + 40, x * (w - side) // 2 + 40
+        images.write_image(folder / f"{i:03d}.png", img[top:top + side, left:left + side])
+    return folder
+
+
 def make_recipe_set(root: Path) -> Path:
     """A competition folder: eight 128x128 training pairs in two LR recipes (bicubic, area),
     two test images in each recipe as test/lr with their test/hr."""

@@ -5,12 +5,11 @@ reducing the LR inconsistency, and the commands' files and errors."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import photo
+from helpers import hr_folder, photo
 from upres.cli import main
 from upres.degradation import blind, kernels, recipes
 from upres.degradation.fingerprint import Fingerprint, synthesize
@@ -19,19 +18,6 @@ from upres.degradation.refine import back_project
 from upres.errors import DataError
 from upres.inference.ensemble import REFINE_GROUP_LOSS_DB
 from upres.io import images
-
-
-def _hr_folder(root: Path, count: int = 16, side: int = 160) -> Path:
-    """``count`` HR crops of scikit-image photos."""
-    folder = root / "hr_src"
-    spots = [(name, y, x) for name in ("astronaut", "chelsea", "coffee", "rocket")
-             for y, x in ((0, 0), (1, 1), (0, 1), (1, 0))]
-    for i, (name, y, x) in enumerate(spots[:count]):
-        img = photo(name)
-        h, w = img.shape[:2]
-        top, left = y * (h - side) // 2 + 40, x * (w - side) // 2 + 40
-        images.write_image(folder / f"{i:03d}.png", img[top:top + side, left:left + side])
-    return folder
 
 
 def test_area_recipe_is_the_block_mean():
@@ -81,7 +67,7 @@ def test_fit_recovers_a_known_kernel_and_noise():
 @pytest.fixture(scope="module")
 def known_set(tmp_path_factory):
     root = tmp_path_factory.mktemp("known")
-    record = recipes.make_set(_hr_folder(root), root / "set", ["area", "bicubic", "jpeg30"],
+    record = recipes.make_set(hr_folder(root), root / "set", ["area", "bicubic", "jpeg30"],
                               test_fraction=0.25)
     return root / "set", record
 
@@ -211,7 +197,7 @@ def test_synthesized_pairs_are_degraded_like_their_group(known_set, tmp_path):
 
     data, _ = known_set
     fp = fingerprint_data(data, tmp_path / "fp", cache_dir=tmp_path / "c", progress=False)
-    extra = _hr_folder(tmp_path / "extra", count=6)
+    extra = hr_folder(tmp_path / "extra", count=6)
     lr_dir, hr_dir = synthesize_pairs(extra, fp, tmp_path / "synth", seed=3, min_side=64)
     groups = json.loads((tmp_path / "synth" / "synth.json").read_text())["groups"]
     assert sorted(groups) == [f"synth-{i:03d}.png" for i in range(6)]

@@ -12,6 +12,7 @@ from upres.cli import main
 from upres.errors import PredictError, UpresError
 from upres.inference.ensemble import (
     GroupWeights,
+    Predictor,
     Validation,
     coefficients_from_psnr,
     fit_coefficients,
@@ -157,6 +158,47 @@ def test_weights_per_group_follow_each_group_s_pairs_shrunk_toward_the_pooled_fi
     elsewhere = GroupWeights(pooled, {1: grouped.by_group[1]}, label)  # group 0 has no weights
     np.testing.assert_allclose(elsewhere(lr0), pooled)
     assert val.fused_psnr(grouped) > val.fused_psnr(pooled) + 1.0
+
+
+def test_a_group_s_fit_uses_only_the_models_named_for_it_and_shrinks_toward_its_prior(tmp_path):
+    """Three models: group 0 may use models 0 and 2 (a specialist), group 1 models 0 and 1.
+    Each fit is the simplex fit over its columns alone (the other weighs 0), moved toward its
+    prior by one pair's worth; the unused model is not run on the image."""
+    rng = np.random.default_rng(2)
+    files, preds, targets, hrs, groups = [], [], [], [], {}
+    for k, group in enumerate([0, 1]):
+        lr = np.full((8, 8, 3), 60 * (group + 1), np.uint8)
+        images.write_image(tmp_path / f"{k}.png", lr)
+        p = rng.uniform(0.1, 0.9, (3, 32, 32, 3)).astype(np.float32)
+        target = (0.3 * p[0] + 0.7 * p[2 if group == 0 else 1]).astype(np.float64)
+        files.append({"lr": tmp_path / f"{k}.png", "hr": tmp_path / f"{k}.png"})
+        preds.append(p), targets.append(target), hrs.append(np.rint(target * 255).astype(np.uint8))
+        groups[round(float(lr.mean()) / 255, 4)] = group
+
+    def label(lr_rgb):
+        return groups[round(float(lr_rgb.mean()), 4)], 0.9
+
+    val = Validation(files, preds, targets, hrs, 4, [])
+    pooled = np.array([0.6, 0.4, 0.0])
+    prior = np.array([0.6, 0.0, 0.4])
+    grouped = fit_group_weights(val, label, pooled, {0: [0, 2]}, {0: prior})
+    np.testing.assert_allclose(grouped.by_group[0], (np.array([0.3, 0.0, 0.7]) + prior) / 2, atol=2e-3)
+    np.testing.assert_allclose(grouped.by_group[1], (np.array([0.3, 0.7, 0.0]) + pooled) / 2, atol=2e-3)
+    assert grouped.by_group[0][1] == 0 and grouped.by_group[1][2] == 0  # never run there
+
+    class Counting:
+        def __init__(self, value):
+            self.value, self.calls = value, 0
+
+        def upscale_float(self, rgb):
+            self.calls += 1
+            return np.full((4, 4, 3), self.value, np.float32)
+
+    predictor = Predictor.__new__(Predictor)
+    predictor.upscalers = [Counting(0.2), Counting(0.5), Counting(0.9)]
+    fused = predictor.predict_fused(np.zeros((1, 1, 3), np.float32), np.array([0.25, 0.0, 0.75]))
+    np.testing.assert_allclose(fused, 0.25 * 0.2 + 0.75 * 0.9, atol=1e-6)
+    assert [u.calls for u in predictor.upscalers] == [1, 0, 1]
 
 
 def test_psnr_weight_rules():

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import free_port, make_recipe_set, tiny_rrdbnet
+from helpers import free_port, hr_folder, make_recipe_set, tiny_rrdbnet
 from upres.cli import main
 from upres.errors import DataError
 from upres.io import images
@@ -129,8 +129,8 @@ def test_auto_writes_a_submission_within_the_budget_and_drops_the_bad_start(auto
         ratio = max(1.0, speed["seconds"] / speed["estimated_seconds"])  # (each to 1 ms)
         assert speed["ratio"] == pytest.approx(ratio, abs=1e-3 + 0.002 * ratio / speed["estimated_seconds"])
     grouped = phases["end"]["weights_by_group"]  # per recipe group, where validation says so
-    if "gain_db" in grouped:
-        assert grouped["keep"] == (grouped["gain_db"] >= KEEP_DB)
+    if "gain_db" in grouped:  # (a specialist of the runner-up needs them)
+        assert grouped["keep"] == (grouped["gain_db"] >= KEEP_DB or len(phases["end"]["models"]) == 3)
         assert all(sum(w) == pytest.approx(1, abs=1e-3) for w in grouped["weights"].values())
     precision = phases["candidates"]["precision"]  # measured, or fp32 where nothing is faster
     assert precision["dtype"] == "fp32" or precision["psnr"][precision["dtype"]] >= \
@@ -894,3 +894,88 @@ def test_large_validation_pairs_are_validated_on_their_aligned_centres(auto_set,
     metrics = (tmp_path / "run" / "arms" / winner / "metrics.jsonl").read_text()
     assert "val_psnr" in metrics
     assert sorted(p.name for p in result.submission.iterdir()) == ["t0.png", "t1.png"]
+
+
+def test_a_specialist_is_used_on_its_groups_only_where_validation_rises(tmp_path):
+    """Validation pairs of groups 0 and 1; the specialist (model 2) is exact on group 0: kept,
+    with weights that run it on group 0's images only; a garbage specialist is dropped."""
+    rng = np.random.default_rng(3)
+    files, preds, targets, hrs, groups = [], [], [], [], {}
+    for k, group in enumerate([0, 1]):
+        lr = np.full((8, 8, 3), 60 * (group + 1), np.uint8)
+        images.write_image(tmp_path / f"{k}.png", lr)
+        target = rng.uniform(0.1, 0.9, (32, 32, 3))
+        p = np.stack([target + rng.normal(0, 0.05, target.shape) for _ in range(2)] + [target])
+        files.append({"lr": tmp_path / f"{k}.png", "hr": tmp_path / f"{k}.png"})
+        preds.append(p.astype(np.float32)), targets.append(target)
+        hrs.append(np.rint(target * 255).astype(np.uint8))
+        groups[round(float(lr.mean()) / 255, 4)] = group
+
+    def label(lr_rgb):
+        return groups[round(float(lr_rgb.mean()), 4)], 0.9
+
+    from upres.inference.ensemble import Validation, fit_coefficients
+
+    val = Validation(files, preds, targets, hrs, 4, [20.0, 20.0, 30.0])
+    kept, models, used = auto.fit_specialist(val, label, {"name": "s", "groups": [0]}, ["w", "r", "s"],
+                                             lambda _: None)
+    assert used["keep"] and used["gain_db"] > 1 and models == ["w", "r", "s"] and kept is val
+    pooled = np.append(fit_coefficients([p[:2] for p in preds], targets), 0.0)
+    weights = auto.specialist_weights(val, label, pooled, [0])
+    assert weights.by_group[0][1] == 0 and weights.by_group[0][2] > 0.5 and weights.by_group[1][2] == 0
+    for p in preds:  # now the specialist is garbage
+        p[2] = rng.uniform(0, 1, p[2].shape)
+    dropped, models, used = auto.fit_specialist(val, label, {"name": "s", "groups": [0]},
+                                                ["w", "r", "s"], lambda _: None)
+    assert not used["keep"] and used["gain_db"] < 0 and models == ["w", "r"]
+    assert all(p.shape[0] == 2 for p in dropped.preds) and dropped.psnr == [20.0, 20.0]
+
+
+@pytest.fixture(scope="module")
+def two_recipe_set(tmp_path_factory) -> Path:
+    """12 training pairs of 160x160 in two recipes that the fingerprint tells apart (area, and
+    bicubic with JPEG at quality 30), 4 test images of each."""
+    from upres.degradation import recipes
+
+    root = tmp_path_factory.mktemp("tworecipes")
+    recipes.make_set(hr_folder(root), root / "set", ["area", "jpeg30"], test_fraction=0.25)
+    return root / "set"
+
+
+def test_the_runner_up_s_specialist_trains_on_the_groups_it_leads_and_the_end_uses_it(
+        two_recipe_set, starts, tmp_path, monkeypatch):
+    """Where the runner-up leads a group on validation, a copy of it trains in the final on that
+    group's pairs for their share of the training pairs (at most LEVER_SHARE of the final), and
+    the end runs it on that group's images in the runner-up's place (kept here whatever it
+    gains: ``fit_specialist``'s decision is tested above)."""
+    real = auto._measure_ensemble
+    led = {}
+
+    def leading(run, files, value):  # the ensemble kept, the runner-up leading the first pair's group
+        result = real(run, files, value)
+        led["group"] = auto.val_groups(run, 1)[0]
+        return {**result, "keep": True, "runner_up_leads": {str(led["group"]): 0.5}}
+
+    monkeypatch.setattr(auto, "_measure_ensemble", leading)
+    monkeypatch.setattr(auto, "floor_at_bicubic", lambda end, *_: end)  # (tiny models: under bicubic)
+    monkeypatch.setattr(auto, "KEEP_DB", -1e9)  # whatever it gains: the end runs it
+    result = run_auto(two_recipe_set, tmp_path / "run", _options(starts, 60.0, tmp_path), say=lambda _: None)
+    phases = json.loads((tmp_path / "run" / "auto.json").read_text())["phases"]
+    assert phases["fingerprint"]["groups"] > 1 and phases["fingerprint"]["classifier_accuracy"] is not None
+    plan, group = phases["final"]["specialist"], led["group"]
+    held = set(phases["split"]["val"])
+    train = [g for n, g in phases["fingerprint"]["group_of"].items() if n not in held]
+    assert plan["groups"] == [group] and plan["of"] == phases["halving"]["runner_up"]
+    assert plan["share"] == pytest.approx(min(train.count(group) / len(train), auto.LEVER_SHARE), abs=1e-4)
+    cfg = load_config(str(tmp_path / "run" / "arms" / plan["name"] / "config.yaml"), [])
+    assert cfg.data.groups == [group] and cfg.init.source == str(
+        tmp_path / "run" / "arms" / plan["of"] / "best.safetensors")
+    assert plan["reached_step"] >= auto.SPECIALIST_STEPS
+    end = phases["end"]
+    assert end["specialist"]["groups"] == [group] and end["specialist"]["keep"]
+    assert len(end["models"]) == 3 and end["models"][2].endswith(f"{plan['name']}/best.safetensors")
+    assert end["weights"][2] == 0 and end["weights_by_group"]["keep"]
+    for g, w in end["weights_by_group"]["weights"].items():
+        assert w[1 if int(g) == group else 2] == 0  # each image runs two models
+    assert len(list(result.submission.iterdir())) == len(list((two_recipe_set / "test" / "lr").iterdir()))
+    assert "specialist" in (tmp_path / "run" / "report.html").read_text()

@@ -199,6 +199,13 @@ class Predictor:
     def predict_float(self, rgb: np.ndarray) -> list[np.ndarray]:
         return [u.upscale_float(rgb) for u in self.upscalers]
 
+    def predict_fused(self, rgb: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+        """The soft vote of the models; one weighted 0 is not run (a specialist of some
+        recipe groups, in ``upres auto``, runs on their images only)."""
+        w = np.asarray(coefficients)
+        used = np.flatnonzero(w > 0)
+        return fuse([self.upscalers[i].upscale_float(rgb) for i in used], w[used])
+
     def validate(self, val_dir: Path, crop_border: int | None = None) -> Validation:
         """Each model's predictions and PSNR on ``val_dir/lr`` vs ``val_dir/hr``."""
         return self.validate_files(match_by_stem({"lr": val_dir / "lr", "hr": val_dir / "hr"}),
@@ -228,19 +235,27 @@ THRESHOLDS = (0.0, 0.5, 0.7, 0.9)  # label confidences tried for refinement on v
 
 
 def fit_group_weights(val: Validation, label: Callable[[np.ndarray], tuple[int, float]],
-                      pooled: np.ndarray) -> GroupWeights:
+                      pooled: np.ndarray, columns: dict[int, list[int]] | None = None,
+                      priors: dict[int, np.ndarray] | None = None) -> GroupWeights:
     """Per group of validation pairs (by ``label``), the simplex fit on its pairs, shrunk toward
     the ``pooled`` fit by one pair's worth, ``(n * fit + pooled) / (n + 1)``: a group of one
     pair moves halfway (on known6's test pairs halfway scored within 0.01 dB of the full move
-    overall, and better on the JPEG group)."""
+    overall, and better on the JPEG group). Where ``columns`` is given, a group's fit uses only
+    the models it names for that group (the others weigh 0, so they are not run on its images;
+    a group it does not name uses those ``pooled`` weighs above 0), shrunk toward ``priors[g]``
+    where given."""
     members: dict[int, list[int]] = {}
     for k, lr in enumerate(val.lrs):
         members.setdefault(label(lr)[0], []).append(k)
-    by_group = {}
+    pooled, by_group = np.asarray(pooled, dtype=np.float64), {}
+    everyone = list(range(len(pooled))) if columns is None else np.flatnonzero(pooled > 0).tolist()
     for group, ks in sorted(members.items()):
-        fit = fit_coefficients([val.preds[k] for k in ks], [val.targets[k] for k in ks])
-        by_group[group] = (len(ks) * fit + pooled) / (len(ks) + 1)
-    return GroupWeights(np.asarray(pooled), by_group, label)
+        cols = (columns or {}).get(group, everyone)
+        fit = np.zeros(len(pooled))
+        fit[cols] = fit_coefficients([val.preds[k][cols] for k in ks], [val.targets[k] for k in ks])
+        prior = (priors or {}).get(group, pooled)
+        by_group[group] = (len(ks) * fit + prior) / (len(ks) + 1)
+    return GroupWeights(pooled, by_group, label)
 
 
 REFINE_GROUP_LOSS_DB = 0.05  # the most refinement may cost any true group on validation, expected

@@ -12,7 +12,7 @@ import numpy as np
 
 from upres.degradation.fingerprint import Fingerprint
 from upres.errors import PredictError
-from upres.inference.ensemble import THRESHOLDS, Predictor, rgb_input, to_image
+from upres.inference.ensemble import THRESHOLDS, Predictor, fuse, rgb_input, to_image
 from upres.inference.upscaler import InferenceOptions
 from upres.io import images
 from upres.io.files import atomic_write_bytes
@@ -75,6 +75,9 @@ class RoutedPredictor(Predictor):
             weights[self._model_for(int(g))] = weights.get(self._model_for(int(g)), 0.0) + float(p[g])
         total = sum(weights.values())
         return [sum(self.upscalers[m].upscale_float(rgb) * (w / total) for m, w in weights.items())]
+
+    def predict_fused(self, rgb: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+        return fuse(self.predict_float(rgb), coefficients)  # one output: the route's
 
     def choose_threshold(self, files: list[dict]) -> dict:
         """The label confidence from which routing pays on these validation pairs (the one of

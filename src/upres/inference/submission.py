@@ -134,7 +134,7 @@ def write_submission(predictor: Predictor, coefficients: Coefficients, inputs: l
             for name, each in zip(predictor.names, predictor.upscalers) if on_plan else ():
                 each.engine.on_plan = lambda plan, m=name, s=src.name: on_plan(f"{s} ({m}): {plan}")
             rgb = rgb_input(img, src)
-            fused = fuse(predictor.predict_float(rgb), coefficients_for(coefficients, rgb))
+            fused = predictor.predict_fused(rgb, coefficients_for(coefficients, rgb))
             if predictor.refiner is not None:
                 fused = predictor.refiner(fused, rgb)
             images.write_image(staging / f"{src.stem}.png", to_image(fused, img))

@@ -46,6 +46,7 @@ RANGE_STEPS = 24  # a range test of fewer steps is too noisy to trust
 DEFAULT_LR = {False: 2e-4, True: 5e-4}  # fine-tuning (BasicSR's), from scratch: if not measured
 KEEP_DB = 0.01  # a lever at the end must gain at least this on validation to be kept
 LEVER_SHARE = 0.3  # of the final's time, at most, for a lever where training's slope is unknown
+SPECIALIST_STEPS = 10  # a runner-up's specialist that cannot train this many steps is not trained
 # two validations this far apart in steps, at least, read a slope (0.005 dB between steps 73
 # and 74 read as 0.369 dB per e-fold on 512x512 pairs)
 MIN_STEP_RATIO = 1.2
@@ -1471,7 +1472,25 @@ def _measure_ensemble(run: AutoRun, files: list[dict], value: dict) -> dict:
     refiner = _refiner_for(run, alone)  # what the fusion adds beyond the refinement
     gain = val.fused_psnr(weights, refiner) - alone.fused_psnr(np.ones(1), refiner)
     result = _lever(gain, extra, value, "winner + runner-up")
-    return {**result, "weights": [round(float(w), 4) for w in weights], "refined": refiner is not None}
+    return {**result, "weights": [round(float(w), 4) for w in weights], "refined": refiner is not None,
+            "runner_up_leads": runner_up_leads(run, val)}
+
+
+def runner_up_leads(run: AutoRun, val) -> dict[str, float]:
+    """The fingerprint groups whose validation pairs the runner-up alone scores higher than the
+    winner alone (by ``KEEP_DB``), with that lead in dB: where a start suits a recipe that the
+    winner's does not (x4plus saw JPEG in its pretraining, RealSR did not), a specialist of the
+    runner-up trains on those groups in the final (``train_specialist``)."""
+    from upres.inference.ensemble import to_image
+    from upres.scoring import metrics
+
+    groups = val_groups(run, len(val.files))
+    leads: dict[int, list[float]] = {}
+    for k, group in enumerate(groups or []):
+        hr = val.hr[k]
+        winner, runner_up = (metrics.psnr(to_image(p, hr), hr, val.border) for p in val.preds[k][:2])
+        leads.setdefault(group, []).append(runner_up - winner)
+    return {str(g): round(float(np.mean(d)), 4) for g, d in sorted(leads.items()) if np.mean(d) >= KEEP_DB}
 
 
 def run_final(run: AutoRun) -> None:
@@ -1494,6 +1513,9 @@ def run_final(run: AutoRun) -> None:
     if record.get("test_seconds_per_mp"):
         run.test_per_mp[arm["name"]] = record["test_seconds_per_mp"]
     reserve = reserve_after_training(run, _transforms(levers), levers["ensemble"]["keep"])
+    if "specialist" not in record:
+        record["specialist"] = train_specialist(run, run.clock.left() - reserve)
+        run.journal.save(run.clock)
     seconds = run.clock.left() - reserve
     records = _metrics(run.out / "arms" / arm["name"])
     rates = [r["it_per_s"] for r in records if "it_per_s" in r]
@@ -1514,6 +1536,60 @@ def run_final(run: AutoRun) -> None:
     record.update(done=True, psnr=None if psnr is None else round(psnr, 4), reached_step=reached,
                   seconds=round(run.clock.elapsed() - record["began"], 2))
     run.journal.save(run.clock)
+
+
+def specialist_plan(run: AutoRun) -> tuple[dict | None, list[int], float]:
+    """The runner-up's arm, the groups it leads on validation (``runner_up_leads``) and their
+    share of the training pairs (at most ``LEVER_SHARE``): what a specialist trains on, and for
+    which share of the final; none where the ensemble with the runner-up was not kept, or where
+    no blind classifier can send test images to the groups."""
+    halving, ensemble = run.journal["halving"], run.journal["levers"]["ensemble"]
+    arm = next((a for a in run.journal["probes"]["arms"] if a["name"] == halving.get("runner_up")), None)
+    groups = [int(g) for g in ensemble.get("runner_up_leads", {})] if ensemble.get("keep") else []
+    labelled = run.journal["fingerprint"].get("classifier_accuracy") is not None
+    if arm is None or not groups or not labelled or not _trains(arm) or run.journal["split"]["val"] is None:
+        return None, [], 0.0
+    held = set(run.journal["split"]["val"])
+    train = [g for name, g in run.journal["fingerprint"]["group_of"].items() if name not in held]
+    return arm, groups, min(sum(g in groups for g in train) / max(len(train), 1), LEVER_SHARE)
+
+
+def specialist_name(arm: str) -> str:
+    return f"{arm}-specialist"
+
+
+def train_specialist(run: AutoRun, seconds: float) -> dict:
+    """A copy of the runner-up trained on the groups it leads, for their share of the final's
+    ``seconds`` (less its pass over validation and its conversion at the end), at the runner-up's
+    crop, batch and rate: on other6 (o30) 80 s of the x4plus arm on the JPEG group's 9 pairs
+    raised that group's test PSNR by 0.081 dB, 80 s on all 52 pairs by 0.024, and RealSR's
+    winner gained 0.143 from a JPEG specialist of its own but stayed 0.36 dB under x4plus's.
+    ``decide_end`` uses it on those groups' images where validation rises."""
+    from upres.training.loop import train
+
+    arm, groups, share = specialist_plan(run)
+    if arm is None:
+        return {"groups": []}
+    cost = _val_seconds(run, arm["name"], end=True) + _conversions(run, [arm["name"]], None)
+    budget = share * seconds - cost - _training_val_seconds(run, arm)
+    rates = [r["it_per_s"] for r in _metrics(run.out / "arms" / arm["name"]) if "it_per_s" in r]
+    rate = float(np.median(rates)) if rates else 1 / arm["seconds_per_step"]
+    steps = run.shard.broadcast(int(FINAL_OVERSHOOT * budget * rate))
+    plan = {"groups": groups, "of": arm["name"], "share": round(share, 4),
+            "planned_seconds": round(budget, 1), "iterations": steps}
+    if steps < SPECIALIST_STEPS:
+        return {**plan, "groups": [], "why": f"{steps} steps in its share (fewer than {SPECIALIST_STEPS})"}
+    name = specialist_name(arm["name"])
+    run.say(f"[{_minutes(run.clock.elapsed())}] final: {name} trains {budget / 60:.1f} min on "
+            f"group{'s' * (len(groups) > 1)} {', '.join(map(str, groups))}, where {arm['name']} led")
+    fingerprint = run.out / "fingerprint" / "fingerprint.json"
+    cfg = arm_config(run, {**arm, "name": name}, steps, budget, [
+        f"init.source={json.dumps(str(_best_weights(run, arm['name'])))}",
+        f"data.fingerprint={json.dumps(str(fingerprint))}", f"data.groups={json.dumps(groups)}"])
+    train(cfg, run.out / "arms" / name, resume="auto", command=["upres", "auto", name],
+          progress=run.options.progress)
+    psnr, reached = _arm_psnr(run, name) if run.shard.main else (None, None)
+    return {**plan, "name": name, "psnr": None if psnr is None else round(psnr, 4), "reached_step": reached}
 
 
 def time_on_test_image(run: AutoRun, arm: str) -> float | None:
@@ -1557,19 +1633,28 @@ def decide_end(run: AutoRun) -> dict:
 
     halving, levers = run.journal["halving"], run.journal["levers"]
     arms = [halving["winner"]] + ([halving["runner_up"]] if levers["ensemble"]["keep"] else [])
+    specialist = run.journal["final"].get("specialist", {})
+    fp = Fingerprint.load(run.out / "fingerprint" / "fingerprint.json")
+    if specialist.get("name") and len(arms) == 2 and len(fp.groups) > 1 and fp.classifier:
+        arms.append(specialist["name"])
     models = [_best_weights(run, arm) for arm in arms]
     dtype = end_dtype(run, arms)
     predictor = Predictor(models, end_options(run, dtype, tile=0))
     val = predictor.validate_files(val_files(run, run.journal["candidates"]["val_used"]), run.scale)
-    weights = fit_coefficients(val.preds, val.targets) if len(models) > 1 else np.ones(1)
+    used = {}
+    if len(models) == 3:
+        val, models, used = fit_specialist(val, Refiner(fp).label, specialist, models, run.say)
+    three = len(models) == 3  # the specialist on its groups' images, the runner-up elsewhere
+    weights = (np.append(fit_coefficients([p[:2] for p in val.preds], val.targets), 0.0) if three
+               else fit_coefficients(val.preds, val.targets) if len(models) > 1 else np.ones(1))
     fused, by_group = weights, {"keep": False, "why": "one model"}
     refine = {"keep": False, "why": "the fingerprint has one group"}
-    fp = Fingerprint.load(run.out / "fingerprint" / "fingerprint.json")
     if len(fp.groups) > 1 and fp.classifier:
         if len(models) > 1:
-            grouped = fit_group_weights(val, Refiner(fp).label, weights)
+            grouped = (specialist_weights(val, Refiner(fp).label, weights, specialist["groups"]) if three
+                       else fit_group_weights(val, Refiner(fp).label, weights))
             gain = val.fused_psnr(grouped) - val.fused_psnr(weights)
-            by_group = {"keep": bool(gain >= KEEP_DB), "gain_db": round(gain, 4),
+            by_group = {"keep": bool(gain >= KEEP_DB or three), "gain_db": round(gain, 4),
                         "weights": {str(g): [round(float(w), 4) for w in c]
                                     for g, c in grouped.by_group.items()}}
             fused = grouped if by_group["keep"] else weights
@@ -1579,8 +1664,38 @@ def decide_end(run: AutoRun) -> dict:
     end = {"models": [str(m) for m in models], "dtype": dtype, "weights": [float(w) for w in weights],
            "weights_by_group": by_group, "val_psnr": round(val.fused_psnr(fused), 4),
            "val_psnr_models": val.psnr, "bicubic_psnr": run.journal["candidates"]["bicubic_psnr"],
-           "self_ensemble": _transforms(levers) if _transforms(levers) > 1 else 0, "refine": refine}
+           "self_ensemble": _transforms(levers) if _transforms(levers) > 1 else 0, "refine": refine,
+           **({"specialist": used} if used else {})}
     return floor_at_bicubic(end, bicubic_end(run), run.say)
+
+
+def specialist_weights(val, label, pooled: np.ndarray, groups: list[int], use: bool = True):
+    """Weights per group over (winner, runner-up, specialist): the specialist in place of the
+    runner-up for images labelled as one of its ``groups`` (shrunk toward the pooled weights
+    with the runner-up's moved to it) where ``use``, the runner-up everywhere else."""
+    from upres.inference.ensemble import fit_group_weights
+
+    moved = np.array([pooled[0], 0.0, pooled[1]])
+    columns = {g: [0, 2] for g in groups} if use else {}
+    return fit_group_weights(val, label, pooled, columns, {g: moved for g in groups} if use else None)
+
+
+def fit_specialist(val, label, specialist: dict, models: list, say: Callable[[str], None]):
+    """The validation and models of the end, with the runner-up's specialist where using it on
+    its groups raises validation PSNR by ``KEEP_DB``, else without it; and that measure."""
+    from upres.inference.ensemble import Validation, fit_coefficients
+
+    pooled = np.append(fit_coefficients([p[:2] for p in val.preds], val.targets), 0.0)
+    with_it = val.fused_psnr(specialist_weights(val, label, pooled, specialist["groups"]))
+    without = val.fused_psnr(specialist_weights(val, label, pooled, specialist["groups"], use=False))
+    used = {"groups": specialist["groups"], "gain_db": round(with_it - without, 4),
+            "keep": bool(with_it - without >= KEEP_DB)}
+    say(f"  {specialist['name']} on its groups: {with_it - without:+.3f} dB on validation: "
+        + ("kept" if used["keep"] else "dropped"))
+    if used["keep"]:
+        return val, models, used
+    return Validation(val.files, [p[:2] for p in val.preds], val.targets, val.hr, val.border,
+                      val.psnr[:2], val.lr_rgb), models[:2], used
 
 
 def floor_at_bicubic(end: dict, bicubic: dict, say: Callable[[str], None]) -> dict:

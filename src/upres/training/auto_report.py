@@ -199,13 +199,16 @@ def _later_sections(record: dict) -> list[str]:
                      f"{final.get('planned_seconds', 0) / 60:.1f} min, its schedule planned to step "
                      f"{final.get('iterations')} (from the {final.get('rate_from', 'measured')} speed)"
                      + (f", stopped at step {final['reached_step']}" if final.get("reached_step") else "")
-                     + f", val PSNR {final.get('psnr')} dB.</p>")
+                     + f", val PSNR {final.get('psnr')} dB.</p>" + _specialist(final.get("specialist")))
     levers, end = p.get("levers", {}), p.get("end", {})
     rows = []
     grouped = _group_weights(end.get("weights_by_group") or {})
     refine = [("refinement", end["refine"])] if end.get("refine") else []
+    specialist = [("the runner-up's specialist on its groups", {
+        **end["specialist"], "why": f"groups {', '.join(map(str, end['specialist']['groups']))}"})
+    ] if end.get("specialist") else []
     for name, lever in [*((k, v) for k, v in levers.items() if k in ("self_ensemble", "ensemble")
-                          and isinstance(v, dict)), *grouped, *refine]:
+                          and isinstance(v, dict)), *grouped, *specialist, *refine]:
         timed = "test_seconds" in lever
         label = f"self-ensemble x{lever['transforms']}" if lever.get("transforms") else name
         loss = lever.get("training_loss_db")
@@ -236,6 +239,19 @@ def _later_sections(record: dict) -> list[str]:
                      f"{_models(end['instead_of'])} scored {end['instead_of']['val_psnr']} dB on "
                      f"validation, under bicubic's {end['bicubic_psnr']} dB.</p>")
     return parts
+
+
+def _specialist(record: dict | None) -> str:
+    """The final's first part: the runner-up trained on the groups it led, or why not."""
+    if not record or "of" not in record:
+        return ""
+    groups = ", ".join(map(str, record.get("groups") or [])) or "none"
+    if record.get("why"):
+        return f"<p>No specialist of {_esc(record['of'])}: {_esc(record['why'])}.</p>"
+    return (f"<p>Before it, <b>{_esc(record['name'])}</b>, a copy of the runner-up, trained "
+            f"{record['planned_seconds'] / 60:.1f} min ({record['share']:.0%} of the final) on recipe "
+            f"group(s) {groups}, where the runner-up led on validation: to step "
+            f"{record.get('reached_step')}, val PSNR {record.get('psnr')} dB on those groups' pairs.</p>")
 
 
 def _group_weights(record: dict) -> list[tuple[str, dict]]:
