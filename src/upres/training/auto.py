@@ -1546,8 +1546,9 @@ def specialist_plan(run: AutoRun) -> tuple[dict | None, list[int], float]:
     halving, ensemble = run.journal["halving"], run.journal["levers"]["ensemble"]
     arm = next((a for a in run.journal["probes"]["arms"] if a["name"] == halving.get("runner_up")), None)
     groups = [int(g) for g in ensemble.get("runner_up_leads", {})] if ensemble.get("keep") else []
-    labelled = run.journal["fingerprint"].get("classifier_accuracy") is not None
-    if arm is None or not groups or not labelled or not _trains(arm) or run.journal["split"]["val"] is None:
+    if arm is None or not groups or not _trains(arm) or run.journal["split"]["val"] is None:
+        return None, [], 0.0
+    if run.journal["fingerprint"].get("classifier_accuracy") is None:  # no label reaches a test image
         return None, [], 0.0
     held = set(run.journal["split"]["val"])
     train = [g for name, g in run.journal["fingerprint"]["group_of"].items() if name not in held]
