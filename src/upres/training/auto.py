@@ -1562,7 +1562,7 @@ def specialist_name(arm: str) -> str:
 def train_specialist(run: AutoRun, seconds: float) -> dict:
     """A copy of the runner-up trained on the groups it leads, for their share of the final's
     ``seconds`` (less its pass over validation and its conversion at the end), at the runner-up's
-    crop, batch and rate: on other6 (o30) 80 s of the x4plus arm on the JPEG group's 9 pairs
+    crop, batch and rate: on other6 (o30) 80 s of the x4plus arm on the JPEG group's 8 training pairs
     raised that group's test PSNR by 0.081 dB, 80 s on all 52 pairs by 0.024, and RealSR's
     winner gained 0.143 from a JPEG specialist of its own but stayed 0.36 dB under x4plus's.
     ``decide_end`` uses it on those groups' images where validation rises."""
