@@ -978,4 +978,6 @@ def test_the_runner_up_s_specialist_trains_on_the_groups_it_leads_and_the_end_us
     for g, w in end["weights_by_group"]["weights"].items():
         assert w[1 if int(g) == group else 2] == 0  # each image runs two models
     assert len(list(result.submission.iterdir())) == len(list((two_recipe_set / "test" / "lr").iterdir()))
-    assert "specialist" in (tmp_path / "run" / "report.html").read_text()
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert f"{plan['name']}</b>, a copy of the runner-up" in page
+    assert f"{plan['name']} (in {plan['of']}'s place on recipe groups {group})" in page

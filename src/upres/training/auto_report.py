@@ -285,7 +285,11 @@ def _models(end: dict) -> str:
     named = [_esc(Path(m).parent.name if Path(m).name == "best.safetensors" else Path(m).stem)
              for m in models]
     if len(named) == len(weights) and len(named) > 1:
-        return "a weighted ensemble of " + ", ".join(f"{n} ({w:.2f})" for n, w in zip(named, weights))
+        parts = [f"{n} ({w:.2f})" for n, w in zip(named, weights)]
+        if (end.get("specialist") or {}).get("keep") and len(parts) == 3:  # pooled weight 0: per group
+            groups = ", ".join(map(str, end["specialist"]["groups"]))
+            parts[2] = f"{named[2]} (in {named[1]}'s place on recipe groups {groups})"
+        return "a weighted ensemble of " + ", ".join(parts)
     return ", ".join(named) or "the winner"
 
 
