@@ -668,6 +668,7 @@ def test_the_final_plans_longer_past_the_probe_s_speed_than_past_a_measured_one(
         return phases["final"]
 
     record = final([])
+    assert record["specialist"] == {"groups": [], "why": "no ensemble with the runner-up"}  # (said why)
     assert abs(record["iterations"] - auto.PROBE_OVERSHOOT * 500) <= 1 and record["rate_from"] == "probe"
     assert trained[-1] == (pytest.approx(1000.0, abs=1.0), record["iterations"])
     record = final([{"step": 10, "it_per_s": 0.4}, {"step": 20, "it_per_s": 0.5},

@@ -1538,21 +1538,24 @@ def run_final(run: AutoRun) -> None:
     run.journal.save(run.clock)
 
 
-def specialist_plan(run: AutoRun) -> tuple[dict | None, list[int], float]:
+def specialist_plan(run: AutoRun) -> tuple[dict | None, list[int], float, str]:
     """The runner-up's arm, the groups it leads on validation (``runner_up_leads``) and their
     share of the training pairs (at most ``LEVER_SHARE``): what a specialist trains on, and for
-    which share of the final; none where the ensemble with the runner-up was not kept, or where
-    no blind classifier can send test images to the groups."""
+    which share of the final; else None and why not."""
     halving, ensemble = run.journal["halving"], run.journal["levers"]["ensemble"]
     arm = next((a for a in run.journal["probes"]["arms"] if a["name"] == halving.get("runner_up")), None)
-    groups = [int(g) for g in ensemble.get("runner_up_leads", {})] if ensemble.get("keep") else []
-    if arm is None or not groups or not _trains(arm) or run.journal["split"]["val"] is None:
-        return None, [], 0.0
-    if run.journal["fingerprint"].get("classifier_accuracy") is None:  # no label reaches a test image
-        return None, [], 0.0
+    groups = [int(g) for g in ensemble.get("runner_up_leads", {})]
+    why = ("no ensemble with the runner-up" if arm is None or not ensemble.get("keep")
+           else "the runner-up led no recipe group on validation" if not groups
+           else "the runner-up does not train" if not _trains(arm)
+           else "DATA/val has no recipe groups" if run.journal["split"]["val"] is None
+           else "no blind classifier sends test images to groups"
+           if run.journal["fingerprint"].get("classifier_accuracy") is None else "")
+    if why:
+        return None, [], 0.0, why
     held = set(run.journal["split"]["val"])
     train = [g for name, g in run.journal["fingerprint"]["group_of"].items() if name not in held]
-    return arm, groups, min(sum(g in groups for g in train) / max(len(train), 1), LEVER_SHARE)
+    return arm, groups, min(sum(g in groups for g in train) / max(len(train), 1), LEVER_SHARE), ""
 
 
 def specialist_name(arm: str) -> str:
@@ -1568,9 +1571,9 @@ def train_specialist(run: AutoRun, seconds: float) -> dict:
     ``decide_end`` uses it on those groups' images where validation rises."""
     from upres.training.loop import train
 
-    arm, groups, share = specialist_plan(run)
+    arm, groups, share, why = specialist_plan(run)
     if arm is None:
-        return {"groups": []}
+        return {"groups": [], "why": why}
     cost = _val_seconds(run, arm["name"], end=True) + _conversions(run, [arm["name"]], None)
     budget = share * seconds - cost - _training_val_seconds(run, arm)
     rates = [r["it_per_s"] for r in _metrics(run.out / "arms" / arm["name"]) if "it_per_s" in r]
