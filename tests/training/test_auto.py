@@ -932,6 +932,43 @@ def test_a_specialist_is_used_on_its_groups_only_where_validation_rises(tmp_path
     assert all(p.shape[0] == 2 for p in dropped.preds) and dropped.psnr == [20.0, 20.0]
 
 
+def test_groups_the_runner_up_led_shrink_toward_the_pooled_weights_swapped(tmp_path):
+    """Group 0 (one pair, led by the runner-up) wants 0.2 winner + 0.8 runner-up; group 1 (two
+    pairs) wants the winner alone, so the pooled fit leans to the winner. Group 0's weights move
+    halfway from its own fit toward the pooled weights exchanged, not toward the pooled ones;
+    with the specialist (equal to the runner-up there) in the runner-up's place likewise."""
+    from upres.inference.ensemble import Validation, fit_coefficients
+
+    rng = np.random.default_rng(5)
+    files, preds, targets, hrs, groups = [], [], [], [], {}
+    for k, group in enumerate([0, 1, 1]):
+        lr = np.full((8, 8, 3), 60 * (group + 1), np.uint8)
+        images.write_image(tmp_path / f"{k}.png", lr)
+        p = rng.uniform(0.1, 0.9, (3, 32, 32, 3))
+        p[2] = p[1]
+        target = 0.2 * p[0] + 0.8 * p[1] if group == 0 else p[0]
+        files.append({"lr": tmp_path / f"{k}.png", "hr": tmp_path / f"{k}.png"})
+        preds.append(p.astype(np.float32)), targets.append(target)
+        hrs.append(np.rint(target * 255).astype(np.uint8))
+        groups[round(float(lr.mean()) / 255, 4)] = group
+
+    def label(lr_rgb):
+        return groups[round(float(lr_rgb.mean()), 4)], 0.9
+
+    val = Validation(files, preds, targets, hrs, 4, [20.0, 20.0, 20.0])
+    pooled = np.append(fit_coefficients([p[:2] for p in preds], targets), 0.0)
+    assert pooled[0] > 0.6  # two pairs of three want the winner alone
+    without = auto.specialist_weights(val, label, pooled, [0], use=False, led=[0])
+    np.testing.assert_allclose(without.by_group[0], ([0.2, 0.8, 0] + pooled[[1, 0, 2]]) / 2, atol=2e-3)
+    np.testing.assert_allclose(without.by_group[1], (2 * np.array([1.0, 0, 0]) + pooled) / 3, atol=2e-3)
+    with_it = auto.specialist_weights(val, label, pooled, [0], led=[0])
+    np.testing.assert_allclose(with_it.by_group[0], ([0.2, 0, 0.8] + pooled[[1, 2, 0]]) / 2, atol=2e-3)
+    unled = auto.specialist_weights(val, label, pooled, [0], use=False)  # as before: toward pooled
+    np.testing.assert_allclose(unled.by_group[0], ([0.2, 0.8, 0] + pooled) / 2, atol=2e-3)
+    two = auto.led_priors(pooled[:2], [0])  # the end's fit without a specialist
+    np.testing.assert_allclose(two[0], pooled[[1, 0]])
+
+
 @pytest.fixture(scope="module")
 def two_recipe_set(tmp_path_factory) -> Path:
     """12 training pairs of 160x160 in two recipes that the fingerprint tells apart (area, and
