@@ -260,7 +260,10 @@ def _group_weights(record: dict) -> list[tuple[str, dict]]:
         return []
     weights = "; ".join(f"group {g}: " + "/".join(f"{w:.2f}" for w in ws)
                         for g, ws in record["weights"].items())
-    return [("ensemble weights per recipe group", {**record, "why": f"weights {weights}"})]
+    led = record.get("led") or []
+    swapped = (f" (group{'s' * (len(led) > 1)} {', '.join(map(str, led))}, led by the runner-up, "
+               "shrunk toward the pooled weights exchanged)") if led else ""
+    return [("ensemble weights per recipe group", {**record, "why": f"weights {weights}{swapped}"})]
 
 
 def _slope(value: dict | None) -> str:
