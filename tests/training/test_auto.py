@@ -324,6 +324,11 @@ def test_a_named_preset_trains_from_scratch_beside_the_starts_on_any_device(auto
     assert preset["seconds_per_mp"] > 0 and "fp32" in preset["dtypes"]
     arm = next(a for a in phases["probes"]["arms"] if a["name"] == "ultracompact-scratch")
     assert arm["steps_planned"] >= 5 and arm["lr"] > 0
+    # planned for what it gets if it wins: half the halving (two starts) and the final, less the
+    # share a specialist of the runner-up may take of the final
+    won = phases["probes"]["training_seconds"] * (
+        (1 - auto.HALVING_SHARE) * (1 - auto.LEVER_SHARE) + auto.HALVING_SHARE / 2)
+    assert arm["steps_planned"] == pytest.approx(won / arm["seconds_per_step"], rel=0.1, abs=1)  # (rounded)
     assert math.isfinite(phases["halving"]["rounds"][0]["psnr"]["ultracompact-scratch"])
     trained = load_weights(tmp_path / "run" / "arms" / "ultracompact-scratch" / "best.safetensors")
     assert trained.arch == "Compact" and trained.hparams["num_conv"] == 8
@@ -1013,9 +1018,11 @@ def test_the_runner_up_s_specialist_trains_on_the_groups_it_leads_and_the_end_us
     assert end["specialist"]["groups"] == [group] and end["specialist"]["keep"]
     assert len(end["models"]) == 3 and end["models"][2].endswith(f"{plan['name']}/best.safetensors")
     assert end["weights"][2] == 0 and end["weights_by_group"]["keep"]
+    assert end["weights_by_group"]["led"] == [group]
     for g, w in end["weights_by_group"]["weights"].items():
         assert w[1 if int(g) == group else 2] == 0  # each image runs two models
     assert len(list(result.submission.iterdir())) == len(list((two_recipe_set / "test" / "lr").iterdir()))
     page = (tmp_path / "run" / "report.html").read_text()
     assert f"{plan['name']}</b>, a copy of the runner-up" in page
     assert f"{plan['name']} (in {plan['of']}'s place on recipe groups {group})" in page
+    assert f"(group {group}, led by the runner-up, shrunk toward the pooled weights exchanged)" in page

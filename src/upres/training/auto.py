@@ -1078,7 +1078,7 @@ def _probe(run: AutoRun, cand: dict, variant: dict, steps: int, seconds: float, 
     if not known:
         arm.update(_layout(run, arm, folder, per_step))
         per_step = arm["layout"]["channels_last"] if arm["channels_last"] else per_step
-    share = seconds * (1 - HALVING_SHARE + HALVING_SHARE / max(starts, 1))
+    share = won_seconds(seconds, starts)
     probe_pixels = arm["batch"] * arm["crop"] ** 2
     if known:  # the same start's fitted costs, scaled by how this arm's probe step compares
         ratio = per_step / known["timing"]["probe_seconds"]
@@ -1102,6 +1102,14 @@ def _probe(run: AutoRun, cand: dict, variant: dict, steps: int, seconds: float, 
     arm["timing"] = {"probe_seconds": per_step, "overhead": model[0], "per_pixel": model[1],
                      "timed": timed}
     return arm
+
+
+def won_seconds(seconds: float, starts: int) -> float:
+    """The training time an arm gets if it wins: its share of halving and the final, less what
+    the runner-up's specialist may take of the final (``LEVER_SHARE``). Without that, on other6
+    at 30m the winner trained 676 and 726 s of the 1033 and 1081 s planned, and at 1081 s the
+    plan chose crop 128 for 322 steps, of which it reached 176 (at 1033 s: crop 96, 285)."""
+    return seconds * ((1 - HALVING_SHARE) * (1 - LEVER_SHARE) + HALVING_SHARE / max(starts, 1))
 
 
 def range_rate(suggestion: float, scratch: bool) -> tuple[float, dict]:
@@ -1658,7 +1666,7 @@ def decide_end(run: AutoRun) -> dict:
             grouped = (specialist_weights(val, label, weights, specialist["groups"], led=led) if three
                        else fit_group_weights(val, label, weights, priors=led_priors(weights, led)))
             gain = val.fused_psnr(grouped) - val.fused_psnr(weights)
-            by_group = {"keep": bool(gain >= KEEP_DB or three), "gain_db": round(gain, 4),
+            by_group = {"keep": bool(gain >= KEEP_DB or three), "gain_db": round(gain, 4), "led": led,
                         "weights": {str(g): [round(float(w), 4) for w in c]
                                     for g, c in grouped.by_group.items()}}
             fused = grouped if by_group["keep"] else weights
