@@ -719,7 +719,7 @@ def choose_end_backend(source, files: list[dict], run: AutoRun, psnr32: float, s
     record = {"backend": "openvino" if ok else "torch", "dtype": up.backend.dtype,
               "exact": bool(psnr >= psnr32 - PRECISION_DB), "val_speed_ratio": round(seconds / seconds32, 3),
               "psnr": round(psnr, 4), "seconds": round(seconds, 3), "torch_seconds": round(torch_seconds, 3),
-              "convert_seconds": round(convert, 1), "why": f"OpenVINO {up.backend.dtype} scored "
+              "convert_seconds": round(convert, 2), "why": f"OpenVINO {up.backend.dtype} scored "
               f"{psnr - psnr32:+.3f} dB against PyTorch fp32 in {seconds / max(torch_seconds, 1e-9):.2f}x "
               f"PyTorch's {precision['dtype']} time, {saves:.0f} s saved a pass over validation and test "
               f"for a {convert:.0f} s conversion"}
