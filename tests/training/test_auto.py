@@ -904,16 +904,14 @@ def test_large_validation_pairs_are_validated_on_their_aligned_centres(auto_set,
     assert sorted(p.name for p in result.submission.iterdir()) == ["t0.png", "t1.png"]
 
 
-def test_a_specialist_is_used_on_its_groups_only_where_validation_rises(tmp_path):
-    """Validation pairs of groups 0 and 1; the specialist (model 2) is exact on group 0: kept,
-    with weights that run it on group 0's images only; a garbage specialist is dropped."""
-    rng = np.random.default_rng(3)
+def _group_pairs(tmp_path, group_ids, predictions):
+    """Validation pairs whose flat 8x8 LR's grey level names its recipe group, each with the
+    models' predictions and target from ``predictions(group)``, and a labeller that reads it."""
     files, preds, targets, hrs, groups = [], [], [], [], {}
-    for k, group in enumerate([0, 1]):
+    for k, group in enumerate(group_ids):
         lr = np.full((8, 8, 3), 60 * (group + 1), np.uint8)
         images.write_image(tmp_path / f"{k}.png", lr)
-        target = rng.uniform(0.1, 0.9, (32, 32, 3))
-        p = np.stack([target + rng.normal(0, 0.05, target.shape) for _ in range(2)] + [target])
+        p, target = predictions(group)
         files.append({"lr": tmp_path / f"{k}.png", "hr": tmp_path / f"{k}.png"})
         preds.append(p.astype(np.float32)), targets.append(target)
         hrs.append(np.rint(target * 255).astype(np.uint8))
@@ -922,7 +920,21 @@ def test_a_specialist_is_used_on_its_groups_only_where_validation_rises(tmp_path
     def label(lr_rgb):
         return groups[round(float(lr_rgb.mean()), 4)], 0.9
 
+    return files, preds, targets, hrs, label
+
+
+def test_a_specialist_is_used_on_its_groups_only_where_validation_rises(tmp_path):
+    """Validation pairs of groups 0 and 1; the specialist (model 2) is exact on group 0: kept,
+    with weights that run it on group 0's images only; a garbage specialist is dropped."""
     from upres.inference.ensemble import Validation, fit_coefficients
+
+    rng = np.random.default_rng(3)
+
+    def predictions(group):
+        target = rng.uniform(0.1, 0.9, (32, 32, 3))
+        return np.stack([target + rng.normal(0, 0.05, target.shape) for _ in range(2)] + [target]), target
+
+    files, preds, targets, hrs, label = _group_pairs(tmp_path, [0, 1], predictions)
 
     val = Validation(files, preds, targets, hrs, 4, [20.0, 20.0, 30.0])
     kept, models, used = auto.fit_specialist(val, label, {"name": "s", "groups": [0]}, ["w", "r", "s"],
@@ -947,21 +959,13 @@ def test_groups_the_runner_up_led_shrink_toward_the_pooled_weights_swapped(tmp_p
     from upres.inference.ensemble import Validation, fit_coefficients
 
     rng = np.random.default_rng(5)
-    files, preds, targets, hrs, groups = [], [], [], [], {}
-    for k, group in enumerate([0, 1, 1]):
-        lr = np.full((8, 8, 3), 60 * (group + 1), np.uint8)
-        images.write_image(tmp_path / f"{k}.png", lr)
+
+    def predictions(group):
         p = rng.uniform(0.1, 0.9, (3, 32, 32, 3))
         p[2] = p[1]
-        target = 0.2 * p[0] + 0.8 * p[1] if group == 0 else p[0]
-        files.append({"lr": tmp_path / f"{k}.png", "hr": tmp_path / f"{k}.png"})
-        preds.append(p.astype(np.float32)), targets.append(target)
-        hrs.append(np.rint(target * 255).astype(np.uint8))
-        groups[round(float(lr.mean()) / 255, 4)] = group
+        return p, 0.2 * p[0] + 0.8 * p[1] if group == 0 else p[0]
 
-    def label(lr_rgb):
-        return groups[round(float(lr_rgb.mean()), 4)], 0.9
-
+    files, preds, targets, hrs, label = _group_pairs(tmp_path, [0, 1, 1], predictions)
     val = Validation(files, preds, targets, hrs, 4, [20.0, 20.0, 20.0])
     pooled = np.append(fit_coefficients([p[:2] for p in preds], targets), 0.0)
     assert pooled[0] > 0.6  # two pairs of three want the winner alone
