@@ -368,6 +368,38 @@ def test_the_end_runs_in_bf16_only_where_it_scores_as_fp32_and_is_faster(auto_se
     assert "more than 0.01 dB lost" in lost["why"]
 
 
+def test_starts_are_timed_warm_on_an_accelerator_and_presets_not_once_the_budget_is_spent(
+        auto_set, monkeypatch):
+    """On CUDA a model's first pass pays the context and cuDNN's choice of kernels (3.4 s
+    against 0.05 s for x4plus on an H200): the timed pass is the second there, the only one on
+    a CPU. A spent budget times the starts (one must run) but no preset."""
+    built, passes = [], []
+
+    def score(model, files, scale, device, **_):
+        passes.append(model)
+        return 20.0, (3.4 if passes.count(model) == 1 else 0.05)
+
+    monkeypatch.setattr(auto, "_score", score)
+    monkeypatch.setattr(auto, "_candidate", lambda source, preset, scale: (
+        {"name": source or preset}, built.append(torch.nn.Conv2d(3, 3, 1)) or built[-1]))
+    pair = [{"lr": sorted((auto_set / "train" / "lr").iterdir())[0]}]
+    megapixels = auto._megapixels(pair)
+    left = [60.0]
+    run = SimpleNamespace(shard=SimpleNamespace(device="cuda:0"), scale=4, say=lambda _: None,
+                          clock=SimpleNamespace(left=lambda: left[0]))
+    timed = auto.time_starts(run, ["x4plus"], ["compact"], pair, missing := [])
+    assert [(e["name"], e["seconds_per_mp"]) for e in timed] == \
+        [(n, round(0.05 / megapixels, 2)) for n in ("x4plus", "compact")] and missing == []
+    assert len(passes) == 4  # two a model
+    run.shard.device, passes[:] = "cpu", []
+    timed = auto.time_starts(run, ["x4plus"], ["compact"], pair, missing)
+    assert [e["seconds_per_mp"] for e in timed] == [round(3.4 / megapixels, 2)] * 2 and len(passes) == 2
+    left[0] = 0.0
+    timed = auto.time_starts(run, ["x4plus"], ["compact"], pair, missing)
+    assert [e["name"] for e in timed] == ["x4plus"]
+    assert missing == ["compact: not timed, the budget is spent"]
+
+
 def test_openvino_runs_the_end_only_where_installed_as_exact_and_faster(auto_set, starts, tmp_path,
                                                                        monkeypatch):
     """The first start through OpenVINO (fp32 here) against PyTorch's timing: chosen where it

@@ -434,17 +434,9 @@ def score_candidates(run: AutoRun) -> dict:
     from upres.scoring import metrics
 
     starts, missing = _starts(run)
-    presets = preset_names(run.options.presets, run.shard.device)
-    files, timed = val_files(run), []
-    for source, preset in [(s, None) for s in starts] + [(None, p) for p in presets]:
-        if preset and run.clock.left() <= 0:  # (an H200 took 36 s to time 24 presets)
-            missing.append(f"{preset}: not timed, the budget is spent")
-            continue
-        entry, model = _candidate(source, preset, run.scale)
-        _, seconds = _score(model, files[:1], run.scale, run.shard.device)
-        timed.append({**entry, "params": sum(p.numel() for p in model.parameters()),
-                      "seconds_per_mp": round(seconds / _megapixels(files[:1]), 2)})
-        run.say(f"  {entry['name']}: {seconds:.1f} s on one validation pair")
+    files = val_files(run)
+    timed = time_starts(run, starts, preset_names(run.options.presets, run.shard.device), files[:1],
+                        missing)
     if not timed:
         raise AutoError("no candidate start: " + ("; ".join(missing) or "none asked for")
                         + ". Give --candidate FILE or install the pretrained models")
@@ -459,6 +451,27 @@ def score_candidates(run: AutoRun) -> dict:
             "missing": missing, "reference": reference["name"], "val_used": len(files),
             "val_megapixels": round(_megapixels(files), 4), "precision": precision,
             "end_backend": backend, "test_costs": costs}
+
+
+def time_starts(run: AutoRun, starts: list[str], presets: list[str], pair: list[dict],
+                missing: list[str]) -> list[dict]:
+    """Each start, then each preset, timed on one validation pair; on an accelerator after an
+    untimed pass (on an H200 x4plus's first pass took 3.4 s, the CUDA context and cuDNN's
+    choice of kernels, where a warm one takes 0.05 s: that had cut validation to 2 pairs).
+    Presets are not timed once the budget is spent (24 took 36 s there); ``missing`` says so."""
+    timed = []
+    for source, preset in [(s, None) for s in starts] + [(None, p) for p in presets]:
+        if preset and run.clock.left() <= 0:
+            missing.append(f"{preset}: not timed, the budget is spent")
+            continue
+        entry, model = _candidate(source, preset, run.scale)
+        if run.shard.device != "cpu":
+            _score(model, pair, run.scale, run.shard.device)
+        _, seconds = _score(model, pair, run.scale, run.shard.device)
+        timed.append({**entry, "params": sum(p.numel() for p in model.parameters()),
+                      "seconds_per_mp": round(seconds / _megapixels(pair), 2)})
+        run.say(f"  {entry['name']}: {seconds:.1f} s on one validation pair")
+    return timed
 
 
 def _score_starts(run: AutoRun, timed: list[dict], reference: dict, files: list[dict]) -> tuple:
