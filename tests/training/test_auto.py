@@ -368,6 +368,34 @@ def test_the_end_runs_in_bf16_only_where_it_scores_as_fp32_and_is_faster(auto_se
     assert "more than 0.01 dB lost" in lost["why"]
 
 
+def test_a_preset_too_slow_at_its_smallest_size_is_dropped_after_one_timing(auto_set, starts, tmp_path,
+                                                                           monkeypatch):
+    """A preset from scratch that its first timing (crop 64 x batch 4) gives fewer than
+    1/SCRATCH_SLACK of SCRATCH_MIN_STEPS is dropped there, untimed in the other layout and
+    sizes; the start beside it is probed in full."""
+    from upres.training import lr_find
+
+    class Stop(Exception):
+        pass
+
+    tests, real = [], lr_find.range_test
+    monkeypatch.setattr(lr_find, "range_test", lambda cfg, folder, *a, **k: tests.append(folder)
+                        or real(cfg, folder, *a, **k))
+    monkeypatch.setattr(auto, "run_halving", lambda run: (_ for _ in ()).throw(Stop()))
+    options = AutoOptions(60, device="cpu", pretrained=(), candidates=(str(starts[0]),),
+                          presets="ultracompact", cache_dir=str(tmp_path / "cache"), progress=False)
+    with pytest.raises(Stop):
+        run_auto(auto_set, tmp_path / "run", options, say=lambda _: None)
+    probes = json.loads((tmp_path / "run" / "auto.json").read_text())["phases"]["probes"]
+    dropped = next(d for d in probes["dropped"] if d["name"] == "ultracompact-scratch")
+    steps = int(re.match(r"(\d+) steps in the time it would get \(20000 needed\)", dropped["why"])[1])
+    assert auto.SCRATCH_SLACK * steps < auto.SCRATCH_MIN_STEPS
+    assert [f.name for f in tests if "ultracompact" in str(f)] == ["ultracompact-scratch"]
+    start = [f.relative_to(tmp_path / "run" / "probes").parts[0] for f in tests
+             if "ultracompact" not in str(f)]
+    assert len(start) >= 2 and [a["name"] for a in probes["arms"]] == [start[0]]  # layout timed too
+
+
 def test_starts_are_timed_warm_on_an_accelerator_and_presets_not_once_the_budget_is_spent(
         auto_set, monkeypatch):
     """On CUDA a model's first pass pays the context and cuDNN's choice of kernels (3.4 s

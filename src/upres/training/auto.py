@@ -70,6 +70,10 @@ FINAL_OVERSHOOT = 1.1
 # Stopped by time at 1/1.25 of its length, a cosine is at 10% of its peak
 PROBE_OVERSHOOT = 1.25
 SCRATCH_MIN_STEPS = 20_000  # a preset from scratch is a candidate only if it gets this many
+# A preset from scratch whose first timing (crop 64 x batch 4, the smallest) gives it under
+# 1/SCRATCH_SLACK of those steps is dropped untimed in other layouts and sizes: on an H200 with a
+# 4-minute budget, probing 24 presets fully took 110 s and dropped them all (160 to 2,100 steps)
+SCRATCH_SLACK = 2.0
 # of the time left, at most, for a start's end (validation, test set) if it trains: at 0.5,
 # big6 at 20m gave no start time to train (x4plus-anime's end ~8.9 min of the 17.4 left), where
 # 10.9 minutes of training had gained 1.2 dB; a short training that stays under bicubic on
@@ -1077,7 +1081,8 @@ def _probe(run: AutoRun, cand: dict, variant: dict, steps: int, seconds: float, 
     """One arm measured: a range test of ``steps`` (its rate and its step time; with a
     ``known`` arm of the same start, or fewer than ``RANGE_STEPS`` affordable, a few steps at a
     known rate time it), the faster memory layout, then its crop, batch and schedule for the
-    time it would get if it won."""
+    time it would get if it won; a preset from scratch too slow at the first timing is left
+    there (``SCRATCH_SLACK``)."""
     from upres.training.lr_find import range_test
 
     scratch = variant["variant"] == "scratch"
@@ -1098,11 +1103,13 @@ def _probe(run: AutoRun, cand: dict, variant: dict, steps: int, seconds: float, 
         test = range_test(arm_config(run, arm, 5), folder, 5, rate, rate * 1.0001, progress=False)
         arm["range_test"] = {"skipped": "the full fine-tune's rate" if lr else
                              f"{steps} steps affordable ({RANGE_STEPS} needed): the usual rate"}
-    per_step = test.seconds_per_step
+    per_step, share = test.seconds_per_step, won_seconds(seconds, starts)
+    if scratch and SCRATCH_SLACK * share / per_step < SCRATCH_MIN_STEPS:
+        # at its smallest crop and batch: no layout or size can give it the steps
+        return {**arm, "steps_planned": int(share / per_step), "seconds_per_step": round(per_step, 4)}
     if not known:
         arm.update(_layout(run, arm, folder, per_step))
         per_step = arm["layout"]["channels_last"] if arm["channels_last"] else per_step
-    share = won_seconds(seconds, starts)
     probe_pixels = arm["batch"] * arm["crop"] ** 2
     if known:  # the same start's fitted costs, scaled by how this arm's probe step compares
         ratio = per_step / known["timing"]["probe_seconds"]
