@@ -52,7 +52,7 @@ SPECIALIST_STEPS = 10  # a runner-up's specialist that cannot train this many st
 MIN_STEP_RATIO = 1.2
 PRECISION_DB = 0.01  # the fast inference precision may lose at most this against fp32
 # and must be this share faster: on an H200, x4plus on minicomp's small validation images ran
-# 1.45x slower in fp16 autocast than in fp32 (TF32), the casts outweighing the faster convolutions
+# 1.38x slower in fp16 autocast than in fp32 (TF32), the casts outweighing the faster convolutions
 PRECISION_GAIN = 0.05
 LAYOUT_GAIN = 0.05  # channels_last is taken where a step is at least this share faster
 BACKEND_GAIN = 0.05  # OpenVINO runs the end where it is at least this share faster than PyTorch
@@ -72,7 +72,8 @@ PROBE_OVERSHOOT = 1.25
 SCRATCH_MIN_STEPS = 20_000  # a preset from scratch is a candidate only if it gets this many
 # A preset from scratch whose first timing (crop 64 x batch 4, the smallest) gives it under
 # 1/SCRATCH_SLACK of those steps is dropped untimed in other layouts and sizes: on an H200 with a
-# 4-minute budget, probing 24 presets fully took 110 s and dropped them all (160 to 2,100 steps)
+# 4-minute budget the probes took 110 s, most on the layouts and sizes of 24 presets that they
+# then dropped (160 to 2,100 steps each)
 SCRATCH_SLACK = 2.0
 # of the time left, at most, for a start's end (validation, test set) if it trains: at 0.5,
 # big6 at 20m gave no start time to train (x4plus-anime's end ~8.9 min of the 17.4 left), where
@@ -462,7 +463,7 @@ def time_starts(run: AutoRun, starts: list[str], presets: list[str], pair: list[
     """Each start, then each preset, timed on one validation pair; on an accelerator after an
     untimed pass (on an H200 x4plus's first pass took 3.4 s, the CUDA context and cuDNN's
     choice of kernels, where a warm one takes 0.05 s: that had cut validation to 2 pairs).
-    Presets are not timed once the budget is spent (24 took 36 s there); ``missing`` says so."""
+    Presets are not timed once the budget is spent; ``missing`` says so."""
     timed = []
     for source, preset in [(s, None) for s in starts] + [(None, p) for p in presets]:
         if preset and run.clock.left() <= 0:
