@@ -139,7 +139,9 @@ def test_auto_writes_a_submission_within_the_budget_and_drops_the_bad_start(auto
         saved = tmp_path / "run" / "arms" / arm["name"] / "config.yaml"
         if saved.exists():
             fast = precision["dtype"] in arm["dtypes"]
-            assert load_config(str(saved), []).val.dtype == (precision["dtype"] if fast else "fp32")
+            saved_cfg = load_config(str(saved), [])
+            assert saved_cfg.val.dtype == (precision["dtype"] if fast else "fp32")
+            assert saved_cfg.train.ema_warmup  # short fine-tunes: an EMA that follows the training
     for arm in phases["probes"]["arms"]:  # the layout follows its two timings
         timed = arm["layout"]
         assert arm["channels_last"] == (timed["channels_last"] < (1 - LAYOUT_GAIN) * timed["nchw"])

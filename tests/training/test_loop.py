@@ -240,6 +240,28 @@ def test_bf16_training_step_computes_in_bf16_with_channels_last(comp, tmp_path):
     assert result.step == 3 and result.last_val["val_psnr"] > 5
 
 
+def test_warmed_up_ema_follows_the_training_not_the_start(comp, tmp_path):
+    """train.ema_warmup: step k mixes the new weights in at 1 - min(e, (1+k)/(10+k)), so after
+    4 steps the start keeps 0.5% of the EMA, not e^4 (66% at e = 0.9)."""
+    e, n = 0.9, 4
+    cfg = tiny_cfg(comp, tmp_path, f"train.ema={e}", "train.ema_warmup=true", "train.lr=0.01",
+                   f"train.iterations={n}", "train.device=cpu")
+    shard = Shard()
+    data = prepare_data(cfg, shard, tmp_path / "run", progress=False)
+    state = build_state(cfg, torch.device("cpu"))
+    warm = plain = state.model.conv_first.weight.detach().double().clone()
+    with StopFlag() as stop:
+        for k in range(1, n + 1):
+            lr_b, hr_b = (torch.stack(t) for t in zip(data.dataset[0], data.dataset[1]))
+            state.step = k
+            train_step(state, state.model, lr_b, hr_b, cfg, shard, tmp_path / "run", stop)
+            w = state.model.conv_first.weight.detach().double()
+            d = min(e, (1 + k) / (10 + k))
+            warm, plain = d * warm + (1 - d) * w, e * plain + (1 - e) * w
+    torch.testing.assert_close(state.ema.conv_first.weight.double(), warm, rtol=1e-5, atol=1e-6)
+    assert (plain - warm).abs().max() > 1e-3  # what train.ema alone would hold
+
+
 def test_run_log_closes_everything_when_a_step_fails(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

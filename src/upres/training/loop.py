@@ -388,6 +388,16 @@ def loss_fn(name: str, sr: torch.Tensor, hr: torch.Tensor, eps: float) -> torch.
     return torch.sqrt((sr - hr) ** 2 + eps * eps).mean()  # charbonnier
 
 
+def ema_decay(tc, step: int) -> float:
+    """The EMA decay at (1-based) ``step``: ``tc.ema``, capped early by ``train.ema_warmup``.
+    RealSR fine-tuned on other6 (crop 128 x batch 8, cosine 2e-4, 300 steps) scored 23.646 dB
+    on validation at step 50 with the warm-up, 23.513 with 0.99 alone; 23.740 and 23.666 at 100;
+    23.785 and 23.789 at 300."""
+    if not tc.ema_warmup:
+        return tc.ema
+    return min(tc.ema, (1 + step) / (10 + step))
+
+
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """BasicSR's rule: ema = decay * ema + (1 - decay) * model."""
@@ -440,7 +450,7 @@ def train_step(state: TrainState, forward: nn.Module, lr_b: torch.Tensor, hr_b: 
     state.optimizer.zero_grad(set_to_none=True)
     state.scheduler.step()
     if not nonfinite and state.ema is not None:
-        ema_update(state.ema, state.model, tc.ema)
+        ema_update(state.ema, state.model, ema_decay(tc, state.step))
     return StepOutcome(loss, nonfinite, stop_now, over)
 
 
