@@ -114,15 +114,15 @@ def test_auto_writes_a_submission_within_the_budget_and_drops_the_bad_start(auto
     options = levers["self_ensemble"]["options"]  # of 2, 4 and 8 flips, the best net gain
     assert sorted(options) == ["2", "4", "8"]
     assert levers["self_ensemble"]["net_db"] == max(o["net_db"] for o in options.values())
-    winner = phases["halving"]["winner"]  # the slope that prices them: its last two validations
-    value = levers["training"]  # before the final, and the halving round validated midway too
+    winner = phases["halving"]["winner"]  # the slope that prices them: a line in ln(step)
+    value = levers["training"]  # through every validation before the final (midway ones too)
     metrics = (tmp_path / "run" / "arms" / winner / "metrics.jsonl").read_text().splitlines()
     vals = [(r["step"], r["val_psnr"]) for r in map(json.loads, metrics)
             if "val_psnr" in r and 0 < r["step"] <= value["from_step"]]
-    s2, p2 = vals[-1]  # and the last one at least MIN_STEP_RATIO fewer steps before it
-    (s1, p1) = [(s, p) for s, p in vals[:-1] if s2 >= auto.MIN_STEP_RATIO * s][-1]
-    assert value["slope_db_per_log_step"] == pytest.approx(max(p2 - p1, 0) / math.log(s2 / s1),
-                                                           abs=1e-3)
+    assert len(vals) >= 2 and vals[-1][0] >= auto.MIN_STEP_RATIO * vals[0][0]
+    x, y = np.log([s for s, _ in vals]), np.array([p for _, p in vals])
+    least_squares = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
+    assert value["slope_db_per_log_step"] == pytest.approx(max(least_squares, 0), abs=1e-3)
     assert phases["end"]["val_psnr"] == pytest.approx(max(phases["end"]["val_psnr_models"]), abs=0.5)
     if "speed" in levers:  # the end's speed as timed at the levers, never under the estimate
         speed = levers["speed"]
@@ -255,6 +255,19 @@ def test_a_levers_time_is_priced_by_the_winners_validation_slope():
     assert auto._unaffordable(unknown, 0.31 * 200, "the runner-up") == (
         "not affordable: the runner-up adds a pass over the test set (~1.0 min) that would take over "
         "30% of the final's 3.3 min of training")
+
+
+def test_the_slope_is_a_least_squares_line_through_every_validation():
+    """Four validations of the other6 winner at 30m: the fit in ln(step) over all of them (0.145
+    dB per e-fold), not the last two (0.092); steps too close read no slope, a fall reads 0."""
+    scores = [(23, 23.48), (38, 23.584), (87, 23.6923), (119, 23.7211)]
+    x, y = np.log([s for s, _ in scores]), np.array([p for _, p in scores])
+    expected = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
+    assert auto.log_step_slope(scores) == pytest.approx(expected) == pytest.approx(0.145, abs=1e-3)
+    assert auto.log_step_slope(scores[-2:]) == pytest.approx(0.0288 / math.log(119 / 87), abs=1e-4)
+    assert auto.log_step_slope([(100, 23.0), (110, 23.5)]) is None  # under MIN_STEP_RATIO apart
+    assert auto.log_step_slope([]) is None
+    assert auto.log_step_slope([(50, 23.5), (100, 23.2)]) == 0.0
 
 
 def test_the_reserve_for_the_end_follows_the_speed_timed_at_the_levers(tmp_path):

@@ -270,16 +270,15 @@ def _slope(value: dict | None) -> str:
     """How the levers' time was priced: the winner's validation slope."""
     if not value:
         return ""
-    if "between" not in value and value.get("steps_per_second") == 0:
+    if "points" not in value and value.get("steps_per_second") == 0:
         return "<p>Nothing trains, so a lever's time costs no training.</p>"
     if value.get("slope_db_per_log_step") is None:
         return (f"<p>The winner's validation slope was not measured; a lever could take at most "
                 f"a share of the final's {value['final_seconds'] / 60:.1f} min.</p>")
-    (s1, p1), (s2, p2) = value["between"]
-    return (f"<p>A lever's time is priced by the winner's validation curve: {p1:.3f} dB at step "
-            f"{s1}, {p2:.3f} at step {s2}, read as {value['slope_db_per_log_step']:.3f} dB per "
-            f"e-fold of steps, over a final of {value['final_seconds'] / 60:.1f} min at "
-            f"{value['steps_per_second']:.3f} steps/s.</p>")
+    curve = ", ".join(f"{p:.3f} dB at step {s}" for s, p in value["points"])
+    return (f"<p>A lever's time is priced by the winner's validation curve: {curve}, fitted as "
+            f"{value['slope_db_per_log_step']:.3f} dB per e-fold of steps, over a final of "
+            f"{value['final_seconds'] / 60:.1f} min at {value['steps_per_second']:.3f} steps/s.</p>")
 
 
 def _models(end: dict) -> str:
