@@ -230,8 +230,8 @@ class TrainConfig(_Strict):
     ema_warmup: bool = _doc(
         "Warm the EMA up: the decay at step t is min(ema, (1 + t) / (10 + t)) (TensorFlow's "
         "num_updates rule), so that a short fine-tune's EMA follows its training, not its start "
-        "(0.99 alone still holds 0.99^50 = 60% of the start at step 50); from step 890 on, "
-        "the plain decay.", False)
+        "(0.99 alone still holds 0.99^50 = 60% of the start at step 50); at 0.99 the plain "
+        "decay from step 890 on.", False)
     grad_clip: float | None = _doc("Clip the gradient norm to this value.", None, gt=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _doc(
         "Autocast precision: bf16 (CPU or CUDA) or fp16 (CUDA only, with a GradScaler); auto: "
