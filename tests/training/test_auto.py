@@ -268,6 +268,13 @@ def test_the_slope_is_a_least_squares_line_through_every_validation():
     assert auto.log_step_slope([(100, 23.0), (110, 23.5)]) is None  # under MIN_STEP_RATIO apart
     assert auto.log_step_slope([]) is None
     assert auto.log_step_slope([(50, 23.5), (100, 23.2)]) == 0.0
+    from upres.training.auto_report import _slope  # the page shows the points, and a journal
+
+    value = {"from_step": 119, "steps_per_second": 0.34, "final_seconds": 717.9,  # from before
+             "slope_db_per_log_step": 0.0917, "between": [[87, 23.6923], [119, 23.7211]]}
+    assert "23.692 dB at step 87, 23.721 dB at step 119, fitted as 0.092 dB" in _slope(value)
+    value = {**value, "points": [[s, p] for s, p in scores], "slope_db_per_log_step": 0.1448}
+    assert "23.480 dB at step 23, 23.584 dB at step 38, 23.692 dB at step 87" in _slope(value)
 
 
 def test_the_reserve_for_the_end_follows_the_speed_timed_at_the_levers(tmp_path):

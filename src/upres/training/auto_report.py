@@ -270,12 +270,13 @@ def _slope(value: dict | None) -> str:
     """How the levers' time was priced: the winner's validation slope."""
     if not value:
         return ""
-    if "points" not in value and value.get("steps_per_second") == 0:
+    points = value.get("points") or value.get("between")  # (runs before 4ae0a0a: the last two)
+    if not points and value.get("steps_per_second") == 0:
         return "<p>Nothing trains, so a lever's time costs no training.</p>"
     if value.get("slope_db_per_log_step") is None:
         return (f"<p>The winner's validation slope was not measured; a lever could take at most "
                 f"a share of the final's {value['final_seconds'] / 60:.1f} min.</p>")
-    curve = ", ".join(f"{p:.3f} dB at step {s}" for s, p in value["points"])
+    curve = ", ".join(f"{p:.3f} dB at step {s}" for s, p in points)
     return (f"<p>A lever's time is priced by the winner's validation curve: {curve}, fitted as "
             f"{value['slope_db_per_log_step']:.3f} dB per e-fold of steps, over a final of "
             f"{value['final_seconds'] / 60:.1f} min at {value['steps_per_second']:.3f} steps/s.</p>")
