@@ -476,8 +476,11 @@ def test_openvino_runs_the_end_only_where_installed_as_exact_and_faster(auto_set
     faster = slow_torch["seconds"] / 2  # PyTorch twice as fast as OpenVINO
     fast_torch = auto.choose_end_backend(starts[0], files, run, psnr32, faster, fp32, test_mp)
     assert fast_torch["backend"] == "torch" and "speed_ratio" not in fast_torch
-    run.out = tmp_path / "fresh"  # a conversion from scratch against PyTorch at twice OpenVINO's time
-    unpaid = auto.choose_end_backend(starts[0], files, run, psnr32, 2 * slow_torch["seconds"], fp32, test_mp)
+    # a conversion from scratch (0.4 s here) against PyTorch at 0.06 s a pass: OpenVINO (0.007 s
+    # alone, up to 0.029 under the test suite's load; twice its first timing failed) is faster
+    # but saves under 0.12 s over validation and test
+    run.out = tmp_path / "fresh"
+    unpaid = auto.choose_end_backend(starts[0], files, run, psnr32, 0.06, fp32, test_mp)
     saved = (unpaid["torch_seconds"] - unpaid["seconds"]) * (1 + test_mp / auto._megapixels(files))
     assert unpaid["exact"] and unpaid["seconds"] <= (1 - auto.BACKEND_GAIN) * unpaid["torch_seconds"], unpaid
     assert unpaid["backend"] == "torch" and unpaid["convert_seconds"] > saved > 0, unpaid
