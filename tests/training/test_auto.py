@@ -415,7 +415,7 @@ def test_a_preset_too_slow_at_its_smallest_size_is_dropped_after_one_timing(auto
     assert [f.name for f in tests if "ultracompact" in str(f)] == ["ultracompact-scratch"]
     start = [f.relative_to(tmp_path / "run" / "probes").parts[0] for f in tests
              if "ultracompact" not in str(f)]
-    assert len(start) >= 2 and [a["name"] for a in probes["arms"]] == [start[0]]  # layout timed too
+    assert len(start) >= 2 and {a["name"] for a in probes["arms"]} == set(start)  # layout timed too
 
 
 def test_starts_are_timed_warm_on_an_accelerator_and_presets_not_once_the_budget_is_spent(
@@ -589,7 +589,7 @@ def test_auto_under_two_gloo_processes_trains_the_arms_with_ddp_and_submits(auto
     phases = json.loads((run / "auto.json").read_text())["phases"]
     assert phases["final"]["done"] and "submit" in phases
     trained = [d for d in (run / "arms").iterdir() if (d / "metrics.jsonl").exists()]
-    assert len(trained) == 2  # both arms trained a halving round
+    assert {"good-full", "bad-full"} <= {d.name for d in trained}  # both starts trained a halving round
     for arm in trained:
         records = [json.loads(x) for x in (arm / "metrics.jsonl").read_text().splitlines()]
         steps = [r["step"] for r in records if "loss" in r]
@@ -1096,13 +1096,14 @@ def test_the_runner_up_s_specialist_trains_on_the_groups_it_leads_and_the_end_us
     monkeypatch.setattr(auto, "_measure_ensemble", leading)
     monkeypatch.setattr(auto, "floor_at_bicubic", lambda end, *_: end)  # (tiny models: under bicubic)
     monkeypatch.setattr(auto, "KEEP_DB", -1e9)  # whatever it gains: the end runs it
+    monkeypatch.setattr(auto, "ROUND_STEPS", 10 ** 6)  # no tail-first arms: time left for the end
     result = run_auto(two_recipe_set, tmp_path / "run", _options(starts, 60.0, tmp_path), say=lambda _: None)
     phases = json.loads((tmp_path / "run" / "auto.json").read_text())["phases"]
     assert phases["fingerprint"]["groups"] > 1 and phases["fingerprint"]["classifier_accuracy"] is not None
     plan, group = phases["final"]["specialist"], led["group"]
     held = set(phases["split"]["val"])
     train = [g for n, g in phases["fingerprint"]["group_of"].items() if n not in held]
-    assert plan["groups"] == [group] and plan["of"] == phases["halving"]["runner_up"]
+    assert plan["groups"] == [group] and plan["of"] == phases["halving"]["runner_up"], plan
     assert plan["share"] == pytest.approx(min(train.count(group) / len(train), auto.LEVER_SHARE), abs=1e-4)
     cfg = load_config(str(tmp_path / "run" / "arms" / plan["name"] / "config.yaml"), [])
     assert cfg.data.groups == [group] and cfg.init.source == str(

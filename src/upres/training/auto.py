@@ -37,7 +37,9 @@ VAL_SHARE = 0.04  # of the budget, at most, for one validation pass (fewer pairs
 VAL_CROP = 192  # LR pixels a side of the centre validated, of pairs over twice its square
 PROBE_SHARE = 0.08  # of the training time, at most, for the probes
 HALVING_SHARE = 0.45  # of the training time, for successive halving; the rest to the winner
-MIN_STEPS = 300  # steps an arm's schedule should get (else smaller crops or batches)
+MIN_STEPS = 800  # steps an arm's schedule should get (else smaller crops or batches): at the same
+# HR pixels, RealSR on other6 scored 23.733 / 23.788 / 23.819 dB in 200 x 192^2 x 4, 448 x 128^2 x 4
+# and 800 x 96^2 x 4 steps (benchmarks/bench_steps.py; 1.22x the time for the last)
 FEWEST_STEPS = 50  # a fine-tune that cannot get this many steps is not an arm
 ROUND_STEPS = 100  # a halving round holding fewer steps per arm cannot tell two levers apart
 RANGE_STEPS = 24  # a range test of fewer steps is too noisy to trust
