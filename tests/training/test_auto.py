@@ -1121,3 +1121,15 @@ def test_the_runner_up_s_specialist_trains_on_the_groups_it_leads_and_the_end_us
     assert f"{plan['name']}</b>, a copy of the runner-up" in page
     assert f"{plan['name']} (in {plan['of']}'s place on recipe groups {group})" in page
     assert f"(group {group}, led by the runner-up, shrunk toward the pooled weights exchanged)" in page
+
+
+def test_tail_first_is_an_arm_only_where_the_halving_sees_it_unfrozen():
+    """Rounds under ROUND_STEPS cannot tell the two arms apart, and rounds that end before tail
+    first unfreezes would compare its frozen tail alone: both say why; else it is an arm."""
+    full = {"seconds_per_step": 1.0, "steps_planned": 1000}
+    assert auto._tail_first_unjudged(full, auto.ROUND_STEPS - 1, 10_000, 0.5).startswith(
+        f"a halving round of {auto.ROUND_STEPS - 1} s holds")
+    assert auto._tail_first_unjudged(full, 400, 499, 0.5) == (
+        "the halving ends by step 499, before tail first unfreezes (step 500): it would compare "
+        "the frozen tail alone")
+    assert auto._tail_first_unjudged(full, 400, 500, 0.5) == ""

@@ -1000,8 +1000,8 @@ def starts_that_leave_training(run: AutoRun) -> tuple[list[dict], list[dict]]:
 def probe_arms(run: AutoRun) -> dict:
     """Each arm's learning rate (range test), step time and crop/batch for the time it can get;
     arms that cannot train enough steps are dropped with the figures. Tail first is an arm only
-    where a halving round gives it ``ROUND_STEPS`` steps or more, enough to tell it from the full
-    fine-tune (on minicomp it trailed by 0.08 dB after 10 minutes)."""
+    where the halving can judge it (``_tail_first_unjudged``; on minicomp it trailed by 0.08 dB
+    after 10 minutes)."""
     cands, dropped = starts_that_leave_training(run)
     seconds = run.clock.left() - reserve_after_training(run, 1, False, starts=cands) if cands else 0.0
     arms = []
@@ -1015,11 +1015,12 @@ def probe_arms(run: AutoRun) -> dict:
         for variant in variants:
             arm = _probe(run, cand, variant, probe_steps, seconds, min_side, len(cands), known)
             known = arm  # the full fine-tune's rate and layout serve tail first too
-            if variant["variant"] == "full" and rounds_of / arm["seconds_per_step"] < ROUND_STEPS:
-                variants[1:] = []  # tail first would not get steps enough to be compared
-                dropped.append({"name": f"{cand['name']}-tail-first", "why": f"a halving round "
-                                f"of {rounds_of:.0f} s holds {rounds_of / arm['seconds_per_step']:.0f} "
-                                f"steps ({ROUND_STEPS} needed to compare it)"})
+            if variant["variant"] == "full" and len(variants) > 1:
+                why = _tail_first_unjudged(arm, rounds_of, HALVING_SHARE * seconds / 2,
+                                           variants[1]["unfreeze"][0]["at"])
+                if why:
+                    variants[1:] = []
+                    dropped.append({"name": f"{cand['name']}-tail-first", "why": why})
             need = SCRATCH_MIN_STEPS if variant["variant"] == "scratch" else FEWEST_STEPS
             if arm["steps_planned"] < need:
                 dropped.append({"name": arm["name"], "why": f"{arm['steps_planned']} steps in "
@@ -1033,6 +1034,25 @@ def probe_arms(run: AutoRun) -> dict:
         return untrained_start(run, dropped)
     return {"arms": arms, "dropped": dropped, "training_seconds": round(seconds, 1),
             "probe_steps": probe_steps}
+
+
+def _tail_first_unjudged(full: dict, round_seconds: float, finalist_seconds: float,
+                        unfreeze_at: float) -> str:
+    """Why the halving could not tell tail first from the full fine-tune, else "": rounds too
+    short, or rounds that end (a finalist trains at most half the halving's time) before tail
+    first unfreezes, so that they would compare the frozen tail alone: on other6 at 30 minutes
+    (o30k) each start's tail-first arm trailed its full one at 47 steps, and RealSR's by 0.095 dB
+    at 180, all still frozen (they unfroze at 442 of 884); minicomp's tail only trailed the full
+    cosine fine-tune by 0.11 (levers-cpu)."""
+    per_step = full["seconds_per_step"]
+    if round_seconds / per_step < ROUND_STEPS:
+        return (f"a halving round of {round_seconds:.0f} s holds {round_seconds / per_step:.0f} "
+                f"steps ({ROUND_STEPS} needed to compare it)")
+    reach, unfreeze = int(finalist_seconds / per_step), int(unfreeze_at * full["steps_planned"])
+    if reach < unfreeze:
+        return (f"the halving ends by step {reach}, before tail first unfreezes (step {unfreeze}): "
+                "it would compare the frozen tail alone")
+    return ""
 
 
 def untrained_start(run: AutoRun, dropped: list[dict]) -> dict:
