@@ -224,13 +224,33 @@ def test_two_levers_that_pay_alone_but_not_together_keep_the_better_net_gain():
                 "ensemble": {"keep": True, "gain_db": 0.04, "net_db": 0.035, "why": "kept"}}
 
     # together: 0.09 dB less 0.06 of training = 0.03, under the ensemble's 0.035 alone
-    chosen = afford_together(levers(), joint_loss=0.06)
+    chosen = afford_together(levers(), joint_loss=lambda n: 0.06)
     assert chosen["ensemble"]["keep"] and not chosen["self_ensemble"]["keep"]
     assert "the final would train 0.060 dB less" in chosen["self_ensemble"]["why"]
-    assert all(v["keep"] for v in afford_together(levers(), joint_loss=0.05).values())
+    assert all(v["keep"] for v in afford_together(levers(), joint_loss=lambda n: 0.05).values())
     one = levers()
     one["ensemble"]["keep"] = False
-    assert afford_together(one, joint_loss=0.06)["self_ensemble"]["keep"]
+    assert afford_together(one, joint_loss=lambda n: 0.06)["self_ensemble"]["keep"]
+
+
+def test_beside_the_ensemble_the_self_ensemble_that_nets_most_together_is_kept():
+    """o30t's case: x8 alone nets the most, but with the ensemble it does not fit the final
+    (infinite loss); x4 with the ensemble nets 0.065 + 0.044 - 0.03 = 0.079 > 0.065 alone."""
+    options = {"2": {"gain_db": 0.04, "test_seconds": 50.0, "net_db": 0.03},
+               "4": {"gain_db": 0.065, "test_seconds": 150.0, "net_db": 0.05},
+               "8": {"gain_db": 0.087, "test_seconds": 385.0, "net_db": 0.065}}
+    levers = {"self_ensemble": {"keep": True, **options["8"], "transforms": 8, "options": options},
+              "ensemble": {"keep": True, "gain_db": 0.044, "net_db": 0.042, "why": "kept"}}
+    loss = {2: 0.01, 4: 0.03, 8: math.inf}
+    chosen = afford_together(levers, joint_loss=loss.__getitem__)
+    assert chosen["ensemble"]["keep"] and chosen["self_ensemble"]["keep"]
+    assert chosen["self_ensemble"]["transforms"] == 4 and chosen["self_ensemble"]["gain_db"] == 0.065
+    assert chosen["self_ensemble"]["training_loss_db"] == pytest.approx(0.015)
+    assert "x4 nets the most (+0.079 dB together)" in chosen["self_ensemble"]["why"]
+    levers["self_ensemble"].update(options["8"], transforms=8)
+    loss.update({2: 0.08, 4: 0.08})  # every pairing costs more than it brings: the ensemble goes
+    chosen = afford_together(levers, joint_loss=loss.__getitem__)
+    assert chosen["self_ensemble"]["transforms"] == 8 and not chosen["ensemble"]["keep"]
 
 
 def test_a_levers_time_is_priced_by_the_winners_validation_slope():
