@@ -112,8 +112,9 @@ def test_auto_writes_a_submission_within_the_budget_and_drops_the_bad_start(auto
                                        pytest.approx(lever["gain_db"] - loss, abs=1e-3))
             assert lever["keep"] == (lever["net_db"] >= KEEP_DB) or "together" in lever["why"]
     options = levers["self_ensemble"]["options"]  # of 2, 4 and 8 flips, the best net gain
-    assert sorted(options) == ["2", "4", "8"]
-    assert levers["self_ensemble"]["net_db"] == max(o["net_db"] for o in options.values())
+    assert sorted(options) == ["2", "4", "8"]  # (or beside the ensemble, the best together)
+    assert levers["self_ensemble"]["net_db"] == max(o["net_db"] for o in options.values()) or (
+        "beside the ensemble" in levers["self_ensemble"]["why"] and levers["ensemble"]["keep"])
     winner = phases["halving"]["winner"]  # the slope that prices them: a line in ln(step)
     value = levers["training"]  # through every validation before the final (midway ones too)
     metrics = (tmp_path / "run" / "arms" / winner / "metrics.jsonl").read_text().splitlines()
