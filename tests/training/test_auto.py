@@ -120,10 +120,13 @@ def test_auto_writes_a_submission_within_the_budget_and_drops_the_bad_start(auto
     metrics = (tmp_path / "run" / "arms" / winner / "metrics.jsonl").read_text().splitlines()
     vals = [(r["step"], r["val_psnr"]) for r in map(json.loads, metrics)
             if "val_psnr" in r and 0 < r["step"] <= value["from_step"]]
-    assert len(vals) >= 2 and vals[-1][0] >= auto.MIN_STEP_RATIO * vals[0][0]
-    x, y = np.log([s for s, _ in vals]), np.array([p for _, p in vals])
-    least_squares = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
-    assert value["slope_db_per_log_step"] == pytest.approx(max(least_squares, 0), abs=1e-3)
+    assert len(vals) >= 2
+    if vals[-1][0] < auto.MIN_STEP_RATIO * vals[0][0]:  # too close in steps to read (timing decides)
+        assert value["slope_db_per_log_step"] is None
+    else:
+        x, y = np.log([s for s, _ in vals]), np.array([p for _, p in vals])
+        least_squares = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
+        assert value["slope_db_per_log_step"] == pytest.approx(max(least_squares, 0), abs=1e-3)
     assert phases["end"]["val_psnr"] == pytest.approx(max(phases["end"]["val_psnr_models"]), abs=0.5)
     if "speed" in levers:  # the end's speed as timed at the levers, never under the estimate
         speed = levers["speed"]
