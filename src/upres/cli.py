@@ -623,7 +623,8 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
     for g in fp.groups:
         post = g.post["kind"] + (f" {g.post['level']}" if "level" in g.post else "")
         print(f"  group {g.id}: {g.count} pairs, noise {g.noise:.2f}, blockiness "
-              f"{g.blockiness:.2f}, after resampling: {post}, bicubic {g.bicubic_psnr:.2f} dB")
+              f"{g.blockiness:.2f}, JPEG grid {g.grid:.2f}, after resampling: {post}, bicubic "
+              f"{g.bicubic_psnr:.2f} dB")
     if fp.purity() is not None:
         print(f"purity against recipes.json: {fp.purity():.1%}")
     c = fp.classifier

@@ -4,6 +4,7 @@ reducing the LR inconsistency, and the commands' files and errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,7 +13,16 @@ import pytest
 from helpers import hr_folder, photo
 from upres.cli import main
 from upres.degradation import blind, kernels, recipes
-from upres.degradation.fingerprint import Fingerprint, synthesize
+from upres.degradation.fingerprint import (
+    GRID_CAP,
+    TOLERANCE,
+    Fingerprint,
+    Group,
+    PairStats,
+    cluster,
+    distances,
+    synthesize,
+)
 from upres.degradation.folders import fingerprint_data, label_lr
 from upres.degradation.refine import back_project
 from upres.errors import DataError
@@ -62,6 +72,50 @@ def test_fit_recovers_a_known_kernel_and_noise():
     assert noisy.noise == pytest.approx(6.0 * 0.668, rel=0.1)  # luma of independent RGB noise
     jpeg = kernels.fit_pair(synthesize(hr, kernel, {"kind": "jpeg", "level": 40}, 4, 0), hr, 4)
     assert jpeg.blockiness > 1.1 and abs(noisy.blockiness - 1) < 0.1
+
+
+def test_jpeg_grid_evidence_keeps_jpeg_apart_from_noise_that_looks_alike():
+    hr = photo("astronaut")[100:420, 100:420]
+    g = np.exp(-0.5 * ((np.arange(16) - 7.5) / 1.8) ** 2)
+    kernel = np.outer(g, g) / np.outer(g, g).sum()
+    clean, noisy, jpeg = (kernels.fit_pair(synthesize(hr, kernel, post, 4, 0), hr, 4) for post in (
+        {"kind": "none"}, {"kind": "noise", "level": 8.0}, {"kind": "jpeg", "level": 50}))
+    assert jpeg.grid > GRID_CAP and abs(noisy.grid) < 0.05 and abs(clean.grid) < 0.05
+    # every other statistic the noisy pair's: the grid alone puts them a tolerance apart ...
+    noisy_but_gridded = dataclasses.replace(noisy, grid=jpeg.grid)
+    assert distances([noisy, noisy_but_gridded])[0, 1] >= 1
+    assert len(set(cluster([noisy, noisy, noisy_but_gridded, noisy_but_gridded]))) == 2
+    # ... while two JPEG pairs whose content marks the grid unequally stay together
+    assert distances([jpeg, dataclasses.replace(jpeg, grid=jpeg.grid + 0.3)])[0, 1] < 1e-6
+
+
+def test_grid_evidence_of_a_small_image_is_shrunk_toward_no_jpeg():
+    raw, shrunk = [], []
+    for name in ("astronaut", "coffee", "chelsea"):  # 32x32 LR images: 16 blocks each
+        img = photo(name)
+        for y in range(0, img.shape[0] - 127, 128):
+            for x in range(0, img.shape[1] - 127, 128):
+                lr = recipes.degrade(np.ascontiguousarray(img[y:y + 128, x:x + 128]),
+                                     recipes.parse_recipe("bicubic"), 4)
+                raw.append(kernels.jpeg_grid(images.luma(lr))[6:].mean())
+                shrunk.append(kernels.grid_evidence(lr))
+    assert max(np.abs(raw)) > 0.08  # the raw share difference scatters on so few blocks
+    np.testing.assert_allclose(shrunk, np.array(raw) * 16 / (16 + kernels.GRID_BLOCKS_HALF), atol=1e-6)
+    assert max(np.abs(shrunk)) < 0.5 * TOLERANCE["grid"]
+
+
+def test_a_fingerprint_written_before_grid_evidence_still_loads(tmp_path):
+    fp = Fingerprint(4, 16, [PairStats("a", 0, 1.0, 1.0, 0.0, (0.0, 0.0), 2.0, 25.0, None, 0.4)],
+                     [Group(0, 1, [[1.0]], 1.0, 1.0, 0.0, 2.0, (0.0, 0.0), 25.0, {"kind": "none"},
+                            grid=0.4)])
+    fp.save(tmp_path / "new.json")
+    old = json.loads((tmp_path / "new.json").read_text())
+    for item in old["pairs"] + old["groups"]:
+        del item["grid"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert Fingerprint.load(tmp_path / "new.json").groups[0].grid == 0.4
+    loaded = Fingerprint.load(tmp_path / "old.json")
+    assert loaded.groups[0].grid == 0.0 and loaded.pairs[0].grid == 0.0
 
 
 @pytest.fixture(scope="module")

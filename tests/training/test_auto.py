@@ -120,8 +120,8 @@ def test_auto_writes_a_submission_within_the_budget_and_drops_the_bad_start(auto
     metrics = (tmp_path / "run" / "arms" / winner / "metrics.jsonl").read_text().splitlines()
     vals = [(r["step"], r["val_psnr"]) for r in map(json.loads, metrics)
             if "val_psnr" in r and 0 < r["step"] <= value["from_step"]]
-    assert len(vals) >= 2
-    if vals[-1][0] < auto.MIN_STEP_RATIO * vals[0][0]:  # too close in steps to read (timing decides)
+    assert vals  # one or more: how many fit in seconds of training is the timing's doing
+    if vals[-1][0] < auto.MIN_STEP_RATIO * vals[0][0]:  # one, or too close in steps to read
         assert value["slope_db_per_log_step"] is None
     else:
         x, y = np.log([s for s, _ in vals]), np.array([p for _, p in vals])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from upres.degradation.kernels import jpeg_grid
 from upres.io.images import luma
 
 PATCH = 32
@@ -110,25 +111,6 @@ def planar_spectrum(y: np.ndarray, side: int = 16) -> np.ndarray:
     """The image's average log power spectrum in two dimensions (rfft), centred."""
     power = np.log((np.abs(np.fft.rfft2(_patches(y, side))) ** 2).mean(0) + 1e-3)
     return (power - power.mean()).ravel()
-
-
-def jpeg_grid(y: np.ndarray) -> np.ndarray:
-    """Shares of 8x8 DCT coefficients near zero in three frequency rings, on the JPEG grid and
-    as the difference from a grid shifted by 4 pixels."""
-    import cv2
-
-    def shares(z: np.ndarray) -> list[float]:
-        h, w = z.shape[0] // 8 * 8, z.shape[1] // 8 * 8
-        if h < 8 or w < 8:
-            return [0.0] * 6
-        blocks = z[:h, :w].reshape(h // 8, 8, w // 8, 8).transpose(0, 2, 1, 3).reshape(-1, 8, 8)
-        coef = np.abs(np.stack([cv2.dct(np.ascontiguousarray(b, np.float32)) for b in blocks]))
-        ring = np.add.outer(np.arange(8), np.arange(8))
-        return [float(np.mean(coef[:, (ring >= lo) & (ring < hi)] < t))
-                for lo, hi in ((2, 5), (5, 8), (8, 15)) for t in (0.5, 1.5)]
-
-    aligned, shifted = np.array(shares(y)), np.array(shares(y[4:, 4:]))
-    return np.concatenate([aligned, aligned - shifted])
 
 
 def train(vectors: list[np.ndarray], groups: list[int], folds: int = 5, seed: int = 0,

@@ -3,9 +3,11 @@ describe each group well enough to synthesize more pairs like it.
 
 Grouping: two pairs belong together when their kernel profiles agree within a few standard errors
 of the fit (plus a small floor for what a linear kernel cannot model), their residual noise levels
-within a factor of two, their JPEG blockiness within 0.2 and their residual correlation within
-0.15. Average-linkage clustering with that tolerance as the cut chooses the number of groups;
-groups smaller than ``min_group`` pairs join their nearest group."""
+within a factor of two, their JPEG blockiness within 0.2, their residual correlation within
+0.15 and their JPEG grid evidence (``kernels.grid_evidence``, capped at ``GRID_CAP`` so that
+content does not split one JPEG quality) within 0.1. Average-linkage clustering with that
+tolerance as the cut chooses the number of groups; groups smaller than ``min_group`` pairs join
+their nearest group."""
 
 from __future__ import annotations
 
@@ -25,7 +27,13 @@ from upres.scoring.metrics import bicubic_upscale, psnr
 
 FORMAT = "upres-fingerprint/1"
 TOLERANCE = {"profile_z": 4.0, "profile_floor": 0.0015, "noise_ratio": 2.0, "blockiness": 0.2,
-             "correlation": 0.15}
+             "correlation": 0.15, "grid": 0.1}
+GRID_CAP = 0.2  # grid evidence above this is JPEG for sure; how much more is the content's doing
+
+
+def _grid(value: float) -> float:
+    """Grid evidence as grouping compares it: clipped to 0..GRID_CAP."""
+    return min(max(value, 0.0), GRID_CAP)
 
 
 @dataclass
@@ -39,6 +47,7 @@ class PairStats:
     spread: float
     bicubic_psnr: float
     recipe: str | None = None  # the true recipe, when the set records it
+    grid: float = 0.0  # JPEG grid evidence of the LR (0.0 in fingerprints written before it)
 
 
 @dataclass
@@ -55,6 +64,7 @@ class Group:
     post: dict  # estimated after-resampling step: {"kind": "none" | "noise" | "jpeg", "level": ...}
     examples: list[str] = field(default_factory=list)
     recipes: dict[str, int] = field(default_factory=dict)  # true recipe counts, when known
+    grid: float = 0.0  # median JPEG grid evidence (0.0 in fingerprints written before it)
 
 
 @dataclass
@@ -109,7 +119,8 @@ class Fingerprint:
                 float(np.sqrt(((fit.profile() - profile) ** 2).mean())) / spread,
                 abs(np.log(max(fit.noise, 1e-3) / max(g.noise, 1e-3))) / np.log(tol["noise_ratio"]),
                 abs(fit.blockiness - g.blockiness) / tol["blockiness"],
-                abs(fit.correlation - g.correlation) / tol["correlation"]))
+                abs(fit.correlation - g.correlation) / tol["correlation"],
+                abs(_grid(fit.grid) - _grid(g.grid)) / tol["grid"]))
         return int(np.argmin(scores))
 
     def label(self, lr: np.ndarray) -> tuple[int, np.ndarray]:
@@ -147,7 +158,8 @@ def distances(fits: list[kernels.PairFit]) -> np.ndarray:
     d = rms / (tol["profile_z"] * np.sqrt(se[:, None] ** 2 + se[None] ** 2 + tol["profile_floor"] ** 2))
     for values, width in ((np.log([max(f.noise, 1e-3) for f in fits]), np.log(tol["noise_ratio"])),
                           ([f.blockiness for f in fits], tol["blockiness"]),
-                          ([f.correlation for f in fits], tol["correlation"])):
+                          ([f.correlation for f in fits], tol["correlation"]),
+                          ([_grid(f.grid) for f in fits], tol["grid"])):
         v = np.asarray(values, float)
         np.maximum(d, np.abs(v[:, None] - v[None]) / width, out=d)
     return d
@@ -257,11 +269,12 @@ def _summarize(gid: int, idx: np.ndarray, fits, stats: list[PairStats], load, sc
         noise=float(np.median([f.noise for f in members])),
         blockiness=float(np.median([f.blockiness for f in members])),
         correlation=float(np.median([f.correlation for f in members])),
+        grid=float(np.median([f.grid for f in members])),
         spread=float(np.median([f.spread for f in members])),
         offset=tuple(float(v) for v in np.median([f.offset for f in members], axis=0)),
         bicubic_psnr=float(np.mean([stats[i].bicubic_psnr for i in idx])),
         post=post, examples=[stats[i].name for i in closest[:3]] or names[:3],
-        recipes={r: true.count(r) for r in sorted(set(true), key=lambda r: -true.count(r))})
+        recipes={r: true.count(r) for r in sorted(set(true), key=lambda r: (-true.count(r), r))})
 
 
 SYNTH_FOR_CLASSIFIER = 1200  # at most this many synthesized LR images train the classifier
@@ -281,7 +294,8 @@ def recipe_distance(a: Group, b: Group, samples: list[np.ndarray], scale: int) -
     parts = [rms / MERGE_RMS,
              abs(np.log(max(a.noise, 1e-3) / max(b.noise, 1e-3))) / np.log(tol["noise_ratio"]),
              abs(a.blockiness - b.blockiness) / tol["blockiness"],
-             abs(a.correlation - b.correlation) / tol["correlation"]]
+             abs(a.correlation - b.correlation) / tol["correlation"],
+             abs(_grid(a.grid) - _grid(b.grid)) / tol["grid"]]
     if _post_kind(a.post) != _post_kind(b.post):
         parts.append(np.inf)
     elif a.post["kind"] == "jpeg":
@@ -374,7 +388,7 @@ def fingerprint(pairs, scale: int = 4, cache_dir: str | Path | None = None,
         fits.append(fit)
         stats.append(PairStats(pair.name, 0, fit.noise, fit.blockiness, fit.correlation,
                                fit.offset, fit.spread, _bicubic_psnr(lr, hr, scale),
-                               (labels or {}).get(pair.name)))
+                               (labels or {}).get(pair.name), fit.grid))
     group_of = cluster(fits, min_group)
     groups = _describe_groups(group_of, fits, stats, cache.load, scale, progress)
     recipe_of = merge_recipes(groups, cache.load, [np.flatnonzero(group_of == g.id) for g in groups],

@@ -80,6 +80,7 @@ def write_report(fp: Fingerprint, path: str | Path, load=None, names: list[str] 
             ("bicubic PSNR (central crops)", f"{g.bicubic_psnr:.2f} dB"),
             ("residual noise (8-bit luma)", f"{g.noise:.2f}"),
             ("JPEG blockiness", f"{g.blockiness:.2f}"), ("residual correlation", f"{g.correlation:.2f}"),
+            ("JPEG grid evidence (0: none)", f"{g.grid:.2f}"),
             ("kernel RMS radius (HR px)", f"{g.spread:.2f}"),
             ("kernel offset y, x (HR px)", f"{g.offset[0]:+.2f}, {g.offset[1]:+.2f}"),
             ("estimated step after resampling", post), ("true recipes", true)))
