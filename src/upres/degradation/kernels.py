@@ -142,8 +142,8 @@ GRID_BLOCKS_HALF = 64  # 8x8 blocks at which ``grid_evidence`` keeps half its ra
 
 def grid_evidence(lr: np.ndarray) -> float:
     """How much more often 8x8 DCT coefficients sit near zero on the image's JPEG grid than on a
-    grid shifted by 4: 0 for resampling, blur and noise, 0.09 to 0.65 for JPEG at quality 95 to
-    50 (BSD68, Set5 and Set14 under ``make-set`` recipes). Blockiness misses it: JPEG 50 on a
+    grid shifted by 4 (raw: 0 for resampling, blur and noise, 0.09 to 0.65 for JPEG at quality 95
+    to 50 on BSD68, Set5 and Set14 under ``make-set`` recipes). Blockiness misses it: JPEG 50 on a
     detailed image can leave a residual much like noise's. Without JPEG the raw value scatters as
     about 0.17 / sqrt(blocks) (scikit-image photos: SD 0.042 over 16 blocks, 0.008 over 256, up
     to +0.23 on a 32x32 LR image), so it is shrunk by blocks / (blocks + ``GRID_BLOCKS_HALF``):
