@@ -119,6 +119,7 @@ def test_long_running_commands_take_quiet():
 def test_internal_errors_keep_their_traceback(monkeypatch, capsys):
     """UpresError: one line, exit 2. Anything else is a bug: it propagates with its traceback."""
     from upres import cli
+    from upres.cli import training
 
     def user_error(args):
         raise UpresError("x.png: bad input")
@@ -126,10 +127,10 @@ def test_internal_errors_keep_their_traceback(monkeypatch, capsys):
     def bug(args):
         raise KeyError("internal")
 
-    monkeypatch.setattr(cli, "cmd_config_list", user_error)
+    monkeypatch.setattr(training, "cmd_config_list", user_error)
     assert cli.main(["config", "list"]) == 2
     assert capsys.readouterr().err == "error: x.png: bad input\n"
-    monkeypatch.setattr(cli, "cmd_config_list", bug)
+    monkeypatch.setattr(training, "cmd_config_list", bug)
     with pytest.raises(KeyError, match="internal"):
         cli.main(["config", "list"])
 

@@ -2,16 +2,16 @@
 
 The public API: ``RRDBNet`` / ``build_model`` / ``describe`` (architectures), ``load_model`` /
 ``save_model`` / ``convert`` (weights), ``Upscaler`` (inference), ``psnr`` / ``ssim`` (metrics),
-``UpresError`` (the base of every error upres raises on purpose). The ``upres`` command wraps
-them. Names are imported on first use, so ``import upres`` (and ``upres --help``) stays fast and
-imports no torch.
+``run_auto`` / ``AutoOptions`` (``upres auto``), ``UpresError`` (the base of every error upres
+raises on purpose). The ``upres`` command wraps them. Names are imported on first use, so
+``import upres`` (and ``upres --help``) stays fast and imports no torch.
 """
 
 from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
     "RRDBNet": "upres.models",
@@ -27,6 +27,8 @@ _EXPORTS = {
     "load_weights": "upres.io.loading",
     "save_model": "upres.io.loading",
     "UpresError": "upres.errors",
+    "AutoOptions": "upres.auto",
+    "run_auto": "upres.auto",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -20,13 +20,12 @@ from upres.models import build_model
 from upres.training import loop as train_mod
 from upres.training.config import dump_config, load_config
 from upres.training.loop import (
-    RunLog,
-    StopFlag,
     build_state,
     prepare_data,
     train,
     train_step,
 )
+from upres.training.runlog import RunLog, StopFlag
 
 TINY = ["model.num_feat=8", "model.num_grow_ch=4", "model.num_block=1", "data.crop=32",
         "data.workers=0", "train.batch_size=2", "train.log_every=5"]

@@ -20,32 +20,92 @@ import pytest
 import torch
 
 from helpers import free_port, hr_folder, make_recipe_set, tiny_rrdbnet
+from upres.auto import arms as auto_arms
+from upres.auto import dataset as auto_dataset
+from upres.auto import driver as auto_driver
+from upres.auto import ending as auto_ending
+from upres.auto import final as auto_final
+from upres.auto import halving as auto_halving
+from upres.auto import levers as auto_levers
+from upres.auto import measure as auto_measure
+from upres.auto import precision as auto_precision
+from upres.auto import probes as auto_probes
+from upres.auto import starts as auto_starts
+from upres.auto.arms import arm_config, head_patterns
+from upres.auto.clock import HALVING_SHARE, LEVER_SHARE, Clock
+from upres.auto.costs import (
+    _per_mp,
+    reserve_after_training,
+    test_seconds,
+    time_on_test_image,
+    training_val_seconds,
+    val_dtype,
+)
+from upres.auto.dataset import split_validation, val_files, val_groups
+from upres.auto.driver import run_auto
+from upres.auto.ending import fit_specialist, floor_at_bicubic, led_priors, specialist_weights
+from upres.auto.final import FINAL_OVERSHOOT, PROBE_OVERSHOOT, SPECIALIST_STEPS, run_final
+from upres.auto.journal import AutoError, AutoOptions, Journal
+from upres.auto.levers import (
+    KEEP_DB,
+    MIN_STEP_RATIO,
+    _calibrate,
+    _lever,
+    _measure_ensemble,
+    _unaffordable,
+    afford_together,
+    log_step_slope,
+    training_loss,
+)
+from upres.auto.measure import FP32, end_dtype, end_options, megapixels_of, score, timed_pass
+from upres.auto.precision import (
+    BACKEND_GAIN,
+    PRECISION_DB,
+    choose_end_backend,
+    choose_precision,
+    measure_test_costs,
+)
+from upres.auto.probes import (
+    DEFAULT_LR,
+    LAYOUT_GAIN,
+    MIN_STEPS,
+    ROUND_STEPS,
+    SCRATCH_MIN_STEPS,
+    SCRATCH_SLACK,
+    SIZE_TIMINGS,
+    _sized,
+    _step_model,
+    _tail_first_unjudged,
+    range_rate,
+    untrained_start,
+)
+from upres.auto.starts import (
+    _end_too_slow,
+    _reference,
+    _score_starts,
+    _val_count,
+    preset_names,
+    score_candidates,
+    starts_that_leave_training,
+    time_starts,
+)
 from upres.cli import main
 from upres.errors import DataError
 from upres.io import images
 from upres.io.loading import load_weights, save_model
 from upres.scoring import metrics
-from upres.training import auto
-from upres.training.auto import (
-    KEEP_DB,
-    LAYOUT_GAIN,
-    MIN_STEPS,
-    PRECISION_DB,
-    AutoError,
-    AutoOptions,
-    afford_together,
-    choose_precision,
-    head_patterns,
-    range_rate,
-    run_auto,
-    training_loss,
-)
 from upres.training.config import load_config
 
 
 @pytest.fixture(scope="module")
 def auto_set(tmp_path_factory) -> Path:
     return make_recipe_set(tmp_path_factory.mktemp("autoset"))
+
+
+def patch_in(monkeypatch, name: str, value, *modules) -> None:
+    """Replaces NAME in each phase module that uses it (they import it by name)."""
+    for module in modules:
+        monkeypatch.setattr(module, name, value)
 
 
 def nearest_rrdbnet():
@@ -121,7 +181,7 @@ def test_auto_writes_a_submission_within_the_budget_and_drops_the_bad_start(auto
     vals = [(r["step"], r["val_psnr"]) for r in map(json.loads, metrics)
             if "val_psnr" in r and 0 < r["step"] <= value["from_step"]]
     assert vals  # one or more: how many fit in seconds of training is the timing's doing
-    if vals[-1][0] < auto.MIN_STEP_RATIO * vals[0][0]:  # one, or too close in steps to read
+    if vals[-1][0] < MIN_STEP_RATIO * vals[0][0]:  # one, or too close in steps to read
         assert value["slope_db_per_log_step"] is None
     else:
         x, y = np.log([s for s, _ in vals]), np.array([p for _, p in vals])
@@ -155,7 +215,7 @@ def test_auto_writes_a_submission_within_the_budget_and_drops_the_bad_start(auto
         if arm["variant"] == "full":  # planned no further than 1.5x the pixels of a timed size
             top = max(b * c ** 2 for c, b, _ in timing["timed"])
             assert arm["crop"] ** 2 * arm["batch"] <= 1.5 * top or \
-                len(timing["timed"]) == 1 + auto.SIZE_TIMINGS
+                len(timing["timed"]) == 1 + SIZE_TIMINGS
     page = (tmp_path / "run" / "report.html").read_text()
     assert "Halving round 1" in page and "data:image/png;base64," in page
 
@@ -205,7 +265,7 @@ def test_resume_after_sigkill_finishes_without_redoing_recorded_phases(auto_set,
 
 def test_a_range_test_rate_far_under_the_usual_one_is_distrusted():
     """x4plus on known6: 40 steps put the minimum at the first rate (suggestion 3.3e-7)."""
-    assert range_rate(3.3e-7, scratch=False) == (auto.DEFAULT_LR[False], {
+    assert range_rate(3.3e-7, scratch=False) == (DEFAULT_LR[False], {
         "suggestion": 3.3e-7, "distrusted": "3.3e-07 is under a tenth of 2e-04"})
     assert range_rate(3e-4, scratch=False) == (3e-4, {"suggestion": 3e-4})
     assert range_rate(5e-3, scratch=False)[0] == 1e-3  # clipped
@@ -266,17 +326,17 @@ def test_a_levers_time_is_priced_by_the_winners_validation_slope():
     assert training_loss(value, 0) == 0 and training_loss(value, 200) == math.inf
     unknown = {**value, "slope_db_per_log_step": None}  # then a share of the final, at most
     assert training_loss(unknown, 0.29 * 200) == 0 and training_loss(unknown, 0.31 * 200) == math.inf
-    kept = auto._lever(0.1, 50, value, "x4")  # 0.1 dB against 0.067 of training
+    kept = _lever(0.1, 50, value, "x4")  # 0.1 dB against 0.067 of training
     assert kept["keep"] and kept["net_db"] == pytest.approx(0.1 - 0.3 * math.log(1.25), abs=1e-4)
-    assert not auto._lever(0.05, 50, value, "x4")["keep"]
-    dropped = auto._lever(0.05, 150, value, "x8")  # 0.3 ln(500/200) = 0.27 dB of training
+    assert not _lever(0.05, 50, value, "x4")["keep"]
+    dropped = _lever(0.05, 150, value, "x8")  # 0.3 ln(500/200) = 0.27 dB of training
     assert not dropped["keep"] and "would cost the training 0.275 dB" in dropped["why"]
     # a lever whose one extra test pass takes the whole final is not even measured
-    assert auto._unaffordable(value, 150, "x2") is None
-    assert auto._unaffordable(value, 200, "x2") == (
+    assert _unaffordable(value, 150, "x2") is None
+    assert _unaffordable(value, 200, "x2") == (
         "not affordable: x2 adds a pass over the test set (~3.3 min) that would take the final's "
         "3.3 min of training")
-    assert auto._unaffordable(unknown, 0.31 * 200, "the runner-up") == (
+    assert _unaffordable(unknown, 0.31 * 200, "the runner-up") == (
         "not affordable: the runner-up adds a pass over the test set (~1.0 min) that would take over "
         "30% of the final's 3.3 min of training")
 
@@ -287,12 +347,12 @@ def test_the_slope_is_a_least_squares_line_through_every_validation():
     scores = [(23, 23.48), (38, 23.584), (87, 23.6923), (119, 23.7211)]
     x, y = np.log([s for s, _ in scores]), np.array([p for _, p in scores])
     expected = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
-    assert auto.log_step_slope(scores) == pytest.approx(expected) == pytest.approx(0.145, abs=1e-3)
-    assert auto.log_step_slope(scores[-2:]) == pytest.approx(0.0288 / math.log(119 / 87), abs=1e-4)
-    assert auto.log_step_slope([(100, 23.0), (110, 23.5)]) is None  # under MIN_STEP_RATIO apart
-    assert auto.log_step_slope([]) is None
-    assert auto.log_step_slope([(50, 23.5), (100, 23.2)]) == 0.0
-    from upres.training.auto_report import _slope  # the page shows the points, and a journal
+    assert log_step_slope(scores) == pytest.approx(expected) == pytest.approx(0.145, abs=1e-3)
+    assert log_step_slope(scores[-2:]) == pytest.approx(0.0288 / math.log(119 / 87), abs=1e-4)
+    assert log_step_slope([(100, 23.0), (110, 23.5)]) is None  # under MIN_STEP_RATIO apart
+    assert log_step_slope([]) is None
+    assert log_step_slope([(50, 23.5), (100, 23.2)]) == 0.0
+    from upres.auto.report import _slope  # the page shows the points, and a journal
 
     value = {"from_step": 119, "steps_per_second": 0.34, "final_seconds": 717.9,  # from before
              "slope_db_per_log_step": 0.0917, "between": [[87, 23.6923], [119, 23.7211]]}
@@ -310,13 +370,13 @@ def test_the_reserve_for_the_end_follows_the_speed_timed_at_the_levers(tmp_path)
                              "precision": {"dtype": "bf16", "speed_ratio": 0.5}, "val_megapixels": 0.1},
               "probes": {"arms": [{"name": "a-full", "variant": "full"}]},
               "halving": {"winner": "a-full"}}
-    run = SimpleNamespace(journal=auto.Journal(tmp_path / "auto.json", {"phases": phases}),
+    run = SimpleNamespace(journal=Journal(tmp_path / "auto.json", {"phases": phases}),
                           options=SimpleNamespace(budget=600.0), end_speed=1.0, test_per_mp={})
-    assert auto.reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.5 + 2 * 10) + 10)
-    speed = auto._calibrate(run, 6.0, passes=8)
+    assert reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.5 + 2 * 10) + 10)
+    speed = _calibrate(run, 6.0, passes=8)
     assert speed == {"seconds": 6.0, "estimated_seconds": 4.0, "ratio": 1.5}
-    assert auto.reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.75 + 2 * 15) + 10)
-    assert auto._calibrate(run, 3.0, passes=8)["ratio"] == 1.0 and run.end_speed == 1.0
+    assert reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.75 + 2 * 15) + 10)
+    assert _calibrate(run, 3.0, passes=8)["ratio"] == 1.0 and run.end_speed == 1.0
 
 
 def test_the_end_s_fast_precision_applies_only_to_families_that_run_in_it(tmp_path):
@@ -331,23 +391,23 @@ def test_the_end_s_fast_precision_applies_only_to_families_that_run_in_it(tmp_pa
               "probes": {"arms": [{"name": "a-full", "variant": "full"},
                                   {"name": "p-scratch", "variant": "scratch"}]},
               "halving": {"winner": "p-scratch", "runner_up": "a-full"}}
-    run = SimpleNamespace(journal=auto.Journal(tmp_path / "auto.json", {"phases": phases}),
+    run = SimpleNamespace(journal=Journal(tmp_path / "auto.json", {"phases": phases}),
                           options=SimpleNamespace(budget=600.0), end_speed=1.0, test_per_mp={})
-    assert auto.end_dtype(run, ["a-full"]) == "bf16"
-    assert auto.end_dtype(run, ["p-scratch"]) == "fp32"
-    assert auto.end_dtype(run, ["p-scratch", "a-full"]) == "fp32"
-    assert auto._per_mp(run, "a-full", end=True) == 5.0 and auto._per_mp(run, "p-scratch", end=True) == 4.0
-    assert auto._per_mp(run, "p-scratch") == 4.0 and auto._per_mp(run, end=True) == 5.0
+    assert end_dtype(run, ["a-full"]) == "bf16"
+    assert end_dtype(run, ["p-scratch"]) == "fp32"
+    assert end_dtype(run, ["p-scratch", "a-full"]) == "fp32"
+    assert _per_mp(run, "a-full", end=True) == 5.0 and _per_mp(run, "p-scratch", end=True) == 4.0
+    assert _per_mp(run, "p-scratch") == 4.0 and _per_mp(run, end=True) == 5.0
     # the preset winner's end is reserved from its own timing (x2 self-ensemble): not zero
-    assert auto.reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.4 + 2 * 8) + 10)
+    assert reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.4 + 2 * 8) + 10)
     a, p = phases["candidates"]["candidates"]  # training validates each in its own precision too
-    assert auto._val_dtype(run, a) == "bf16" and auto._val_dtype(run, p) == "fp32"
-    assert auto._training_val_seconds(run, a) == pytest.approx(0.5 * 10 * 0.1)
-    assert auto._training_val_seconds(run, p) == pytest.approx(4 * 0.1)
+    assert val_dtype(run, a) == "bf16" and val_dtype(run, p) == "fp32"
+    assert training_val_seconds(run, a) == pytest.approx(0.5 * 10 * 0.1)
+    assert training_val_seconds(run, p) == pytest.approx(4 * 0.1)
     old = {**phases["candidates"]["candidates"][1]}
     old.pop("dtypes")  # a record from before dtypes were kept: as measured
     phases["candidates"]["candidates"][1] = old
-    assert auto.end_dtype(run, ["p-scratch"]) == "bf16"
+    assert end_dtype(run, ["p-scratch"]) == "bf16"
 
 
 def test_a_named_preset_trains_from_scratch_beside_the_starts_on_any_device(auto_set, starts,
@@ -359,8 +419,8 @@ def test_a_named_preset_trains_from_scratch_beside_the_starts_on_any_device(auto
         run_auto(auto_set, tmp_path / "typo", AutoOptions(30, device="cpu", pretrained=(),
                                                            presets="ultracompakt"))
     assert not (tmp_path / "typo").exists()
-    assert auto.preset_names("auto", "cpu") == [] and auto.preset_names("none", "cuda:0") == []
-    monkeypatch.setattr(auto, "SCRATCH_MIN_STEPS", 5)  # (20,000 steps: not in seconds on a CPU)
+    assert preset_names("auto", "cpu") == [] and preset_names("none", "cuda:0") == []
+    monkeypatch.setattr(auto_probes, "SCRATCH_MIN_STEPS", 5)  # (20,000 steps: not in seconds on a CPU)
     options = AutoOptions(60, device="cpu", pretrained=(), candidates=(str(starts[0]),),
                           presets="ultracompact", cache_dir=str(tmp_path / "cache"), progress=False)
     result = run_auto(auto_set, tmp_path / "run", options, say=lambda _: None)
@@ -373,7 +433,7 @@ def test_a_named_preset_trains_from_scratch_beside_the_starts_on_any_device(auto
     # planned for what it gets if it wins: half the halving (two starts) and the final, less the
     # share a specialist of the runner-up may take of the final
     won = phases["probes"]["training_seconds"] * (
-        (1 - auto.HALVING_SHARE) * (1 - auto.LEVER_SHARE) + auto.HALVING_SHARE / 2)
+        (1 - HALVING_SHARE) * (1 - LEVER_SHARE) + HALVING_SHARE / 2)
     assert arm["steps_planned"] == pytest.approx(won / arm["seconds_per_step"], rel=0.1, abs=1)  # (rounded)
     assert math.isfinite(phases["halving"]["rounds"][0]["psnr"]["ultracompact-scratch"])
     trained = load_weights(tmp_path / "run" / "arms" / "ultracompact-scratch" / "best.safetensors")
@@ -394,7 +454,7 @@ def test_the_end_runs_in_bf16_only_where_it_scores_as_fp32_and_is_faster(auto_se
     files = [{"lr": p, "hr": auto_set / "train" / "hr" / p.name}
              for p in sorted((auto_set / "train" / "lr").iterdir())[:2]]
     plain = nearest_rrdbnet().eval()
-    psnr32, seconds32 = auto._score(plain, files, 4, "cpu")
+    psnr32, seconds32 = score(plain, files, 4, "cpu")
     slow32 = 1000.0  # fp32 as if it took that long: bf16 is faster (emulated bf16 is not)
     chosen = choose_precision(plain, files, run, psnr32, slow32)
     assert chosen["dtype"] == "bf16" and chosen["psnr"]["bf16"] >= psnr32 - PRECISION_DB
@@ -406,7 +466,7 @@ def test_the_end_runs_in_bf16_only_where_it_scores_as_fp32_and_is_faster(auto_se
     with torch.no_grad():
         offset.conv_first.bias.fill_(100.0)
         offset.conv_last.bias.fill_(-100.0)
-    psnr_offset, _ = auto._score(offset, files, 4, "cpu")
+    psnr_offset, _ = score(offset, files, 4, "cpu")
     assert psnr_offset == pytest.approx(psnr32, abs=1e-3)  # the same network in fp32
     lost = choose_precision(offset, files, run, psnr_offset, slow32)
     assert lost["dtype"] == "fp32" and lost["speed_ratio"] == 1.0
@@ -427,7 +487,7 @@ def test_a_preset_too_slow_at_its_smallest_size_is_dropped_after_one_timing(auto
     tests, real = [], lr_find.range_test
     monkeypatch.setattr(lr_find, "range_test", lambda cfg, folder, *a, **k: tests.append(folder)
                         or real(cfg, folder, *a, **k))
-    monkeypatch.setattr(auto, "run_halving", lambda run: (_ for _ in ()).throw(Stop()))
+    monkeypatch.setattr(auto_driver, "run_halving", lambda run: (_ for _ in ()).throw(Stop()))
     options = AutoOptions(60, device="cpu", pretrained=(), candidates=(str(starts[0]),),
                           presets="ultracompact", cache_dir=str(tmp_path / "cache"), progress=False)
     with pytest.raises(Stop):
@@ -435,7 +495,7 @@ def test_a_preset_too_slow_at_its_smallest_size_is_dropped_after_one_timing(auto
     probes = json.loads((tmp_path / "run" / "auto.json").read_text())["phases"]["probes"]
     dropped = next(d for d in probes["dropped"] if d["name"] == "ultracompact-scratch")
     steps = int(re.match(r"(\d+) steps in the time it would get \(20000 needed\)", dropped["why"])[1])
-    assert auto.SCRATCH_SLACK * steps < auto.SCRATCH_MIN_STEPS
+    assert SCRATCH_SLACK * steps < SCRATCH_MIN_STEPS
     assert [f.name for f in tests if "ultracompact" in str(f)] == ["ultracompact-scratch"]
     start = [f.relative_to(tmp_path / "run" / "probes").parts[0] for f in tests
              if "ultracompact" not in str(f)]
@@ -453,23 +513,23 @@ def test_starts_are_timed_warm_on_an_accelerator_and_presets_not_once_the_budget
         passes.append(model)
         return 20.0, (3.4 if passes.count(model) == 1 else 0.05)
 
-    monkeypatch.setattr(auto, "_score", score)
-    monkeypatch.setattr(auto, "_candidate", lambda source, preset, scale: (
+    patch_in(monkeypatch, "score", score, auto_precision, auto_starts)
+    monkeypatch.setattr(auto_starts, "_candidate", lambda source, preset, scale: (
         {"name": source or preset}, built.append(torch.nn.Conv2d(3, 3, 1)) or built[-1]))
     pair = [{"lr": sorted((auto_set / "train" / "lr").iterdir())[0]}]
-    megapixels = auto._megapixels(pair)
+    megapixels = megapixels_of(pair)
     left = [60.0]
     run = SimpleNamespace(shard=SimpleNamespace(device="cuda:0"), scale=4, say=lambda _: None,
                           clock=SimpleNamespace(left=lambda: left[0]))
-    timed = auto.time_starts(run, ["x4plus"], ["compact"], pair, missing := [])
+    timed = time_starts(run, ["x4plus"], ["compact"], pair, missing := [])
     assert [(e["name"], e["seconds_per_mp"]) for e in timed] == \
         [(n, round(0.05 / megapixels, 2)) for n in ("x4plus", "compact")] and missing == []
     assert len(passes) == 4  # two a model
     run.shard.device, passes[:] = "cpu", []
-    timed = auto.time_starts(run, ["x4plus"], ["compact"], pair, missing)
+    timed = time_starts(run, ["x4plus"], ["compact"], pair, missing)
     assert [e["seconds_per_mp"] for e in timed] == [round(3.4 / megapixels, 2)] * 2 and len(passes) == 2
     left[0] = 0.0
-    timed = auto.time_starts(run, ["x4plus"], ["compact"], pair, missing)
+    timed = time_starts(run, ["x4plus"], ["compact"], pair, missing)
     assert [e["name"] for e in timed] == ["x4plus"]
     assert missing == ["compact: not timed, the budget is spent"]
 
@@ -487,38 +547,38 @@ def test_openvino_runs_the_end_only_where_installed_as_exact_and_faster(auto_set
                           out=tmp_path / "run")
     files = [{"lr": p, "hr": auto_set / "train" / "hr" / p.name}
              for p in sorted((auto_set / "train" / "lr").iterdir())[:2]]
-    psnr32, _ = auto._score(nearest_rrdbnet().eval(), files, 4, "cpu")
+    psnr32, _ = score(nearest_rrdbnet().eval(), files, 4, "cpu")
     fp32 = {"dtype": "fp32", "speed_ratio": 1.0}
-    test_mp = auto._megapixels(files)  # a pass over the test set as long as validation's
-    slow_torch = auto.choose_end_backend(starts[0], files, run, psnr32, 1e3, fp32, test_mp)
+    test_mp = megapixels_of(files)  # a pass over the test set as long as validation's
+    slow_torch = choose_end_backend(starts[0], files, run, psnr32, 1e3, fp32, test_mp)
     assert slow_torch["backend"] == "openvino" and slow_torch["dtype"] == "fp32"
     assert slow_torch["psnr"] == pytest.approx(psnr32, abs=PRECISION_DB)
     assert slow_torch["speed_ratio"] == pytest.approx(slow_torch["seconds"] / 1e3, abs=1e-3)
     assert slow_torch["convert_seconds"] > 0
     assert sorted(p.suffix for p in (run.out / "openvino").glob("src-*")) == [".bin", ".json", ".xml"]
-    monkeypatch.setattr(auto, "OPENVINO_MIN_END", 0.0)
+    monkeypatch.setattr(auto_precision, "OPENVINO_MIN_END", 0.0)
     faster = slow_torch["seconds"] / 2  # PyTorch twice as fast as OpenVINO
-    fast_torch = auto.choose_end_backend(starts[0], files, run, psnr32, faster, fp32, test_mp)
+    fast_torch = choose_end_backend(starts[0], files, run, psnr32, faster, fp32, test_mp)
     assert fast_torch["backend"] == "torch" and "speed_ratio" not in fast_torch
     # a conversion from scratch (0.4 s here) against PyTorch at 0.06 s a pass: OpenVINO (0.007 s
     # alone, up to 0.029 under the test suite's load; twice its first timing failed) is faster
     # but saves under 0.12 s over validation and test
     run.out = tmp_path / "fresh"
-    unpaid = auto.choose_end_backend(starts[0], files, run, psnr32, 0.06, fp32, test_mp)
-    saved = (unpaid["torch_seconds"] - unpaid["seconds"]) * (1 + test_mp / auto._megapixels(files))
-    assert unpaid["exact"] and unpaid["seconds"] <= (1 - auto.BACKEND_GAIN) * unpaid["torch_seconds"], unpaid
+    unpaid = choose_end_backend(starts[0], files, run, psnr32, 0.06, fp32, test_mp)
+    saved = (unpaid["torch_seconds"] - unpaid["seconds"]) * (1 + test_mp / megapixels_of(files))
+    assert unpaid["exact"] and unpaid["seconds"] <= (1 - BACKEND_GAIN) * unpaid["torch_seconds"], unpaid
     assert unpaid["backend"] == "torch" and unpaid["convert_seconds"] > saved > 0, unpaid
     assert "s conversion" in unpaid["why"]
-    better = auto.choose_end_backend(starts[0], files, run, psnr32 + 1, 1e3, fp32, test_mp)
+    better = choose_end_backend(starts[0], files, run, psnr32 + 1, 1e3, fp32, test_mp)
     assert better["backend"] == "torch" and "scored -1.000 dB" in better["why"]
-    monkeypatch.setattr(auto, "OPENVINO_MIN_END", 60.0)  # a short end: not even converted
-    short = auto.choose_end_backend(starts[0], files, run, psnr32, 29.0, fp32, test_mp)
+    monkeypatch.setattr(auto_precision, "OPENVINO_MIN_END", 60.0)  # a short end: not even converted
+    short = choose_end_backend(starts[0], files, run, psnr32, 29.0, fp32, test_mp)
     assert short == {"backend": "torch", "why": "a pass over validation and test takes PyTorch 58 s: "
                      "too short for a conversion to pay"}
     monkeypatch.setattr(openvino_backend, "openvino_available", lambda: False)
-    assert "not installed" in auto.choose_end_backend(starts[0], files, run, psnr32, 1e3, fp32, 0)["why"]
+    assert "not installed" in choose_end_backend(starts[0], files, run, psnr32, 1e3, fp32, 0)["why"]
     run.shard.device = "cuda:0"
-    assert auto.choose_end_backend(starts[0], files, run, psnr32, 1e3, fp32, 0)["backend"] == "torch"
+    assert choose_end_backend(starts[0], files, run, psnr32, 1e3, fp32, 0)["backend"] == "torch"
 
 
 def test_the_end_s_openvino_speed_and_conversions_count_for_families_it_converts(tmp_path):
@@ -533,18 +593,18 @@ def test_the_end_s_openvino_speed_and_conversions_count_for_families_it_converts
               "probes": {"arms": [{"name": "a-full", "variant": "full"},
                                   {"name": "p-full", "variant": "full"}]},
               "halving": {"winner": "a-full", "runner_up": "p-full"}}
-    run = SimpleNamespace(journal=auto.Journal(tmp_path / "auto.json", {"phases": phases}),
+    run = SimpleNamespace(journal=Journal(tmp_path / "auto.json", {"phases": phases}),
                           options=SimpleNamespace(budget=600.0), end_speed=1.0, test_per_mp={}, out=tmp_path,
                           shard=SimpleNamespace(device="cpu"))
-    assert auto._per_mp(run, "a-full", end=True) == pytest.approx(3.0)
-    assert auto._per_mp(run, "p-full", end=True) == 4.0 and auto._per_mp(run, "a-full") == 10.0
-    assert auto.reserve_after_training(run, 1, False) == pytest.approx(1.1 * (0.3 + 6) + 5 + 10)
-    assert auto.reserve_after_training(run, 1, True) == pytest.approx(1.1 * (0.7 + 14) + 5 + 10)
-    options = auto.end_options(run, "fp32", tile=0)
+    assert _per_mp(run, "a-full", end=True) == pytest.approx(3.0)
+    assert _per_mp(run, "p-full", end=True) == 4.0 and _per_mp(run, "a-full") == 10.0
+    assert reserve_after_training(run, 1, False) == pytest.approx(1.1 * (0.3 + 6) + 5 + 10)
+    assert reserve_after_training(run, 1, True) == pytest.approx(1.1 * (0.7 + 14) + 5 + 10)
+    options = end_options(run, "fp32", tile=0)
     assert options.backend == "auto" and options.convert_cache == tmp_path / "openvino"
     phases["candidates"]["end_backend"] = {"backend": "torch"}
-    assert auto.end_options(run, "fp32").backend == "torch"
-    assert auto.reserve_after_training(run, 1, False) == pytest.approx(1.1 * (1 + 20) + 10)
+    assert end_options(run, "fp32").backend == "torch"
+    assert reserve_after_training(run, 1, False) == pytest.approx(1.1 * (1 + 20) + 10)
 
 
 def test_the_sizing_fits_a_step_overhead_and_plans_from_it():
@@ -554,24 +614,24 @@ def test_the_sizing_fits_a_step_overhead_and_plans_from_it():
     def cost(crop, batch):
         return 0.25 + 1e-5 * crop ** 2 * batch
 
-    model = auto._step_model([(64 ** 2 * 4, cost(64, 4)), (128 ** 2 * 8, cost(128, 8))])
+    model = _step_model([(64 ** 2 * 4, cost(64, 4)), (128 ** 2 * 8, cost(128, 8))])
     assert model == pytest.approx((0.25, 1e-5))
     arm = {"crop": 64, "batch": 4}
     seconds = MIN_STEPS * 3.0  # 3 s a step: at most (3 - 0.25) / 1e-5 = 275,000 pixels
-    sized = auto._sized(arm, model, seconds, min_side=500, scale=4)
+    sized = _sized(arm, model, seconds, min_side=500, scale=4)
     assert (sized["crop"], sized["batch"]) == (256, 4)  # 262,144 pixels; 192 x 8 is 294,912
     assert sized["seconds_per_step"] == pytest.approx(cost(256, 4), abs=1e-3)
     assert sized["steps_planned"] == int(seconds / cost(256, 4)) >= MIN_STEPS
-    linear = auto._sized(arm, auto._step_model([(64 ** 2 * 4, cost(64, 4))]), seconds, 500, 4)
+    linear = _sized(arm, _step_model([(64 ** 2 * 4, cost(64, 4))]), seconds, 500, 4)
     assert linear["crop"] ** 2 * linear["batch"] <= seconds / MIN_STEPS / (cost(64, 4) / 64 ** 2 / 4)
     assert (linear["crop"], linear["batch"]) == (96, 8)
-    assert auto._step_model([(100, 2.0), (200, 1.0)]) == (0.0, 0.02)  # noise: the costlier reading
+    assert _step_model([(100, 2.0), (200, 1.0)]) == (0.0, 0.02)  # noise: the costlier reading
 
 
 def test_the_validation_curve_sums_an_arm_s_minutes_across_its_rounds():
     """Each halving round and the final resume the arm in a new session whose clock starts at 0
     (minicomp at 60m: step 35 at 265 s, then step 39 at 35 s): the page's curve runs on."""
-    from upres.training.auto_report import validation_points
+    from upres.auto.report import validation_points
 
     end = {"phase_seconds": {"training steps": 1.0}}  # written as a session ends
     records = [{"step": 19, "val_psnr": 23.9, "train_seconds": 147.0}, {"step": 20, "loss": 0.1},
@@ -628,9 +688,9 @@ def _end_run(tmp_path: Path, speeds: dict[str, float], costs: dict | None = None
                                             for n, v in speeds.items()],
                              "precision": {"dtype": "fp32", "speed_ratio": 1.0}, "val_megapixels": 0.1,
                              "bicubic_psnr": 29.0, **({"test_costs": costs} if costs else {})}}
-    return SimpleNamespace(journal=auto.Journal(tmp_path / "auto.json", {"phases": phases}),
+    return SimpleNamespace(journal=Journal(tmp_path / "auto.json", {"phases": phases}),
                            options=SimpleNamespace(budget=200.0), end_speed=1.0, test_per_mp={},
-                           clock=auto.Clock(200.0), say=lambda _: None)
+                           clock=Clock(200.0), say=lambda _: None)
 
 
 def test_a_start_whose_end_takes_most_of_the_time_left_is_not_trained(tmp_path):
@@ -638,23 +698,23 @@ def test_a_start_whose_end_takes_most_of_the_time_left_is_not_trained(tmp_path):
     ``END_SHARE``: it is not probed, and the time the others share is reserved for the slowest of them
     only. The test images' measured size factor and the refinement's seconds per MP count."""
     run = _end_run(tmp_path, {"slow": 100.0, "fast": 1.0})
-    fit, dropped = auto.starts_that_leave_training(run)
+    fit, dropped = starts_that_leave_training(run)
     assert [c["name"] for c in fit] == ["fast"]
     assert dropped[0]["name"] == "slow" and "takes ~3.9 min of the 3.3 left" in dropped[0]["why"]
-    assert auto.reserve_after_training(run, 1, False, starts=fit) == pytest.approx(1.1 * 2.1 + 4)
-    assert auto.reserve_after_training(run, 1, False) == pytest.approx(1.1 * 210 + 4)
+    assert reserve_after_training(run, 1, False, starts=fit) == pytest.approx(1.1 * 2.1 + 4)
+    assert reserve_after_training(run, 1, False) == pytest.approx(1.1 * 210 + 4)
     run = _end_run(tmp_path, {"fast": 1.0}, {"size_factor": 2.5, "refine_seconds_per_mp": 3.0})
-    assert auto.reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.1 + 2 * 5 + 6) + 4)
+    assert reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.1 + 2 * 5 + 6) + 4)
     run.end_speed = 1.5  # re-timed at the levers: the validation pass and the test passes
-    assert auto.reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.15 + 2 * 7.5 + 6) + 4)
+    assert reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.15 + 2 * 7.5 + 6) + 4)
     run.journal["candidates"]["test_costs"]["timed"] = {}  # test images timed as submitted: not those
-    assert auto.reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.15 + 2 * 5 + 6) + 4)
+    assert reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.15 + 2 * 5 + 6) + 4)
 
     run.test_per_mp["fast-full"] = 7.0  # the winner timed on a test image before the final: that
     run.journal.data["phases"]["probes"] = {"arms": [{"name": "fast-full", "variant": "full"}]}
     run.journal.data["phases"]["halving"] = {"winner": "fast-full"}
-    assert auto._test_seconds(run, "fast-full") == 14.0
-    assert auto.reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.15 + 2 * 14 + 6) + 4)
+    assert test_seconds(run, "fast-full") == 14.0
+    assert reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.15 + 2 * 14 + 6) + 4)
 
 
 def test_openvino_is_timed_on_its_second_call_and_its_first_call_s_extra_is_reserved_once(
@@ -663,7 +723,8 @@ def test_openvino_is_timed_on_its_second_call_and_its_first_call_s_extra_is_rese
     twice and the second call sets the seconds per MP; the extra is reserved once, not per MP.
     PyTorch runs it once."""
     now = [0.0]
-    monkeypatch.setattr(auto, "time", SimpleNamespace(perf_counter=lambda: now[0], monotonic=time.monotonic))
+    patch_in(monkeypatch, "time", SimpleNamespace(perf_counter=lambda: now[0], monotonic=time.monotonic),
+             auto_measure, auto_precision)
     lr = np.zeros((500, 200, 3), np.float32)  # 0.1 MP
 
     def upscaler(name: str, calls: list[float]) -> SimpleNamespace:
@@ -672,12 +733,12 @@ def test_openvino_is_timed_on_its_second_call_and_its_first_call_s_extra_is_rese
             return "sr"
         return SimpleNamespace(backend=SimpleNamespace(name=name), upscale_float=upscale_float)
 
-    assert auto.timed_pass(upscaler("openvino", [3.0, 2.0]), lr) == (pytest.approx(20.0), 1.0, "sr")
-    assert auto.timed_pass(upscaler("torch", [3.0, 2.0]), lr) == (pytest.approx(30.0), 0.0, "sr")
+    assert timed_pass(upscaler("openvino", [3.0, 2.0]), lr) == (pytest.approx(20.0), 1.0, "sr")
+    assert timed_pass(upscaler("torch", [3.0, 2.0]), lr) == (pytest.approx(30.0), 0.0, "sr")
     run = _end_run(tmp_path, {"fast": 1.0}, {"size_factor": 2.0, "timed": {"first_call_seconds": 9.0}})
-    assert auto._test_seconds(run, None) == pytest.approx(9.0 + 1.0 * 2.0 * 2.0)  # 2 MP of test images
+    assert test_seconds(run, None) == pytest.approx(9.0 + 1.0 * 2.0 * 2.0)  # 2 MP of test images
     run.test_per_mp["fast-full"] = 7.0
-    assert auto._test_seconds(run, "fast-full") == pytest.approx(9.0 + 7.0 * 2.0)
+    assert test_seconds(run, "fast-full") == pytest.approx(9.0 + 7.0 * 2.0)
 
 
 def test_the_end_is_measured_on_the_first_start_that_can_train_and_slower_ones_are_not_scored(tmp_path):
@@ -692,25 +753,25 @@ def test_the_end_is_measured_on_the_first_start_that_can_train_and_slower_ones_a
                           for n, v in [("slow", 100.0), ("fast", 10.0), ("faster", 5.0)])
     said = []
     run.say = said.append
-    assert auto._reference(run, [slow, fast, faster], files) is fast
+    assert _reference(run, [slow, fast, faster], files) is fast
     assert said == ["  measuring the end on fast: the first start whose end fits"]
-    assert auto._reference(run, [{**slow, "seconds_per_mp": 300.0}, slow], files)["seconds_per_mp"] == 100.0
-    assert auto._end_too_slow(run, fast, files, 1.0) is None
-    assert auto._end_too_slow(run, slow, files, 0.45) is None  # 94.5 s: it may be scored
-    assert auto._end_too_slow(run, slow, files, 1.0) == (
+    assert _reference(run, [{**slow, "seconds_per_mp": 300.0}, slow], files)["seconds_per_mp"] == 100.0
+    assert _end_too_slow(run, fast, files, 1.0) is None
+    assert _end_too_slow(run, slow, files, 0.45) is None  # 94.5 s: it may be scored
+    assert _end_too_slow(run, slow, files, 1.0) == (
         "its end (a validation and the test set) would take ~3.5 min of the 3.3 left "
         "(at most 60% may go to it)")
     run.journal["candidates"]["candidates"] = [
         {"name": "slow", "psnr0": None, "seconds_per_mp": 100.0, "unscored": "its end ... takes long"},
         {"name": "fast", "psnr0": 30.0, "seconds_per_mp": 1.0}]
-    fit, dropped = auto.starts_that_leave_training(run)
+    fit, dropped = starts_that_leave_training(run)
     assert [c["name"] for c in fit] == ["fast"]
     assert dropped == [{"name": "slow", "why": "its end ... takes long: not scored or trained"}]
-    from upres.training.auto_report import write_report
+    from upres.auto.report import write_report
 
     for cand in run.journal["candidates"]["candidates"]:
         cand.update(arch="RRDBNet", params=1e6)
-    run.journal["candidates"].update(reference="fast", bicubic_psnr=29.0, precision=auto._FP32)
+    run.journal["candidates"].update(reference="fast", bicubic_psnr=29.0, precision=FP32)
     page = write_report({"phases": {**run.journal.data["phases"], "probes": {"dropped": dropped}},
                          "spent": 60.0, "options": {"budget": 200.0}},
                         tmp_path).read_text()
@@ -727,9 +788,9 @@ def test_the_number_of_validation_pairs_follows_the_reference_s_speed(tmp_path):
         images.write_image(f["lr"], np.zeros((100, 100, 3), np.uint8))  # 0.01 MP each
     slow, mid, fast = ({"name": n, "source": n, "seconds_per_mp": v}
                        for n, v in [("slow", 400.0), ("mid", 100.0), ("fast", 10.0)])
-    assert [auto._val_count(run, e, files) for e in (slow, mid, fast)] == [2, 8, 12]
-    assert auto._val_count(run, slow, files[:1]) == 1
-    assert auto._reference(run, [slow, fast], files) is fast  # slow's end: 808 s of 200
+    assert [_val_count(run, e, files) for e in (slow, mid, fast)] == [2, 8, 12]
+    assert _val_count(run, slow, files[:1]) == 1
+    assert _reference(run, [slow, fast], files) is fast  # slow's end: 808 s of 200
 
 
 def test_the_reference_is_scored_first_and_sets_the_end_the_others_are_judged_by(auto_set, starts,
@@ -742,22 +803,23 @@ def test_the_reference_is_scored_first_and_sets_the_end_the_others_are_judged_by
     files = [{"lr": p, "hr": auto_set / "train" / "hr" / p.name}
              for p in sorted((auto_set / "train" / "lr").iterdir())[:2]]
     measured = []
-    monkeypatch.setattr(auto, "choose_precision", lambda model, *_: measured.append(model) or
+    monkeypatch.setattr(auto_starts, "choose_precision", lambda model, *_: measured.append(model) or
                         {"dtype": "fp32", "speed_ratio": 0.5})
-    monkeypatch.setattr(auto, "choose_end_backend", lambda source, *_: {"backend": "torch", "on": source})
+    monkeypatch.setattr(auto_starts, "choose_end_backend",
+                        lambda source, *_: {"backend": "torch", "on": source})
     slow = {"name": "bad", "source": str(starts[1]), "seconds_per_mp": 1e6}
     ref = {"name": "good", "source": str(starts[0]), "seconds_per_mp": 1.0}
-    scored, precision, backend, first = auto._score_starts(run, [slow, ref], ref, files)
+    scored, precision, backend, first = _score_starts(run, [slow, ref], ref, files)
     assert [e["name"] for e in scored] == ["good", "bad"] and backend["on"] == str(starts[0])
     assert scored[0]["psnr0"] > 20 and first[0] == str(starts[0]) and precision["speed_ratio"] == 0.5
     assert scored[1]["psnr0"] is None and "would take" in scored[1]["unscored"]
     assert len(measured) == 1
     # the reference cannot train (none could): the others are scored where they could predict
-    scored, *_ = auto._score_starts(run, [slow, ref], slow, files)
+    scored, *_ = _score_starts(run, [slow, ref], slow, files)
     assert [e["name"] for e in scored] == ["bad", "good"]
     assert None not in [e["psnr0"] for e in scored] and not any("unscored" in e for e in scored)
-    run.clock = auto.Clock(0.5)  # not even as they are
-    scored, *_ = auto._score_starts(run, [slow, {**ref, "seconds_per_mp": 1e5}], slow, files)
+    run.clock = Clock(0.5)  # not even as they are
+    scored, *_ = _score_starts(run, [slow, {**ref, "seconds_per_mp": 1e5}], slow, files)
     assert scored[1]["unscored"].endswith("left") and scored[1]["psnr0"] is None
 
 
@@ -767,10 +829,12 @@ def test_the_final_plans_longer_past_the_probe_s_speed_than_past_a_measured_one(
     alone, 1.1 x the median logged speed where the arm trained in a halving round; the time
     ends the schedule (the arm trains for the planned seconds), and the step reached is kept."""
     trained = []
-    monkeypatch.setattr(auto, "reserve_after_training", lambda *_, **__: 0.0)
-    monkeypatch.setattr(auto, "_training_val_seconds", lambda *_: 0.0)
-    monkeypatch.setattr(auto, "time_on_test_image", lambda *_: None)
-    monkeypatch.setattr(auto, "_train_arm", lambda run, arm, seconds, steps: trained.append((seconds, steps)))
+    patch_in(monkeypatch, "reserve_after_training", lambda *_, **__: 0.0,
+             auto_starts, auto_probes, auto_levers, auto_final)
+    patch_in(monkeypatch, "training_val_seconds", lambda *_: 0.0, auto_arms, auto_final)
+    monkeypatch.setattr(auto_final, "time_on_test_image", lambda *_: None)
+    patch_in(monkeypatch, "train_arm", lambda run, arm, seconds, steps: trained.append((seconds, steps)),
+             auto_halving, auto_final)
 
     def final(records: list[dict]) -> dict:
         folder = tmp_path / "run" / "arms" / "a-full"
@@ -778,21 +842,21 @@ def test_the_final_plans_longer_past_the_probe_s_speed_than_past_a_measured_one(
         (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         phases = {"halving": {"winner": "a-full"}, "levers": {"ensemble": {"keep": False}},
                   "probes": {"arms": [{"name": "a-full", "variant": "full", "seconds_per_step": 2.0}]}}
-        run = SimpleNamespace(journal=auto.Journal(tmp_path / "auto.json", {"phases": phases}),
+        run = SimpleNamespace(journal=Journal(tmp_path / "auto.json", {"phases": phases}),
                               shard=SimpleNamespace(main=True, broadcast=lambda x: x),
-                              clock=auto.Clock(1000.0), out=tmp_path / "run", say=lambda _: None,
+                              clock=Clock(1000.0), out=tmp_path / "run", say=lambda _: None,
                               test_per_mp={})
-        monkeypatch.setattr(auto, "_transforms", lambda _: 1)
-        auto.run_final(run)
+        patch_in(monkeypatch, "kept_transforms", lambda _: 1, auto_final, auto_ending)
+        run_final(run)
         return phases["final"]
 
     record = final([])
     assert record["specialist"] == {"groups": [], "why": "no ensemble with the runner-up"}  # (said why)
-    assert abs(record["iterations"] - auto.PROBE_OVERSHOOT * 500) <= 1 and record["rate_from"] == "probe"
+    assert abs(record["iterations"] - PROBE_OVERSHOOT * 500) <= 1 and record["rate_from"] == "probe"
     assert trained[-1] == (pytest.approx(1000.0, abs=1.0), record["iterations"])
     record = final([{"step": 10, "it_per_s": 0.4}, {"step": 20, "it_per_s": 0.5},
                     {"step": 30, "it_per_s": 0.6}, {"step": 30, "val_psnr": 25.5}])
-    assert abs(record["iterations"] - (30 + auto.FINAL_OVERSHOOT * 500)) <= 1  # the median, 0.5 a second
+    assert abs(record["iterations"] - (30 + FINAL_OVERSHOOT * 500)) <= 1  # the median, 0.5 a second
     assert record["rate_from"] == "training" and record["from_step"] == 30
     assert record["psnr"] == 25.5 and record["reached_step"] == 30  # nothing trained here
 
@@ -811,21 +875,21 @@ def test_the_winner_is_timed_on_the_largest_test_image_as_the_end_runs_it(auto_s
               "probes": {"arms": [{"name": "good-full", "variant": "full", "source": str(starts[0])}]}}
     said = []
     run = SimpleNamespace(data=data, out=tmp_path / "run", shard=SimpleNamespace(device="cpu"),
-                          say=said.append, journal=auto.Journal(tmp_path / "a.json", {"phases": phases}))
-    assert auto.time_on_test_image(run, "good-full") is None and not said
+                          say=said.append, journal=Journal(tmp_path / "a.json", {"phases": phases}))
+    assert time_on_test_image(run, "good-full") is None and not said
     phases["candidates"]["test_costs"]["timed"] = {"image": "big.png"}
-    per_mp = auto.time_on_test_image(run, "good-full")
+    per_mp = time_on_test_image(run, "good-full")
     assert per_mp > 0 and said[-1] == f"  big.png: {per_mp:.1f} s/MP"
     # the reference's network was timed on that image already: its figure, nothing run again
     phases["candidates"]["reference"] = "good"
     phases["candidates"]["test_costs"]["timed"] = {"image": "big.png", "seconds_per_mp": 7.25}
-    assert auto.time_on_test_image(run, "good-full") == 7.25
+    assert time_on_test_image(run, "good-full") == 7.25
     assert said[-1] == "  good-full: 7.2 s/MP on big.png, as timed on good (the same network)"
 
 
 def test_where_no_start_can_train_or_beat_bicubic_bicubic_is_chosen_naming_the_budget(tmp_path):
     run = _end_run(tmp_path, {"slow": 1000.0, "slower": 2000.0})
-    probes = auto.untrained_start(run, [])  # 1.1 x 2100 + 4 = 2314 s: 64.3 min with it at 60%, and one
+    probes = untrained_start(run, [])  # 1.1 x 2100 + 4 = 2314 s: 64.3 min with it at 60%, and one
     assert probes["arms"] == [] and probes["budget"] == 200.0
     assert re.search(r"no start as it is fits in the 3\.3 min left and beats bicubic \(29\.000 dB on "
                      r"validation\); --budget 66m would give slow", probes["bicubic"])
@@ -833,16 +897,16 @@ def test_where_no_start_can_train_or_beat_bicubic_bicubic_is_chosen_naming_the_b
 
 def test_an_end_under_bicubic_on_validation_gives_way_to_bicubic(tmp_path):
     """A start trained too briefly to pass bicubic on validation is set aside, recorded and shown."""
-    from upres.training.auto_report import write_report
+    from upres.auto.report import write_report
 
     end = {"models": ["a.safetensors"], "val_psnr": 24.9, "bicubic_psnr": 25.0, "refine": {"keep": True}}
     bicubic = {"models": ["bicubic"], "val_psnr": 25.0, "bicubic_psnr": 25.0}
     said = []
-    floored = auto.floor_at_bicubic(end, bicubic, said.append)
+    floored = floor_at_bicubic(end, bicubic, said.append)
     assert floored == {**bicubic, "instead_of": {"models": ["a.safetensors"], "val_psnr": 24.9}}
     assert said == ["  the end scores 24.900 dB on validation, under bicubic's 25.000: the submission "
                     "is bicubic"]
-    assert auto.floor_at_bicubic({**end, "val_psnr": 25.0}, bicubic, said.append) == {**end, "val_psnr": 25.0}
+    assert floor_at_bicubic({**end, "val_psnr": 25.0}, bicubic, said.append) == {**end, "val_psnr": 25.0}
     assert len(said) == 1
     submit = {"images": 2, "folder": "f", "zip": "z", "predict_seconds": 0.1, "seconds": 0.1}
     record = {"phases": {"end": floored, "submit": submit}, "spent": 1.0, "options": {"budget": 2.0}}
@@ -855,9 +919,9 @@ def test_where_nothing_beats_bicubic_in_the_time_the_submission_is_bicubic(auto_
     """No start leaves time to train and none beats bicubic: the submission is the bicubic
     baseline, bit for bit, with its page; resumed with a larger budget, the run probes again and
     replaces it (the folder it wrote is not in the way)."""
-    monkeypatch.setattr(auto, "starts_that_leave_training", lambda run: ([], []))
-    real = auto.score_candidates
-    monkeypatch.setattr(auto, "score_candidates", lambda run: {**real(run), "bicubic_psnr": 99.0})
+    monkeypatch.setattr(auto_probes, "starts_that_leave_training", lambda run: ([], []))
+    real = score_candidates
+    monkeypatch.setattr(auto_driver, "score_candidates", lambda run: {**real(run), "bicubic_psnr": 99.0})
     result = run_auto(auto_set, tmp_path / "run", _options(starts, 30, tmp_path), say=lambda _: None)
     phases = result.record["phases"]
     assert "halving" not in phases and "levers" not in phases and phases["end"]["models"] == ["bicubic"]
@@ -886,11 +950,11 @@ def test_where_no_arm_can_train_the_best_start_predicts_as_it_is(auto_set, start
     os.symlink(auto_set / "train", data / "train")
     big = np.ascontiguousarray(images.read_image(auto_set / "test" / "lr" / "t0.png"))
     images.write_image(data / "test" / "lr" / "big.png", np.tile(big, (3, 3, 1)))
-    monkeypatch.setattr(auto, "END_SHARE", 0.0)
-    monkeypatch.setattr(auto, "BACKEND_GAIN", -1e6)  # OpenVINO runs the end, however fast
-    monkeypatch.setattr(auto, "OPENVINO_MIN_END", 0.0)  # and short the end is
-    real = auto.score_candidates
-    monkeypatch.setattr(auto, "score_candidates", lambda run: {**real(run), "bicubic_psnr": 0.0})
+    patch_in(monkeypatch, "END_SHARE", 0.0, auto_starts, auto_probes)
+    monkeypatch.setattr(auto_precision, "BACKEND_GAIN", -1e6)  # OpenVINO runs the end, however fast
+    monkeypatch.setattr(auto_precision, "OPENVINO_MIN_END", 0.0)  # and short the end is
+    real = score_candidates
+    monkeypatch.setattr(auto_driver, "score_candidates", lambda run: {**real(run), "bicubic_psnr": 0.0})
     began = time.monotonic()
     result = run_auto(data, tmp_path / "run", _options(starts, 40, tmp_path), say=lambda _: None)
     assert time.monotonic() - began <= 40 * 1.05 + 3
@@ -928,7 +992,7 @@ def test_the_refinement_s_cost_is_timed_where_the_fingerprint_can_refine(auto_se
         stub = SimpleNamespace(groups=[None] * groups, classifier={"accuracy": 1.0},
                                kernel=lambda group: np.full((12, 12), 1 / 144, np.float32))
         monkeypatch.setattr(Fingerprint, "load", staticmethod(lambda path, stub=stub: stub))
-        costs, _ = auto.measure_test_costs(run, None, files, "fp32")
+        costs, _ = measure_test_costs(run, None, files, "fp32")
         assert costs["size_factor"] == 1.0 and "timed" not in costs
         assert (costs["refine_seconds_per_mp"] > 0) == refines
 
@@ -952,10 +1016,10 @@ def test_both_backends_are_timed_on_a_large_test_image_and_the_faster_runs_the_e
     files = [{"lr": auto_set / "train" / "lr" / "00.png", "hr": auto_set / "train" / "hr" / "00.png"}]
     phases = {"check": {"test_megapixels": 100.0}}
     run = SimpleNamespace(data=data, out=tmp_path / "run", scale=4, shard=SimpleNamespace(device="cpu"),
-                          say=lambda _: None, journal=auto.Journal(tmp_path / "a.json", {"phases": phases}))
+                          say=lambda _: None, journal=Journal(tmp_path / "a.json", {"phases": phases}))
     measured = {"backend": "torch", "exact": True, "seconds": 0.01, "val_speed_ratio": 0.5,
                 "convert_seconds": 0.0, "why": "w"}
-    costs, chosen = auto.measure_test_costs(run, (starts[0], 0.02 / auto._megapixels(files)), files,
+    costs, chosen = measure_test_costs(run, (starts[0], 0.02 / megapixels_of(files)), files,
                                             "fp32", measured)
     timed = costs["timed"]
     assert sorted(timed["backends"]) == ["openvino", "torch"]
@@ -966,10 +1030,10 @@ def test_both_backends_are_timed_on_a_large_test_image_and_the_faster_runs_the_e
                                                      1.0), rel=1e-2)
     assert "on big.png" in chosen["why"] and "s saved on the test set" in chosen["why"]
     costly = {**measured, "backend": "openvino", "speed_ratio": 0.5, "convert_seconds": 1e9}
-    _, chosen = auto.measure_test_costs(run, (starts[0], 1.0), files, "fp32", costly)
+    _, chosen = measure_test_costs(run, (starts[0], 1.0), files, "fp32", costly)
     assert chosen["backend"] == "torch" and "speed_ratio" not in chosen  # a conversion saves nothing
     phases["check"]["test_megapixels"] = 0.01  # one large test image: validation's choice timed alone
-    costs, chosen = auto.measure_test_costs(run, (starts[0], 1.0), files, "fp32", measured)
+    costs, chosen = measure_test_costs(run, (starts[0], 1.0), files, "fp32", measured)
     assert list(costs["timed"]["backends"]) == ["torch"] and chosen == measured
 
 
@@ -982,17 +1046,17 @@ def test_large_validation_pairs_are_validated_on_their_aligned_centres(auto_set,
     from upres.io.pairs import find_pairs
     from upres.training.data import resolve_splits
 
-    monkeypatch.setattr(auto, "VAL_CROP", 16)
+    monkeypatch.setattr(auto_dataset, "VAL_CROP", 16)
     pairs, _ = find_pairs(auto_set / "train" / "lr", auto_set / "train" / "hr")
     phases = {"fingerprint": {"group_of": {p.name: i % 2 for i, p in enumerate(pairs)}}}
     run = SimpleNamespace(val_pairs=[], pairs=pairs, out=tmp_path / "r", scale=4, data=auto_set,
-                          journal=auto.Journal(tmp_path / "auto.json", {"phases": phases}),
+                          journal=Journal(tmp_path / "auto.json", {"phases": phases}),
                           options=SimpleNamespace(seed=0, cache_dir=None),
                           shard=SimpleNamespace(device="cpu"))
-    split = phases["split"] = auto.split_validation(run)
+    split = phases["split"] = split_validation(run)
     phases["candidates"] = {"val_used": 3}
     assert split["crop"] == 16 and split["count"] == 4
-    files = auto.val_files(run)
+    files = val_files(run)
     assert [f["lr"].name for f in files] == [f"{i:03d}-{n}.png" for i, n in enumerate(split["val"])]
     for f, name in zip(files, split["val"]):
         lr, hr = (images.read_image(auto_set / "train" / part / f"{name}.png") for part in ("lr", "hr"))
@@ -1001,7 +1065,7 @@ def test_large_validation_pairs_are_validated_on_their_aligned_centres(auto_set,
     hparams = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_block": 2, "num_grow_ch": 4, "scale": 4}
     arm = {"crop": 16, "batch": 2, "lr": 1e-4, "ema": 0.99, "checkpoint_every": 50, "freeze": [],
            "unfreeze": [], "arch": "RRDBNet", "hparams": hparams, "source": str(starts[0])}
-    splits = resolve_splits(auto.arm_config(run, arm, 10).data)
+    splits = resolve_splits(arm_config(run, arm, 10).data)
     assert not {p.name for p in splits.train} & set(split["val"]) and len(splits.train) == 4
     assert [p.lr for p in splits.val] == [f["lr"] for f in files[:3]]
 
@@ -1049,15 +1113,15 @@ def test_a_specialist_is_used_on_its_groups_only_where_validation_rises(tmp_path
     files, preds, targets, hrs, label = _group_pairs(tmp_path, [0, 1], predictions)
 
     val = Validation(files, preds, targets, hrs, 4, [20.0, 20.0, 30.0])
-    kept, models, used = auto.fit_specialist(val, label, {"name": "s", "groups": [0]}, ["w", "r", "s"],
+    kept, models, used = fit_specialist(val, label, {"name": "s", "groups": [0]}, ["w", "r", "s"],
                                              lambda _: None)
     assert used["keep"] and used["gain_db"] > 1 and models == ["w", "r", "s"] and kept is val
     pooled = np.append(fit_coefficients([p[:2] for p in preds], targets), 0.0)
-    weights = auto.specialist_weights(val, label, pooled, [0])
+    weights = specialist_weights(val, label, pooled, [0])
     assert weights.by_group[0][1] == 0 and weights.by_group[0][2] > 0.5 and weights.by_group[1][2] == 0
     for p in preds:  # now the specialist is garbage
         p[2] = rng.uniform(0, 1, p[2].shape)
-    dropped, models, used = auto.fit_specialist(val, label, {"name": "s", "groups": [0]},
+    dropped, models, used = fit_specialist(val, label, {"name": "s", "groups": [0]},
                                                 ["w", "r", "s"], lambda _: None)
     assert not used["keep"] and used["gain_db"] < 0 and models == ["w", "r"]
     assert all(p.shape[0] == 2 for p in dropped.preds) and dropped.psnr == [20.0, 20.0]
@@ -1081,14 +1145,14 @@ def test_groups_the_runner_up_led_shrink_toward_the_pooled_weights_swapped(tmp_p
     val = Validation(files, preds, targets, hrs, 4, [20.0, 20.0, 20.0])
     pooled = np.append(fit_coefficients([p[:2] for p in preds], targets), 0.0)
     assert pooled[0] > 0.6  # two pairs of three want the winner alone
-    without = auto.specialist_weights(val, label, pooled, [0], use=False, led=[0])
+    without = specialist_weights(val, label, pooled, [0], use=False, led=[0])
     np.testing.assert_allclose(without.by_group[0], ([0.2, 0.8, 0] + pooled[[1, 0, 2]]) / 2, atol=2e-3)
     np.testing.assert_allclose(without.by_group[1], (2 * np.array([1.0, 0, 0]) + pooled) / 3, atol=2e-3)
-    with_it = auto.specialist_weights(val, label, pooled, [0], led=[0])
+    with_it = specialist_weights(val, label, pooled, [0], led=[0])
     np.testing.assert_allclose(with_it.by_group[0], ([0.2, 0, 0.8] + pooled[[1, 2, 0]]) / 2, atol=2e-3)
-    unled = auto.specialist_weights(val, label, pooled, [0], use=False)  # as before: toward pooled
+    unled = specialist_weights(val, label, pooled, [0], use=False)  # as before: toward pooled
     np.testing.assert_allclose(unled.by_group[0], ([0.2, 0.8, 0] + pooled) / 2, atol=2e-3)
-    two = auto.led_priors(pooled[:2], [0])  # the end's fit without a specialist
+    two = led_priors(pooled[:2], [0])  # the end's fit without a specialist
     np.testing.assert_allclose(two[0], pooled[[1, 0]])
 
 
@@ -1109,18 +1173,18 @@ def test_the_runner_up_s_specialist_trains_on_the_groups_it_leads_and_the_end_us
     group's pairs for their share of the training pairs (at most LEVER_SHARE of the final), and
     the end runs it on that group's images in the runner-up's place (kept here whatever it
     gains: ``fit_specialist``'s decision is tested above)."""
-    real = auto._measure_ensemble
+    real = _measure_ensemble
     led = {}
 
     def leading(run, files, value):  # the ensemble kept, the runner-up leading the first pair's group
         result = real(run, files, value)
-        led["group"] = auto.val_groups(run, 1)[0]
+        led["group"] = val_groups(run, 1)[0]
         return {**result, "keep": True, "runner_up_leads": {str(led["group"]): 0.5}}
 
-    monkeypatch.setattr(auto, "_measure_ensemble", leading)
-    monkeypatch.setattr(auto, "floor_at_bicubic", lambda end, *_: end)  # (tiny models: under bicubic)
-    monkeypatch.setattr(auto, "KEEP_DB", -1e9)  # whatever it gains: the end runs it
-    monkeypatch.setattr(auto, "ROUND_STEPS", 10 ** 6)  # no tail-first arms: time left for the end
+    monkeypatch.setattr(auto_levers, "_measure_ensemble", leading)
+    monkeypatch.setattr(auto_ending, "floor_at_bicubic", lambda end, *_: end)  # (tiny models: under bicubic)
+    patch_in(monkeypatch, "KEEP_DB", -1e9, auto_levers, auto_ending)  # whatever it gains: the end keeps it
+    monkeypatch.setattr(auto_probes, "ROUND_STEPS", 10 ** 6)  # no tail-first arms: time left for the end
     result = run_auto(two_recipe_set, tmp_path / "run", _options(starts, 60.0, tmp_path), say=lambda _: None)
     phases = json.loads((tmp_path / "run" / "auto.json").read_text())["phases"]
     assert phases["fingerprint"]["groups"] > 1 and phases["fingerprint"]["classifier_accuracy"] is not None
@@ -1128,11 +1192,11 @@ def test_the_runner_up_s_specialist_trains_on_the_groups_it_leads_and_the_end_us
     held = set(phases["split"]["val"])
     train = [g for n, g in phases["fingerprint"]["group_of"].items() if n not in held]
     assert plan["groups"] == [group] and plan["of"] == phases["halving"]["runner_up"], plan
-    assert plan["share"] == pytest.approx(min(train.count(group) / len(train), auto.LEVER_SHARE), abs=1e-4)
+    assert plan["share"] == pytest.approx(min(train.count(group) / len(train), LEVER_SHARE), abs=1e-4)
     cfg = load_config(str(tmp_path / "run" / "arms" / plan["name"] / "config.yaml"), [])
     assert cfg.data.groups == [group] and cfg.init.source == str(
         tmp_path / "run" / "arms" / plan["of"] / "best.safetensors")
-    assert plan["reached_step"] >= auto.SPECIALIST_STEPS
+    assert plan["reached_step"] >= SPECIALIST_STEPS
     end = phases["end"]
     assert end["specialist"]["groups"] == [group] and end["specialist"]["keep"]
     assert len(end["models"]) == 3 and end["models"][2].endswith(f"{plan['name']}/best.safetensors")
@@ -1151,9 +1215,9 @@ def test_tail_first_is_an_arm_only_where_the_halving_sees_it_unfrozen():
     """Rounds under ROUND_STEPS cannot tell the two arms apart, and rounds that end before tail
     first unfreezes would compare its frozen tail alone: both say why; else it is an arm."""
     full = {"seconds_per_step": 1.0, "steps_planned": 1000}
-    assert auto._tail_first_unjudged(full, auto.ROUND_STEPS - 1, 10_000, 0.5).startswith(
-        f"a halving round of {auto.ROUND_STEPS - 1} s holds")
-    assert auto._tail_first_unjudged(full, 400, 499, 0.5) == (
+    assert _tail_first_unjudged(full, ROUND_STEPS - 1, 10_000, 0.5).startswith(
+        f"a halving round of {ROUND_STEPS - 1} s holds")
+    assert _tail_first_unjudged(full, 400, 499, 0.5) == (
         "the halving ends by step 499, before tail first unfreezes (step 500): it would compare "
         "the frozen tail alone")
-    assert auto._tail_first_unjudged(full, 400, 500, 0.5) == ""
+    assert _tail_first_unjudged(full, 400, 500, 0.5) == ""

@@ -1,0 +1,134 @@
+"""The final: the winner trains for the time the levers leave; a runner-up's specialist trains on
+the recipe groups it leads, where that pays."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from upres.auto.arms import arm_config, train_arm
+from upres.auto.clock import LEVER_SHARE, minutes
+from upres.auto.costs import (
+    conversions,
+    reserve_after_training,
+    time_on_test_image,
+    training_val_seconds,
+    val_seconds,
+)
+from upres.auto.journal import AutoRun
+from upres.auto.levers import kept_transforms
+from upres.auto.measure import arm_metrics, arm_psnr, best_weights, trains
+
+SPECIALIST_STEPS = 10  # a runner-up's specialist that cannot train this many steps is not trained
+# The final schedule's steps over what its measured speed fits: stopped by time at 1/1.1 of its
+# length, a cosine is at 2% of its peak; run out of steps early and the time is lost (known6 at
+# 30m: the halving round's median speed was 13% under the final's, 2.5 minutes went unused)
+FINAL_OVERSHOOT = 1.1
+# ... and where no halving round logged a speed (one arm), only the probe's 5 timed steps: on
+# big6 without native bf16 its 2.12 s a step planned 355 steps that were done in 637 of 695 s.
+# Stopped by time at 1/1.25 of its length, a cosine is at 10% of its peak
+PROBE_OVERSHOOT = 1.25
+
+
+def run_final(run: AutoRun) -> None:
+    """The winner trains on for the time left after the reserve for the end, its cosine
+    schedule stretched to end with that time (from its measured speed, ``FINAL_OVERSHOOT``
+    long so that the time, not the steps, ends it; ``PROBE_OVERSHOOT`` from the probe's)."""
+    record = run.journal.data["phases"].setdefault("final", {"began": round(run.clock.elapsed(), 2)})
+    if record.get("done"):
+        return
+    halving, levers = run.journal["halving"], run.journal["levers"]
+    arm = next(a for a in run.journal["probes"]["arms"] if a["name"] == halving["winner"])
+    if not trains(arm):
+        record.update(done=True, untrained=True, psnr=arm["psnr0"], seconds=0.0)
+        run.journal.save(run.clock)
+        return
+    if run.shard.main and "test_seconds_per_mp" not in record:
+        per_mp = time_on_test_image(run, arm["name"])
+        if per_mp is not None:
+            record["test_seconds_per_mp"] = round(per_mp, 3)
+    if record.get("test_seconds_per_mp"):
+        run.test_per_mp[arm["name"]] = record["test_seconds_per_mp"]
+    reserve = reserve_after_training(run, kept_transforms(levers), levers["ensemble"]["keep"])
+    if "specialist" not in record:
+        record["specialist"] = train_specialist(run, run.clock.left() - reserve)
+        run.journal.save(run.clock)
+    seconds = run.clock.left() - reserve
+    records = arm_metrics(run.out / "arms" / arm["name"])
+    rates = [r["it_per_s"] for r in records if "it_per_s" in r]
+    rate = float(np.median(rates)) if rates else 1 / arm["seconds_per_step"]
+    overshoot = FINAL_OVERSHOOT if rates else PROBE_OVERSHOOT
+    step = max((r["step"] for r in records), default=0)
+    iterations = step + int(overshoot * max(seconds - training_val_seconds(run, arm), 0) * rate)
+    # rank 0's plan on every rank: each rank's clock started apart, and DDP ranks that plan
+    # different step counts wait on each other for ever
+    seconds, iterations = run.shard.broadcast((seconds, iterations))
+    record.update(planned_seconds=round(seconds, 1), reserve_seconds=round(reserve, 1),
+                  from_step=step, iterations=iterations, rate_from="training" if rates else "probe")
+    if iterations > step + 1:
+        run.say(f"[{minutes(run.clock.elapsed())}] final: {arm['name']} trains "
+                f"{seconds / 60:.1f} min more, to step {iterations}")
+        train_arm(run, arm, seconds, iterations)
+    psnr, reached = arm_psnr(run, arm["name"]) if run.shard.main else (None, None)
+    record.update(done=True, psnr=None if psnr is None else round(psnr, 4), reached_step=reached,
+                  seconds=round(run.clock.elapsed() - record["began"], 2))
+    run.journal.save(run.clock)
+
+
+def specialist_plan(run: AutoRun) -> tuple[dict | None, list[int], float, str]:
+    """The runner-up's arm, the groups it leads on validation (``runner_up_leads``) and their
+    share of the training pairs (at most ``LEVER_SHARE``): what a specialist trains on, and for
+    which share of the final; else None and why not."""
+    halving, ensemble = run.journal["halving"], run.journal["levers"]["ensemble"]
+    arm = next((a for a in run.journal["probes"]["arms"] if a["name"] == halving.get("runner_up")), None)
+    groups = [int(g) for g in ensemble.get("runner_up_leads", {})]
+    why = ("no ensemble with the runner-up" if arm is None or not ensemble.get("keep")
+           else "the runner-up led no recipe group on validation" if not groups
+           else "the runner-up does not train" if not trains(arm)
+           else "DATA/val has no recipe groups" if run.journal["split"]["val"] is None
+           else "no blind classifier sends test images to groups"
+           if run.journal["fingerprint"].get("classifier_accuracy") is None else "")
+    if why:
+        return None, [], 0.0, why
+    held = set(run.journal["split"]["val"])
+    train = [g for name, g in run.journal["fingerprint"]["group_of"].items() if name not in held]
+    return arm, groups, min(sum(g in groups for g in train) / max(len(train), 1), LEVER_SHARE), ""
+
+
+def specialist_name(arm: str) -> str:
+    return f"{arm}-specialist"
+
+
+def train_specialist(run: AutoRun, seconds: float) -> dict:
+    """A copy of the runner-up trained on the groups it leads, for their share of the final's
+    ``seconds`` (less its pass over validation and its conversion at the end), at the runner-up's
+    crop, batch and rate: on other6 (o30) 80 s of the x4plus arm on the JPEG group's 8 training pairs
+    raised that group's test PSNR by 0.081 dB, 80 s on all 52 pairs by 0.024, and RealSR's
+    winner gained 0.143 from a JPEG specialist of its own but stayed 0.36 dB under x4plus's.
+    ``decide_end`` uses it on those groups' images where validation rises."""
+    from upres.training.loop import train
+
+    arm, groups, share, why = specialist_plan(run)
+    if arm is None:
+        return {"groups": [], "why": why}
+    cost = val_seconds(run, arm["name"], end=True) + conversions(run, [arm["name"]], None)
+    budget = share * seconds - cost - training_val_seconds(run, arm)
+    rates = [r["it_per_s"] for r in arm_metrics(run.out / "arms" / arm["name"]) if "it_per_s" in r]
+    rate = float(np.median(rates)) if rates else 1 / arm["seconds_per_step"]
+    steps = run.shard.broadcast(int(FINAL_OVERSHOOT * budget * rate))
+    plan = {"groups": groups, "of": arm["name"], "share": round(share, 4),
+            "planned_seconds": round(budget, 1), "iterations": steps}
+    if steps < SPECIALIST_STEPS:
+        return {**plan, "groups": [], "why": f"{steps} steps in its share (fewer than {SPECIALIST_STEPS})"}
+    name = specialist_name(arm["name"])
+    run.say(f"[{minutes(run.clock.elapsed())}] final: {name} trains {budget / 60:.1f} min on "
+            f"group{'s' * (len(groups) > 1)} {', '.join(map(str, groups))}, where {arm['name']} led")
+    fingerprint = run.out / "fingerprint" / "fingerprint.json"
+    cfg = arm_config(run, {**arm, "name": name}, steps, budget, [
+        f"init.source={json.dumps(str(best_weights(run, arm['name'])))}",
+        f"data.fingerprint={json.dumps(str(fingerprint))}", f"data.groups={json.dumps(groups)}"])
+    train(cfg, run.out / "arms" / name, resume="auto", command=["upres", "auto", name],
+          progress=run.options.progress)
+    psnr, reached = arm_psnr(run, name) if run.shard.main else (None, None)
+    return {**plan, "name": name, "psnr": None if psnr is None else round(psnr, 4), "reached_step": reached}
