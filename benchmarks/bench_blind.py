@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import records
 from upres.degradation.folders import fingerprint_data, label_lr
 from upres.degradation.recipes import read_labels
 
@@ -54,6 +55,13 @@ def main() -> None:
     n, ok = sum(total.values()), sum(right.values())
     chance = max(total.values()) / n
     print(f"| all | {n} | {ok} | **{ok / n:.1%}** (chance {chance:.1%}) |")
+    records.append("blind", {"set": args.set.name}, {
+        "groups": len(fp.groups), "purity": round(100 * fp.purity(), 1),
+        **({"cv_accuracy": round(100 * cv, 1),
+            "cv_chance": round(100 * fp.classifier.get("chance", 0), 1)} if cv is not None else {}),
+        "test_images": n, "right": ok, "accuracy": round(100 * ok / n, 1), "chance": round(100 * chance, 1),
+        "right_by_recipe": {r: f"{right[r]}/{total[r]}" for r in sorted(total)},
+        "fingerprint_s": round(fit_s, 1)})
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ beside bicubic. Run it alone: two processes on these 2 cores slow each other dow
 
 SET is a folder with train/{lr,hr} and test/{lr,hr} (``upres make-set`` builds such sets, with
 recipes.json). Every run's folder is kept under DIR; ``DIR/results.json`` collects the figures,
-``DIR/table.md`` prints them. A run already in results.json is not run again."""
+``DIR/table.md`` prints them, and each run appends its record to
+``benchmarks/results/competition-cpu.jsonl``. A run already in results.json is not run again."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+import records
 from upres.degradation.recipes import read_labels
 from upres.io import images
 from upres.scoring import metrics
@@ -99,6 +101,16 @@ def table(results: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
+def figures(result: dict) -> dict:
+    """A run's figures as its record holds them (what the docs' tables show)."""
+    s = result["scores"]
+    out = {"wall_min": round(result["wall"] / 60, 1), "test_psnr": round(s["all"]["psnr"], 3),
+           "vs_bicubic": round(s["all"]["psnr"] - s["all"]["bicubic"], 3),
+           "vs_bicubic_by_recipe": {k: round(v["psnr"] - v["bicubic"], 2) for k, v in sorted(s.items())
+                                    if k != "all"}}
+    return {**out, **{k: result[k] for k in ("winner", "levers", "refine") if k in result}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sets", nargs="+", type=Path)
@@ -119,6 +131,8 @@ def main() -> None:
                 run = run_auto if method == "auto" else run_manual
                 results[key] = run(data.resolve(), budget, folder)
                 path.write_text(json.dumps(results, indent=1))
+                records.append("competition-cpu", {"set": data.name, "budget": budget, "method": method},
+                               figures(results[key]))
                 print(table({key: results[key]}).splitlines()[-1], flush=True)
     (args.out / "table.md").write_text(table(results))
     print(table(results))

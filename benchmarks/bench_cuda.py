@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import records
 from upres.inference.upscaler import Upscaler
 from upres.io import images
 from upres.io.pairs import find_pairs
@@ -124,6 +125,12 @@ def main() -> None:
               "training": training_rows(args.data, args.device, args.steps, args.crop, args.batch)}
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))
+    gpu = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else args.device
+    for part in ("inference", "training"):
+        for row in report[part]:
+            figures = {k: v for k, v in row.items() if k != "variant" and v is not None}
+            records.append("cuda", {"part": part, "variant": row["variant"]}, figures, device=gpu,
+                           note=f"torch {torch.__version__}")
 
 
 if __name__ == "__main__":

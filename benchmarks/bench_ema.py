@@ -12,7 +12,9 @@ import argparse
 import copy
 import json
 import time
+from pathlib import Path
 
+import records
 from upres.training import loop
 from upres.training.config import load_config
 
@@ -67,6 +69,9 @@ def main() -> None:
     for r in rows:
         print(f"| {r['step']} | {r['plain']:.3f} | {r['warm']:.3f} | {r['raw']:.3f} | "
               f"{r['warm'] - r['plain']:+.3f} |")
+        records.append("ema", {"set": Path(args.set).name, "init": args.init, "step": r["step"]},
+                       {k: round(r[k], 3) for k in ("plain", "warm", "raw")},
+                       note=f"crop {args.crop} x batch {args.batch}, cosine 2e-4 over {args.steps} steps")
 
 
 if __name__ == "__main__":

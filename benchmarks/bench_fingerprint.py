@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 from skimage import data
 
+import records
 from upres.degradation import recipes
 from upres.degradation.folders import fingerprint_data
 from upres.io import images
@@ -68,6 +69,11 @@ def main() -> None:
                        ("fingerprint, warm", warm)):
         print(f"{label:22s} {sec:8.1f} {1000 * sec / n:12.1f}")
     print(f"cold / decode: {cold / decode:.2f}x, warm / decode: {warm / decode:.2f}x")
+    records.append("fingerprint", {"pairs": n}, {
+        "decode_s": round(decode, 1), "cold_s": round(cold, 1), "warm_s": round(warm, 1),
+        "groups": len(fp.groups), "purity": round(100 * fp.purity(), 1),
+        "cv_accuracy": round(100 * fp.classifier["accuracy"], 1),
+        "cv_chance": round(100 * fp.classifier["chance"], 1)})
 
 
 if __name__ == "__main__":

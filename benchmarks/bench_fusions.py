@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+import records
 from upres.degradation.fingerprint import Fingerprint
 from upres.degradation.recipes import read_labels
 from upres.degradation.refine import Refiner
@@ -150,6 +151,9 @@ def main() -> None:
             seen += f" / {leave_one_out(sub):.3f}"
         print(f"| {what} | {seen} | **{np.mean(row['all']):.3f}** | "
               + " | ".join(f"{np.mean(row[r]):.3f}" for r in sorted(set(recipes))) + " |")
+        records.append("fusions", {"run": args.run.name, "set": args.set.name, "fusion": what}, {
+            "validation": seen, "test_psnr": round(float(np.mean(row["all"])), 3),
+            "test_psnr_by_recipe": {r: round(float(np.mean(row[r])), 3) for r in sorted(set(recipes))}})
 
 
 def predict(predictor: Predictor, files: list[dict], what: str) -> Validation:

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import records
+
 PY = sys.executable
 OV_SCRIPT = textwrap.dedent("""
     import sys, cv2, numpy as np, openvino as ov
@@ -180,6 +182,14 @@ def main() -> None:
             print(f"| {size} | {label} | {seconds} | {w * h * 16 / 1e6 / r['seconds']:.3f} | "
                   f"{gflops:.0f} | {100 * gflops / bf16_peak:.0f}% | {100 * gflops / fp32_peak:.0f}% | "
                   f"{rss / 2**30:.2f} | {tiles} |", flush=True)
+            records.append("inference", {"kind": "pass", "input": size, "case": name}, {
+                "seconds": round(r["seconds"], 1), "runs": [round(x["seconds"], 1) for x in samples[name]],
+                "output_mp_s": round(w * h * 16 / 1e6 / r["seconds"], 3), "gflop_s": round(gflops),
+                "pct_bf16_peak": round(100 * gflops / bf16_peak),
+                "pct_fp32_peak": round(100 * gflops / fp32_peak),
+                "peak_rss_gib": round(rss / 2**30, 2), "tiles": tiles},
+                note=f"matmul peak in the run: bf16 {bf16_peak:.0f}, fp32 {fp32_peak:.0f} GFLOP/s"
+                     + (f"; {backend.group(1)}" if backend and name == "upres default" else ""))
             summary[(size, name)] = r["seconds"]
             summary[(size, name, "rss")] = rss
             summary[(size, name, "x")] = float(plan.group(2)) if plan else 1.0
@@ -190,6 +200,10 @@ def main() -> None:
     print(f"\nself-ensemble x8 (mean), 256x256, in one process: one pass {one:.2f} s (mean of the "
           f"passes before and after), x8 {eight:.2f} s = {eight / one:.2f}x one pass ({note.strip()}, "
           f"{batch} flips/rotations per forward pass)")
+    records.append("inference", {"kind": "self-ensemble", "input": "256x256",
+                                 "case": "self-ensemble x8 (mean)"},
+                   {"one_pass_s": round(one, 2), "x8_s": round(eight, 2), "ratio": round(eight / one, 2)},
+                   note=f"{note.strip()}, {batch} flips/rotations per forward pass")
     if not args.skip_huge:
         _huge(args.huge, work, images, summary)
     _targets(summary)
@@ -213,6 +227,10 @@ def _huge(size: str, work: Path, images, summary: dict) -> None:
     print(f"\n{size} through a tiny RRDBNet (16/8/1), --max-memory 2G: {r['seconds']:.0f} s, peak RSS "
           f"{r['rss'] / 2**30:.2f} GiB, result {result_mb:.0f} MB PNG; plan {plan.group(1) if plan else '?'}")
     summary["huge_rss"] = r["rss"]
+    records.append("inference", {"kind": "huge", "input": size,
+                                 "case": "tiny RRDBNet 16/8/1, --max-memory 2G"},
+                   {"seconds": round(r["seconds"]), "peak_rss_gib": round(r["rss"] / 2**30, 2),
+                    "tiles": plan.group(1) if plan else "?"})
 
 
 def _targets(s: dict) -> None:

@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import records
+
 # name, model spec, activation channels of that spec, input sides
 MODELS = {
     "x4plus": ("realesrgan-x4plus", None, (96, 192)),
@@ -104,6 +106,9 @@ def main() -> None:
             results[(name, f"{backend}-{dtype}")] = r
             print(f"{name:18s} {backend + '-' + dtype:14s} {r['bytes_per_pixel'] / 1024:8.2f} "
                   f"{r['channels']:8d} {r['per_channel']:12.1f}", flush=True)
+            records.append("memory", {"model": name, "case": f"{backend}-{dtype}"}, {
+                "kib_per_pixel": round(r["bytes_per_pixel"] / 1024, 2), "channels": r["channels"],
+                "bytes_per_pixel_per_channel": round(r["per_channel"], 1)})
     if args.write:
         table = {}
         for case in {c for _, c in results}:

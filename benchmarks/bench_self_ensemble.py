@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+import records
 from upres.degradation.recipes import read_labels
 from upres.inference.engine import TRANSFORMS, dihedral, dihedral_inverse
 from upres.inference.ensemble import rgb_input, to_image
@@ -78,6 +79,11 @@ def main() -> None:
         cells = [f"{mean[(n, r)]:.3f}" if n == 1 else f"{mean[(n, r)] - mean[(1, r)]:+.3f}"
                  for n, r in keys]
         print(f"| {group} ({len(by[(1, False)])}) | " + " | ".join(cells) + " |")
+        records.append("self-ensemble", {"set": args.set.name, "model": str(args.model), "group": group}, {
+            "images": len(by[(1, False)]), "one_pass_psnr": round(mean[(1, False)], 3),
+            **{f"gain_x{n}{'_refined' if r else ''}": round(mean[(n, r)] - mean[(1, r)], 3)
+               for n, r in keys if n != 1},
+            "seconds_per_pass": round(seconds / passes, 2)}, note=up.notes[0])
 
 
 if __name__ == "__main__":

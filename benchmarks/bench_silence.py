@@ -23,6 +23,7 @@ import termios
 import time
 from pathlib import Path
 
+import records
 from upres.io import images
 
 
@@ -90,6 +91,10 @@ def main() -> None:
     for name, argv in cases:
         wall, silence, before = watch(argv, env)
         print(f"| {name} | {wall:.1f} | {silence:.1f} | `{before[-80:]}` |", flush=True)
+        code = os.environ.get("PYTHONPATH") or "this checkout"
+        records.append("silence", {"command": name, "code": code},
+                       {"wall_s": round(wall, 1), "longest_silence_s": round(silence, 1)},
+                       note=f"output before it: {before[-80:]}")
 
 
 if __name__ == "__main__":

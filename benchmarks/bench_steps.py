@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
+import records
 from upres.training import loop
 from upres.training.config import load_config
 
@@ -68,6 +70,12 @@ def main() -> None:
         print(f"| {r['crop']}x{r['batch']} | {r['steps']} | {r['seconds']:.0f} | {psnrs} | "
               f"{r['curve'][-1][1] - base['curve'][-1][1]:+.3f} | "
               f"{r['seconds'] / base['seconds']:.2f} |")
+        config = {"set": Path(args.set).name, "crop_x_batch": f"{r['crop']}x{r['batch']}"}
+        records.append("steps", config, {
+            "steps": r["steps"], "seconds": round(r["seconds"]),
+            "val_psnr_quarters": [round(p, 3) for _, p in r["curve"][-4:]],
+            "end_vs_first": round(r["curve"][-1][1] - base["curve"][-1][1], 3),
+            "time_ratio": round(r["seconds"] / base["seconds"], 2)}, note=f"{args.init}, cosine 2e-4")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import time
 import numpy as np
 from skimage import data
 
+import records
 from upres.inference.engine import tile_starts
 from upres.inference.upscaler import Upscaler
 from upres.io.loading import load_model
@@ -41,6 +42,9 @@ def main() -> None:
         diff = np.abs(tiled - whole) * 255
         print(f"{overlap:8d} {img.shape[0]:4d}x{width:<4d} {str(starts):>12s} {diff.max():16.4f} "
               f"{diff.mean():17.6f} {t1 - t0:8.1f} {t2 - t1:8.1f}", flush=True)
+        records.append("tiling", {"overlap": overlap}, {
+            "image": f"{img.shape[0]}x{width}", "max_abs_diff_x255": round(float(diff.max()), 4),
+            "mean_abs_diff_x255": round(float(diff.mean()), 6)})
 
 
 if __name__ == "__main__":

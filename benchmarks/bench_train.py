@@ -21,6 +21,7 @@ import torch
 from skimage import data
 from torch.utils.data import DataLoader, Dataset
 
+import records
 from upres.io import images
 from upres.io.pairs import PairCache, find_pairs
 from upres.models import build_model
@@ -102,8 +103,8 @@ def main() -> None:
         cfg = load_config(None, overrides, data={"data": {"root": str(tmp / "data"),
                                                           "cache_dir": str(tmp / "cache")}})
         train(cfg, tmp / "run", progress=False)
-        records = [json.loads(x) for x in (tmp / "run/metrics.jsonl").read_text().splitlines()]
-        rates = [r["it_per_s"] for r in records if "it_per_s" in r][1:]  # drop the warm-up window
+        logged = [json.loads(x) for x in (tmp / "run/metrics.jsonl").read_text().splitlines()]
+        rates = [r["it_per_s"] for r in logged if "it_per_s" in r][1:]  # drop the warm-up window
         loop_rate = float(np.median(rates))
 
         torch.manual_seed(0)
@@ -128,6 +129,13 @@ def main() -> None:
     print(f"{'upres train (cache, crops, augmentation, EMA, logs)':52s} {loop_rate:7.2f} "
           f"{loop_rate / pure:7.2f}x")
     print(f"{'naive loader decoding PNGs per sample':52s} {naive:7.2f} {naive / pure:7.2f}x")
+    note = (f"torch {torch.__version__}; RRDBNet 32/16/2, batch {args.batch}, crop {args.crop}, "
+            f"{args.workers} workers")
+    for loop, rate in (("forward+backward+step on in-memory tensors", pure),
+                       ("upres train (cache, crops, augmentation, EMA, logs)", loop_rate),
+                       ("a loader decoding the PNGs for every sample", naive)):
+        records.append("train", {"loop": loop}, {"it_s": round(rate, 2), "vs_pure": round(rate / pure, 2)},
+                       note=note)
 
 
 if __name__ == "__main__":
