@@ -10,7 +10,7 @@ BIN = $(VENV)/bin
 # processes with a thread per core each slow each other down far more than 2x)
 TEST_WORKERS ?= 2
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test docs lint bench clean
 
 $(BIN)/upres: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,8 +23,13 @@ demo: $(BIN)/upres
 	$(BIN)/upres demo -o demo-output
 
 test: $(BIN)/upres
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	OMP_NUM_THREADS=1 UPRES_NO_SKIPS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+
+# The documentation site, into build/site/ (the reference pages are generated from the code)
+docs: $(BIN)/upres
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: $(BIN)/upres
 	$(BIN)/python benchmarks/bench_inference.py

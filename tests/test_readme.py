@@ -1,4 +1,5 @@
-"""Every shell command in README.md runs as written, top to bottom, in one scratch folder.
+"""Every shell command in README.md and the docs runs as written, in one scratch folder: the
+README first, then the docs' pages in the site's order (``mkdocs.yml``'s nav).
 
 What stands in for what the README names (a fresh clone has no ../shared and no user files):
 
@@ -13,8 +14,8 @@ What stands in for what the README names (a fresh clone has no ../shared and no 
 - Skipped (``SKIP``): set-up and CI (``make``, ``pip``), benchmarks, ``tensorboard``, headless
   browsers, and what is for GPUs (``torchrun``, ``--device cuda``, a comment naming a GPU).
 
-Commands run in README order, so later ones use what earlier ones made (run folders, exports),
-and shell variables set in a block (``M=...``) carry on within that block."""
+Commands run in that order, so later ones use what earlier ones made (run folders, exports), and
+shell variables set in a block (``M=...``) carry on within that block."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ from upres.io import images
 from upres.models import build_model
 from upres.training.config import load_config
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 SKIP = re.compile(r"^(make|pip|tensorboard|torchrun|chromium)\b|benchmarks/|--device cuda"
                   r"|#.*\bGPUs?\b")
 SHRINK = ["train.iterations=2", "train.batch_size=2", "data.crop=64", "data.workers=0",
@@ -57,9 +59,16 @@ sys.exit(main(args))
 """
 
 
+def documents() -> list[Path]:
+    """The README, then every page of the site in its nav order (generated pages have no file)."""
+    nav = re.findall(r":\s*(\S+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(), flags=re.M)
+    return [README, *(ROOT / "docs" / page for page in nav if (ROOT / "docs" / page).exists())]
+
+
 def readme_blocks() -> list[list[str]]:
-    """The ```bash blocks of the README, each a list of commands (continuation lines joined)."""
-    blocks = re.findall(r"^```bash\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+    """The ```bash blocks of the documents, each a list of commands (continuation lines joined)."""
+    blocks = [b for doc in documents()
+              for b in re.findall(r"^```bash\n(.*?)^```", doc.read_text(), flags=re.S | re.M)]
     out = []
     for block in blocks:
         joined = re.sub(r"\\\n\s*", " ", block)
