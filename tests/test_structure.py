@@ -152,6 +152,15 @@ def test_functions_are_short():
     assert not long, long
 
 
+def test_no_source_name_looks_like_a_test():
+    """A function named ``test_*`` in src is collected by pytest wherever a test imports it
+    (``costs.test_seconds`` once ran as a test with no fixture ``run``)."""
+    named = [f"{name}.{node.name}" for name, path in modules().items()
+             for node in ast.parse(path.read_text()).body
+             if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name.lower().startswith("test")]
+    assert not named, named
+
+
 def test_import_has_no_side_effects():
     """Importing every module neither changes the umask nor sets backend flags."""
     code = (

@@ -36,7 +36,7 @@ from upres.auto.clock import HALVING_SHARE, LEVER_SHARE, Clock
 from upres.auto.costs import (
     _per_mp,
     reserve_after_training,
-    test_seconds,
+    seconds_on_test,
     time_on_test_image,
     training_val_seconds,
     val_dtype,
@@ -713,7 +713,7 @@ def test_a_start_whose_end_takes_most_of_the_time_left_is_not_trained(tmp_path):
     run.test_per_mp["fast-full"] = 7.0  # the winner timed on a test image before the final: that
     run.journal.data["phases"]["probes"] = {"arms": [{"name": "fast-full", "variant": "full"}]}
     run.journal.data["phases"]["halving"] = {"winner": "fast-full"}
-    assert test_seconds(run, "fast-full") == 14.0
+    assert seconds_on_test(run, "fast-full") == 14.0
     assert reserve_after_training(run, 2, False) == pytest.approx(1.1 * (0.15 + 2 * 14 + 6) + 4)
 
 
@@ -736,9 +736,9 @@ def test_openvino_is_timed_on_its_second_call_and_its_first_call_s_extra_is_rese
     assert timed_pass(upscaler("openvino", [3.0, 2.0]), lr) == (pytest.approx(20.0), 1.0, "sr")
     assert timed_pass(upscaler("torch", [3.0, 2.0]), lr) == (pytest.approx(30.0), 0.0, "sr")
     run = _end_run(tmp_path, {"fast": 1.0}, {"size_factor": 2.0, "timed": {"first_call_seconds": 9.0}})
-    assert test_seconds(run, None) == pytest.approx(9.0 + 1.0 * 2.0 * 2.0)  # 2 MP of test images
+    assert seconds_on_test(run, None) == pytest.approx(9.0 + 1.0 * 2.0 * 2.0)  # 2 MP of test images
     run.test_per_mp["fast-full"] = 7.0
-    assert test_seconds(run, "fast-full") == pytest.approx(9.0 + 7.0 * 2.0)
+    assert seconds_on_test(run, "fast-full") == pytest.approx(9.0 + 7.0 * 2.0)
 
 
 def test_the_end_is_measured_on_the_first_start_that_can_train_and_slower_ones_are_not_scored(tmp_path):

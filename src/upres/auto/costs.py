@@ -25,7 +25,7 @@ def reserve_after_training(run: AutoRun, transforms: int, ensemble: bool,
     of ``starts``, by default of every start)."""
     halving = run.journal.data["phases"].get("halving", {})
     names = [halving.get("winner")] + ([halving.get("runner_up")] if ensemble else [])
-    passes = sum(val_seconds(run, n, end=True, starts=starts) + test_seconds(run, n, starts) * transforms
+    passes = sum(val_seconds(run, n, end=True, starts=starts) + seconds_on_test(run, n, starts) * transforms
                  for n in names)
     refine = run.journal["candidates"].get("test_costs", {}).get("refine_seconds_per_mp", 0.0)
     passes += refine * run.journal["check"]["test_megapixels"]
@@ -91,7 +91,7 @@ def training_val_seconds(run: AutoRun, arm: dict) -> float:
     return ratio * (arm.get("seconds_per_mp") or 0) * run.journal["candidates"]["val_megapixels"]
 
 
-def test_seconds(run: AutoRun, arm: str | None = None, starts: list[dict] | None = None) -> float:
+def seconds_on_test(run: AutoRun, arm: str | None = None, starts: list[dict] | None = None) -> float:
     """One pass over the test set, in the end's precision (at the test images' size). Where the
     test images were timed as the submission runs them, the re-timing at the levers (of the
     validation images' flips) does not apply: on 512x512 test images it said 1.23x that timing,

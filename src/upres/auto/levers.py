@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 
 from upres.auto.clock import LEVER_SHARE
-from upres.auto.costs import reserve_after_training, test_seconds, val_seconds
+from upres.auto.costs import reserve_after_training, seconds_on_test, val_seconds
 from upres.auto.dataset import val_files, val_groups
 from upres.auto.journal import AutoRun
 from upres.auto.measure import arm_metrics, best_weights, end_dtype, end_options, trains
@@ -97,7 +97,7 @@ def measure_levers(run: AutoRun) -> dict:
     if measuring > 0.1 * run.clock.left():
         levers["self_ensemble"] = {"keep": False, "why": f"not affordable: measuring it takes "
                                    f"~{measuring / 60:.1f} min of {run.clock.left() / 60:.1f} left"}
-    elif why := _unaffordable(value, test_seconds(run, halving["winner"]), "x2"):
+    elif why := _unaffordable(value, seconds_on_test(run, halving["winner"]), "x2"):
         levers["self_ensemble"] = {"keep": False, "why": why}
     else:
         run.say(f"  self-ensemble: the winner's 8 flips/rotations on {len(files)} validation pairs")
@@ -180,7 +180,7 @@ def _measure_self_ensemble(run: AutoRun, flips: list[np.ndarray], files: list[di
     targets = [images.gray_to_rgb(images.to_float(hr)) for hr in hrs]
     val = Validation(files, [f[:1] for f in flips], targets, hrs, run.scale, [], lrs)
     refiner = _refiner_for(run, val)
-    test_pass = test_seconds(run, run.journal["halving"]["winner"])
+    test_pass = seconds_on_test(run, run.journal["halving"]["winner"])
     options = {n: Validation(files, [flip[list(ks)].mean(0)[None] for flip in flips], targets, hrs,
                              run.scale, [], lrs).fused_psnr(np.ones(1), refiner)
                for n, ks in [(1, (0,)), *TRANSFORMS.items()]}
@@ -243,7 +243,7 @@ def _measure_ensemble(run: AutoRun, files: list[dict], value: dict) -> dict:
     halving = run.journal["halving"]
     if not halving.get("runner_up"):
         return {"keep": False, "why": "one arm only"}
-    extra = test_seconds(run, halving["runner_up"])  # the runner-up's pass over the test set
+    extra = seconds_on_test(run, halving["runner_up"])  # the runner-up's pass over the test set
     if why := _unaffordable(value, extra, "the runner-up"):
         return {"keep": False, "why": why}
     options = end_options(run, end_dtype(run, [halving["winner"], halving["runner_up"]]), tile=0)

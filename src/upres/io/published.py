@@ -1,0 +1,151 @@
+"""Published PSNR-trained weights that users fetch by name: each entry pins its source addresses,
+size and sha256, so ``upres models pull NAME`` downloads it (only when asked) into the cache and
+keeps it only if its bytes are the ones published; ``upres models add FILE`` installs a local copy
+after the same check (offline machines). An installed file is checked again before every load."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from upres.errors import WeightsError
+from upres.io.files import atomic_path, cache_dir, files_sha256
+
+log = logging.getLogger("upres")
+CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class Published:
+    """A published weights file: where it lives, what it is, and the bytes it must have."""
+
+    name: str
+    family: str
+    urls: tuple[str, ...]
+    sha256: str
+    size: int  # bytes
+    license: str
+    params: int  # parameters in the file's tensors
+    data: str  # what it was trained on
+    purpose: str  # "PSNR" (pixel loss) or "looks" (GAN)
+    source: str  # repository @ commit, path
+    paper: str
+
+
+def _raw(repo: str, commit: str, path: str) -> str:
+    return f"https://raw.githubusercontent.com/{repo}/{commit}/{path}"
+
+
+_NTIRE2024 = ("Amazingren/NTIRE2024_ESR", "6404fa48dde4a4adbf241a51debdc661aef20449")
+
+_ENTRIES = [
+    Published(
+        "craft-x4", "CRAFT", (_raw(*_NTIRE2024, "model_zoo/team34_craft.pth"),),
+        "a3d57001df7e856be6b4e3553d77be3b038609f34db5d41b43c3e6c67756a381", 3426465, "MIT",
+        753344, "bicubic x4 pairs (NTIRE 2024 efficient SR challenge entry)", "PSNR",
+        f"{_NTIRE2024[0]} @ {_NTIRE2024[1]}, model_zoo/team34_craft.pth",
+        "Li et al., CRAFT, ICCV 2023"),
+]
+PUBLISHED: dict[str, Published] = {entry.name: entry for entry in _ENTRIES}
+
+
+def folder() -> Path:
+    return cache_dir() / "published"
+
+
+def installed_path(name: str) -> Path | None:
+    """The installed file of ``name`` if its bytes are the published ones; a file that is not
+    (edited, truncated, replaced) is named in a warning and treated as not installed."""
+    entry = PUBLISHED[name]
+    path = folder() / f"{name}.pth"
+    if not path.is_file():
+        return None
+    if path.stat().st_size != entry.size or files_sha256(path) != entry.sha256:
+        log.warning(f"warning: {path} is not the published {name} (size or sha256 differs); "
+                    f"ignored: upres models pull {name} fetches it again")
+        return None
+    return path
+
+
+def require(name: str) -> Path:
+    """The installed file of ``name``, or an error saying the one command that gets it."""
+    path = installed_path(name)
+    if path is None:
+        raise WeightsError(f"{name} is not installed: run `upres models pull {name}` (downloads "
+                           f"{PUBLISHED[name].size / 2**20:.1f} MB), or `upres models add FILE` "
+                           "with a copy you have")
+    return path
+
+
+def _download(url: str, entry: Published, tmp: Path, progress: bool) -> str:
+    """Stream ``url`` into ``tmp``, reading at most one byte more than the entry's size; returns
+    the sha256 of what was read."""
+    from tqdm import tqdm
+
+    digest, read = hashlib.sha256(), 0
+    with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out, \
+            tqdm(total=entry.size, unit="B", unit_scale=True, desc=entry.name,
+                 disable=not progress, leave=False) as bar:
+        while read <= entry.size:
+            block = response.read(min(CHUNK, entry.size + 1 - read))
+            if not block:
+                break
+            digest.update(block)
+            out.write(block)
+            read += len(block)
+            bar.update(len(block))
+    if read != entry.size:
+        raise WeightsError(f"{url}: {read if read <= entry.size else 'more than ' + str(entry.size)} "
+                           f"bytes, not the {entry.size} published for {entry.name}; nothing was kept")
+    return digest.hexdigest()
+
+
+def pull(name: str, progress: bool = True, urls: tuple[str, ...] | None = None) -> Path:
+    """Download ``name`` from its addresses (the first that answers) into the cache, checked
+    against its size and sha256 before it is kept; returns the installed path."""
+    if name not in PUBLISHED:
+        raise WeightsError(f"{name!r} is not a published model upres knows; `upres models` lists "
+                           f"them ({', '.join(PUBLISHED)})")
+    entry = PUBLISHED[name]
+    if (path := installed_path(name)) is not None:
+        return path
+    failures = []
+    for url in urls or entry.urls:
+        try:
+            with atomic_path(folder() / f"{name}.pth") as tmp:
+                got = _download(url, entry, tmp, progress)
+                if got != entry.sha256:
+                    raise WeightsError(f"{url}: sha256 {got} is not the published {entry.sha256} "
+                                       f"of {name}; nothing was kept")
+            return folder() / f"{name}.pth"
+        except (urllib.error.URLError, OSError) as err:
+            failures.append(f"{url}: {getattr(err, 'reason', None) or err}")
+    raise WeightsError(f"{name}: no address answered (" + "; ".join(failures)[:600] + "); `upres "
+                       "models add FILE` installs a copy you have")
+
+
+def add(file: str | Path, name: str | None = None) -> str:
+    """Install a local copy: the published entry whose sha256 it has (it must be ``name``'s, when
+    given) is copied into the cache; returns the entry's name."""
+    file = Path(file)
+    if not file.is_file():
+        raise WeightsError(f"{file}: no such file")
+    got = files_sha256(file)
+    match = next((e for e in PUBLISHED.values() if e.sha256 == got), None)
+    if name is not None:
+        if name not in PUBLISHED:
+            raise WeightsError(f"{name!r} is not a published model upres knows ({', '.join(PUBLISHED)})")
+        if match is None or match.name != name:
+            raise WeightsError(f"{file}: sha256 {got} is not the published {PUBLISHED[name].sha256} "
+                               f"of {name}; nothing was installed")
+    if match is None:
+        raise WeightsError(f"{file}: sha256 {got} matches no published model upres knows "
+                           "(`upres models` lists them); use it by path instead: -n FILE")
+    with atomic_path(folder() / f"{match.name}.pth") as tmp:
+        shutil.copyfile(file, tmp)
+    return match.name
