@@ -113,6 +113,7 @@ TABLES: dict[str, Table] = {  # NAME or NAME:PART; NAME is the benchmark (result
     "self-ensemble": Table(("config.set", "config.model", "config.group")),
     "ema": Table(("config.set", "config.init", "config.step")),
     "steps": Table(("config.set", "config.crop_x_batch")),
+    "zoo-psnr": Table(("config.model", "config.set")),
     "experiment-levers-cpu": Table(("config.arm",)),
     "experiment-seed-ablation-cpu": Table(("config.arm",)),
     "experiment-arch-zoo-cpu": Table(("config.arm",)),
@@ -124,8 +125,10 @@ HEADERS = {"cpu": "CPU", "figures.vs_bicubic": "vs bicubic (dB)", "figures.test_
            "figures.peak_rss_gib": "peak RSS (GiB)", "figures.wall_min": "wall (min)",
            "figures.vs_bicubic_by_recipe": "vs bicubic by recipe (dB)", "figures.x8_s": "x8 s",
            "figures.max_abs_diff_x255": "max abs diff x255",
-           "figures.mean_abs_diff_x255": "mean abs diff x255"}
-SIGNED = {"figures.vs_bicubic", "figures.vs_bicubic_by_recipe", "figures.end_vs_first",
+           "figures.mean_abs_diff_x255": "mean abs diff x255", "figures.psnr_y": "PSNR-Y (dB)",
+           "figures.bicubic_psnr_y": "bicubic PSNR-Y", "figures.published_psnr_y": "published PSNR-Y",
+           "figures.seconds_per_mp": "s/MP"}
+SIGNED = {"figures.vs_bicubic", "figures.vs_bicubic_by_recipe", "figures.end_vs_first", "figures.difference",
           "figures.val_psnr_vs_fp32_db"}  # differences: shown with their sign
 
 

@@ -12,7 +12,9 @@ What stands in for what the README names (a fresh clone has no ../shared and no 
   announces (``SHRINK``) to ``train``, ``lr-find`` (and ``--steps 6``) and ``experiment`` and
   replaces ``auto``'s ``--budget`` by ``AUTO_BUDGET``: the commands run as printed, only smaller.
 - Skipped (``SKIP``): set-up and CI (``make``, ``pip``), benchmarks, ``tensorboard``, headless
-  browsers, and what is for GPUs (``torchrun``, ``--device cuda``, a comment naming a GPU).
+  browsers, what is for GPUs (``torchrun``, ``--device cuda``, a comment naming a GPU), and what
+  needs the internet or a published weights file (a comment saying it downloads, or naming the
+  published file).
 
 Commands run in that order, so later ones use what earlier ones made (run folders, exports), and
 shell variables set in a block (``M=...``) carry on within that block."""
@@ -39,7 +41,7 @@ from upres.training.config import load_config
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 SKIP = re.compile(r"^(make|pip|tensorboard|torchrun|chromium)\b|benchmarks/|--device cuda"
-                  r"|#.*\bGPUs?\b")
+                  r"|#.*\bGPUs?\b|#.*\b(downloads|published file)\b")
 SHRINK = ["train.iterations=2", "train.batch_size=2", "data.crop=64", "data.workers=0",
           "data.val_split=2", "train.val_every=2", "train.checkpoint_every=2", "train.log_every=1"]
 AUTO_BUDGET = "60s"  # the largest command here; auto's decisions have their own tests

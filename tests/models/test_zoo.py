@@ -37,6 +37,7 @@ TINY = {
     "SAFMN": {"dim": 8, "n_blocks": 1},
     "RCAN": {"n_resgroups": 1, "n_resblocks": 1, "n_feats": 8, "reduction": 4, "norm": False},
     "Compact": {"num_feat": 8, "num_conv": 2},
+    "CRAFT": {"embed_dim": 12, "depths": [1], "num_heads": [2]},  # (window and splits: spandrel's)
 }
 
 
@@ -172,7 +173,8 @@ def test_config_validates_family_hyperparameters():
 
 # Published parameter counts (x4, in millions) of the presets that state one.
 PUBLISHED = {"swinir-light": 0.897, "swinir-m": 11.9, "hat-s": 9.6, "hat-m": 20.8, "hat-l": 40.8,
-             "dat-light": 0.573, "dat": 14.8, "dat-s": 11.2, "rcan": 15.6, "safmn": 0.24}
+             "dat-light": 0.573, "dat": 14.8, "dat-s": 11.2, "rcan": 15.6, "safmn": 0.24,
+             "craft": 0.753}
 
 
 @pytest.mark.parametrize("preset", sorted(PUBLISHED))

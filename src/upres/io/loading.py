@@ -13,6 +13,7 @@ from upres.errors import ArchitectureError, WeightsError
 from upres.io.files import check_output_file
 from upres.io.ncnn import read_ncnn
 from upres.io.pretrained import PRETRAINED, load_pretrained
+from upres.io.published import PUBLISHED, require
 from upres.io.weights import (
     LoadedWeights,
     load_into,
@@ -41,9 +42,12 @@ def load_weights_file(path: str | Path) -> LoadedWeights:
 
 
 def load_weights(spec: str | Path) -> LoadedWeights:
-    """A pretrained name or a path to any supported weights file."""
+    """A pretrained name, a published name (installed by ``upres models pull``), or a path to any
+    supported weights file."""
     if isinstance(spec, str) and spec in PRETRAINED:
         return load_pretrained(spec)
+    if isinstance(spec, str) and spec in PUBLISHED:
+        return load_weights_file(require(spec))
     return load_weights_file(spec)
 
 

@@ -10,7 +10,7 @@ import logging
 import shutil
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from upres.errors import WeightsError
@@ -35,6 +35,10 @@ class Published:
     purpose: str  # "PSNR" (pixel loss) or "looks" (GAN)
     source: str  # repository @ commit, path
     paper: str
+    # x4 PSNR on the Y channel its authors published (Set5, Set14), and where: benchmarks/
+    # bench_zoo_psnr.py scores the file beside it
+    published_psnr: dict = field(default_factory=dict)
+    published_source: str = ""
 
 
 def _raw(repo: str, commit: str, path: str) -> str:
@@ -49,7 +53,10 @@ _ENTRIES = [
         "a3d57001df7e856be6b4e3553d77be3b038609f34db5d41b43c3e6c67756a381", 3426465, "MIT",
         753344, "bicubic x4 pairs (NTIRE 2024 efficient SR challenge entry)", "PSNR",
         f"{_NTIRE2024[0]} @ {_NTIRE2024[1]}, model_zoo/team34_craft.pth",
-        "Li et al., CRAFT, ICCV 2023"),
+        "Li et al., CRAFT, ICCV 2023",
+        {"Set5": 32.52, "Set14": 28.85},
+        "closest configuration: CRAFT-X4 (753K) in AVC2-UESTC/CRAFT-SR's README @ f4f7068 (the "
+        "paper's model); this file is a challenge entry of the same layout"),
 ]
 PUBLISHED: dict[str, Published] = {entry.name: entry for entry in _ENTRIES}
 

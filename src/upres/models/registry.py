@@ -180,6 +180,14 @@ _ENTRIES = [
                         "SAFMN (paper; official SAFMN_DF2K_x4 options), 0.24M"),
         "safmn-l": Preset({"dim": 128, "n_blocks": 16, "ffn_scale": 2.0},
                           "SAFMN-L (paper; official SAFMN_L_Real_x4 options), 5.6M")}),
+    spandrel_family("CRAFT", "CRAFT:CRAFT", "upscale", "embed_dim", {},
+                    "Li et al., CRAFT (feature modulation transformer), ICCV 2023", {
+        "craft": Preset({"embed_dim": 48, "depths": [2, 2, 2, 2], "num_heads": [6, 6, 6, 6],
+                         "window_size": 16, "split_size_0": 4, "split_size_1": 16, "mlp_ratio": 2.0},
+                        "CRAFT (paper; the layout of the published x4 model, craft-x4), 0.75M")},
+                    no_openvino="the converter crashes (segmentation fault)",
+                    no_onnx="the exported graph fails in onnxruntime (a LayerNormalization over an "
+                            "empty axis)"),
     spandrel_family("RCAN", "RCAN:RCAN", "scale", "n_feats", {}, "Zhang et al., RCAN, ECCV 2018", {
         "rcan": Preset({"n_resgroups": 10, "n_resblocks": 20, "n_feats": 64, "reduction": 16},
                        "RCAN (paper; official RCAN_BIX4 options), 15.6M")}),

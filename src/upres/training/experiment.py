@@ -50,6 +50,7 @@ def arm_config(plan: Plan, arm: Arm, data: str | None, extra: list[str] | None =
 def check_arms(configs: dict) -> None:
     """Before any arm trains: every arm's data folder and initial weights exist."""
     from upres.io.pretrained import PRETRAINED, pretrained_available
+    from upres.io.published import PUBLISHED, installed_path
 
     problems = []
     for name, cfg in configs.items():
@@ -57,7 +58,11 @@ def check_arms(configs: dict) -> None:
         if source and source in PRETRAINED and not pretrained_available(source):
             problems.append(f"arm {name}: init.source {source} is not installed "
                             "(pip install 'upres[pretrained]')")
-        elif source and source not in PRETRAINED and not Path(source).is_file():
+        elif source and source in PUBLISHED:
+            if installed_path(source) is None:
+                problems.append(f"arm {name}: init.source {source} is not installed "
+                                f"(upres models pull {source})")
+        elif source and not Path(source).is_file():
             problems.append(f"arm {name}: init.source {source}: no such file")
         if cfg.data.root and not Path(cfg.data.root).is_dir():
             problems.append(f"arm {name}: data.root {cfg.data.root}: no such folder")
