@@ -141,3 +141,20 @@ def test_every_registry_entry_is_complete():
         assert entry.name == name and entry.urls and all(u.startswith("https://") for u in entry.urls)
         assert len(entry.sha256) == 64 and int(entry.sha256, 16) >= 0
         assert entry.size > 0 and entry.params > 0 and entry.license and entry.purpose in ("PSNR", "looks")
+
+
+def test_an_experiment_arm_starting_from_a_published_name_is_checked_before_training(entry, weights_file):
+    from upres.errors import ConfigError
+    from upres.io.pretrained import pretrained_available
+    from upres.training.config import load_config
+    from upres.training.experiment import check_arms
+
+    arms = {"published": load_config(None, ["init.source=tiny-x4"])}
+    if pretrained_available("realesrgan-x4plus"):  # an installed pretrained name passes
+        arms["pretrained"] = load_config(None, ["init.source=realesrgan-x4plus"])
+    with pytest.raises(ConfigError, match=r"arm published: init.source tiny-x4 is not installed "
+                                          r"\(upres models pull tiny-x4\)") as caught:
+        check_arms(arms)
+    assert "arm pretrained" not in str(caught.value)
+    published.add(weights_file)
+    check_arms(arms)

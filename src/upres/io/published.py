@@ -58,6 +58,14 @@ _ENTRIES = [
         "closest configuration: CRAFT-X4 (753K) in AVC2-UESTC/CRAFT-SR's README @ f4f7068 (the "
         "paper's model); this file is a challenge entry of the same layout"),
 ]
+_ENTRIES.append(Published(
+    "imdn-x4", "IMDN",
+    (_raw("Zheng222/IMDN", "8f158e6a5ac9db6e5857d9159fd4a6c4214da574", "checkpoints/IMDN_x4.pth"),),
+    "e660c38221147217a136debeb99eb304d62d9c0f73ac421ed66281b619719714", 2879112,
+    "none stated in the repository", 715176, "DIV2K, bicubic x4 pairs (the paper)", "PSNR",
+    "Zheng222/IMDN @ 8f158e6a5ac9db6e5857d9159fd4a6c4214da574, checkpoints/IMDN_x4.pth",
+    "Hui et al., IMDN, ACM MM 2019", {"Set5": 32.21, "Set14": 28.58},
+    "the IMDN paper's x4 results (this is the authors' own file)"))
 PUBLISHED: dict[str, Published] = {entry.name: entry for entry in _ENTRIES}
 
 

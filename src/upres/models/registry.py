@@ -39,6 +39,10 @@ def _rrdbnet():
     return importlib.import_module("upres.models.rrdbnet")
 
 
+def _imdn():
+    return importlib.import_module("upres.models.imdn")
+
+
 @dataclass(frozen=True)
 class Architecture:
     """One family. ``network`` imports and returns its ``nn.Module`` class; ``describe`` and
@@ -84,6 +88,14 @@ _ENTRIES = [
         presets={"rrdbnet-x4plus": Preset(
             {"num_feat": 64, "num_block": 23, "num_grow_ch": 32},
             "Real-ESRGAN x4plus's layout (64/32/23), what realesrgan-x4plus loads into, 16.7M")}),
+    Architecture(
+        "IMDN", lambda: _imdn().IMDN, "upscale", "nf", scales=(2, 3, 4),
+        paper="Hui et al., IMDN, ACM MM 2019 (AIM 2019 constrained SR winner)",
+        describe=lambda model: _imdn().describe(model),
+        detect=lambda sd: _imdn().detect(sd),
+        infer_hparams=lambda sd, source: _imdn().infer_hparams(sd, source),
+        presets={"imdn": Preset({"nf": 64, "num_modules": 6},
+                                "IMDN (paper; the authors' x4 model, imdn-x4), 0.72M")}),
     spandrel_family("SwinIR", "SwinIR:SwinIR", "upscale", "embed_dim", {
         "upsampler": "pixelshuffle", "img_range": 1.0, "window_size": 8, "mlp_ratio": 2.0},
         "Liang et al., SwinIR, ICCVW 2021", {

