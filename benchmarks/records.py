@@ -45,12 +45,13 @@ def cpu() -> dict:
 
 
 def commit() -> str | None:
-    """HEAD's short hash, marked ``-dirty`` where the tree has uncommitted changes to tracked files."""
+    """HEAD's short hash, marked ``-dirty`` where tracked files other than the records differ."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                               text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":!benchmarks/results"],  # (the records a run appends)
+                               cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
     return head + ("-dirty" if dirty else "")
