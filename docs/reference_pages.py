@@ -38,7 +38,7 @@ def _option(action: argparse.Action) -> str:
     extra = []
     if action.choices and not isinstance(action, argparse._SubParsersAction):
         extra.append("one of " + ", ".join(f"`{c}`" for c in action.choices))
-    if action.option_strings and action.default not in (None, False, argparse.SUPPRESS, [], ()) \
+    if action.option_strings and action.default not in (None, False, "", argparse.SUPPRESS, [], ()) \
             and "default" not in text:
         extra.append(f"default `{action.default}`")
     tail = f" ({'; '.join(extra)})" if extra else ""

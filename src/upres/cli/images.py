@@ -33,9 +33,11 @@ def add_upscale(sub) -> None:
     p.add_argument("-o", "--output", default="results", metavar="OUT_DIR",
                    help="output folder (default: results)")
     p.add_argument("-n", "--model", default="realesrgan-x4plus",
-                   help="pretrained name (realesrgan-x4plus, realesrgan-x4plus-anime, realsr-df2k; "
-                   "see upres models) or a .safetensors / .pth / ncnn .param path (default: "
-                   "realesrgan-x4plus, trained for looks: for PSNR fine-tune it, see the README)")
+                   help="a model name (pretrained: realesrgan-x4plus, realesrgan-x4plus-anime, "
+                   "realsr-df2k; published PSNR-trained ones once pulled, e.g. craft-x4; upres "
+                   "models lists them) or a .safetensors / .pth / ncnn .param path (default: "
+                   "realesrgan-x4plus, trained for looks: for PSNR, a published PSNR model or a "
+                   "fine-tune)")
     p.add_argument("--ext", choices=("auto", "png", "webp", "jpg"), default="png",
                    help="output format; auto keeps each input's (default: png; 16-bit needs png)")
     p.add_argument("--suffix", default="", help="text added to each output file's stem")
