@@ -35,12 +35,6 @@ class Preset:
     source: str
 
 
-def _rrdbnet():
-    return importlib.import_module("upres.models.rrdbnet")
-
-
-def _imdn():
-    return importlib.import_module("upres.models.imdn")
 
 
 @dataclass(frozen=True)
@@ -78,24 +72,29 @@ def spandrel_family(name: str, cls: str, scale_key: str, width_key: str, default
                         describe=lambda model: zoo.describe(model, name, width_key), **refusals)
 
 
+def own_family(name: str, module: str, scale_key: str, width_key: str, scales: tuple[int, ...],
+               paper: str, presets: dict[str, Preset]) -> Architecture:
+    """An entry for a network written in upres (``upres.models.MODULE``, which also holds its
+    ``describe``, ``detect`` and ``infer_hparams``), imported when first used."""
+    def mod():
+        return importlib.import_module(f"upres.models.{module}")
+
+    return Architecture(name, lambda: getattr(mod(), name), scale_key, width_key, scales=scales,
+                        paper=paper, presets=presets, describe=lambda model: mod().describe(model),
+                        detect=lambda sd: mod().detect(sd),
+                        infer_hparams=lambda sd, source: mod().infer_hparams(sd, source))
+
+
 _ENTRIES = [
-    Architecture(
-        "RRDBNet", lambda: _rrdbnet().RRDBNet, "scale", "num_feat", scales=(1, 2, 4),
-        paper="Wang et al., ESRGAN, ECCVW 2018; Real-ESRGAN, ICCVW 2021 (BasicSR's names)",
-        describe=lambda model: _rrdbnet().describe(model),
-        detect=lambda sd: _rrdbnet().detect(sd),
-        infer_hparams=lambda sd, source: _rrdbnet().infer_hparams(sd, source),
-        presets={"rrdbnet-x4plus": Preset(
+    own_family("RRDBNet", "rrdbnet", "scale", "num_feat", (1, 2, 4),
+               "Wang et al., ESRGAN, ECCVW 2018; Real-ESRGAN, ICCVW 2021 (BasicSR's names)", {
+        "rrdbnet-x4plus": Preset(
             {"num_feat": 64, "num_block": 23, "num_grow_ch": 32},
             "Real-ESRGAN x4plus's layout (64/32/23), what realesrgan-x4plus loads into, 16.7M")}),
-    Architecture(
-        "IMDN", lambda: _imdn().IMDN, "upscale", "nf", scales=(2, 3, 4),
-        paper="Hui et al., IMDN, ACM MM 2019 (AIM 2019 constrained SR winner)",
-        describe=lambda model: _imdn().describe(model),
-        detect=lambda sd: _imdn().detect(sd),
-        infer_hparams=lambda sd, source: _imdn().infer_hparams(sd, source),
-        presets={"imdn": Preset({"nf": 64, "num_modules": 6},
-                                "IMDN (paper; the authors' x4 model, imdn-x4), 0.72M")}),
+    own_family("IMDN", "imdn", "upscale", "nf", (2, 3, 4),
+               "Hui et al., IMDN, ACM MM 2019 (AIM 2019 constrained SR winner)", {
+        "imdn": Preset({"nf": 64, "num_modules": 6},
+                       "IMDN (paper; the authors' x4 model, imdn-x4), 0.72M")}),
     spandrel_family("SwinIR", "SwinIR:SwinIR", "upscale", "embed_dim", {
         "upsampler": "pixelshuffle", "img_range": 1.0, "window_size": 8, "mlp_ratio": 2.0},
         "Liang et al., SwinIR, ICCVW 2021", {
