@@ -87,7 +87,7 @@ def test_dense_block_init_is_scaled_kaiming():
 def test_bad_hparams_are_rejected():
     with pytest.raises(ArchitectureError, match="scale 1, 2 or 4"):
         RRDBNet(scale=3)
-    with pytest.raises(ArchitectureError, match=r"unknown architecture 'NoSuchNet'; known: RRDBNet, .*SwinIR"):
+    with pytest.raises(ArchitectureError, match=r"unknown architecture 'NoSuchNet'; known: RRDBNet, .*Swin"):
         build_model("NoSuchNet", {})
     with pytest.raises(ArchitectureError, match="RRDBNet: bad hyperparameters .*num_feet"):
         build_model("RRDBNet", {"num_feet": 3})
