@@ -4,11 +4,9 @@ copy after the same check; checked again before every load."""
 
 from __future__ import annotations
 
-import hashlib
 import http.server
 import threading
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,68 +17,49 @@ from upres.io import published
 from upres.io.loading import load_model
 
 
-@pytest.fixture
-def weights_file(tmp_path, tiny_model) -> Path:
-    path = tmp_path / "served" / "tiny.pth"
-    path.parent.mkdir()
-    torch.save({"params_ema": tiny_model.state_dict()}, path)
-    return path
-
-
-@pytest.fixture
-def entry(weights_file, monkeypatch, tmp_path) -> published.Published:
-    """A registry entry for the tiny file (as a published file's entry pins it), and a cache of
-    this test's own."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    data = weights_file.read_bytes()
-    entry = replace(published.PUBLISHED["craft-x4"], name="tiny-x4", family="RRDBNet",
-                    urls=(weights_file.as_uri(),), sha256=hashlib.sha256(data).hexdigest(),
-                    size=len(data))
-    monkeypatch.setitem(published.PUBLISHED, "tiny-x4", entry)
-    return entry
-
-
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass
 
 
 @pytest.fixture
-def server(weights_file):
+def server(published_file):
     """An HTTP server on 127.0.0.1 serving the folder of the tiny file; its base address."""
     httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), lambda *a, **k: _Quiet(*a, directory=str(weights_file.parent), **k))
+        ("127.0.0.1", 0), lambda *a, **k: _Quiet(*a, directory=str(published_file.parent), **k))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
 
 
-def test_nothing_is_installed_or_downloaded_until_asked(entry):
+def test_nothing_is_installed_or_downloaded_until_asked(published_entry):
     assert published.installed_path("tiny-x4") is None
     with pytest.raises(WeightsError, match=r"tiny-x4 is not installed: run `upres models pull tiny-x4`"):
         load_model("tiny-x4")
     assert not published.folder().exists()
 
 
-def test_pull_over_http_checks_and_installs_then_the_name_loads(entry, server, weights_file):
+def test_pull_over_http_checks_and_installs_then_the_name_loads(published_entry, server,
+                                                                published_file):
     path = published.pull("tiny-x4", progress=False, urls=(f"{server}/tiny.pth",))
-    assert path.read_bytes() == weights_file.read_bytes()
+    assert path.read_bytes() == published_file.read_bytes()
     assert published.installed_path("tiny-x4") == path
     model = load_model("tiny-x4")
-    reference = torch.load(weights_file, weights_only=True)["params_ema"]
+    reference = torch.load(published_file, weights_only=True)["params_ema"]
     assert all(torch.equal(model.state_dict()[k], v) for k, v in reference.items())
 
 
-def test_a_first_address_that_fails_falls_to_the_next(entry, server):
+def test_a_first_address_that_fails_falls_to_the_next(published_entry, server):
     path = published.pull("tiny-x4", progress=False,
                           urls=(f"{server}/missing.pth", f"{server}/tiny.pth"))
     assert path.is_file()
 
 
-def test_a_file_with_other_bytes_is_a_named_error_and_nothing_is_kept(entry, server, weights_file,
+def test_a_file_with_other_bytes_is_a_named_error_and_nothing_is_kept(published_entry, server,
+                                                                      published_file,
                                                                       monkeypatch):
-    monkeypatch.setitem(published.PUBLISHED, "tiny-x4", replace(entry, sha256="0" * 64))
+    monkeypatch.setitem(published.PUBLISHED, "tiny-x4", replace(published_entry, sha256="0" * 64))
     with pytest.raises(WeightsError, match=r"tiny.pth: sha256 [0-9a-f]{64} is not the published "
                                            r"0{64} of tiny-x4; nothing was kept"):
         published.pull("tiny-x4", progress=False, urls=(f"{server}/tiny.pth",))
@@ -88,31 +67,33 @@ def test_a_file_with_other_bytes_is_a_named_error_and_nothing_is_kept(entry, ser
 
 
 @pytest.mark.parametrize("size_change", [-1, +1])
-def test_a_file_of_another_size_is_refused_without_reading_it_all(entry, server, monkeypatch,
+def test_a_file_of_another_size_is_refused_without_reading_it_all(published_entry, server,
+                                                                   monkeypatch,
                                                                    size_change):
-    monkeypatch.setitem(published.PUBLISHED, "tiny-x4", replace(entry, size=entry.size + size_change))
+    changed = replace(published_entry, size=published_entry.size + size_change)
+    monkeypatch.setitem(published.PUBLISHED, "tiny-x4", changed)
     with pytest.raises(WeightsError, match=r"bytes, not the \d+ published for tiny-x4; nothing was kept"):
         published.pull("tiny-x4", progress=False, urls=(f"{server}/tiny.pth",))
     assert not any(published.folder().iterdir())
 
 
-def test_no_address_answering_names_each_and_the_offline_way(entry, tmp_path):
+def test_no_address_answering_names_each_and_the_offline_way(published_entry, tmp_path):
     with pytest.raises(WeightsError, match=r"no address answered .*nowhere.pth.*models add FILE"):
         published.pull("tiny-x4", progress=False, urls=((tmp_path / "nowhere.pth").as_uri(),))
 
 
-def test_add_installs_a_local_copy_by_its_sha256(entry, weights_file, tmp_path):
-    assert published.add(weights_file) == "tiny-x4"
-    assert published.installed_path("tiny-x4").read_bytes() == weights_file.read_bytes()
+def test_add_installs_a_local_copy_by_its_sha256(published_entry, published_file, tmp_path):
+    assert published.add(published_file) == "tiny-x4"
+    assert published.installed_path("tiny-x4").read_bytes() == published_file.read_bytes()
     other = tmp_path / "other.pth"
-    other.write_bytes(weights_file.read_bytes() + b"x")
+    other.write_bytes(published_file.read_bytes() + b"x")
     with pytest.raises(WeightsError, match=r"other.pth: sha256 .* matches no published model"):
         published.add(other)
     with pytest.raises(WeightsError, match=r"other.pth: sha256 .* is not the published .* of tiny-x4"):
         published.add(other, "tiny-x4")
 
 
-def test_an_installed_file_edited_later_is_not_used(entry, weights_file, caplog):
+def test_an_installed_file_edited_later_is_not_used(published_entry, published_file, caplog):
     path = published.pull("tiny-x4", progress=False)
     path.write_bytes(path.read_bytes()[:-10])
     assert published.installed_path("tiny-x4") is None
@@ -121,12 +102,12 @@ def test_an_installed_file_edited_later_is_not_used(entry, weights_file, caplog)
         load_model("tiny-x4")
 
 
-def test_the_models_command_lists_pulls_and_adds(entry, weights_file, capsys):
+def test_the_models_command_lists_pulls_and_adds(published_entry, published_file, capsys):
     assert main(["models"]) == 0
     assert "tiny-x4" in capsys.readouterr().out.split("published")[1].split("presets")[0]
     assert main(["models", "pull", "nonesuch"]) == 2
     assert "'nonesuch' is not a published model" in capsys.readouterr().err
-    assert main(["models", "add", str(weights_file), "--quiet"]) == 0
+    assert main(["models", "add", str(published_file), "--quiet"]) == 0
     assert "installed tiny-x4" in capsys.readouterr().out
     assert main(["models", "pull", "tiny-x4", "--quiet"]) == 0  # installed already: nothing fetched
     out = capsys.readouterr().out
@@ -143,7 +124,8 @@ def test_every_registry_entry_is_complete():
         assert entry.size > 0 and entry.params > 0 and entry.license and entry.purpose in ("PSNR", "looks")
 
 
-def test_an_experiment_arm_starting_from_a_published_name_is_checked_before_training(entry, weights_file):
+def test_an_experiment_arm_starting_from_a_published_name_is_checked_before_training(
+        published_entry, published_file):
     from upres.errors import ConfigError
     from upres.io.pretrained import pretrained_available
     from upres.training.config import load_config
@@ -156,5 +138,5 @@ def test_an_experiment_arm_starting_from_a_published_name_is_checked_before_trai
                                           r"\(upres models pull tiny-x4\)") as caught:
         check_arms(arms)
     assert "arm pretrained" not in str(caught.value)
-    published.add(weights_file)
+    published.add(published_file)
     check_arms(arms)

@@ -16,7 +16,8 @@ from upres.errors import UpresError
 from upres.inference.shard import Shard
 from upres.io.files import atomic_write_bytes
 from upres.io.pairs import Pair
-from upres.io.pretrained import PRETRAINED
+from upres.io.pretrained import PRETRAINED, pretrained_available
+from upres.io.published import PUBLISHED, installed_path
 
 # The journal's version (docs/reference/auto-json.md): fields may be added within a version, never
 # renamed or given another meaning; READS lists the versions this upres resumes and renders.
@@ -28,12 +29,20 @@ class AutoError(UpresError):
     """``upres auto`` cannot run as asked (the message says why, with the figures)."""
 
 
+def installed_starts() -> tuple[str, ...]:
+    """The named starts ``auto`` tries by default: the installed pretrained models (GAN-trained,
+    for looks) and the installed published PSNR-trained ones (``upres models pull NAME``)."""
+    return (*(n for n in PRETRAINED if pretrained_available(n)),
+            *(n for n in PUBLISHED if installed_path(n) is not None))
+
+
 @dataclass
 class AutoOptions:
     budget: float  # seconds of wall-clock time for the whole run
     device: str = "auto"
     seed: int = 0
-    pretrained: tuple[str, ...] = tuple(PRETRAINED)  # pretrained names tried as starts
+    # the named starts tried: by default every installed pretrained and published model
+    pretrained: tuple[str, ...] = field(default_factory=installed_starts)
     candidates: tuple[str, ...] = ()  # the user's own weights files, tried as starts
     presets: str = "auto"  # "auto" (on an accelerator), "none" or names: presets from scratch
     cache_dir: str | None = None

@@ -21,14 +21,22 @@ from upres.io import images
 
 
 def _starts(run: AutoRun) -> tuple[list[str], list[str]]:
-    """The weights to start from (pretrained names installed, then the user's files), and why
-    any asked-for start is missing."""
+    """The weights to start from (named models installed, then the user's files), and why any
+    asked-for start is missing."""
     from upres.io.pretrained import pretrained_available
+    from upres.io.published import PUBLISHED, installed_path
 
     starts, missing = [], []
     for name in run.options.pretrained:
-        (starts if pretrained_available(name) else missing).append(name)
-    missing = [f"{n}: not installed (pip install 'upres[pretrained]')" for n in missing]
+        if name in PUBLISHED:
+            if installed_path(name) is not None:
+                starts.append(name)
+            else:
+                missing.append(f"{name}: not installed (upres models pull {name})")
+        elif pretrained_available(name):
+            starts.append(name)
+        else:
+            missing.append(f"{name}: not installed (pip install 'upres[pretrained]')")
     for path in run.options.candidates:
         (starts if Path(path).is_file() else missing).append(path)
     return starts, missing + [f"{p}: no such file" for p in run.options.candidates

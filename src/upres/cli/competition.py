@@ -39,9 +39,10 @@ def add_auto(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, ...")
     p.add_argument("--candidate", action="append", default=[], metavar="FILE",
                    help="your own weights to start from (repeatable)")
-    p.add_argument("--pretrained", default=",".join(PRETRAINED), metavar="NAMES",
-                   help=f"pretrained starts, comma-separated, or none (default: "
-                   f"{','.join(PRETRAINED)})")
+    p.add_argument("--pretrained", default="installed", metavar="NAMES",
+                   help=f"named starts, comma-separated: pretrained ({', '.join(PRETRAINED)}) and "
+                   "published PSNR-trained models (upres models lists them); installed (the "
+                   "default: every one installed) or none")
     p.add_argument("--presets", default="auto", metavar="auto|none|NAMES",
                    help="published presets to train from scratch where the budget gives them "
                    "enough steps: auto (every one, on an accelerator only), none, or names "
@@ -54,10 +55,12 @@ def add_auto(sub) -> None:
 
 def cmd_auto(args: argparse.Namespace) -> int:
     from upres.auto import AutoOptions, run_auto
+    from upres.auto.journal import installed_starts
     from upres.training.config import duration_seconds
 
     names = [n for n in args.pretrained.split(",") if n]
-    pretrained = () if names == ["none"] else tuple(names)
+    pretrained = (() if names == ["none"] else installed_starts() if names == ["installed"]
+                  else tuple(names))
     options = AutoOptions(duration_seconds(args.budget), args.device, args.seed, pretrained,
                           tuple(args.candidate), args.presets, args.cache_dir, not args.quiet)
     out = Path(args.out or Path("runs") / f"auto-{Path(args.data).resolve().name}")
