@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--sets", type=Path, required=True)
     args = parser.parse_args()
     os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="zoo-cache-")  # installs go here
+    from upres.errors import WeightsError
     from upres.inference.upscaler import Upscaler
     from upres.io.published import PUBLISHED, add
 
@@ -86,7 +87,7 @@ def main() -> None:
     for path in sorted(args.weights.glob("*.pth")):
         try:
             name = add(path)
-        except Exception as err:  # a file the registry does not know (yet)
+        except WeightsError as err:  # a file the registry does not know (yet)
             print(f"| {path.name} | - | - | not in the registry: {str(err)[:60]} |")
             continue
         entry = PUBLISHED[name]
