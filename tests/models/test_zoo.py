@@ -18,7 +18,8 @@ from upres.training.config import load_config
 
 spandrel = pytest.importorskip("spandrel")
 
-OWN = {"RRDBNet", "IMDN"}  # upres's own modules (tests/models/test_rrdbnet.py, test_imdn.py)
+OWN = {"RRDBNet", "IMDN", "RFDN", "RLFN", "BSRN", "SAFMNPP", "SAFMN23", "SPANFused"}  # upres's own modules
+# (tests/models/test_rrdbnet.py, test_imdn.py, test_small_psnr_families.py)
 
 # One tiny configuration per curated family (CPU, well under a second per training step).
 TINY = {

@@ -66,6 +66,46 @@ _ENTRIES.append(Published(
     "Zheng222/IMDN @ 8f158e6a5ac9db6e5857d9159fd4a6c4214da574, checkpoints/IMDN_x4.pth",
     "Hui et al., IMDN, ACM MM 2019", {"Set5": 32.21, "Set14": 28.58},
     "the IMDN paper's x4 results (this is the authors' own file)"))
+_NTIRE2022 = ("ofsoundof/NTIRE2022_ESR", "e95ba4a4916bb13d6348f7ee172827e2452e8a31")
+_NTIRE2026 = ("Amazingren/NTIRE2026_ESR", "4592ce6db68b395699f13e7e2a4e3baf317ef1c6")
+_SAFMN = ("sunny2109/SAFMN", "68c2182e4f8829a979886b0a1cab8f269f91b321")
+_NO_FIGURE = ("no Set5/Set14 figure for this file could be read offline; bench_zoo_psnr.py "
+              "prints the measured PSNR beside bicubic")
+
+
+def _challenge(name: str, family: str, where: tuple[str, str], path: str, sha256: str, size: int,
+               license: str, params: int, challenge: str, paper: str) -> Published:
+    """An entry of an NTIRE efficient-SR challenge, judged by PSNR on bicubic x4 images."""
+    return Published(name, family, (_raw(*where, path),), sha256, size, license, params,
+                     f"bicubic x4 pairs ({challenge})", "PSNR", f"{where[0]} @ {where[1]}, {path}",
+                     paper, {}, _NO_FIGURE)
+
+
+_ENTRIES += [
+    _challenge("span-ch28-x4", "SPANFused", _NTIRE2026, "model_zoo/team00_SPAN.pth",
+               "6c80f05048313289c6526e5fc9726688d7bb3dfdd6ae3c8b1e7dd09f601e5971", 618658, "MIT",
+               150688, "the NTIRE 2026 efficient SR repository's team00 model",
+               "Wan et al., SPAN, CVPRW 2024"),
+    _challenge("safmnpp-x4", "SAFMNPP", _NTIRE2024, "model_zoo/team23_safmnpp.pth",
+               "03bf96b5a50f43123d22c3a257341d536118250f7157f12d2832915be4f52685", 1715877, "MIT",
+               211572, "NTIRE 2024 efficient SR challenge entry", "Sun et al., SAFMN++, NTIRE 2024"),
+    _challenge("rlfn-x4", "RLFN", _NTIRE2022, "model_zoo/team04_rlfn.pth",
+               "ca81b7757708ce749ac3766589690db6c2729961d026c0137e7659924ec36622", 1292283,
+               "MIT (challenge repository)", 317218, "NTIRE 2022 efficient SR challenge entry",
+               "Kong et al., RLFN, CVPRW 2022"),
+    _challenge("bsrn-x4", "BSRN", _NTIRE2022, "model_zoo/team18_bsrn.pth",
+               "29ac393975ec709912282da97765daf722d9efd40589f4abcb95b3a407f62e40", 699603,
+               "MIT (challenge repository)", 156288, "NTIRE 2022 efficient SR challenge entry, BSRN-S",
+               "Li et al., BSRN, CVPRW 2022"),
+    _challenge("rfdn-x4", "RFDN", _NTIRE2022, "model_zoo/rfdn_baseline.pth",
+               "11af8ec8ebd68689e90ef1e29044f9804c72d3bd9f7573820b7b26035782760c", 1754927,
+               "MIT (challenge repository)", 433448, "the NTIRE 2022 efficient SR baseline",
+               "Liu et al., RFDN, ECCVW 2020"),
+    _challenge("safmn-ntire23-x4", "SAFMN23", _SAFMN, "NTIRE2023_ESR/model_zoo/team15_SAFMN.pth",
+               "93fe3d7175ef1446cfcb3a884ddf8bbb4391f31190e9d1bf6c6c1cb768f8b565", 971051,
+               "MIT (NTIRE2023_ESR/LICENSE)", 237000, "NTIRE 2023 efficient SR challenge entry",
+               "Sun et al., SAFMN, ICCV 2023"),
+]
 PUBLISHED: dict[str, Published] = {entry.name: entry for entry in _ENTRIES}
 
 

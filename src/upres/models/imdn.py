@@ -8,20 +8,16 @@ every block's output, a 3x3 convolution with a long skip, and a pixel-shuffle up
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 from torch import nn
 
 from upres.errors import WeightsError
+from upres.models.blocks import conv, numbered, upsampler
 from upres.models.descriptor import ModelDescriptor
 
 NAME = "IMDN"
 SLOPE = 0.05  # the leaky ReLU's negative slope in the authors' blocks
-
-
-def _conv(cin: int, cout: int, k: int) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, k, padding=k // 2)
 
 
 class ContrastChannelAttention(nn.Module):
@@ -45,17 +41,17 @@ class DistillationBlock(nn.Module):
         super().__init__()
         self.kept = int(channels * distill)
         rest = channels - self.kept
-        self.c1 = _conv(channels, channels, 3)
-        self.c2, self.c3 = _conv(rest, channels, 3), _conv(rest, channels, 3)
-        self.c4 = _conv(rest, self.kept, 3)
+        self.c1 = conv(channels, channels, 3)
+        self.c2, self.c3 = conv(rest, channels, 3), conv(rest, channels, 3)
+        self.c4 = conv(rest, self.kept, 3)
         self.act = nn.LeakyReLU(SLOPE, inplace=True)
-        self.c5 = _conv(self.kept * 4, channels, 1)
+        self.c5 = conv(self.kept * 4, channels, 1)
         self.cca = ContrastChannelAttention(self.kept * 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kept, rest = [], x
-        for conv in (self.c1, self.c2, self.c3):
-            first, rest = torch.split(self.act(conv(rest)), (self.kept, conv.out_channels - self.kept), 1)
+        for layer in (self.c1, self.c2, self.c3):
+            first, rest = torch.split(self.act(layer(rest)), (self.kept, layer.out_channels - self.kept), 1)
             kept.append(first)
         kept.append(self.c4(rest))
         return self.c5(self.cca(torch.cat(kept, 1))) + x
@@ -66,12 +62,12 @@ class IMDN(nn.Module):
                  upscale: int = 4) -> None:
         super().__init__()
         self.hparams = dict(in_nc=in_nc, nf=nf, num_modules=num_modules, out_nc=out_nc, upscale=upscale)
-        self.fea_conv = _conv(in_nc, nf, 3)
+        self.fea_conv = conv(in_nc, nf, 3)
         for i in range(1, num_modules + 1):  # the authors' names: IMDB1 ... IMDBn
             setattr(self, f"IMDB{i}", DistillationBlock(nf))
-        self.c = nn.Sequential(_conv(nf * num_modules, nf, 1), nn.LeakyReLU(SLOPE, inplace=True))
-        self.LR_conv = _conv(nf, nf, 3)
-        self.upsampler = nn.Sequential(_conv(nf, out_nc * upscale ** 2, 3), nn.PixelShuffle(upscale))
+        self.c = nn.Sequential(conv(nf * num_modules, nf, 1), nn.LeakyReLU(SLOPE, inplace=True))
+        self.LR_conv = conv(nf, nf, 3)
+        self.upsampler = upsampler(nf, out_nc, upscale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feat = self.fea_conv(x)
@@ -100,7 +96,6 @@ def infer_hparams(state_dict: dict[str, torch.Tensor], source: str = "state dict
         head, up = state_dict["fea_conv.weight"], state_dict["upsampler.0.weight"]
     except KeyError as err:
         raise WeightsError(f"{source}: not an IMDN state dict (missing {err.args[0]!r})") from None
-    modules = {int(m.group(1)) for k in state_dict if (m := re.match(r"IMDB(\d+)\.", k))}
     out_nc = 3 if up.shape[0] % 3 == 0 else 1
-    return dict(in_nc=head.shape[1], nf=head.shape[0], num_modules=max(modules, default=0),
+    return dict(in_nc=head.shape[1], nf=head.shape[0], num_modules=numbered(state_dict, r"IMDB(\d+)\."),
                 out_nc=out_nc, upscale=math.isqrt(up.shape[0] // out_nc))

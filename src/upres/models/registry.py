@@ -73,7 +73,7 @@ def spandrel_family(name: str, cls: str, scale_key: str, width_key: str, default
 
 
 def own_family(name: str, module: str, scale_key: str, width_key: str, scales: tuple[int, ...],
-               paper: str, presets: dict[str, Preset]) -> Architecture:
+               paper: str, presets: dict[str, Preset], **refusals: str) -> Architecture:
     """An entry for a network written in upres (``upres.models.MODULE``, which also holds its
     ``describe``, ``detect`` and ``infer_hparams``), imported when first used."""
     def mod():
@@ -82,9 +82,11 @@ def own_family(name: str, module: str, scale_key: str, width_key: str, scales: t
     return Architecture(name, lambda: getattr(mod(), name), scale_key, width_key, scales=scales,
                         paper=paper, presets=presets, describe=lambda model: mod().describe(model),
                         detect=lambda sd: mod().detect(sd),
-                        infer_hparams=lambda sd, source: mod().infer_hparams(sd, source))
+                        infer_hparams=lambda sd, source: mod().infer_hparams(sd, source), **refusals)
 
 
+_FIXED_SIZE_ONNX = ("the exported graph only takes the export's input size (its pooling sizes are "
+                    "fractions of the input size, traced as constants)")
 _ENTRIES = [
     own_family("RRDBNet", "rrdbnet", "scale", "num_feat", (1, 2, 4),
                "Wang et al., ESRGAN, ECCVW 2018; Real-ESRGAN, ICCVW 2021 (BasicSR's names)", {
@@ -95,6 +97,32 @@ _ENTRIES = [
                "Hui et al., IMDN, ACM MM 2019 (AIM 2019 constrained SR winner)", {
         "imdn": Preset({"nf": 64, "num_modules": 6},
                        "IMDN (paper; the authors' x4 model, imdn-x4), 0.72M")}),
+    own_family("RFDN", "rfdn", "upscale", "nf", (2, 3, 4),
+               "Liu et al., RFDN, ECCVW 2020 (AIM 2020 efficient SR winner; NTIRE 2022 baseline)", {
+        "rfdn-ntire": Preset({"nf": 50, "num_modules": 4},
+                             "RFDN as in the NTIRE 2022 baseline (rfdn-x4), 0.43M")}),
+    own_family("RLFN", "rlfn", "upscale", "nf", (2, 3, 4),
+               "Kong et al., RLFN, CVPRW 2022 (NTIRE 2022 efficient SR winner)", {
+        "rlfn-ntire": Preset({"nf": 46, "mf": 48, "num_blocks": 4, "esa_channels": 16},
+                             "RLFN as entered in NTIRE 2022 (rlfn-x4), 0.32M")}),
+    own_family("BSRN", "bsrn", "upscale", "num_feat", (2, 3, 4),
+               "Li et al., BSRN, CVPRW 2022 (NTIRE 2022 efficient SR, model complexity winner)", {
+        "bsrn-s": Preset({"num_feat": 48, "num_block": 5},
+                         "BSRN-S, the NTIRE 2022 entry (bsrn-x4), 0.16M")}),
+    own_family("SAFMNPP", "safmnpp", "upscaling_factor", "dim", (2, 3, 4),
+               "Sun et al., SAFMN++ (NTIRE 2024 efficient SR entry)", {
+        "safmnpp": Preset({"dim": 36, "n_blocks": 6, "ffn_scale": 1.5},
+                          "SAFMN++ as entered in NTIRE 2024 (safmnpp-x4), 0.21M")},
+               no_onnx=_FIXED_SIZE_ONNX),
+    own_family("SAFMN23", "safmn23", "upscaling_factor", "dim", (2, 3, 4),
+               "Sun et al., SAFMN, ICCV 2023; the NTIRE 2023 efficient SR entry's variant", {
+        "safmn23": Preset({"dim": 36, "n_blocks": 8, "ffn_scale": 2.0},
+                          "SAFMN as entered in NTIRE 2023 (safmn-ntire23-x4), 0.24M")},
+               no_onnx=_FIXED_SIZE_ONNX),
+    own_family("SPANFused", "spanfused", "upscale", "feature_channels", (2, 3, 4),
+               "Wan et al., SPAN, CVPRW 2024 (NTIRE 2024 efficient SR winner), re-parameterised", {
+        "span-ch28": Preset({"feature_channels": 28},
+                            "re-parameterised SPAN, 28 channels (span-ch28-x4), 0.15M")}),
     spandrel_family("SwinIR", "SwinIR:SwinIR", "upscale", "embed_dim", {
         "upsampler": "pixelshuffle", "img_range": 1.0, "window_size": 8, "mlp_ratio": 2.0},
         "Liang et al., SwinIR, ICCVW 2021", {
