@@ -103,3 +103,9 @@ def make_recipe_set(root: Path) -> Path:
         images.write_image(root / "test" / "lr" / f"t{k}.png", degrade(test, parse_recipe(recipe), 4))
         images.write_image(root / "test" / "hr" / f"t{k}.png", test)
     return root
+
+
+def patch_in(monkeypatch, name: str, value, *modules) -> None:
+    """Replaces NAME in each module that uses it (upres.auto's phase modules import it by name)."""
+    for module in modules:
+        monkeypatch.setattr(module, name, value)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import free_port, hr_folder, make_recipe_set, tiny_rrdbnet
+from helpers import free_port, hr_folder, make_recipe_set, patch_in, tiny_rrdbnet
 from upres.auto import arms as auto_arms
 from upres.auto import dataset as auto_dataset
 from upres.auto import driver as auto_driver
@@ -100,12 +100,6 @@ from upres.training.config import load_config
 @pytest.fixture(scope="module")
 def auto_set(tmp_path_factory) -> Path:
     return make_recipe_set(tmp_path_factory.mktemp("autoset"))
-
-
-def patch_in(monkeypatch, name: str, value, *modules) -> None:
-    """Replaces NAME in each phase module that uses it (they import it by name)."""
-    for module in modules:
-        monkeypatch.setattr(module, name, value)
 
 
 def nearest_rrdbnet():

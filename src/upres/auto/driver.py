@@ -23,7 +23,7 @@ from upres.auto.dataset import (
     load_pairs,
     split_validation,
 )
-from upres.auto.ending import decide_end
+from upres.auto.ending import decide_end, unused_budget
 from upres.auto.final import run_final
 from upres.auto.halving import run_halving
 from upres.auto.journal import (
@@ -62,9 +62,11 @@ def run_auto(data: str | Path, out: str | Path, options: AutoOptions, resume: bo
                                   f"{out}) to continue") from None
     if shard.main:
         journal.data["total_seconds"] = round(clock.elapsed(), 2)
+        journal.data["unused"] = unused_budget(journal.data, clock.elapsed())
         journal.save(clock)
         write_report(journal.data, out)
-        say(f"finished in {minutes(clock.elapsed())} of {minutes(options.budget)}")
+        say(f"finished in {minutes(clock.elapsed())} of {minutes(options.budget)}"
+            + (f"; unused: {journal.data['unused']['why']}" if journal.data["unused"] else ""))
     return AutoResult(out, out / "submission", journal.data)
 
 

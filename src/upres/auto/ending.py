@@ -65,6 +65,32 @@ def decide_end(run: AutoRun) -> dict:
     return floor_at_bicubic(end, bicubic_end(run), run.say)
 
 
+UNUSED_SHARE = 0.05  # a run that ends with more of its budget unused says why
+
+
+def unused_budget(data: dict, elapsed: float) -> dict | None:
+    """Why a run ended with over ``UNUSED_SHARE`` of its budget unused (None if it did not),
+    from what its journal recorded: nothing trained, or the final's time went unused, or the
+    end took less than the time reserved for it."""
+    budget, phases = data["options"]["budget"], data["phases"]
+    unused = budget - elapsed
+    if unused <= UNUSED_SHARE * budget:
+        return None
+    final = phases.get("final", {})
+    after = elapsed - final["began"] - final["seconds"] if "seconds" in final else None
+    if phases.get("probes", {}).get("bicubic"):
+        why = "no start could train or beat bicubic in this budget: the submission is bicubic"
+    elif final.get("untrained"):
+        why = "the winner is a start that does not train (it predicts as published)"
+    elif after is not None and final.get("reserve_seconds", 0) > after + unused / 2:
+        why = (f"the end took {after:.0f} s of the {final['reserve_seconds']:.0f} s reserved for it "
+               "(its cost is estimated from validation and test-image timings)")
+    else:
+        why = ("the final stopped before its time: its extensions needed at least 2% of the "
+               "budget and 10 steps")
+    return {"seconds": round(unused, 1), "share": round(unused / budget, 4), "why": why}
+
+
 def led_groups(levers: dict) -> list[int]:
     """The fingerprint groups whose validation pairs the runner-up alone scored higher than the
     winner alone (``runner_up_leads``)."""

@@ -29,6 +29,11 @@ FINAL_OVERSHOOT = 1.1
 # big6 without native bf16 its 2.12 s a step planned 355 steps that were done in 637 of 695 s.
 # Stopped by time at 1/1.25 of its length, a cosine is at 10% of its peak
 PROBE_OVERSHOOT = 1.25
+# A final whose steps ran out with time left trains on (``fill_budget``) while at least this
+# share of the budget is left, at most FILLS times: CRAFT's final at 40m planned 647 steps from
+# a probe timed in a load spike (1.94 s a step), ran them at ~0.65 s and left 14 minutes
+FILL_SHARE = 0.02
+FILLS = 3
 
 
 def run_final(run: AutoRun) -> None:
@@ -70,10 +75,34 @@ def run_final(run: AutoRun) -> None:
         run.say(f"[{minutes(run.clock.elapsed())}] final: {arm['name']} trains "
                 f"{seconds / 60:.1f} min more, to step {iterations}")
         train_arm(run, arm, seconds, iterations)
+        fill_budget(run, arm, reserve, record)
     psnr, reached = arm_psnr(run, arm["name"]) if run.shard.main else (None, None)
     record.update(done=True, psnr=None if psnr is None else round(psnr, 4), reached_step=reached,
                   seconds=round(run.clock.elapsed() - record["began"], 2))
     run.journal.save(run.clock)
+
+
+def fill_budget(run: AutoRun, arm: dict, reserve: float, record: dict) -> None:
+    """Train on while the final's steps ran out before its time: the steps of the time left at
+    the speed its latest steps logged (the plan's speed came from earlier, maybe slower,
+    timings), so that the time, not a step count, ends the training. Each extension lengthens
+    the cosine: it resumes at (1 + cos(pi t / T')) / 2 of its peak and decays again."""
+    for _ in range(FILLS):
+        seconds = run.clock.left() - reserve
+        records = arm_metrics(run.out / "arms" / arm["name"])
+        rates = [r["it_per_s"] for r in records if "it_per_s" in r][-3:]
+        step = max((r["step"] for r in records), default=0)
+        steps = int(FINAL_OVERSHOOT * max(seconds - training_val_seconds(run, arm), 0)
+                    * float(np.median(rates))) if rates else 0
+        seconds, step, steps = run.shard.broadcast((seconds, step, steps))  # rank 0's decides
+        if seconds < FILL_SHARE * run.clock.budget or steps < SPECIALIST_STEPS:
+            return
+        iterations = step + steps
+        record.setdefault("extended", []).append(
+            {"from_step": step, "iterations": iterations, "seconds": round(seconds, 1)})
+        run.say(f"[{minutes(run.clock.elapsed())}] final: {arm['name']} reached its steps with "
+                f"{seconds / 60:.1f} min left; trains on to step {iterations}")
+        train_arm(run, arm, seconds, iterations)
 
 
 def specialist_plan(run: AutoRun) -> tuple[dict | None, list[int], float, str]:

@@ -165,6 +165,33 @@ def _sections(record: dict) -> list[str]:
     return parts + _later_sections(record)
 
 
+def _why_won(record: dict) -> str:
+    """Which start the winner came from, how it was trained (PSNR or looks), and the last
+    halving round's scores that chose it."""
+    from upres.io.published import PUBLISHED
+
+    halving, p = record["phases"]["halving"], record["phases"]
+    arm = next((a for a in p.get("probes", {}).get("arms", []) if a["name"] == halving["winner"]), {})
+    start = arm.get("source") or arm.get("preset") or halving["winner"]
+    name = short = Path(str(start)).stem if arm.get("source") else start
+    published = PUBLISHED.get(short)
+    kind = (f"published, trained for {published.purpose}" if published
+            else "trained from scratch here" if arm.get("preset") else "trained with a GAN for looks"
+            if short.startswith(("realesrgan", "realsr")) else "the user's weights")
+    rounds = halving.get("rounds") or []
+    last = sorted(rounds[-1]["psnr"].items(), key=lambda kv: -kv[1]) if rounds else []
+    scores = ", ".join(f"{_esc(n)} {v:.3f}" for n, v in last[:3])
+    return (f"<p>The winning start: <b>{_esc(name)}</b> ({kind}; step-0 validation PSNR "
+            f"{arm.get('psnr0', '?')} dB)" + (f", the highest in the last halving round ({scores} dB)"
+                                             if scores else ", the only arm") + ".</p>")
+
+
+def _extended(final: dict) -> str:
+    ext = final.get("extended") or []
+    return "".join(f" Its steps ran out with {e['seconds'] / 60:.1f} min left: trained on to step "
+                   f"{e['iterations']}." for e in ext)
+
+
 def _timing(arm: dict) -> str:
     timing = arm.get("timing")
     if not timing:
@@ -199,7 +226,8 @@ def _later_sections(record: dict) -> list[str]:
                      f"{final.get('planned_seconds', 0) / 60:.1f} min, its schedule planned to step "
                      f"{final.get('iterations')} (from the {final.get('rate_from', 'measured')} speed)"
                      + (f", stopped at step {final['reached_step']}" if final.get("reached_step") else "")
-                     + f", val PSNR {final.get('psnr')} dB.</p>" + _specialist(final.get("specialist")))
+                     + f", val PSNR {final.get('psnr')} dB." + _extended(final) + "</p>"
+                     + _why_won(record) + _specialist(final.get("specialist")))
     levers, end = p.get("levers", {}), p.get("end", {})
     rows = []
     grouped = _group_weights(end.get("weights_by_group") or {})
@@ -307,7 +335,9 @@ def write_report(record: dict, out: Path) -> Path:
     summary = (f"<div class=summary><b>{end.get('val_psnr', '?')} dB</b> on validation, "
                f"{'' if gain is None else f'{gain:+.2f} dB over bicubic, '}"
                f"in {record.get('total_seconds', record['spent']) / 60:.1f} of "
-               f"{record['options']['budget'] / 60:.1f} budgeted minutes.</div>")
+               f"{record['options']['budget'] / 60:.1f} budgeted minutes"
+               + (f"; {unused['seconds'] / 60:.1f} min unused: {_esc(unused['why'])}"
+                  if (unused := record.get("unused")) else "") + ".</div>")
     body = ["<h1>upres auto</h1>", summary, "<h2>Time line</h2>", _timeline(record),
             "<h2>Validation curves</h2>", _curves(record, out), *_sections(record)]
     page = ("<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' "
