@@ -109,3 +109,21 @@ def patch_in(monkeypatch, name: str, value, *modules) -> None:
     """Replaces NAME in each module that uses it (upres.auto's phase modules import it by name)."""
     for module in modules:
         monkeypatch.setattr(module, name, value)
+
+
+def assert_learns(model, size: int = 16, steps: int = 12) -> None:
+    """A few Adam steps toward bicubic x4 upscaling of random images cut the MSE by 10%."""
+    import torch
+    from torch.nn import functional as F
+
+    x = torch.rand(2, 3, size, size)
+    target = F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(steps):
+        loss = F.mse_loss(model(x), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.9, losses

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from helpers import assert_learns
 from upres.errors import InferenceError, WeightsError
 from upres.inference.upscaler import Upscaler
 from upres.io.loading import load_model, save_model
@@ -74,17 +75,7 @@ def test_hyperparameters_come_back_at_every_scale(arch, scale):
 @pytest.mark.parametrize("arch", sorted(TINY))
 def test_it_learns_saves_reloads_strictly_and_upscales(arch, tmp_path, photo):
     model = tiny(arch).train()
-    x = torch.rand(2, 3, 20, 20)
-    target = F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    losses = []
-    for _ in range(10):
-        loss = F.mse_loss(model(x), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0] * 0.9, losses
+    assert_learns(model, size=20, steps=10)
     model.eval()
     assert describe(model).arch == arch and describe(model).scale == 4
     lr = photo[:40, :36]

@@ -4,12 +4,15 @@ separable convolutions and enhanced spatial attention, each written once."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from upres.errors import WeightsError
 
 
 def conv(cin: int, cout: int, k: int, bias: bool = True) -> nn.Conv2d:
@@ -88,3 +91,17 @@ def numbered(state_dict: dict, pattern: str) -> int:
     numbered blocks a state dict holds."""
     found = {int(m.group(1)) for k in state_dict if (m := re.match(pattern, k))}
     return max(found, default=0)
+
+
+def required(state_dict: dict, source: str, family: str, *keys: str) -> list[torch.Tensor]:
+    """The tensors ``keys`` of a state dict, or an error naming the first one missing."""
+    missing = [k for k in keys if k not in state_dict]
+    if missing:
+        raise WeightsError(f"{source}: not {family} state dict (missing {missing[0]!r})")
+    return [state_dict[k] for k in keys]
+
+
+def channels_and_scale(upsampler_weight: torch.Tensor) -> tuple[int, int]:
+    """Output channels (3, else 1) and scale of a pixel-shuffle upsampler's convolution."""
+    out = 3 if upsampler_weight.shape[0] % 3 == 0 else 1
+    return out, math.isqrt(upsampler_weight.shape[0] // out)

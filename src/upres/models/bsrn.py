@@ -7,14 +7,11 @@ image repeated four times along channels at the input. Its 1x1 layers are stored
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from upres.errors import WeightsError
-from upres.models.blocks import ESA, BSConvU, Pointwise, numbered, upsampler
+from upres.models.blocks import ESA, BSConvU, Pointwise, channels_and_scale, numbered, required, upsampler
 from upres.models.descriptor import ModelDescriptor
 
 NAME = "BSRN"
@@ -80,11 +77,8 @@ def detect(state_dict: dict[str, torch.Tensor]) -> bool:
 
 
 def infer_hparams(state_dict: dict[str, torch.Tensor], source: str = "state dict") -> dict:
-    try:
-        head, up = state_dict["fea_conv.pw.weight"], state_dict["upsampler.upsampleOneStep.0.weight"]
-    except KeyError as err:
-        raise WeightsError(f"{source}: not a BSRN state dict (missing {err.args[0]!r})") from None
-    out_ch = 3 if up.shape[0] % 3 == 0 else 1
+    head, up = required(state_dict, source, "a BSRN", "fea_conv.pw.weight",
+                        "upsampler.upsampleOneStep.0.weight")
+    out_ch, upscale = channels_and_scale(up)
     return dict(num_in_ch=head.shape[1] // REPEAT, num_feat=head.shape[0],
-                num_block=numbered(state_dict, r"B(\d+)\."), num_out_ch=out_ch,
-                upscale=math.isqrt(up.shape[0] // out_ch))
+                num_block=numbered(state_dict, r"B(\d+)\."), num_out_ch=out_ch, upscale=upscale)

@@ -6,13 +6,10 @@ enhanced spatial attention after each block, a 1x1 fusion of every block and a l
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from upres.errors import WeightsError
-from upres.models.blocks import ESA, conv, numbered, upsampler
+from upres.models.blocks import ESA, channels_and_scale, conv, numbered, required, upsampler
 from upres.models.descriptor import ModelDescriptor
 
 NAME = "RFDN"
@@ -80,10 +77,7 @@ def detect(state_dict: dict[str, torch.Tensor]) -> bool:
 
 
 def infer_hparams(state_dict: dict[str, torch.Tensor], source: str = "state dict") -> dict:
-    try:
-        head, up = state_dict["fea_conv.weight"], state_dict["upsampler.0.weight"]
-    except KeyError as err:
-        raise WeightsError(f"{source}: not an RFDN state dict (missing {err.args[0]!r})") from None
-    out_nc = 3 if up.shape[0] % 3 == 0 else 1
+    head, up = required(state_dict, source, "an RFDN", "fea_conv.weight", "upsampler.0.weight")
+    out_nc, upscale = channels_and_scale(up)
     return dict(in_nc=head.shape[1], nf=head.shape[0], num_modules=numbered(state_dict, r"B(\d+)\."),
-                out_nc=out_nc, upscale=math.isqrt(up.shape[0] // out_nc))
+                out_nc=out_nc, upscale=upscale)

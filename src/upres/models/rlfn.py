@@ -5,13 +5,10 @@ one residual, a 1x1 layer and a lighter spatial attention, then a long skip."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from upres.errors import WeightsError
-from upres.models.blocks import ESA, conv, numbered, upsampler
+from upres.models.blocks import ESA, channels_and_scale, conv, numbered, required, upsampler
 from upres.models.descriptor import ModelDescriptor
 
 NAME = "RLFN"
@@ -66,12 +63,9 @@ def detect(state_dict: dict[str, torch.Tensor]) -> bool:
 
 
 def infer_hparams(state_dict: dict[str, torch.Tensor], source: str = "state dict") -> dict:
-    try:
-        head, up = state_dict["fea_conv.weight"], state_dict["upsampler.0.weight"]
-        mid, esa = state_dict["B1.c1_r.weight"], state_dict["B1.esa.conv1.weight"]
-    except KeyError as err:
-        raise WeightsError(f"{source}: not an RLFN state dict (missing {err.args[0]!r})") from None
-    out_nc = 3 if up.shape[0] % 3 == 0 else 1
+    head, up, mid, esa = required(state_dict, source, "an RLFN", "fea_conv.weight", "upsampler.0.weight",
+                                  "B1.c1_r.weight", "B1.esa.conv1.weight")
+    out_nc, upscale = channels_and_scale(up)
     return dict(in_nc=head.shape[1], nf=head.shape[0], mf=mid.shape[0],
                 num_blocks=numbered(state_dict, r"B(\d+)\."), esa_channels=esa.shape[0],
-                out_nc=out_nc, upscale=math.isqrt(up.shape[0] // out_nc))
+                out_nc=out_nc, upscale=upscale)

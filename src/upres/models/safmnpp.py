@@ -12,8 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from upres.errors import WeightsError
-from upres.models.blocks import conv, numbered, upsampler
+from upres.models.blocks import conv, numbered, required, upsampler
 from upres.models.descriptor import ModelDescriptor
 
 NAME = "SAFMNPP"
@@ -83,10 +82,7 @@ def detect(state_dict: dict[str, torch.Tensor]) -> bool:
 
 
 def infer_hparams(state_dict: dict[str, torch.Tensor], source: str = "state dict") -> dict:
-    try:
-        head, up = state_dict["to_feat.weight"], state_dict["to_img.0.weight"]
-        hidden = state_dict["feats.0.conv2.conv1.weight"]
-    except KeyError as err:
-        raise WeightsError(f"{source}: not a SAFMN++ state dict (missing {err.args[0]!r})") from None
+    head, up, hidden = required(state_dict, source, "a SAFMN++", "to_feat.weight", "to_img.0.weight",
+                                "feats.0.conv2.conv1.weight")
     return dict(dim=head.shape[0], n_blocks=numbered(state_dict, r"feats\.(\d+)\.") + 1,
                 ffn_scale=hidden.shape[0] / head.shape[0], upscaling_factor=math.isqrt(up.shape[0] // 3))

@@ -8,14 +8,11 @@ last layer gates its output."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from upres.errors import WeightsError
-from upres.models.blocks import conv, upsampler
+from upres.models.blocks import channels_and_scale, conv, required, upsampler
 from upres.models.descriptor import ModelDescriptor
 
 NAME = "SPANFused"
@@ -88,10 +85,6 @@ def detect(state_dict: dict[str, torch.Tensor]) -> bool:
 
 
 def infer_hparams(state_dict: dict[str, torch.Tensor], source: str = "state dict") -> dict:
-    try:
-        head, up = state_dict["conv_1.eval_conv.weight"], state_dict["upsampler.0.weight"]
-    except KeyError as err:
-        raise WeightsError(f"{source}: not a fused SPAN state dict (missing {err.args[0]!r})") from None
-    out_ch = 3 if up.shape[0] % 3 == 0 else 1
-    return dict(num_in_ch=head.shape[1], num_out_ch=out_ch, feature_channels=head.shape[0],
-                upscale=math.isqrt(up.shape[0] // out_ch))
+    head, up = required(state_dict, source, "a fused SPAN", "conv_1.eval_conv.weight", "upsampler.0.weight")
+    out_ch, upscale = channels_and_scale(up)
+    return dict(num_in_ch=head.shape[1], num_out_ch=out_ch, feature_channels=head.shape[0], upscale=upscale)
