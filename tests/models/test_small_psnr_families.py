@@ -148,3 +148,22 @@ def test_spatial_attention_needs_its_minimum_size_and_the_engine_pads_to_it(phot
     assert describe(model).min_size == ESA.MIN_SIZE
     out = Upscaler(model, backend="torch", dtype="fp32", tile=0).upscale_array(photo[:9, :11])
     assert out.shape == (36, 44, 3)
+
+
+def test_fused_span_matches_spandrels_span_after_its_own_fusion():
+    """An independent implementation: spandrel's SPAN (the training form) fuses its Conv3XC
+    branches into ``eval_conv`` when run in eval mode; those tensors loaded strictly into
+    SPANFused give the same output (this fixed the in-place SiLU of each block's first layer)."""
+    spandrel_span = pytest.importorskip("spandrel.architectures.SPAN")
+    torch.manual_seed(0)
+    theirs = spandrel_span.SPAN(num_in_ch=3, num_out_ch=3, feature_channels=8, upscale=4).eval()
+    x = torch.rand(1, 3, 20, 24)
+    with torch.no_grad():
+        for p in theirs.parameters():  # away from the initialisation, so every branch counts
+            p.add_(torch.randn_like(p) * 0.05)
+        expect = theirs(x)
+    ours = build_model("SPANFused", {"feature_channels": 8, "upscale": 4}).eval()
+    mine = set(ours.state_dict())
+    ours.load_state_dict({k: v for k, v in theirs.state_dict().items() if k in mine}, strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), expect, rtol=1e-4, atol=1e-5)
