@@ -5,6 +5,10 @@ beside bicubic. Run it alone: two processes on these 2 cores slow each other dow
 
     python benchmarks/bench_competition.py SET [SET ...] --budgets 15m,30m,60m --out DIR
 
+Methods: ``manual``; ``auto`` (every installed named start, as a user gets it: with the published
+PSNR-trained models pulled, those too); ``auto-gan`` (the GAN-trained pretrained starts only, as
+``auto`` was before the published models).
+
 SET is a folder with train/{lr,hr} and test/{lr,hr} (``upres make-set`` builds such sets, with
 recipes.json). Every run's folder is kept under DIR; ``DIR/results.json`` collects the figures,
 ``DIR/table.md`` prints them, and each run appends its record to
@@ -24,6 +28,7 @@ import numpy as np
 import records
 from upres.degradation.recipes import read_labels
 from upres.io import images
+from upres.io.pretrained import PRETRAINED
 from upres.scoring import metrics
 from upres.training.config import duration_seconds
 
@@ -46,17 +51,23 @@ def score(pred_dir: Path, data: Path) -> dict:
                 "images": len(v)} for k, v in by.items()}
 
 
-def run_auto(data: Path, budget: str, folder: Path) -> dict:
+def run_auto(data: Path, budget: str, folder: Path, starts: tuple[str, ...] = ()) -> dict:
+    """``upres auto`` with every installed named start (the default), or only ``starts``."""
     start = time.monotonic()
-    subprocess.run([*UPRES, "auto", str(data), "--budget", budget, "--out", str(folder), "--quiet"],
+    pick = ["--pretrained", ",".join(starts)] if starts else []
+    subprocess.run([*UPRES, "auto", str(data), "--budget", budget, "--out", str(folder), "--quiet", *pick],
                    check=True)
     wall = time.monotonic() - start
     record = json.loads((folder / "auto.json").read_text())
+    phases = record["phases"]
     return {"wall": wall, "scores": score(folder / "submission", data),
-            "winner": record["phases"]["halving"]["winner"],
+            "winner": phases.get("halving", {}).get("winner"),
+            "starts": [c["name"] for c in phases["candidates"]["candidates"]],
+            "unused_min": round((record.get("unused") or {}).get("seconds", 0) / 60, 1),
+            "zero_shot": (phases["end"].get("zero_shot") or {}).get("keep", False),
             "levers": {k: (v.get("transforms") or True) if v.get("keep") else False
-                       for k, v in record["phases"]["levers"].items() if isinstance(v, dict) and "keep" in v},
-            "refine": record["phases"]["end"]["refine"].get("keep")}
+                       for k, v in phases.get("levers", {}).items() if isinstance(v, dict) and "keep" in v},
+            "refine": phases["end"]["refine"].get("keep")}
 
 
 def prediction_seconds(data: Path) -> float:
@@ -108,14 +119,17 @@ def figures(result: dict) -> dict:
            "vs_bicubic": round(s["all"]["psnr"] - s["all"]["bicubic"], 3),
            "vs_bicubic_by_recipe": {k: round(v["psnr"] - v["bicubic"], 2) for k, v in sorted(s.items())
                                     if k != "all"}}
-    return {**out, **{k: result[k] for k in ("winner", "levers", "refine") if k in result}}
+    return {**out, **{k: result[k] for k in ("winner", "levers", "refine", "starts", "unused_min",
+                                             "zero_shot") if k in result}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sets", nargs="+", type=Path)
     parser.add_argument("--budgets", default="15m,30m,60m")
-    parser.add_argument("--methods", default="manual,auto")
+    parser.add_argument("--methods", default="manual,auto",
+                        help="manual, auto (every installed named start: the GAN-trained pretrained "
+                             "ones and the published PSNR ones pulled), auto-gan (the GAN-trained only)")
     parser.add_argument("--out", type=Path, default=Path("bench-competition"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -128,8 +142,9 @@ def main() -> None:
                 if key in results:
                     continue
                 folder = args.out / f"{data.name}-{budget}-{method}"
-                run = run_auto if method == "auto" else run_manual
-                results[key] = run(data.resolve(), budget, folder)
+                results[key] = (run_auto(data.resolve(), budget, folder) if method == "auto" else
+                                run_auto(data.resolve(), budget, folder, tuple(PRETRAINED))
+                                if method == "auto-gan" else run_manual(data.resolve(), budget, folder))
                 path.write_text(json.dumps(results, indent=1))
                 records.append("competition-cpu", {"set": data.name, "budget": budget, "method": method},
                                figures(results[key]))

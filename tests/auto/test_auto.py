@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import free_port, hr_folder, make_recipe_set, patch_in, tiny_rrdbnet
+from helpers import free_port, hr_folder, make_recipe_set, nearest_rrdbnet, patch_in, tiny_rrdbnet
 from upres.auto import arms as auto_arms
 from upres.auto import dataset as auto_dataset
 from upres.auto import driver as auto_driver
@@ -100,20 +100,6 @@ from upres.training.config import load_config
 @pytest.fixture(scope="module")
 def auto_set(tmp_path_factory) -> Path:
     return make_recipe_set(tmp_path_factory.mktemp("autoset"))
-
-
-def nearest_rrdbnet():
-    """A tiny RRDBNet whose output is the nearest-neighbour upscaling of its input (the dense
-    blocks off, every other layer passing the three colour channels on): a sensible start."""
-    model = tiny_rrdbnet(num_block=2)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.zero_()
-        for name in ("conv_first", "conv_up1", "conv_up2", "conv_hr", "conv_last"):
-            weight = getattr(model, name).weight
-            for c in range(3):
-                weight[c, c, 1, 1] = 1.0
-    return model
 
 
 @pytest.fixture(scope="module")

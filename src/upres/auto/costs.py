@@ -36,11 +36,16 @@ def reserve_after_training(run: AutoRun, transforms: int, ensemble: bool,
 def conversions(run: AutoRun, names: list[str | None], starts: list[dict] | None) -> float:
     """Seconds to convert the end's models to OpenVINO (as timed on the reference start), once each:
     the final's weights are new; a runner-up's were converted at the levers, but not on resume."""
-    backend = run.journal["candidates"].get("end_backend", TORCH)
     cands = [start_of(run, n) if n else None for n in names]
     count = sum(_openvino_runs(run, c) if c else any(_openvino_runs(run, s) for s in
                 (starts or run.journal["candidates"]["candidates"])) for c in cands)
-    return count * backend.get("convert_seconds", 0.0)
+    return count * run.journal["candidates"].get("end_backend", TORCH).get("convert_seconds", 0.0)
+
+
+def conversions_of(run: AutoRun, starts: list[dict]) -> float:
+    """Seconds to convert these starts as published to OpenVINO, where the end runs them there."""
+    count = sum(_openvino_runs(run, c) for c in starts)
+    return count * run.journal["candidates"].get("end_backend", TORCH).get("convert_seconds", 0.0)
 
 
 def _per_mp(run: AutoRun, arm: str | None = None, end: bool = False,

@@ -23,7 +23,7 @@ from upres.auto.dataset import (
     load_pairs,
     split_validation,
 )
-from upres.auto.ending import decide_end, unused_budget
+from upres.auto.ending import decide_end, untrained_end, unused_budget
 from upres.auto.final import run_final
 from upres.auto.halving import run_halving
 from upres.auto.journal import (
@@ -35,7 +35,7 @@ from upres.auto.journal import (
     reopen_bicubic,
 )
 from upres.auto.levers import measure_levers
-from upres.auto.probes import bicubic_end, probe_arms
+from upres.auto.probes import probe_arms
 from upres.auto.report import write_report
 from upres.auto.starts import preset_names, score_candidates
 from upres.auto.submit import submit
@@ -77,7 +77,7 @@ def _run_phases(run: AutoRun) -> None:
     run.phase("split", split_validation)  # dataset.py: validation pairs, stratified by group
     run.phase("candidates", score_candidates)  # starts.py: every start timed and scored at step 0
     if run.phase("probes", probe_arms).get("bicubic"):  # probes.py: rates, step times, sizes
-        run.phase("end", bicubic_end)  # nothing can train or beat bicubic in this budget
+        run.phase("end", untrained_end)  # ending.py: bicubic, or the zero-shot ensemble
     else:
         run_halving(run)  # halving.py: the arms share the training time, the better half goes on
         levers = run.phase("levers", measure_levers)  # levers.py: self-ensemble, ensemble, priced

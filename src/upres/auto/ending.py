@@ -12,12 +12,14 @@ from upres.auto.journal import AutoRun
 from upres.auto.levers import KEEP_DB, kept_transforms
 from upres.auto.measure import best_weights, end_dtype, end_options
 from upres.auto.probes import bicubic_end
+from upres.auto.zeroshot import prefer_zero_shot
 
 
 def decide_end(run: AutoRun) -> dict:
     """The final models and weights on validation (per fingerprint group where that raises
     validation PSNR by ``KEEP_DB``), and LR-consistency refinement kept for the groups (and
-    label confidences) where it raises validation PSNR."""
+    label confidences) where it raises validation PSNR; the zero-shot ensemble of the starts
+    instead where it scored higher and fits (``prefer_zero_shot``)."""
     from upres.degradation.fingerprint import Fingerprint
     from upres.degradation.refine import Refiner
     from upres.inference.ensemble import (
@@ -62,7 +64,14 @@ def decide_end(run: AutoRun) -> dict:
            "val_psnr_models": val.psnr, "bicubic_psnr": run.journal["candidates"]["bicubic_psnr"],
            "self_ensemble": kept_transforms(levers) if kept_transforms(levers) > 1 else 0, "refine": refine,
            **({"specialist": used} if used else {})}
+    end = prefer_zero_shot(run, end, kept_transforms(levers))
     return floor_at_bicubic(end, bicubic_end(run), run.say)
+
+
+def untrained_end(run: AutoRun) -> dict:
+    """The end where nothing can train or beat bicubic as it is: bicubic, or the zero-shot
+    ensemble of the best starts where it fits."""
+    return prefer_zero_shot(run, bicubic_end(run), 1)
 
 
 UNUSED_SHARE = 0.05  # a run that ends with more of its budget unused says why

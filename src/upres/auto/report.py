@@ -148,7 +148,8 @@ def _sections(record: dict) -> list[str]:
            if (precision := cands.get("precision")) else "")
         + (f". Backend of the end: <b>{_esc(backend['backend'])}</b> ({_esc(backend['why'])}"
            + (f"; conversion {backend['convert_seconds']:.0f} s a model" if "convert_seconds" in backend
-              else "") + ")" if (backend := cands.get("end_backend")) else "") + "</p>")
+              else "") + ")" if (backend := cands.get("end_backend")) else "") + "</p>"
+        + _zero_shot(cands.get("zero_shot")))
     probes = p.get("probes", {})
     rows = [[_esc(a["name"]), f"{a['lr']:.2e}", a["crop"], a["batch"], f"{a['seconds_per_step']:.2f}",
              a["steps_planned"], _layout(a), _timing(a)] for a in probes.get("arms", [])
@@ -163,6 +164,17 @@ def _sections(record: dict) -> list[str]:
                  + (f"<p><b>The submission is bicubic</b>: {_esc(probes['bicubic'])}.</p>"
                     if probes.get("bicubic") else ""))
     return parts + _later_sections(record)
+
+
+def _zero_shot(record: dict | None) -> str:
+    """The soft vote of the best starts as published: its members and score, or why none."""
+    if not record:
+        return ""
+    if "val_psnr" not in record:
+        return f"<p>No zero-shot ensemble: {_esc(record['why'])}.</p>"
+    members = ", ".join(f"{_esc(n)} ({w:.2f})" for n, w in zip(record["members"], record["weights"]))
+    return (f"<p>Zero-shot ensemble (no training) of {members}: {record['val_psnr']:.3f} dB on "
+            f"validation, {record['gain_db']:+.3f} dB over the best of them.</p>")
 
 
 def _why_won(record: dict) -> str:
@@ -262,6 +274,19 @@ def _later_sections(record: dict) -> list[str]:
         parts.append(f"<h2>Submission</h2><p>{sub['images']} images in <code>{_esc(sub['folder'])}"
                      f"</code> and <code>{_esc(sub['zip'])}</code>, predicted in "
                      f"{sub['predict_seconds']:.0f} s by {_models(end)}.</p>")
+    return parts + _end_notes(end)
+
+
+def _end_notes(end: dict) -> list[str]:
+    """What replaced the trained end, or why the zero-shot ensemble did not."""
+    parts, zero = [], end.get("zero_shot") or {}
+    if zero.get("keep"):
+        parts.append(f"<p><b>The submission is the zero-shot ensemble</b> of the starts as "
+                     f"published ({zero['val_psnr']:.3f} dB on validation): the trained end's "
+                     f"{_models(zero['instead_of'])} scored {zero['instead_of']['val_psnr']} dB.</p>")
+    elif zero:
+        parts.append(f"<p>The zero-shot ensemble ({zero['val_psnr']:.3f} dB) was not used: "
+                     f"{_esc(zero['why'])}.</p>")
     if end.get("instead_of"):
         parts.append(f"<p><b>The submission is bicubic</b>: the end's "
                      f"{_models(end['instead_of'])} scored {end['instead_of']['val_psnr']} dB on "

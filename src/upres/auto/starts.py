@@ -17,6 +17,7 @@ from upres.auto.precision import (
     choose_precision,
     measure_test_costs,
 )
+from upres.auto.zeroshot import zero_shot_ensemble
 from upres.io import images
 
 
@@ -67,12 +68,13 @@ def score_candidates(run: AutoRun) -> dict:
     scored, precision, backend, first = _score_starts(run, timed, reference, files)
     bicubic = float(np.mean([metrics.psnr(metrics.bicubic_upscale(images.read_image(f["lr"]), run.scale),
                                           images.read_image(f["hr"]), run.scale) for f in files]))
+    zero_shot = zero_shot_ensemble(run, scored, files, bicubic)
     costs, backend = measure_test_costs(run, first, files, precision["dtype"], backend)
     order = {e["name"]: i for i, e in enumerate(timed)}
     return {"bicubic_psnr": round(bicubic, 4), "candidates": sorted(scored, key=lambda e: order[e["name"]]),
             "missing": missing, "reference": reference["name"], "val_used": len(files),
             "val_megapixels": round(megapixels_of(files), 4), "precision": precision,
-            "end_backend": backend, "test_costs": costs}
+            "end_backend": backend, "test_costs": costs, "zero_shot": zero_shot}
 
 
 def time_starts(run: AutoRun, starts: list[str], presets: list[str], pair: list[dict],
