@@ -101,7 +101,9 @@ class Table:
 TABLES: dict[str, Table] = {  # NAME or NAME:PART; NAME is the benchmark (results/NAME.jsonl)
     "models-minicomp": Table(("config.model", "cpu"), ("config.model", "figures.test_psnr",
                              "figures.vs_bicubic", "config.use", "cpu", "commit", "note")),
-    "competition-cpu": Table(("config.set", "config.budget", "config.method", "cpu")),
+    "competition-cpu": Table(("config.set", "config.budget", "config.method", "cpu"), (
+        "config.budget", "config.method", "figures.wall_min", "figures.test_psnr", "figures.vs_bicubic",
+        "figures.vs_bicubic_by_recipe", "figures.winner", "cpu", "commit", "date", "note")),
     "inference": Table(("config.input", "config.case")),
     "inference:self-ensemble": Table(("config.case",)),
     "inference:huge": Table(("config.case",)),
