@@ -9,11 +9,13 @@ from pydantic import BaseModel
 from upres.cli import main
 from upres.errors import ConfigError
 from upres.training.config import (
+    MAX_ERRORS,
     SHIPPED_CONFIGS,
     Config,
     Plan,
     config_schema,
     load_config,
+    load_plan,
     parse_overrides,
 )
 
@@ -127,3 +129,64 @@ def test_config_commands_import_no_torch(tmp_path):
                     if line.startswith("import time:")}
         assert "upres.errors" in imported, args  # the CLI really ran
         assert not {m for m in imported if m == "torch" or m.startswith("torch.")}, args
+
+
+def test_a_key_given_twice_is_an_error_naming_both_lines(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 0.001\n  iterations: 10\n  lr: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: key 'lr' is given twice, on line 2 and line 4; keep one"
+    path.write_text("train: {lr: 1}\ntrain: {lr: 2}\n")  # a whole section, too
+    with pytest.raises(ConfigError, match="key 'train' is given twice, on line 1 and line 2"):
+        load_config(path)
+
+
+def test_an_alias_bomb_is_refused_before_it_expands(tmp_path):
+    """Nine lists of nine aliases would expand to 9**9 values (8 GB here, 58 s, 2 GB of error
+    text): refused at the first anchor, in a message of one line."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{k}: &a{k} [" + ", ".join([f"*a{k - 1}"] * 9) + "]" for k in range(1, 9)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\ntrain:\n  lr: *a8\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == (f"{path}: line 1: YAML anchor &a0 is not accepted (write each value "
+                              "out; anchors and aliases can expand without bound)")
+    with pytest.raises(ConfigError, match=r"override 'train.lr=\*a': line 1: YAML alias \*a"):
+        load_config(None, ["train.lr=*a"])
+
+
+def test_an_empty_config_file_is_refused_not_read_as_the_defaults(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match=r"empty.yaml: the file is empty, so it would set nothing"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"empty.yaml: the file is empty; a plan needs its arms"):
+        load_plan(path)
+
+
+def test_a_bad_override_is_named_as_the_override_not_blamed_on_the_file():
+    with pytest.raises(ConfigError) as err:
+        load_config("smoke-cpu", ["train.lr=fast"])
+    msg = str(err.value)
+    assert msg.startswith("invalid override (applied over ") and "smoke-cpu.yaml" in msg
+    assert "train.lr: Input should be a valid number, unable to parse string as a number (got " \
+           "'fast') (from the override 'train.lr=fast')" in msg
+
+
+def test_values_in_errors_are_short_excerpts_with_their_size(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text("train:\n  lr: " + "9" * 1_000_000 + "x\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert len(str(err.value)) < 400 and "(1,000,001 characters)" in str(err.value)
+    path.write_text("train:\n  betas: [" + ", ".join(["0.5"] * 100_000) + "]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert len(str(err.value)) < 400 and "(100,000 items)" in str(err.value)
+    many = "train:\n" + "".join(f"  k{i}: 1\n" for i in range(500))  # 500 unknown keys
+    path.write_text(many)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).count("unknown key") == MAX_ERRORS and "... and 480 more" in str(err.value)

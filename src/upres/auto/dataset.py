@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from upres.auto.journal import AutoRun
-from upres.errors import DataError
+from upres.errors import DataError, listing
 from upres.io import images
 from upres.io.pairs import Pair, PairCache, find_pairs
 
@@ -22,7 +22,7 @@ def load_pairs(run: AutoRun) -> tuple[list[Pair], list[Pair], int]:
         val, more = find_pairs(run.data / "val" / "lr", run.data / "val" / "hr")
         problems += more
     if problems:
-        raise DataError(f"{len(problems)} problem(s) in {run.data}:\n  " + "\n  ".join(problems))
+        raise DataError(f"{len(problems)} problem(s) in {run.data}:" + listing(problems))
     lr_size, hr_size = (images.header_size(p) for p in (pairs[0].lr, pairs[0].hr))
     return pairs, val, max(1, round(hr_size[0] / max(lr_size[0], 1)))
 
@@ -44,7 +44,7 @@ def check_data(run: AutoRun) -> dict:
         except images.ImageError as err:
             problems.append(str(err))
     if problems:
-        raise DataError(f"{len(problems)} problem(s) in {test_dir}:\n  " + "\n  ".join(problems))
+        raise DataError(f"{len(problems)} problem(s) in {test_dir}:" + listing(problems))
     cache = PairCache(pairs + val, scale, run.options.cache_dir, progress=run.options.progress)
     train_pixels = sum(int(np.prod(cache.load(i)[0].shape[:2])) for i in range(len(pairs)))
     return {"train_pairs": len(pairs), "val_pairs_given": len(val), "scale": scale,

@@ -17,7 +17,7 @@ from upres.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, note
 from upres.cli.competition import add_auto, add_eval, add_fingerprint, add_make_set, add_predict, add_report
 from upres.cli.images import add_convert, add_demo, add_models, add_upscale
 from upres.cli.training import add_config, add_experiment, add_lr_find, add_train
-from upres.errors import UpresError
+from upres.errors import UpresError, bounded, os_problem
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,10 +65,10 @@ def _main(argv: list[str] | None) -> int:
     try:
         return args.func(args)
     except UpresError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {bounded(str(err))}", file=sys.stderr)
         return err.exit_code
     except OSError as err:  # the environment: permissions, a vanished folder
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {bounded(os_problem(err))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

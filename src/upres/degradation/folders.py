@@ -12,7 +12,7 @@ import numpy as np
 from upres.degradation import recipes
 from upres.degradation.fingerprint import Fingerprint, fingerprint
 from upres.degradation.report import write_report
-from upres.errors import DataError
+from upres.errors import DataError, listing
 from upres.io import images
 from upres.io.files import atomic_write_bytes, check_output_file, check_output_folder, staged_folder
 from upres.io.pairs import find_pairs
@@ -25,7 +25,7 @@ def train_pairs(data: str | Path):
     base, split = (data / "train", "train") if (data / "train").is_dir() else (data, None)
     pairs, problems = find_pairs(base / "lr", base / "hr")
     if problems:
-        raise DataError(f"{len(problems)} problem(s) in {data}:\n  " + "\n  ".join(problems))
+        raise DataError(f"{len(problems)} problem(s) in {data}:" + listing(problems))
     root = data if split else data.parent
     return pairs, recipes.read_labels(root, split or data.name)
 

@@ -69,7 +69,11 @@ def fit_pair(lr: np.ndarray, hr: np.ndarray, scale: int, size: int = KERNEL,
     gram = design.T @ design
     gram[np.diag_indices(size * size)] += 1e-3 * len(patches)  # tiny ridge for flat blocks
     gram = gram.astype(np.float64)
-    solution = np.linalg.solve(gram, (design.T @ target).astype(np.float64))
+    try:
+        solution = np.linalg.solve(gram, (design.T @ target).astype(np.float64))
+    except np.linalg.LinAlgError:  # ("Singular matrix" says nothing to a user)
+        raise ValueError("its pixels are too uniform to fit a downscaling kernel (a flat or "
+                         "constant image); leave it out") from None
     kernel, bias = solution[:-1].reshape(size, size), float(solution[-1])
     residual = (target - design @ solution).reshape(r1 - r0, c1 - c0)
     noise = float(residual.std())
@@ -84,7 +88,10 @@ def _profile_scale(gram: np.ndarray, size: int) -> float:
     sums = np.zeros((2 * size, gram.shape[0]))
     sums[:, :-1] = np.concatenate([np.kron(np.ones((1, size)), np.eye(size)),
                                    np.kron(np.eye(size), np.ones((1, size)))])
-    cov = sums @ np.linalg.solve(gram, sums.T)
+    try:
+        cov = sums @ np.linalg.solve(gram, sums.T)
+    except np.linalg.LinAlgError:
+        return float("nan")  # (the fit above solved it: this cannot happen but in rounding)
     return float(np.sqrt(max(np.trace(cov), 0.0) / len(sums)))
 
 

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from upres.errors import DataError
+from upres.errors import DataError, listing
 from upres.io import images
 from upres.io.files import atomic_write_bytes, check_output_folder, staged_folder
 
@@ -153,7 +153,7 @@ def _check_sources(hr_dir: Path, scale: int) -> list[Path]:
         if min(w, h) < 4 * scale:
             problems.append(f"{path}: {w}x{h} is too small for x{scale} pairs")
     if problems:
-        raise DataError(f"{len(problems)} problem(s) in {hr_dir}:\n  " + "\n  ".join(problems))
+        raise DataError(f"{len(problems)} problem(s) in {hr_dir}:" + listing(problems))
     return sources
 
 

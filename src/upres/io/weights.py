@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,16 +54,32 @@ def unwrap_state_dict(obj: object, source: str) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
+def pickled_global(err: Exception) -> str:
+    """The object a refused pickle names (PyTorch's message goes on to advise
+    ``weights_only=False``, which upres never does), as ``" (it names X)"``, or ``""``."""
+    match = re.search(r"(?:Unsupported global: GLOBAL|global) ([\w.]+)", str(err))
+    return f" (it names {match.group(1)})" if match else ""
+
+
+def torch_load_problem(err: Exception) -> str:
+    """What ``torch.load`` failed on, in a user's terms (not PyTorch's zip-reader internals)."""
+    text = str(err)
+    if "central directory" in text or "zip archive" in text or isinstance(err, EOFError):
+        return "not a PyTorch file, or cut short"
+    return (text.splitlines() or [type(err).__name__])[0][:160]
+
+
 def read_pth(path: Path) -> LoadedWeights:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise WeightsError(
             f"{path}: refused to load: the file holds pickled objects other than tensors, which "
-            f"could run code ({str(err).splitlines()[0]}). Convert it where you trust it, or use "
-            "a .safetensors file") from None
+            f"could run code{pickled_global(err)}. Convert it where you trust it, or use a "
+            ".safetensors file") from None
     except (RuntimeError, EOFError, OSError) as err:
-        raise WeightsError(f"{path}: not a readable PyTorch weights file ({err})") from None
+        raise WeightsError(f"{path}: not a readable PyTorch weights file "
+                           f"({torch_load_problem(err)})") from None
     sd = unwrap_state_dict(obj, str(path))
     arch, hparams = detect_architecture(sd, str(path))
     return LoadedWeights(sd, arch, hparams, str(path))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from upres.errors import EvalError
+from upres.errors import EvalError, listing
 from upres.io import images
 from upres.io.files import atomic_write_bytes
 from upres.scoring import metrics
@@ -28,23 +28,23 @@ class ImageScore:
 
 def match_by_stem(folders: dict[str, Path]) -> list[dict[str, Path]]:
     """Files matched by stem across folders; any file without partners is an error."""
-    listing = {}
+    found = {}
     for role, folder in folders.items():
         if not Path(folder).is_dir():
             raise EvalError(f"{folder}: folder does not exist")
-        listing[role] = {p.stem: p for p in images.list_images(folder)}
-    stems = set().union(*(set(v) for v in listing.values()))
+        found[role] = {p.stem: p for p in images.list_images(folder)}
+    stems = set().union(*(set(v) for v in found.values()))
     problems = []
     for stem in sorted(stems):
-        missing = [role for role in listing if stem not in listing[role]]
+        missing = [role for role in found if stem not in found[role]]
         if missing:
-            have = next(listing[r][stem] for r in listing if stem in listing[r])
+            have = next(found[r][stem] for r in found if stem in found[r])
             problems.append(f"{have}: no counterpart in {', '.join(str(folders[r]) for r in missing)}")
     if problems:
-        raise EvalError("file names do not match:\n  " + "\n  ".join(problems))
+        raise EvalError("file names do not match:" + listing(problems))
     if not stems:
         raise EvalError(f"{next(iter(folders.values()))}: no images")
-    return [{role: listing[role][s] for role in listing} for s in sorted(stems)]
+    return [{role: found[role][s] for role in found} for s in sorted(stems)]
 
 
 def score_image(pred: np.ndarray, gt: np.ndarray, crop_border: int, y_channel: bool,

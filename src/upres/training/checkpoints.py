@@ -14,8 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from upres.errors import CheckpointError
+from upres.errors import CheckpointError, excerpt
 from upres.io.files import atomic_path, remove_stale_temporaries
+from upres.io.weights import pickled_global, torch_load_problem
+from upres.io.yamlfile import parse_yaml
 from upres.training.config import Config, dump_config
 
 REQUIRED = {"step", "model", "optimizer", "scheduler", "scaler", "rng_cpu"}
@@ -59,8 +61,11 @@ def read_checkpoint(path: Path) -> dict:
     """A checkpoint's contents (tensors only, never arbitrary pickles), or a named error."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0]})") from None
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path}: refused: the file holds pickled objects other than tensors, "
+                              f"which could run code{pickled_global(err)}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({torch_load_problem(err)})") from None
     missing = REQUIRED - set(saved) if isinstance(saved, dict) else REQUIRED
     if missing:
         raise CheckpointError(f"{path}: not an upres checkpoint (missing {', '.join(sorted(missing))})")
@@ -117,10 +122,9 @@ def _flat(tree, prefix: str = "") -> dict:
 
 def config_differences(saved: str, cfg: Config) -> list[str]:
     """``key: checkpoint value -> current value`` for every differing config key."""
-    import yaml
-
-    old, new = _flat(yaml.safe_load(saved) or {}), _flat(yaml.safe_load(dump_config(cfg)))
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+    old = _flat(parse_yaml(saved, "the checkpoint's saved config") or {})
+    new = _flat(parse_yaml(dump_config(cfg), "the config"))
+    return [f"{k}: {excerpt(old.get(k))} -> {excerpt(new.get(k))}" for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k)]
 
 

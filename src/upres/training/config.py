@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from upres.errors import ConfigError
+from upres.errors import ConfigError, excerpt
+from upres.io.yamlfile import parse_yaml, read_yaml
 from upres.models import registry
 
 SHIPPED_CONFIGS = Path(__file__).parent.parent / "configs"
@@ -396,6 +397,16 @@ class Plan(BaseModel):
                 raise ValueError(f"arm {arm.name}: a reused arm trains nothing (no overrides, "
                                  "no experts); set refine only")
             names.append(arm.name)
+        late = [s for s in self.report_at if s > self.iterations]
+        if late:
+            raise ValueError(f"report_at: step {late[0]} is past iterations ({self.iterations}); "
+                             "no arm gets there")
+        off = [s for s in self.report_at if s % self.val_every and s != self.iterations]
+        if off:
+            raise ValueError(f"report_at: step {off[0]} is not a validation step (val_every "
+                             f"{self.val_every}, and the last step); its column would be empty")
+        if len(set(self.report_at)) < len(self.report_at):
+            raise ValueError("report_at: a step is given twice")
         return self
 
 
@@ -428,23 +439,44 @@ def _model_fields(model: type[BaseModel], path: list[str | int]) -> list[str]:
     return list(model.model_fields)
 
 
+MAX_ERRORS = 20  # validation errors listed, at most (the rest counted)
+
+
 def format_errors(err: ValidationError, source: str, schema: type[BaseModel] | None = None,
-                  what: str = "configuration") -> str:
-    """One line per error, naming the key path; unknown keys get a did-you-mean hint."""
-    lines = []
-    for e in err.errors():
+                  what: str = "configuration", overrides: list[str] = ()) -> str:
+    """One line per error, naming the key path (and the override that set it, where one did);
+    unknown keys get a did-you-mean hint; values are quoted as short excerpts."""
+    lines, from_file = [], False
+    for e in err.errors()[:MAX_ERRORS]:
         loc = list(e["loc"])
         path = ".".join(str(p) for p in loc) or "(top level)"
+        override = _override_of(loc, overrides)
+        from_file |= override is None
+        given = f" (from the override {excerpt(override)})" if override else ""
         if e["type"] == "extra_forbidden":
             valid = _model_fields(schema or Config, loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
             hint = f"; did you mean '{'.'.join(map(str, loc[:-1] + close))}'?" if close else ""
-            lines.append(f"  {path}: unknown key{hint} (valid here: {', '.join(valid)})")
+            lines.append(f"  {path}: unknown key{hint} (valid here: {', '.join(valid)}){given}")
         elif e["type"] == "value_error":  # our validators' messages name their keys themselves
-            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
+            lines.append(f"  {excerpt(e['msg'].removeprefix('Value error, '), 400)[1:-1]}{given}")
         else:
-            lines.append(f"  {path}: {e['msg']} (got {e.get('input')!r})")
-    return f"{source}: invalid {what}:\n" + "\n".join(lines)
+            lines.append(f"  {path}: {e['msg']} (got {excerpt(e.get('input'))}){given}")
+    if err.error_count() > MAX_ERRORS:
+        lines.append(f"  ... and {err.error_count() - MAX_ERRORS} more")
+    head = (f"{source}: invalid {what}" if from_file else "invalid override" if source == "defaults"
+            else f"invalid override (applied over {source})")
+    return f"{head}:\n" + "\n".join(lines)
+
+
+def _override_of(loc: list, overrides: list[str]) -> str | None:
+    """The ``key=value`` override that set the value at ``loc``, or None (the file or defaults)."""
+    keys = [str(p) for p in loc]
+    for item in reversed(overrides):
+        path = item.partition("=")[0].strip().split(".")
+        if keys[:len(path)] == path or (path[:len(keys)] == keys and keys):
+            return item
+    return None
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -453,14 +485,14 @@ def parse_overrides(overrides: list[str]) -> dict:
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+            raise ConfigError(f"override {excerpt(item)} is not of the form key.path=value")
         node = nested
         *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r} conflicts with another override")
-        node[leaf] = yaml.safe_load(value)
+                raise ConfigError(f"override {excerpt(item)} conflicts with another override")
+        node[leaf] = parse_yaml(value, f"override {excerpt(item)}")
     return nested
 
 
@@ -499,10 +531,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = resolve_config_path(path)
         source = str(path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raw = read_yaml(path)
+        if raw is None:
+            raise ConfigError(f"{path}: the file is empty, so it would set nothing; write the "
+                              "settings you want in it, or leave it out to use the defaults")
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     raw = _merge(raw, data or {})
@@ -510,7 +542,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(format_errors(err, source)) from None
+        raise ConfigError(format_errors(err, source, overrides=overrides or [])) from None
 
 
 def dump_config(cfg: Config) -> str:
@@ -550,9 +582,10 @@ def shipped_description(path: Path) -> str:
 def load_plan(path: str | Path) -> Plan:
     """An experiment plan (a path or shipped name), validated like a config."""
     path = resolve_config_path(path)
+    raw = read_yaml(Path(path))
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty; a plan needs its arms")
     try:
-        return Plan.model_validate(yaml.safe_load(Path(path).read_text()) or {})
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        return Plan.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(format_errors(err, str(path), Plan, "plan")) from None

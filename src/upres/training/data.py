@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from upres.errors import DataError
+from upres.errors import DataError, listing
 from upres.inference.engine import dihedral
 from upres.io.pairs import Pair, PairCache, find_pairs, split_pairs
 
@@ -122,7 +122,7 @@ def resolve_splits(data_cfg, seed: int = 0) -> DataSplits:
             problems.append(f"{train_lr}: at least 2 pairs are needed to split off validation")
         train, val = split_pairs(train, data_cfg.val_split, seed) if len(train) >= 2 else (train, [])
     if any("folder does not exist" in p for p in problems) or (problems and not train):
-        raise DataError(f"{len(problems)} problem(s) in the training data:\n  " + "\n  ".join(problems))
+        raise DataError(f"{len(problems)} problem(s) in the training data:" + listing(problems))
     if data_cfg.val_max_images:
         val = val[:data_cfg.val_max_images]
     return DataSplits(train, val, problems)
