@@ -11,7 +11,7 @@ import numpy as np
 
 from upres.degradation.fingerprint import Fingerprint, synthesize
 from upres.degradation.recipes import crop_to_multiple, seed_of
-from upres.errors import DataError
+from upres.errors import DataError, listing
 from upres.io import images
 from upres.io.files import atomic_write_bytes
 
@@ -21,9 +21,7 @@ def synthesize_pairs(extra_hr: str | Path, fp: Fingerprint, out_dir: str | Path,
     """Write ``out/lr`` and ``out/hr`` (names prefixed ``synth-``) and ``out/synth.json`` (each
     file's group); returns the two folders."""
     extra_hr, out_dir = Path(extra_hr), Path(out_dir)
-    sources = images.list_images(extra_hr) if extra_hr.is_dir() else []
-    if not sources:
-        raise DataError(f"data.extra_hr: {extra_hr}: no images")
+    sources = extra_hr_sources(extra_hr)
     proportions = fp.proportions()
     record, problems = {}, []
     for path in sources:
@@ -43,7 +41,18 @@ def synthesize_pairs(extra_hr: str | Path, fp: Fingerprint, out_dir: str | Path,
         images.write_image(out_dir / "lr" / name, lr)
         record[name] = group
     if problems:
-        raise DataError(f"{len(problems)} problem(s) in data.extra_hr:\n  " + "\n  ".join(problems))
+        raise DataError(f"{len(problems)} problem(s) in data.extra_hr:" + listing(problems))
     atomic_write_bytes(out_dir / "synth.json", json.dumps({"source": str(extra_hr), "groups": record},
                                                          indent=1).encode())
     return out_dir / "lr", out_dir / "hr"
+
+
+def extra_hr_sources(extra_hr: str | Path) -> list[Path]:
+    """The images of ``data.extra_hr``, checked before anything is fingerprinted or written."""
+    extra_hr = Path(extra_hr)
+    if not extra_hr.is_dir():
+        raise DataError(f"data.extra_hr: {extra_hr}: no such folder")
+    sources = images.list_images(extra_hr)
+    if not sources:
+        raise DataError(f"data.extra_hr: {extra_hr}: no images")
+    return sources

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from upres.errors import ConfigError, TrainingInterrupted
+from upres.errors import ConfigError, TrainingInterrupted, UpresError, listing
 from upres.io.files import (
     OutputExistsError,
     atomic_path,
@@ -62,15 +62,36 @@ def _init_problem(source: str | None) -> str | None:
 
 
 def check_arms(configs: dict) -> None:
-    """Before any arm trains: every arm's data folder and initial weights exist."""
+    """Before any arm trains: every arm's data folders, fingerprint and initial weights exist,
+    and its network can be built from its settings (on PyTorch's meta device: no memory)."""
     problems = []
     for name, cfg in configs.items():
         if why := _init_problem(cfg.init.source):
             problems.append(f"arm {name}: init.source {cfg.init.source}{why}")
-        if cfg.data.root and not Path(cfg.data.root).is_dir():
-            problems.append(f"arm {name}: data.root {cfg.data.root}: no such folder")
+        for key in ("root", "extra_hr"):
+            folder = getattr(cfg.data, key)
+            if folder and not Path(folder).is_dir():
+                problems.append(f"arm {name}: data.{key} {folder}: no such folder")
+        if cfg.data.fingerprint and not Path(cfg.data.fingerprint).is_file():
+            problems.append(f"arm {name}: data.fingerprint {cfg.data.fingerprint}: no such file")
+        if why := _model_problem(cfg):
+            problems.append(f"arm {name}: model: {why}")
     if problems:
-        raise ConfigError(f"{len(problems)} problem(s) in the plan:\n  " + "\n  ".join(problems))
+        raise ConfigError(f"{len(problems)} problem(s) in the plan:" + listing(problems))
+
+
+def _model_problem(cfg) -> str | None:
+    """Why an arm's network cannot be built from its settings, or None (built on the meta device
+    where the family allows it, else on the CPU)."""
+    from upres.models.registry import build_model
+    from upres.training.fits import meta_model
+
+    try:
+        if meta_model(cfg.model.arch, cfg.model.hparams()) is None:
+            build_model(cfg.model.arch, cfg.model.hparams())
+    except (UpresError, TypeError, ValueError) as err:
+        return str(err)[:300]
+    return None
 
 
 @dataclass

@@ -9,8 +9,10 @@ gloo on CPUs)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -24,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from upres.errors import DataError, TrainingError, TrainingInterrupted
+from upres.errors import ConfigError, DataError, TrainingError, TrainingInterrupted, listing
 from upres.inference.devices import cpu_has_fast_bf16
 from upres.inference.shard import Shard, current_shard
 from upres.inference.torch_backend import autocast_context, resolve_dtype
@@ -44,6 +46,7 @@ from upres.training.checkpoints import (
 )
 from upres.training.config import Config, dump_config
 from upres.training.data import CropDataset, StepSampler, resolve_splits
+from upres.training.fits import check_step_fits
 from upres.training.run_report import crop_strip
 from upres.training.runlog import PhaseClock, RunLog, StopFlag
 
@@ -75,16 +78,18 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
     tc, run_dir, clock = cfg.train, Path(run_dir), PhaseClock()
     shard = current_shard(tc.device)
     check_run_folder(run_dir, resume, overwrite)  # a finished run is never mixed with a new one
-    with clock("data"):  # every pair checked before anything is written
-        data = prepare_data(cfg, shard, run_dir, progress)
-    with clock("model"):
-        state = build_state(cfg, torch.device(shard.device))
-        preflight(cfg, data, describe(state.model))
+    with refusal_leaves_no_trace(run_dir, resume, overwrite):
+        with clock("data"):  # every pair checked before anything is written
+            data = prepare_data(cfg, shard, run_dir, progress)
+        with clock("model"):
+            check_step_fits(cfg, shard.device)  # before the network takes its memory
+            state = build_state(cfg, torch.device(shard.device))
+            preflight(cfg, data, describe(state.model))
+        ckpt_path = resume_state(state, run_dir, resume, cfg, shard) if resume else None
     if shard.main:
         if overwrite and not resume:
             clear_run(run_dir)
         write_run_files(cfg, run_dir, command or sys.argv)
-    ckpt_path = resume_state(state, run_dir, resume, cfg, shard) if resume else None
     apply_freezing(state.model, tc, state.step)
     forward = wrap_model(state.model, cfg, shard)
     stages = {tc.steps(u.at) for u in tc.unfreeze}
@@ -203,8 +208,9 @@ def synthesized_pairs(cfg: Config, train_pairs: list, shard: Shard, run_dir: Pat
     """Rank 0 fingerprints the training pairs (never the validation ones) and degrades
     ``data.extra_hr`` like them into RUN/synth; every rank then reads the same pairs."""
     from upres.degradation.fingerprint import fingerprint
-    from upres.degradation.synth import synthesize_pairs
+    from upres.degradation.synth import extra_hr_sources, synthesize_pairs
     folder = run_dir / "synth"
+    extra_hr_sources(cfg.data.extra_hr)  # a wrong folder is refused before anything is written
     if shard.main and not (folder / "synth.json").exists():
         fp, _ = fingerprint(train_pairs, cfg.model.scale, cfg.data.cache_dir, progress=progress)
         fp.save(run_dir / "fingerprint.json")
@@ -212,7 +218,7 @@ def synthesized_pairs(cfg: Config, train_pairs: list, shard: Shard, run_dir: Pat
     shard.barrier()
     pairs, problems = find_pairs(folder / "lr", folder / "hr")
     if problems:
-        raise DataError(f"{folder}: " + "; ".join(problems))
+        raise DataError(f"{folder}:" + listing(problems))
     return pairs
 
 
@@ -239,8 +245,6 @@ def check_run_folder(run_dir: Path, resume: str | None, overwrite: bool) -> None
 
 def clear_run(run_dir: Path) -> None:
     """The files of an earlier run in ``run_dir`` (``RUN_FILES`` only), for --overwrite."""
-    import shutil
-
     for name in RUN_FILES:
         path = run_dir / name
         if path.is_dir() and not path.is_symlink():
@@ -264,8 +268,8 @@ def preflight(cfg: Config, data: TrainData, descriptor) -> None:
         problems.append(f"data.crop / model.scale = {lc} must be a multiple of "
                         f"{descriptor.size_multiple} for this {descriptor.arch}")
     if problems:
-        raise DataError(f"{len(problems)} problem(s) with the config and the data:\n  "
-                        + "\n  ".join(problems))
+        raise DataError(f"{len(problems)} problem(s) with the config and the data:"
+                        + listing(problems))
 
 
 def write_run_files(cfg: Config, run_dir: Path, command: list[str]) -> None:
@@ -328,7 +332,34 @@ def resume_state(state: TrainState, run_dir: Path, resume: str, cfg: Config,
     if found is None:
         return None
     restore(state, found[1], found[0], cfg, shard.main)
+    if state.step >= cfg.train.iterations:
+        raise ConfigError(f"{found[0]}: the checkpoint is at step {state.step}, and train.iterations "
+                          f"is {cfg.train.iterations}: nothing is left to train; to train on, raise "
+                          f"train.iterations (e.g. train.iterations={2 * state.step})")
     return found[0]
+
+
+@contextlib.contextmanager
+def refusal_leaves_no_trace(run_dir: Path, resume: str | None, overwrite: bool):
+    """A run refused while it is set up (data, model, resume checks) leaves the run folder as it
+    found it: what a new run wrote there (``data.extra_hr``'s fingerprint and pairs) is removed,
+    and a folder it created, if empty, too. (A fingerprint.json left by a refused run had blocked
+    the corrected rerun.)"""
+    existed = run_dir.is_dir()
+    before = {name for name in RUN_FILES if (run_dir / name).exists()}
+    try:
+        yield
+    except BaseException:
+        if not resume or not before:
+            for name in set(RUN_FILES) - before:
+                path = run_dir / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                elif path.exists() or path.is_symlink():
+                    path.unlink()
+            if not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+        raise
 
 
 def trainable_share(model: nn.Module) -> str:
