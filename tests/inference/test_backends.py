@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -133,6 +134,29 @@ def test_a_damaged_cache_entry_is_converted_again(tmp_path, monkeypatch):
     x = np.random.default_rng(0).random((12, 16, 3), dtype=np.float32)
     ref = Upscaler(model, backend="torch", dtype="fp32").upscale_float(x)
     assert np.abs(up.upscale_float(x) - ref).max() < 1e-4
+
+
+def test_an_entry_of_another_model_copied_under_a_models_key_is_not_used(tmp_path, monkeypatch):
+    """The three files of model B's entry copied over model A's (hashes intact): A's sidecar
+    names B's key, so A is converted again, with a warning, and runs as A."""
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = tmp_path / "cache" / "upres" / "openvino"
+    a = _saved_tiny(tmp_path / "a.safetensors")
+    Upscaler(tmp_path / "a.safetensors", backend="openvino", dtype="fp32")
+    (key_a,) = {p.stem for p in folder.glob("src-*.json")}
+    _saved_tiny(tmp_path / "b.safetensors", seed=1)
+    Upscaler(tmp_path / "b.safetensors", backend="openvino", dtype="fp32")
+    (key_b,) = {p.stem for p in folder.glob("src-*.json")} - {key_a}
+    for suffix in (".xml", ".bin", ".json"):
+        (folder / f"{key_a}{suffix}").write_bytes((folder / f"{key_b}{suffix}").read_bytes())
+    with pytest.warns(UserWarning, match=f"{key_a}.json: damaged OpenVINO cache entry .*another model "
+                                         f".*'{key_b}'"):
+        up = Upscaler(tmp_path / "a.safetensors", backend="openvino", dtype="fp32")
+    x = np.random.default_rng(0).random((12, 16, 3), dtype=np.float32)
+    ref = Upscaler(a, backend="torch", dtype="fp32").upscale_float(x)
+    assert np.abs(up.upscale_float(x) - ref).max() < 1e-4
+    assert json.loads((folder / f"{key_a}.json").read_text())["key"] == key_a  # replaced
 
 
 def test_upscale_from_the_cache_imports_no_pytorch(tmp_path):

@@ -111,3 +111,30 @@ def test_step_sampler_shards_one_global_batch():
     assert single == list(range(20, 28))
     assert sorted(rank0[:2] + rank1[:2]) == single[:4]
     assert sorted(rank0[2:] + rank1[2:]) == single[4:]
+
+
+def test_an_edited_cut_or_foreign_cache_entry_is_named_and_decoded_again(tmp_path):
+    """Each entry records its key and its arrays' sha256: an array with one byte changed, one cut
+    short, and pair 1's entry copied over pair 0's are each named in a warning and decoded again;
+    the arrays then read are the images' own."""
+    make_competition(tmp_path / "d")
+    pairs, _ = find_pairs(tmp_path / "d/train/lr", tmp_path / "d/train/hr")
+    cache = PairCache(pairs, 4, tmp_path / "cache", progress=False)
+    truth = [tuple(np.array(a) for a in cache.load(i)) for i in range(2)]
+    lr0, hr0 = cache.entries[0]
+    folder0, folder1 = lr0.parent, cache.entries[1][0].parent
+    data = bytearray(lr0.read_bytes())
+    data[-1] ^= 0x01
+    lr0.write_bytes(bytes(data))  # edited
+    with pytest.warns(UserWarning, match=f"{folder0}: damaged image cache entry .*do not match"):
+        cache = PairCache(pairs, 4, tmp_path / "cache", progress=False)
+    assert all(np.array_equal(a, b) for a, b in zip(cache.load(0), truth[0]))
+    hr0.write_bytes(hr0.read_bytes()[:1000])  # cut short
+    with pytest.warns(UserWarning, match=f"{folder0}: damaged image cache entry"):
+        cache = PairCache(pairs, 4, tmp_path / "cache", progress=False)
+    assert all(np.array_equal(a, b) for a, b in zip(cache.load(0), truth[0]))
+    for name in ("lr.npy", "hr.npy", "done"):  # pair 1's entry, whole and consistent, as pair 0's
+        (folder0 / name).write_bytes((folder1 / name).read_bytes())
+    with pytest.warns(UserWarning, match=f"{folder0}: damaged image cache entry .*made from other files"):
+        cache = PairCache(pairs, 4, tmp_path / "cache", progress=False)
+    assert all(np.array_equal(a, b) for a, b in zip(cache.load(0), truth[0]))

@@ -83,7 +83,9 @@ def module_key(model, descriptor: ModelDescriptor) -> str:
 
 def read_cached(key: str, folder: Path | None = None):
     """(IR, descriptor) stored under ``key``, or None. A damaged entry (unreadable sidecar, IR
-    bytes that no longer match their recorded hash) warns and reads as missing."""
+    bytes that no longer match their recorded hash) or a foreign one (its sidecar records another
+    key: the entry of another model copied under this name) warns and reads as missing: it is
+    converted again and replaced."""
     ov = _ov()
 
     folder = folder or ir_folder()
@@ -92,6 +94,8 @@ def read_cached(key: str, folder: Path | None = None):
         return None
     try:
         record = json.loads(meta.read_text())
+        if record.get("key") != key:
+            raise ValueError(f"it was made from another model (recorded as {str(record.get('key'))[:48]!r})")
         if record.get("ir_sha256") != files_sha256(xml, xml.with_suffix(".bin")):
             raise ValueError("the IR files do not match their recorded hash")
         fields = record["descriptor"]
@@ -155,7 +159,7 @@ def store(ir, descriptor: ModelDescriptor, key: str, folder: Path | None = None)
         ov.save_model(ir, str(tmp), compress_to_fp16=False)
         os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
         os.replace(tmp, xml)
-        record = {"format": IR_FORMAT, "descriptor": dataclasses.asdict(descriptor),
+        record = {"format": IR_FORMAT, "key": key, "descriptor": dataclasses.asdict(descriptor),
                   "ir_sha256": files_sha256(xml, xml.with_suffix(".bin"))}
         tmp_meta = folder / f".{key}.{secrets.token_hex(4)}.json"
         tmp_meta.write_text(json.dumps(record, indent=1))

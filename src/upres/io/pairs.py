@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from upres.errors import DataError
+from upres.errors import DataError, listing
 from upres.io import images
-from upres.io.files import atomic_path, cache_dir
+from upres.io.files import atomic_path, cache_dir, files_sha256
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def split_pairs(pairs: list[Pair], val_split: float, seed: int = 0) -> tuple[lis
 
 
 # Bumped when decoding changes (2: EXIF orientation applied), so older entries are not reused.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: each entry records its sources' and its own sha256
 
 
 def _stat_key(path: Path) -> list:
@@ -64,6 +65,23 @@ def _stat_key(path: Path) -> list:
 
 def default_cache_dir() -> Path:
     return cache_dir() / "data"
+
+
+def _entry_intact(folder: Path, key: str) -> bool:
+    """Whether a cache entry is the one its ``done`` describes: made for this key (these source
+    files), its arrays the bytes it recorded; if not, a warning names it (it is decoded again)."""
+    try:
+        record = json.loads((folder / "done").read_text())
+        if record.get("key") != key:
+            why = "it was made from other files"
+        elif any(record.get(name) != files_sha256(folder / name) for name in ("lr.npy", "hr.npy")):
+            why = "its arrays do not match their recorded sha256 (edited or cut short)"
+        else:
+            return True
+    except (OSError, ValueError, AttributeError):
+        why = "its record is unreadable"
+    warnings.warn(f"{folder}: damaged image cache entry ({why}); decoding again", stacklevel=4)
+    return False
 
 
 def check_sizes(cache: PairCache, indices: list[int], least_lr: int, what: str) -> list[str]:
@@ -90,8 +108,10 @@ def _check_pair(lr: np.ndarray, hr: np.ndarray, pair: Pair, scale: int) -> list[
 class PairCache:
     """Decoded LR/HR arrays as ``.npy`` files, opened memory-mapped so a crop reads only its rows.
 
-    Entries are keyed by each source file's path, size and mtime: a changed file is decoded again,
-    unchanged ones are reused by later runs."""
+    Entries are found by each source file's path, size and mtime: a changed file is decoded again,
+    unchanged ones are reused by later runs. An entry's ``done`` records its key, its sources'
+    sha256 and its arrays'; an entry whose arrays were edited, cut short or copied from another
+    pair is named in a warning and decoded again, never used."""
 
     def __init__(self, pairs: list[Pair], scale: int, cache_dir: str | Path | None = None,
                  progress: bool = True, known_problems: list[str] | None = None) -> None:
@@ -112,7 +132,7 @@ class PairCache:
         todo = []
         for pair in self.pairs:
             folder, key = self._entry_dir(pair)
-            if not (folder / "done").exists():
+            if not (folder / "done").exists() or not _entry_intact(folder, key):
                 todo.append(pair)
                 continue
             lr, hr = (np.load(folder / name, mmap_mode="r") for name in ("lr.npy", "hr.npy"))
@@ -135,14 +155,17 @@ class PairCache:
             # a gray image trains as RGB with three equal channels (as BasicSR reads it)
             lr, hr = images.gray_to_rgb(lr), images.gray_to_rgb(hr)
             folder.mkdir(parents=True, exist_ok=True)
+            record = {"key": key, "sources": [files_sha256(pair.lr), files_sha256(pair.hr)]}
             for name, arr in (("lr.npy", lr), ("hr.npy", hr)):
                 with atomic_path(folder / name) as tmp:
                     with open(tmp, "wb") as f:
                         np.save(f, np.ascontiguousarray(arr))
-            (folder / "done").write_text(key)
+                    record[name] = files_sha256(tmp)
+            with atomic_path(folder / "done") as tmp:
+                tmp.write_text(json.dumps(record))
         if problems:
-            raise DataError(f"{len(problems)} problem(s) in the training data:\n  "
-                            + "\n  ".join(problems))
+            raise DataError(f"{len(problems)} problem(s) in the training data:"
+                            + listing(problems))
         self.entries = [(f / "lr.npy", f / "hr.npy") for f in
                         (self._entry_dir(p)[0] for p in self.pairs)]
 
