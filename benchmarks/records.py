@@ -117,6 +117,7 @@ TABLES: dict[str, Table] = {  # NAME or NAME:PART; NAME is the benchmark (result
     "ema": Table(("config.set", "config.init", "config.step")),
     "steps": Table(("config.set", "config.crop_x_batch")),
     "zoo-psnr": Table(("config.model", "config.set")),
+    "decoder-fuzz": Table(("config.format", "config.cases", "config.seed")),
     "experiment-levers-cpu": Table(("config.arm",)),
     "experiment-seed-ablation-cpu": Table(("config.arm",)),
     "experiment-arch-zoo-cpu": Table(("config.arm",)),

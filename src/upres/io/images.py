@@ -53,9 +53,17 @@ class Header:
     frames: int
 
 
+def decoder_problem(err: BaseException) -> str:
+    """What a decoder raised, in a few words (a mutated TIFF makes Pillow raise ``KeyError``,
+    ``TypeError`` or ``struct.error``, not only ``OSError``)."""
+    text = str(err).strip().splitlines()[-1] if str(err).strip() else ""
+    return f"{type(err).__name__}{': ' + text[:120] if text else ''}"
+
+
 def probe(path: Path, raw: bytes) -> Header | None:
     """The header of an image file, without decoding its pixels; None where Pillow does not
-    know the format."""
+    know the format; an ``ImageError`` naming the file where the header is damaged (whatever
+    Pillow raised)."""
     from PIL import Image, UnidentifiedImageError
 
     with _PIL_LOCK:  # Pillow's own bomb check is a module global: off for the header read only
@@ -71,8 +79,14 @@ def probe(path: Path, raw: bytes) -> Header | None:
                 orientation = exif.get(0x0112, 1)
                 return Header(im.size, orientation if orientation in _ORIENTATION else 1,
                               im.format or "?", getattr(im, "n_frames", 1))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+        except UnidentifiedImageError:
             return None
+        except MemoryError:
+            raise ImageError(f"{path}: the header asks for more memory than there is; the file is "
+                             "damaged") from None
+        except Exception as err:  # (a decoder's failure is the file's, whatever it is)
+            raise ImageError(f"{path}: not an image upres reads, or its header is damaged "
+                             f"({decoder_problem(err)})") from None
         finally:
             Image.MAX_IMAGE_PIXELS = limit
 
@@ -141,8 +155,11 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         raise ImageError(f"{path}: cannot read file ({err.strerror or err})") from None
     try:
         img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
-    except cv2.error as err:
-        raise ImageError(f"{path}: cannot decode image ({str(err).strip().splitlines()[-1]})") from None
+    except MemoryError:
+        raise ImageError(f"{path}: decoding needs more memory than there is; the file is damaged "
+                         "or larger than its header says") from None
+    except Exception as err:  # (cv2.error, or whatever a codec raises)
+        raise ImageError(f"{path}: cannot decode image ({decoder_problem(err)})") from None
     if img is None:
         raise ImageError(f"{path}: cannot decode image (not an image, unsupported format, "
                          "or truncated)")
