@@ -9,7 +9,7 @@ import torch
 from upres.cli import build_parser, main
 from upres.errors import UpresError
 from upres.io import images
-from upres.io.loading import load_weights
+from upres.io.loading import load_weights, model_from_weights, save_model
 from upres.scoring import metrics
 
 
@@ -74,6 +74,12 @@ def test_convert_command(tmp_path, model_file, capsys):
     original = load_weights(model_file).state_dict
     assert raw.keys() == original.keys()
     assert all(torch.equal(raw[k], original[k]) for k in raw)
+    trained = tmp_path / "best.safetensors"  # a training's best: its step and score stay
+    save_model(model_from_weights(load_weights(model_file)),
+               trained, extra={"step": 1200, "val_psnr": 25.5})
+    assert main(["convert", str(trained), str(tmp_path / "copy.safetensors")]) == 0
+    meta = load_weights(tmp_path / "copy.safetensors").metadata
+    assert (meta["step"], meta["val_psnr"], meta["source"]) == ("1200", "25.5", str(trained))
     assert main(["convert", str(tmp_path / "nope.pth"), str(tmp_path / "x.safetensors")]) == 2
     assert "nope.pth: no such file" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()

@@ -327,6 +327,14 @@ def test_12_the_api_raises_upres_errors_and_never_writes_over_its_input(tmp_path
             up.upscale_array(bad)
     with pytest.raises(ImageError, match="upscale_float takes an HxWx3 float array"):
         up.upscale_float(np.zeros((8, 8, 3), np.uint8))
+    nan = np.full((8, 8, 3), 0.5, np.float32)
+    nan[0, 0, 0], nan[1, 1, 1] = np.nan, np.inf
+    with pytest.raises(ImageError, match=r"^upscale_float's input holds 2 NaN or infinite values of "
+                                         r"192; the input is at fault, not the model$"):
+        up.upscale_float(nan)
+    with pytest.raises(ImageError, match=r"values from -0\.2 to 1\.5, outside \[0, 1\]; the input"):
+        up.upscale_float(np.linspace(-0.2, 1.5, 192, dtype=np.float32).reshape(8, 8, 3))
+    assert up.upscale_float(np.full((8, 8, 3), 1.0, np.float32)).shape == (32, 32, 3)  # the ends are in
     path = tmp_path / "photo.png"
     images.write_image(path, photo("astronaut")[:16, :16])
     before = path.read_bytes()

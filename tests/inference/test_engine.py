@@ -213,3 +213,30 @@ def test_engine_takes_any_callable_with_its_descriptor():
         out = engine(x)
         np.testing.assert_allclose(out, x.repeat(2, -2).repeat(2, -1), atol=1e-6)
     assert (24, 32) in seen and (16, 16) in seen  # whole image padded; tiles of 16
+
+
+def test_a_batch_of_tiles_that_cannot_fit_names_batch_size():
+    """64 tiles of 32x32 in a row at 1000 bytes a pixel need 65 MB, over a 1 MB budget: refused
+    naming --batch-size before any pass (a fixed tile); with tile auto, the smallest tile fits
+    alone but not 64 at a time, and the error says so instead of blaming --max-memory."""
+    calls = []
+
+    def model(x):
+        calls.append(x.shape)
+        return np.repeat(np.repeat(x, 4, 2), 4, 3)
+
+    x = np.zeros((1, 3, 32, 32 * 64), np.float32)
+    fixed = TileEngine(model, NearestX4.descriptor, tile=32, tile_overlap=0, batch_size=64,
+                       budget=1_000_000, bytes_per_pixel=1000.0)
+    with pytest.raises(InferenceError, match=r"^--batch-size 64: 64 tiles of 32x32 per pass need about "
+                                             r"0\.1 GiB, over the memory budget of 0\.0 GiB; lower "
+                                             r"--batch-size \(or --tile\)$"):
+        fixed(x)
+    assert calls == []
+    auto = TileEngine(model, NearestX4.descriptor, tile="auto", tile_overlap=8, batch_size=64,
+                      budget=1_200_000, bytes_per_pixel=100.0)
+    with pytest.raises(InferenceError, match=r"^--batch-size 64: that many tiles per pass do not fit"):
+        auto(np.zeros((1, 3, 256, 256), np.float32))
+    one = TileEngine(model, NearestX4.descriptor, tile=32, tile_overlap=0, batch_size=1,
+                     budget=1_000_000, bytes_per_pixel=1000.0)
+    assert one(x).shape == (1, 3, 128, 32 * 64 * 4)

@@ -6,7 +6,7 @@ import pytest
 
 from helpers import tiny_rrdbnet
 from upres.io import images
-from upres.io.files import atomic_path, atomic_write_bytes
+from upres.io.files import atomic_path, atomic_write_bytes, staged_folder
 from upres.io.loading import save_model
 
 
@@ -23,6 +23,20 @@ def test_every_written_file_follows_the_umask(tmp_path, umask, mode):
         os.umask(old)
     for name in ("a.png", "m.safetensors", "m.pth", "t.txt"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o077, 0o700), (0o002, 0o775)])
+def test_a_published_folder_follows_the_umask(tmp_path, umask, mode):
+    """Output folders (predict, report, fingerprint, make-set, experiments) are filled in a
+    staging folder that ``mkdtemp`` makes 0700; published, they have the mode a folder the user
+    made would have."""
+    old = os.umask(umask)
+    try:
+        with staged_folder(tmp_path / "out", overwrite=False) as staging:
+            (staging / "a.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == mode
 
 
 def test_atomic_path_leaves_the_old_file_and_no_temp_on_failure(tmp_path):

@@ -199,6 +199,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         name, sep, folder = item.partition("=")
         if not sep:
             name, folder = Path(item).name, item
+        if name in preds:
+            raise UpresError(f"--pred: two columns would be named {name!r} ({preds[name]} and "
+                             f"{folder}); name them: --pred NAME=DIR")
         preds[name] = Path(folder)
     from upres.io.files import staged_folder
 

@@ -191,15 +191,24 @@ class TileEngine:
         if self.tile != "auto":
             tile = self.tile and max(self.tile, -(-self.descriptor.min_size // m) * m)
             plan = fixed_plan(height, width, tile, self.tile_overlap, m)
+            self.check_batch_fits(plan)
             self.ensemble_batch = self.fixed_ensemble_batch or 8
         else:
             bpp = self.bytes_per_pixel
 
-            def memory(th: int, tw: int) -> int:
-                return int(bpp * th * tw * self.batch_size) + self.band_bytes(th, width)
+            def memory(th: int, tw: int, batch: int | None = None) -> int:
+                return int(bpp * th * tw * (batch or self.batch_size)) + self.band_bytes(th, width)
 
             budget = self.budget - self.reserved
-            plan = budget_plan(height, width, self.tile_overlap, m, memory, budget)
+            try:
+                plan = budget_plan(height, width, self.tile_overlap, m, memory, budget)
+            except InferenceError:
+                if self.batch_size > 1 and memory(self.tile_overlap + 2 * m, self.tile_overlap + 2 * m,
+                                                  1) <= budget:
+                    raise InferenceError(f"--batch-size {self.batch_size}: that many tiles per pass "
+                                         f"do not fit the memory budget of {budget / 2**30:.2f} GiB "
+                                         "even at the smallest tile; lower --batch-size") from None
+                raise
             spare = budget - plan.memory
             per_copy = bpp * plan.tile_h * plan.tile_w * self.batch_size
             self.ensemble_batch = self.fixed_ensemble_batch or next(
@@ -208,6 +217,20 @@ class TileEngine:
         if self.on_plan is not None:
             self.on_plan(plan)
         return plan
+
+    def check_batch_fits(self, plan: TilePlan) -> None:
+        """A fixed tile run ``batch_size`` at a time must fit the budget where one is known: a
+        batch that cannot is refused by naming ``--batch-size`` before any pass (it had ended in
+        the allocator's traceback)."""
+        if self.batch_size == 1 or self.budget is None or self.bytes_per_pixel is None:
+            return
+        batch = min(self.batch_size, len(plan.xs))  # a pass takes the tiles of one row at most
+        need = self.bytes_per_pixel * plan.tile_h * plan.tile_w * batch
+        if batch > 1 and need > self.budget - self.reserved:
+            raise InferenceError(f"--batch-size {self.batch_size}: {batch} tiles of {plan.tile_w}x"
+                                 f"{plan.tile_h} per pass need about {need / 2**30:.1f} GiB, over the "
+                                 f"memory budget of {(self.budget - self.reserved) / 2**30:.1f} GiB; "
+                                 "lower --batch-size (or --tile)")
 
     # -- running
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from upres.degradation.fingerprint import Fingerprint
-from upres.errors import PredictError
+from upres.errors import PredictError, excerpt
 from upres.inference.ensemble import THRESHOLDS, Predictor, fuse, rgb_input, to_image
 from upres.inference.upscaler import InferenceOptions
 from upres.io import images
@@ -24,13 +24,26 @@ SOFT_FLOOR = 0.1  # soft routing skips groups below this probability (then renor
 def read_routes(path: str | Path) -> dict:
     path = Path(path)
     try:
-        table = json.loads(path.read_text())
+        table = json.loads(path.read_text(), object_pairs_hook=_no_repeats)
         fingerprint, shared = path.parent / table["fingerprint"], path.parent / table["shared"]
+        groups = [int(g) for g in table["experts"]]
         experts = {int(g): path.parent / m for g, m in table["experts"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise PredictError(f"{path}: not an experts file (fingerprint, shared, experts: "
-                           f"{{group: weights}}): {err}") from None
+                           f"{{group: weights}}): {excerpt(str(err), 200)[1:-1]}") from None
+    if len(experts) < len(groups):
+        raise PredictError(f"{path}: group {sorted(g for g in groups if groups.count(g) > 1)[0]} has "
+                           "two experts; keep one")
     return {"fingerprint": fingerprint, "shared": shared, "experts": experts}
+
+
+def _no_repeats(pairs: list[tuple]) -> dict:
+    """A JSON object whose keys are all different (``json`` keeps the last of a repeated key)."""
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"key {repeated[0]!r} is given twice")
+    return dict(pairs)
 
 
 def write_routes(path: str | Path, fingerprint: Path, shared: Path, experts: dict[int, Path]) -> None:
@@ -56,6 +69,11 @@ class RoutedPredictor(Predictor):
         routes = read_routes(routes_path)
         self.fp = Fingerprint.load(routes["fingerprint"])
         self.groups = sorted(routes["experts"])
+        unknown = [g for g in self.groups if not 0 <= g < len(self.fp.groups)]
+        if unknown:
+            raise PredictError(f"{routes_path}: an expert for group {unknown[0]}, which "
+                               f"{routes['fingerprint']} does not have (its groups: 0 to "
+                               f"{len(self.fp.groups) - 1}); that expert would never run")
         super().__init__([routes["shared"], *(routes["experts"][g] for g in self.groups)], options)
         self.names = [f"routed ({mode})"]
         self.mode = mode

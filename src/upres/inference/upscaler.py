@@ -89,6 +89,8 @@ class Upscaler:
         self.notes: list[str] = [str(self.backend)]
         self.budget = memory.process_budget(opts.max_memory, self.device)
         tile, bpp = opts.tile, None
+        if tile != "auto" and opts.batch_size > 1:  # a fixed tile's batch is checked against it
+            bpp = self.backend.bytes_per_pixel()
         if tile == "auto":
             bpp = self.backend.bytes_per_pixel()
             if bpp is None:
@@ -154,6 +156,9 @@ class Upscaler:
                 and np.issubdtype(rgb.dtype, np.floating) and min(rgb.shape[:2]) >= 1):
             raise ImageError(f"upscale_float takes an HxWx3 float array in [0, 1], not "
                              f"{_describe(rgb)}")
+        problem = _float_input_problem(rgb)
+        if problem:
+            raise ImageError(f"upscale_float's input {problem}; the input is at fault, not the model")
         with _memory_guard(rgb):
             return self._upscale_rgb(rgb.astype(np.float32, copy=False), None)
 
@@ -452,3 +457,15 @@ def upscale_files(upscaler: Upscaler, inputs: Iterable[str | Path], out_dir: str
             bar.close()
             upscaler.engine.on_plan = None
     return result
+
+
+def _float_input_problem(rgb: np.ndarray) -> str | None:
+    """What is wrong with a float image's values (NaN, infinity, outside [0, 1]), or None; a model
+    given such values returns nonsense that would be blamed on its weights."""
+    finite = np.isfinite(rgb)
+    if not finite.all():
+        return (f"holds {rgb.size - int(finite.sum()):,} NaN or infinite values of {rgb.size:,}")
+    low, high = float(rgb.min()), float(rgb.max())
+    if low < 0.0 or high > 1.0:
+        return f"has values from {low:.4g} to {high:.4g}, outside [0, 1]"
+    return None

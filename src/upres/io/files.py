@@ -164,13 +164,30 @@ def remove_stale_staging(target: Path) -> list[Path]:
     return removed
 
 
+def umask() -> int:
+    """The process's umask (read from /proc where it can be, so no thread sees it changed)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def begin_staging(target: Path) -> Path:
-    """A new hidden staging folder beside ``target`` (stale ones of killed runs removed)."""
+    """A new hidden staging folder beside ``target`` (stale ones of killed runs removed), with
+    the mode the user's umask gives a new folder (``mkdtemp`` makes it 0700, and the published
+    folder kept that: others in the user's group could not read a submission)."""
     import tempfile
 
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(target)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", dir=target.parent))
+    staging.chmod(0o777 & ~umask())
+    return staging
 
 
 def publish_folder(staging: Path, target: Path, overwrite: bool) -> None:

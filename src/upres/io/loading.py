@@ -137,12 +137,15 @@ def save_model(model: nn.Module, path: str | Path, extra: dict | None = None,
 
 
 def convert(src: str | Path, dst: str | Path, overwrite: bool = False) -> LoadedWeights:
-    """Convert between formats; the destination's extension chooses the output format. An
-    existing ``dst`` is replaced only with ``overwrite``, and never the source."""
+    """Convert between formats; the destination's extension chooses the output format, and a
+    safetensors output keeps what the source's metadata recorded (``step``, ``val_psnr``, ...)
+    beside ``source``. An existing ``dst`` is replaced only with ``overwrite``, and never the
+    source."""
     check_output_file(dst, overwrite, inputs=(src,) if Path(str(src)).exists() else ())
     if Path(dst).suffix.lower() not in (".safetensors", ".pth", ".pt", ".onnx"):
         raise WeightsError(f"{dst}: cannot save to {Path(dst).suffix!r}; use .safetensors, .pth "
                            "or .onnx")
     weights = load_weights(src)
-    save_model(model_from_weights(weights), dst, extra={"source": str(src)}, overwrite=overwrite)
+    kept = {k: v for k, v in weights.metadata.items() if k not in ("format", "arch", "hparams", "scale")}
+    save_model(model_from_weights(weights), dst, extra={**kept, "source": str(src)}, overwrite=overwrite)
     return weights
