@@ -53,6 +53,8 @@ from upres.cli import main
 args = sys.argv[1:]
 if args[:1] in (["train"], ["lr-find"], ["experiment"]):
     args += {SHRINK!r}
+if args[:1] == ["train"] and "--resume" in args:  # on to a later step: 2 more than a run's 2
+    args = [a for a in args if not a.startswith("train.iterations=")] + ["train.iterations=4"]
 if args[:1] == ["lr-find"]:
     args += ["--steps", "6"]
 if args[:1] == ["auto"] and "--budget" in args:
