@@ -118,6 +118,8 @@ TABLES: dict[str, Table] = {  # NAME or NAME:PART; NAME is the benchmark (result
     "steps": Table(("config.set", "config.crop_x_batch")),
     "zoo-psnr": Table(("config.model", "config.set")),
     "decoder-fuzz": Table(("config.format", "config.cases", "config.seed")),
+    "int8": Table(("config.model", "config.precision", "config.set")),
+    "train-peak": Table(("config.model", "config.variant")),
     "experiment-levers-cpu": Table(("config.arm",)),
     "experiment-seed-ablation-cpu": Table(("config.arm",)),
     "experiment-arch-zoo-cpu": Table(("config.arm",)),
@@ -133,7 +135,7 @@ HEADERS = {"cpu": "CPU", "figures.vs_bicubic": "vs bicubic (dB)", "figures.test_
            "figures.bicubic_psnr_y": "bicubic PSNR-Y", "figures.published_psnr_y": "published PSNR-Y",
            "figures.seconds_per_mp": "s/MP"}
 SIGNED = {"figures.vs_bicubic", "figures.vs_bicubic_by_recipe", "figures.end_vs_first", "figures.difference",
-          "figures.val_psnr_vs_fp32_db"}  # differences: shown with their sign
+          "figures.val_psnr_vs_fp32_db", "figures.vs_fp32_db"}  # differences: shown with their sign
 
 
 def _cpu_label(rec: dict) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from upres.io.limits import DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT
 
@@ -50,8 +51,13 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
                    help="flips/rotations a self-ensemble runs: 2 and 4 keep most of the gain of 8 "
                    "at a quarter and a half of its time (default: 8)")
     g.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, ...")
-    g.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32")
+    g.add_argument("--dtype", "--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"),
+                   default="auto", help="auto: fp16 on CUDA, bf16 on CPUs with native bf16, else "
+                   "fp32; int8: OpenVINO on a CPU with int8 dot products (VNNI, AMX), quantized "
+                   "once on crops of your images (--calibrate) and kept in the cache")
+    g.add_argument("--calibrate", metavar="DIR", default=None,
+                   help="int8: LR images to calibrate on (default: the images being upscaled; "
+                   "predict: --input, with --val's pairs for accuracy control)")
     g.add_argument("--batch-size", type=number(int, 0), default=0,
                    help="tiles per forward pass (default 0: 4 on CUDA, 1 elsewhere)")
     g.add_argument("--max-pixels", type=number(int, 1, MAX_PIXELS_LIMIT), default=DEFAULT_MAX_PIXELS,
@@ -87,12 +93,30 @@ def add_scoring_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--y", action="store_true", help="score the Y channel (BT.601) instead of RGB")
 
 
-def inference_kwargs(args: argparse.Namespace) -> dict:
+def inference_kwargs(args: argparse.Namespace, inputs: list[str] = (), val: str | None = None) -> dict:
+    """The inference options of the command line; int8 calibrates on ``--calibrate`` (else on
+    ``inputs``, the images the command reads) and checks accuracy on ``val``'s pairs."""
     return dict(tile=args.tile, tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble,
                 ensemble_transforms=args.ensemble_transforms,
                 device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                 channels_last=args.channels_last, compile=args.compile, max_pixels=args.max_pixels,
-                backend=args.backend, max_memory=args.max_memory)
+                backend=args.backend, max_memory=args.max_memory,
+                **(calibration_kwargs(args.calibrate, inputs, val) if args.dtype == "int8" else {}))
+
+
+def calibration_kwargs(calibrate: str | None, inputs: list[str], val: str | None) -> dict:
+    """``calibrate`` and ``calibrate_pairs`` for int8: the images of ``calibrate`` or of the
+    inputs (files, or folders' images), and ``val``'s lr/hr pairs."""
+    from upres.inference.ensemble import match_by_stem
+    from upres.io import images
+
+    files = []
+    for item in [calibrate] if calibrate else inputs:
+        path = Path(item)
+        files += images.list_images(path) if path.is_dir() else [path]
+    pairs = ([(f["lr"], f["hr"]) for f in match_by_stem({"lr": Path(val) / "lr", "hr": Path(val) / "hr"})]
+             if val else [])
+    return {"calibrate": tuple(files), "calibrate_pairs": tuple(pairs)}
 
 
 def error(message: str) -> None:

@@ -116,7 +116,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from upres.inference.upscaler import InferenceOptions
 
     shard = current_shard(args.device)
-    options = InferenceOptions(**inference_kwargs(args) | {"device": shard.device})
+    options = InferenceOptions(**inference_kwargs(args, [args.input], args.val) | {"device": shard.device})
     result = predict_folder(args.model, args.input, args.output, args.weights, args.val, args.zip,
                      options, progress=not args.quiet, report_dir=args.report, shard=shard,
                      on_note=note if shard.main and not args.quiet else None, refine=args.refine,

@@ -68,7 +68,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         raise UpresError("give the images to upscale: files or folders (INPUT ... or -i INPUT)")
     check_suffix(args.suffix)  # refused before the model loads
     shard = current_shard(args.device)
-    kwargs = inference_kwargs(args) | {"device": shard.device}
+    kwargs = inference_kwargs(args, inputs) | {"device": shard.device}
     upscaler = Upscaler(args.model, alpha=args.alpha, outscale=args.outscale, **kwargs)
     if shard.main and not args.quiet:
         note("; ".join(upscaler.notes))

@@ -10,6 +10,7 @@ fp32), and for families OpenVINO is known to crash on."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from upres.models.descriptor import ModelDescriptor
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from upres.inference.int8 import Calibration
 
 BackendName = Literal["auto", "torch", "openvino"]
 OPENVINO_HINT = "pip install 'upres[openvino]'"
@@ -53,21 +56,35 @@ class Backend:
             from upres.inference.torch_backend import measure_cuda
 
             return measure_cuda(self.forward, self.descriptor)
-        return memory.bytes_per_pixel(self.descriptor, self.name, self.dtype)
+        # int8 keeps some layers and its activations between them in floating point: planned as fp32
+        dtype = "fp32" if self.dtype == "int8" else self.dtype
+        return memory.bytes_per_pixel(self.descriptor, self.name, dtype)
 
 
 def choose_backend(model: nn.Module | str | Path, device: str = "auto", dtype: str = "auto",
                    backend: BackendName = "auto", descriptor: ModelDescriptor | None = None,
                    compile: bool = False, channels_last: bool = True,
-                   cache_converted: bool = True, convert_cache: Path | None = None) -> Backend:
+                   cache_converted: bool = True, convert_cache: Path | None = None,
+                   calibration: Callable[[], Calibration] | None = None) -> Backend:
     """The backend for ``model`` (see the module's rules), with the reason it was chosen;
-    OpenVINO conversions are kept in ``convert_cache`` (default: the user's cache)."""
+    OpenVINO conversions are kept in ``convert_cache`` (default: the user's cache). ``int8``
+    runs an IR quantized on ``calibration()`` (built only where no quantization is cached)."""
     from upres.inference import openvino_backend as ovb
 
     if backend not in ("auto", "torch", "openvino"):
         raise InferenceError(f"backend must be auto, torch or openvino, not {backend!r}")
     device = resolve_device(device)
     source = _Source(model, descriptor)
+    if dtype == "int8":
+        why_not = _int8_refusal(device, backend, calibration)
+        if why_not is None:
+            chosen, refusal = _openvino(source, dtype, cache_converted, "int8 as asked (OpenVINO)",
+                                        convert_cache, calibration)
+            if chosen is None:
+                raise InferenceError(f"int8: {refusal}; use --dtype auto")
+            return chosen
+        warnings.warn(f"int8: {why_not}; using bf16 or fp32 as auto picks", stacklevel=3)
+        dtype = "auto"
     if backend == "openvino":
         if device != "cpu":
             raise InferenceError(f"the openvino backend runs on the CPU, not {device}")
@@ -86,6 +103,26 @@ def choose_backend(model: nn.Module | str | Path, device: str = "auto", dtype: s
         if chosen is not None:
             return chosen
     return _torch(source, device, dtype, why_torch, compile, channels_last)
+
+
+def _int8_refusal(device: str, backend: str, calibration) -> str | None:
+    """Why int8 falls back to auto (a CPU without int8 dot products: None where it runs); what
+    cannot run int8 at all is an error."""
+    from upres.inference import openvino_backend as ovb
+    from upres.inference.int8 import NNCF_HINT, int8_refusal
+
+    if device != "cpu":
+        raise InferenceError(f"int8 runs on the CPU through OpenVINO, not on {device}")
+    if backend == "torch":
+        raise InferenceError("int8 runs through OpenVINO; drop --backend torch")
+    if not ovb.openvino_available():
+        raise InferenceError(f"int8 runs through OpenVINO: {OPENVINO_HINT}")
+    why = int8_refusal()
+    if why and "NNCF" in why:
+        raise InferenceError(f"int8 needs NNCF: {NNCF_HINT}")
+    if why is None and calibration is None:
+        raise InferenceError("int8 needs images to calibrate on: give --calibrate DIR")
+    return why
 
 
 def _why_not_openvino(backend: str, device: str, dtype: str, compile: bool) -> str | None:
@@ -134,8 +171,10 @@ class _Source:
         return self._module
 
 
-def _openvino(source: _Source, dtype: str, cache: bool, reason: str, folder: Path | None = None):
-    """(the OpenVINO backend, None), or (None, why not) where the model is not converted."""
+def _openvino(source: _Source, dtype: str, cache: bool, reason: str, folder: Path | None = None,
+              calibration: Callable[[], Calibration] | None = None):
+    """(the OpenVINO backend, None), or (None, why not) where the model is not converted; for
+    ``int8``, the conversion quantized on ``calibration()`` (or its cached quantization)."""
     from upres.inference import openvino_backend as ovb
 
     folder = Path(folder) if folder is not None else ovb.ir_folder()
@@ -156,16 +195,39 @@ def _openvino(source: _Source, dtype: str, cache: bool, reason: str, folder: Pat
         else:
             ir, stored = hit
             source.descriptor = source.descriptor or stored
-        chosen = pick_dtype(dtype, "cpu", source.descriptor.dtypes)
-        forward = ovb.OpenVinoModel(ir, chosen, folder / "blobs" if cache else None)
+        if dtype == "int8":
+            ir = _quantized(ir, source, key, folder if cache else None, calibration)
+            chosen, rest = "int8", pick_dtype("auto", "cpu", source.descriptor.dtypes)
+        else:
+            chosen = rest = pick_dtype(dtype, "cpu", source.descriptor.dtypes)
+        forward = ovb.OpenVinoModel(ir, rest, folder / "blobs" if cache else None)
     except InferenceError:
         raise
     except Exception as err:  # any conversion failure: PyTorch still runs the model
         text = str(err).strip()
         return None, ("OpenVINO could not convert the model: "
                       f"{text.splitlines()[0][:200] if text else type(err).__name__}")
-    why = f"{reason}; {dtype_reason(dtype, chosen, 'cpu', source.descriptor.dtypes)}"
+    why = (f"{reason}; the layers kept out of int8 in {rest}" if chosen == "int8" else
+           f"{reason}; {dtype_reason(dtype, chosen, 'cpu', source.descriptor.dtypes)}")
     return Backend("openvino", forward, source.descriptor, "cpu", chosen, why), None
+
+
+def _quantized(ir, source: _Source, key: str | None, folder: Path | None, calibration):
+    """The IR quantized to int8 on the calibration set, read from the cache where this model was
+    quantized on the same set with the same settings (``folder`` None: not kept)."""
+    from upres.inference import int8
+    from upres.inference import openvino_backend as ovb
+
+    calib = calibration()
+    model_key = key or ovb.module_key(source.module(), source.descriptor)
+    qkey = int8.quantized_key(model_key, calib)
+    hit = ovb.read_cached(qkey, folder) if folder is not None else None
+    if hit is not None:
+        return hit[0]
+    quantized = int8.quantize(ir, calib, source.descriptor.scale)
+    if folder is not None:
+        ovb.store(quantized, source.descriptor, qkey, folder)
+    return quantized
 
 
 def openvino_refusal(module, descriptor: ModelDescriptor) -> str | None:

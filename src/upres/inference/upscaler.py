@@ -41,7 +41,9 @@ class InferenceOptions:
     self_ensemble: SelfEnsemble = "off"
     ensemble_transforms: int = 8  # flips/rotations a self-ensemble runs: 2, 4 or 8 (engine.TRANSFORMS)
     device: str = "auto"
-    dtype: str = "auto"  # auto | fp32 | bf16 | fp16
+    dtype: str = "auto"  # auto | fp32 | bf16 | fp16 | int8 (OpenVINO, calibrated on ``calibrate``)
+    calibrate: tuple[Path, ...] = ()  # int8: LR images to take calibration crops from
+    calibrate_pairs: tuple[tuple[Path, Path], ...] = ()  # int8: (LR, HR) pairs for accuracy control
     channels_last: bool = True
     batch_size: int = 0  # tiles per forward pass; 0: 4 on CUDA, 1 elsewhere
     compile: bool = False  # torch.compile the model (test against eager on new platforms)
@@ -85,7 +87,7 @@ class Upscaler:
         self.options = opts
         self.backend = choose_backend(model, opts.device, opts.dtype, opts.backend, descriptor,
                                       opts.compile, opts.channels_last, opts.cache_converted,
-                                      opts.convert_cache)
+                                      opts.convert_cache, _calibration(opts))
         self.notes: list[str] = [str(self.backend)]
         self.budget = memory.process_budget(opts.max_memory, self.device)
         tile, bpp = opts.tile, None
@@ -469,3 +471,13 @@ def _float_input_problem(rgb: np.ndarray) -> str | None:
     if low < 0.0 or high > 1.0:
         return f"has values from {low:.4g} to {high:.4g}, outside [0, 1]"
     return None
+
+
+def _calibration(opts: InferenceOptions):
+    """What int8 calibrates on, read only where a quantization must be made (None: nothing)."""
+    if opts.dtype != "int8" or not (opts.calibrate or opts.calibrate_pairs):
+        return None
+    from upres.inference.int8 import calibration_set
+
+    lr_files = [Path(p) for p in opts.calibrate] or [Path(lr) for lr, _ in opts.calibrate_pairs]
+    return lambda: calibration_set(lr_files, [(Path(a), Path(b)) for a, b in opts.calibrate_pairs])
