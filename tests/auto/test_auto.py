@@ -60,6 +60,7 @@ from upres.auto.levers import (
 from upres.auto.measure import FP32, end_dtype, end_options, megapixels_of, score, timed_pass
 from upres.auto.precision import (
     BACKEND_GAIN,
+    INT8_DB,
     PRECISION_DB,
     choose_end_backend,
     choose_precision,
@@ -521,8 +522,9 @@ def test_openvino_runs_the_end_only_where_installed_as_exact_and_faster(auto_set
     conversion, which is timed and kept in RUN/openvino; PyTorch where it would be slower,
     would lose PSNR, could not pay, is not installed, or the device is not the CPU."""
     pytest.importorskip("openvino")
-    from upres.inference import openvino_backend
+    from upres.inference import int8, openvino_backend
 
+    monkeypatch.setattr(int8, "cpu_int8_flags", lambda: [])  # int8 has its own test
     run = SimpleNamespace(shard=SimpleNamespace(device="cpu"), scale=4, say=lambda _: None,
                           out=tmp_path / "run")
     files = [{"lr": p, "hr": auto_set / "train" / "hr" / p.name}
@@ -559,6 +561,44 @@ def test_openvino_runs_the_end_only_where_installed_as_exact_and_faster(auto_set
     assert "not installed" in choose_end_backend(starts[0], files, run, psnr32, 1e3, fp32, 0)["why"]
     run.shard.device = "cuda:0"
     assert choose_end_backend(starts[0], files, run, psnr32, 1e3, fp32, 0)["backend"] == "torch"
+
+
+def test_int8_runs_the_end_only_where_it_scores_within_its_drop_and_pays(auto_set, starts, tmp_path,
+                                                                        monkeypatch):
+    """Where OpenVINO runs the end on a CPU with int8 dot products, the first start is quantized
+    on the test LR (accuracy control on the validation pairs) and timed: int8 is kept only where
+    it scores within ``INT8_DB`` of fp32, is ``BACKEND_GAIN`` faster than OpenVINO's precision
+    and saves more than its quantization; the end's options follow the record; a CPU without
+    int8 dot products does not try."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from upres.inference import int8
+
+    monkeypatch.setattr(int8, "cpu_int8_flags", lambda: ["avx512_vnni"])
+    run = SimpleNamespace(shard=SimpleNamespace(device="cpu"), scale=4, say=lambda _: None,
+                          out=tmp_path / "run", data=auto_set)
+    files = [{"lr": p, "hr": auto_set / "train" / "hr" / p.name}
+             for p in sorted((auto_set / "train" / "lr").iterdir())[:2]]
+    psnr32, _ = score(nearest_rrdbnet().eval(), files, 4, "cpu")
+    fp32, test_mp = {"dtype": "fp32", "speed_ratio": 1.0}, megapixels_of(files)
+    record = choose_end_backend(starts[0], files, run, psnr32, 1e3, fp32, test_mp)
+    q = record["int8"]
+    assert q["quantize_seconds"] > 0 and list((run.out / "openvino").glob("int8-*.xml"))
+    assert q["calibrate"] == [str(p) for p in sorted((auto_set / "test" / "lr").iterdir())]
+    assert q["pairs"] == [[str(f["lr"]), str(f["hr"])] for f in files]
+    saves = (record["seconds"] - q["seconds"]) * 2  # a test pass as long as validation's
+    assert q["keep"] == (q["psnr"] >= psnr32 - INT8_DB and saves > q["quantize_seconds"]
+                         and q["seconds"] <= (1 - BACKEND_GAIN) * record["seconds"]), q
+    assert (record["dtype"] == "int8") == q["keep"] and q["why"].startswith("int8 scored ")
+    run.journal = Journal(tmp_path / "auto.json", {"phases": {"candidates": {
+        "end_backend": {**record, "int8": {**q, "keep": True}}}}})
+    options = end_options(run, "bf16")
+    assert options.dtype == "int8" and options.calibrate == tuple(map(Path, q["calibrate"]))
+    assert options.calibrate_pairs == tuple((Path(a), Path(b)) for a, b in q["pairs"])
+    assert end_options(run, "fp32").dtype == "fp32"  # a family that runs fp32 only stays so
+    monkeypatch.setattr(int8, "cpu_int8_flags", lambda: [])
+    record = choose_end_backend(starts[0], files, run, psnr32, 1e3, fp32, test_mp)
+    assert not record["int8"]["keep"] and "no int8 dot products" in record["int8"]["why"]
 
 
 def test_the_end_s_openvino_speed_and_conversions_count_for_families_it_converts(tmp_path):

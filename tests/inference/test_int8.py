@@ -114,3 +114,13 @@ def test_upscale_precision_int8_calibrates_on_the_images_it_upscales(setup, tmp_
                  "--precision", "int8"]) == 0
     assert "backend openvino (int8 on cpu)" in capsys.readouterr().err
     assert calibrated == [lr] and sorted(p.name for p in out.iterdir()) == ["lr0.png", "lr1.png"]
+
+
+def test_a_model_openvino_does_not_convert_runs_as_auto_picks_with_a_warning(setup, monkeypatch):
+    from upres.inference import backends
+
+    model_path, lr, folder = setup
+    monkeypatch.setattr(backends, "openvino_refusal", lambda *a: "OpenVINO does not convert X: a test")
+    with pytest.warns(UserWarning, match="int8: OpenVINO does not convert X: a test; using bf16 or fp32"):
+        up = Upscaler(model_path, dtype="int8", calibrate=tuple(lr), convert_cache=folder, tile=0)
+    assert up.backend.name == "torch" and up.backend.dtype in ("bf16", "fp32")

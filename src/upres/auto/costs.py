@@ -39,13 +39,20 @@ def conversions(run: AutoRun, names: list[str | None], starts: list[dict] | None
     cands = [start_of(run, n) if n else None for n in names]
     count = sum(_openvino_runs(run, c) if c else any(_openvino_runs(run, s) for s in
                 (starts or run.journal["candidates"]["candidates"])) for c in cands)
-    return count * run.journal["candidates"].get("end_backend", TORCH).get("convert_seconds", 0.0)
+    return count * per_conversion(run)
+
+
+def per_conversion(run: AutoRun) -> float:
+    """Seconds to make one end model's OpenVINO form: converted, and quantized where int8 runs."""
+    backend = run.journal["candidates"].get("end_backend", TORCH)
+    int8 = backend.get("int8", {})
+    quantize = int8.get("quantize_seconds", 0.0) if int8.get("keep") else 0.0
+    return backend.get("convert_seconds", 0.0) + quantize
 
 
 def conversions_of(run: AutoRun, starts: list[dict]) -> float:
     """Seconds to convert these starts as published to OpenVINO, where the end runs them there."""
-    count = sum(_openvino_runs(run, c) for c in starts)
-    return count * run.journal["candidates"].get("end_backend", TORCH).get("convert_seconds", 0.0)
+    return sum(_openvino_runs(run, c) for c in starts) * per_conversion(run)
 
 
 def _per_mp(run: AutoRun, arm: str | None = None, end: bool = False,

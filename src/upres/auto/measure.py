@@ -64,10 +64,18 @@ def timed_pass(up, lr: np.ndarray) -> tuple[float, float, np.ndarray]:
 def end_options(run: AutoRun, dtype: str, backend: str | None = None, **overrides):
     """How the end runs its models (``InferenceOptions``): through OpenVINO where
     ``choose_end_backend`` chose it (``backend``, by default as recorded; PyTorch for a family
-    it does not convert), conversions kept in ``RUN/openvino``; else through PyTorch."""
+    it does not convert), conversions kept in ``RUN/openvino``, in int8 where it was chosen (each
+    model quantized on the recorded calibration); else through PyTorch."""
     from upres.inference.upscaler import InferenceOptions
 
-    backend = backend or run.journal["candidates"].get("end_backend", TORCH)["backend"]
+    int8 = {}
+    if backend is None:  # the end's models, as recorded (a backend named: one measured for it)
+        recorded = run.journal["candidates"].get("end_backend", TORCH)
+        backend, int8 = recorded["backend"], recorded.get("int8", {})
+    if backend == "openvino" and int8.get("keep") and dtype != "fp32":
+        dtype = "int8"  # (chosen on the reference start: each end model is quantized once)
+        overrides = {"calibrate": tuple(map(Path, int8["calibrate"])),
+                     "calibrate_pairs": tuple((Path(a), Path(b)) for a, b in int8["pairs"]), **overrides}
     options = {"backend": "auto" if backend == "openvino" else "torch", "dtype": dtype,
                "device": run.shard.device, "convert_cache": run.out / "openvino", **overrides}
     return InferenceOptions(**options)

@@ -27,6 +27,7 @@ PRECISION_DB = 0.01  # the fast inference precision may lose at most this agains
 PRECISION_GAIN = 0.05
 BACKEND_GAIN = 0.05  # OpenVINO runs the end where it is at least this share faster than PyTorch
 OPENVINO_MIN_END = 60.0  # seconds of a PyTorch pass over validation and test under which it cannot pay
+INT8_DB = 0.05  # int8 may lose at most this against fp32 on validation (NNCF's accuracy control's drop)
 
 
 def measure_test_costs(run: AutoRun, first: tuple | None, files: list[dict], dtype: str,
@@ -180,5 +181,48 @@ def choose_end_backend(source, files: list[dict], run: AutoRun, psnr32: float, s
               f"for a {convert:.0f} s conversion"}
     if ok:
         record["speed_ratio"] = round(seconds / max(seconds32, 1e-9), 3)
-    run.say(f"  end backend {record['backend']}: {record['why']}")
+        record["int8"] = choose_int8(run, source, files, psnr32, record, share)
+        if record["int8"]["keep"]:
+            ratio = record["int8"]["seconds"] / max(seconds32, 1e-9)
+            record.update(dtype="int8", speed_ratio=round(ratio, 3))
+    run.say(f"  end backend {record['backend']} ({record['dtype']}): {record['why']}"
+            + (f"; {record['int8']['why']}" if "int8" in record else ""))
     return record
+
+
+def choose_int8(run: AutoRun, source, files: list[dict], psnr32: float, backend: dict,
+                share: float) -> dict:
+    """int8 for the end, where the CPU has int8 dot products: the reference start quantized on
+    the test LR images (NNCF's accuracy control on the validation pairs), kept where it scores
+    within ``INT8_DB`` of fp32, is ``BACKEND_GAIN`` faster than OpenVINO in the end's precision
+    and saves more than its quantization on a pass over validation and test (each end model is
+    quantized once: the reserve counts it as a conversion)."""
+    from upres.inference.int8 import int8_refusal
+    from upres.inference.upscaler import Upscaler
+
+    why = int8_refusal()
+    if why:
+        return {"keep": False, "why": why}
+    calibration = {"calibrate": [str(p) for p in images.list_images(run.data / "test" / "lr")],
+                   "pairs": [[str(f["lr"]), str(f["hr"])] for f in files]}
+    run.say(f"  {short_name(source)} quantized to int8, to see if it runs the end faster")
+    start = time.perf_counter()
+    up = Upscaler(source, end_options(run, "int8", "openvino", tile=0, **int8_options(calibration)))
+    quantize = time.perf_counter() - start
+    score_with(up, files[:1], run.scale)  # warm-up
+    psnr, seconds = score_with(up, files, run.scale)
+    saves = (backend["seconds"] - seconds) * share
+    keep = (psnr >= psnr32 - INT8_DB and seconds <= (1 - BACKEND_GAIN) * backend["seconds"]
+            and saves > quantize)
+    return {"keep": bool(keep), "psnr": round(psnr, 4), "seconds": round(seconds, 3),
+            "quantize_seconds": round(quantize, 2), **calibration,
+            "why": f"int8 scored {psnr - psnr32:+.3f} dB against fp32 in "
+                   f"{seconds / max(backend['seconds'], 1e-9):.2f}x OpenVINO {backend['dtype']}'s time, "
+                   f"{saves:.0f} s saved a pass for a {quantize:.0f} s quantization: "
+                   + ("kept" if keep else "not kept")}
+
+
+def int8_options(calibration: dict) -> dict:
+    """The inference options that quantize a model on a recorded calibration."""
+    return {"calibrate": tuple(map(Path, calibration["calibrate"])),
+            "calibrate_pairs": tuple((Path(a), Path(b)) for a, b in calibration["pairs"])}

@@ -148,7 +148,8 @@ def _sections(record: dict) -> list[str]:
            if (precision := cands.get("precision")) else "")
         + (f". Backend of the end: <b>{_esc(backend['backend'])}</b> ({_esc(backend['why'])}"
            + (f"; conversion {backend['convert_seconds']:.0f} s a model" if "convert_seconds" in backend
-              else "") + ")" if (backend := cands.get("end_backend")) else "") + "</p>"
+              else "") + (f"; {_esc(backend['int8']['why'])}" if backend.get("int8") else "")
+           + ")" if (backend := cands.get("end_backend")) else "") + "</p>"
         + _zero_shot(cands.get("zero_shot")))
     probes = p.get("probes", {})
     rows = [[_esc(a["name"]), f"{a['lr']:.2e}", a["crop"], a["batch"], f"{a['seconds_per_step']:.2f}",

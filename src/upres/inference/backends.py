@@ -78,11 +78,11 @@ def choose_backend(model: nn.Module | str | Path, device: str = "auto", dtype: s
     if dtype == "int8":
         why_not = _int8_refusal(device, backend, calibration)
         if why_not is None:
-            chosen, refusal = _openvino(source, dtype, cache_converted, "int8 as asked (OpenVINO)",
+            chosen, why_not = _openvino(source, dtype, cache_converted, "int8 as asked (OpenVINO)",
                                         convert_cache, calibration)
-            if chosen is None:
-                raise InferenceError(f"int8: {refusal}; use --dtype auto")
-            return chosen
+            if chosen is not None:
+                return chosen
+        # a CPU without int8 dot products, or a model OpenVINO does not convert
         warnings.warn(f"int8: {why_not}; using bf16 or fp32 as auto picks", stacklevel=3)
         dtype = "auto"
     if backend == "openvino":
