@@ -184,3 +184,60 @@ def test_8_a_flat_image_is_named_without_numpys_words(monkeypatch):
         kernels.fit_pair(hr[::4, ::4], hr, 4)
     assert str(err.value) == ("its pixels are too uniform to fit a downscaling kernel (a flat or "
                               "constant image); leave it out")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A user's folder: data, a model, a finished-looking output, a few bad inputs."""
+    from helpers import make_recipe_set, tiny_rrdbnet
+    from upres.io.loading import save_model
+
+    root = tmp_path_factory.mktemp("ws")
+    make_recipe_set(root / "DATA")
+    (root / "NOTEST" / "train").mkdir(parents=True)
+    for sub in ("lr", "hr"):
+        for f in (root / "DATA" / "train" / sub).iterdir():
+            (root / "NOTEST" / "train" / sub).mkdir(exist_ok=True)
+            (root / "NOTEST" / "train" / sub / f.name).write_bytes(f.read_bytes())
+    save_model(tiny_rrdbnet(num_block=1), root / "tiny.safetensors")
+    images.write_image(root / "photo.png", photo("coffee")[:24, :24])
+    (root / "existing.pth").write_bytes(b"a file of the user's")
+    (root / "out").mkdir()
+    (root / "out" / "keep.txt").write_text("the user's")
+    (root / "dup.yaml").write_text("train:\n  lr: 0.1\n  lr: 0.2\n")
+    (root / "plan.yaml").write_text("base: smoke-cpu\niterations: 2\nval_every: 2\narms:\n  - name: a\n"
+                                    "  - name: b\n    overrides: {init.source: missing.pth}\n")
+    (root / "HR").mkdir()
+    images.write_image(root / "HR" / "a.png", photo("astronaut")[:64, :64])
+    (root / "HR" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    return root
+
+
+REFUSED = {  # what a user types that upres refuses, in the workspace
+    "upscale with a missing model": ["upscale", "photo.png", "-o", "new", "--model", "missing.pth"],
+    "upscale fp16 on a CPU": ["upscale", "photo.png", "-o", "new", "--model", "tiny.safetensors",
+                              "--device", "cpu", "--dtype", "fp16"],
+    "upscale into a folder of own files": ["upscale", "photo.png", "-o", "out", "--model",
+                                           "tiny.safetensors", "--suffix", "/../x"],
+    "predict with a missing model": ["predict", "--model", "missing.pth", "--input", "DATA/test/lr",
+                                     "--output", "pred"],
+    "train a config with a key twice": ["train", "dup.yaml", "--data", "DATA", "--run-dir", "run"],
+    "train without data": ["train", "smoke-cpu", "--data", "nodata", "--run-dir", "run"],
+    "train into a folder of other files": ["train", "smoke-cpu", "--data", "DATA", "--run-dir", "out"],
+    "an experiment with a missing start": ["experiment", "plan.yaml", "--data", "DATA", "--out", "exp"],
+    "auto on data without tests": ["auto", "NOTEST", "--budget", "1m", "--out", "autorun"],
+    "make-set with a broken HR": ["make-set", "HR", "made"],
+    "fingerprint of no data": ["fingerprint", "nodata", "--out", "fp"],
+    "eval of missing folders": ["eval", "--pred", "nope", "--gt", "nope2"],
+    "convert onto a user's file": ["convert", "tiny.safetensors", "existing.pth"],
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_9_a_refusal_leaves_the_folder_as_it_was(workspace, case, monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # (the user's cache may fill)
+    before = tree(workspace)
+    assert main(REFUSED[case]) != 0
+    assert "error: " in capsys.readouterr().err
+    assert tree(workspace) == before

@@ -13,6 +13,7 @@ throughput and reserved, so the whole run ends at the budget."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from upres.auto.probes import probe_arms
 from upres.auto.report import write_report
 from upres.auto.starts import preset_names, score_candidates
 from upres.auto.submit import submit
-from upres.errors import TrainingInterrupted
+from upres.errors import TrainingInterrupted, UpresError
 from upres.inference.shard import current_shard
 
 
@@ -54,12 +55,17 @@ def run_auto(data: str | Path, out: str | Path, options: AutoOptions, resume: bo
     reopen_bicubic(journal)
     clock = Clock(options.budget, journal.data["spent"])
     run = AutoRun(data, out, options, clock, journal, shard, say if shard.main else (lambda _: None))
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
         _run_phases(run)
     except TrainingInterrupted:
         raise TrainingInterrupted(f"interrupted; run the same command with --resume (and --out "
                                   f"{out}) to continue") from None
+    except UpresError:
+        if made and shard.main and not journal.data["phases"]:  # refused before any phase ended:
+            shutil.rmtree(out, ignore_errors=True)  # the folder it made would block the rerun
+        raise
     if shard.main:
         journal.data["total_seconds"] = round(clock.elapsed(), 2)
         journal.data["unused"] = unused_budget(journal.data, clock.elapsed())

@@ -74,6 +74,9 @@ def choose_backend(model: nn.Module | str | Path, device: str = "auto", dtype: s
     if backend not in ("auto", "torch", "openvino"):
         raise InferenceError(f"backend must be auto, torch or openvino, not {backend!r}")
     device = resolve_device(device)
+    if dtype == "fp16" and not device.startswith("cuda"):  # before any loading or conversion
+        raise InferenceError(f"dtype fp16 is supported on CUDA only, not on {device.split(':')[0]}; "
+                             "use bf16 or fp32")
     source = _Source(model, descriptor)
     if dtype == "int8":
         why_not = _int8_refusal(device, backend, calibration)
