@@ -135,7 +135,8 @@ HEADERS = {"cpu": "CPU", "figures.vs_bicubic": "vs bicubic (dB)", "figures.test_
            "figures.bicubic_psnr_y": "bicubic PSNR-Y", "figures.published_psnr_y": "published PSNR-Y",
            "figures.seconds_per_mp": "s/MP", "figures.vs_fp32_db": "vs fp32 (dB)",
            "figures.photo_seconds": "photo (s)", "figures.vs_bf16": "speed vs bf16",
-           "figures.step_s": "s/step", "figures.gflop": "GFLOP a step", "figures.top_ops": "top ops (bf16 step)"}
+           "figures.step_s": "s/step", "figures.gflop": "GFLOP a step",
+           "figures.top_ops": "top ops (bf16 step)"}
 SIGNED = {"figures.vs_bicubic", "figures.vs_bicubic_by_recipe", "figures.end_vs_first", "figures.difference",
           "figures.val_psnr_vs_fp32_db", "figures.vs_fp32_db"}  # differences: shown with their sign
 
