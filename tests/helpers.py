@@ -141,3 +141,20 @@ def nearest_rrdbnet():
             for c in range(3):
                 weight[c, c, 1, 1] = 1.0
     return model
+
+
+TINY_TRAIN = ["model.num_feat=8", "model.num_grow_ch=4", "model.num_block=1", "data.crop=32",
+              "data.workers=0", "train.batch_size=2", "train.val_every=100", "train.checkpoint_every=2"]
+
+
+def small_competition(root: Path) -> Path:
+    """A competition folder small enough to train on in seconds (``train_tiny``)."""
+    return make_competition(root, train_size=96, val_size=48)
+
+
+def train_tiny(comp: Path, run: Path, cache: Path, *extra: str) -> int:
+    """``upres train smoke-cpu`` with a network of a few thousand parameters: the exit code."""
+    from upres.cli import main
+
+    return main(["train", "smoke-cpu", "--data", str(comp), "--run-dir", str(run), "--quiet",
+                 *TINY_TRAIN, f"data.cache_dir={cache}", *extra])

@@ -34,25 +34,17 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from helpers import make_competition, photo, write_pair
+from helpers import make_competition, photo, small_competition, train_tiny, write_pair
 from upres.cli import main
 from upres.errors import ImageError, InferenceError, UpresError
 from upres.inference import upscaler as upscaler_mod
 from upres.inference.upscaler import Upscaler
 from upres.io import images
 
-TINY = ["model.num_feat=8", "model.num_grow_ch=4", "model.num_block=1", "data.crop=32",
-        "data.workers=0", "train.batch_size=2", "train.val_every=100", "train.checkpoint_every=2"]
-
 
 @pytest.fixture(scope="module")
 def comp(tmp_path_factory) -> Path:
-    return make_competition(tmp_path_factory.mktemp("comp"), train_size=96, val_size=48)
-
-
-def _train(comp, run, cache, *extra) -> int:
-    return main(["train", "smoke-cpu", "--data", str(comp), "--run-dir", str(run), "--quiet",
-                 *TINY, f"data.cache_dir={cache}", *extra])
+    return small_competition(tmp_path_factory.mktemp("comp"))
 
 
 # --------------------------------------------------------------------------- 1
@@ -60,15 +52,15 @@ def _train(comp, run, cache, *extra) -> int:
 
 def test_01_a_finished_run_is_not_mixed_with_a_new_one(comp, tmp_path, capsys):
     run, cache = tmp_path / "run", tmp_path / "cache"
-    assert _train(comp, run, cache, "train.iterations=2") == 0
+    assert train_tiny(comp, run, cache, "train.iterations=2") == 0
     best, metrics = (run / "best.safetensors").read_bytes(), (run / "metrics.jsonl").read_text()
     capsys.readouterr()
-    assert _train(comp, run, cache, "train.iterations=4") == 2
+    assert train_tiny(comp, run, cache, "train.iterations=4") == 2
     assert "holds a training run; pass --resume auto to continue it, or --overwrite" in \
         capsys.readouterr().err
     assert (run / "best.safetensors").read_bytes() == best
     assert (run / "metrics.jsonl").read_text() == metrics
-    assert _train(comp, run, cache, "train.iterations=4", "--overwrite") == 0
+    assert train_tiny(comp, run, cache, "train.iterations=4", "--overwrite") == 0
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "val_psnr" in r] == [4]  # one run, not two mixed
     assert [r["step"] for r in records if "params" in r] == [0]
@@ -237,7 +229,7 @@ def test_08_config_against_data_is_checked_before_a_run_folder(extra, message, t
 
         shutil.rmtree(comp / "val")
     run = tmp_path / "run"
-    assert _train(comp, run, tmp_path / "cache", "train.iterations=2", *extra) == 2
+    assert train_tiny(comp, run, tmp_path / "cache", "train.iterations=2", *extra) == 2
     err = capsys.readouterr().err
     assert message in err
     if "data.crop=512" in extra:  # every offending file is named, not the first only
@@ -249,7 +241,7 @@ def test_08_small_validation_pairs_and_a_scale_the_cache_contradicts(tmp_path, c
     comp = make_competition(tmp_path / "comp", train_size=96, val_size=48)
     for i in range(2):  # two validation pairs too small for SSIM after the border
         write_pair(comp, "val", f"{i:04d}", photo("astronaut")[:16, :16])
-    assert _train(comp, tmp_path / "run", tmp_path / "cache", "train.iterations=2") == 2
+    assert train_tiny(comp, tmp_path / "run", tmp_path / "cache", "train.iterations=2") == 2
     assert capsys.readouterr().err.count("what SSIM needs after val.crop_border 4") == 2
     assert not (tmp_path / "run").exists()
     data = make_competition(tmp_path / "c2", train_size=96, val_size=48)
@@ -266,17 +258,17 @@ def test_08_small_validation_pairs_and_a_scale_the_cache_contradicts(tmp_path, c
 
 def test_09_resume_survives_a_torn_log_a_changed_model_and_stale_temporaries(comp, tmp_path, capsys):
     run, cache = tmp_path / "run", tmp_path / "cache"
-    assert _train(comp, run, cache, "train.iterations=2") == 0
+    assert train_tiny(comp, run, cache, "train.iterations=2") == 0
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "loss": 0.')  # killed mid-write
     (run / "checkpoints" / ".step_000000004.pt.1a2b3c4d.tmp").write_bytes(b"partial")
     capsys.readouterr()
     with pytest.warns(UserWarning, match="metrics.jsonl: the last line was cut off"):
-        assert _train(comp, run, cache, "train.iterations=4", "--resume", "auto") == 0
+        assert train_tiny(comp, run, cache, "train.iterations=4", "--resume", "auto") == 0
     assert not list((run / "checkpoints").glob(".*.tmp"))
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()][-1] == 4
     capsys.readouterr()
-    code = _train(comp, run, cache, "train.iterations=6", "model.num_feat=16", "--resume", "auto")
+    code = train_tiny(comp, run, cache, "train.iterations=6", "model.num_feat=16", "--resume", "auto")
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1  # one line, no state-dict traceback
     assert "holds another network than the config describes (model.params.num_feat: 8 -> 16)" in err
@@ -294,6 +286,13 @@ def test_10_every_arm_is_checked_before_the_first_trains(comp, tmp_path, capsys)
     assert main(["experiment", str(plan), "--out", str(tmp_path / "exp"), "--quiet"]) == 2
     missing = tmp_path / "missing.safetensors"
     assert f"arm b: init.source {missing}: no such file" in capsys.readouterr().err
+    plan.write_text(f"base: smoke-cpu\ndata: {comp}\niterations: 2\nval_every: 2\n"  # (round 3)
+                    "arms:\n  - name: a\n  - name: b\n    overrides: {model.num_feat: 0}\n"
+                    f"  - name: c\n    overrides: {{data.extra_hr: {tmp_path / 'none'}}}\n")
+    assert main(["experiment", str(plan), "--out", str(tmp_path / "exp"), "--quiet"]) == 2
+    err = capsys.readouterr().err  # the network (built on the meta device) and every folder
+    assert "2 problem(s) in the plan" in err and "arm b: model: " in err
+    assert f"arm c: data.extra_hr {tmp_path / 'none'}: no such folder" in err
     assert not (tmp_path / "exp").exists()
     plan.write_text(f"base: smoke-cpu\ndata: {comp}\niterations: 2\nval_every: 2\n"
                     "arms:\n  - name: a\n  - name: a\n")

@@ -6,7 +6,7 @@ is refused. Each test failed before its fix.
 | 1 | resume with a config of another network | refused; config.yaml, command.txt as they were |
 | 2 | --resume auto with train.iterations under the checkpoint's step | refused by name, nothing rewritten |
 | 3 | a missing or broken data.extra_hr in a new run folder | refused; no run folder left to block the rerun |
-| 4 | a plan whose later arm's network cannot be built | refused before the first arm trains |
+| 4 | a plan whose later arm's network cannot be built | refused first (test_faults_edges, case 10) |
 | 5 | report_at past iterations or off the validation steps; two --pred of one name | refused by name |
 | 6 | experts.json with a group twice or a group the fingerprint lacks | refused by name |
 """
@@ -18,22 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import make_competition, photo
+from helpers import photo, small_competition, train_tiny
 from upres.cli import main
 from upres.io import images
-
-TINY = ["model.num_feat=8", "model.num_grow_ch=4", "model.num_block=1", "data.crop=32",
-        "data.workers=0", "train.batch_size=2", "train.val_every=100", "train.checkpoint_every=2"]
 
 
 @pytest.fixture(scope="module")
 def comp(tmp_path_factory) -> Path:
-    return make_competition(tmp_path_factory.mktemp("comp"), train_size=96, val_size=48)
-
-
-def _train(comp, run, cache, *extra) -> int:
-    return main(["train", "smoke-cpu", "--data", str(comp), "--run-dir", str(run), "--quiet",
-                 *TINY, f"data.cache_dir={cache}", *extra])
+    return small_competition(tmp_path_factory.mktemp("comp"))
 
 
 def tree(root: Path) -> dict[str, tuple]:
@@ -46,22 +38,22 @@ def tree(root: Path) -> dict[str, tuple]:
 
 def test_1_a_refused_resume_leaves_the_run_as_it_was(comp, tmp_path, capsys):
     run, cache = tmp_path / "run", tmp_path / "cache"
-    assert _train(comp, run, cache, "train.iterations=2") == 0
+    assert train_tiny(comp, run, cache, "train.iterations=2") == 0
     before = tree(run)
     capsys.readouterr()
-    assert _train(comp, run, cache, "train.iterations=4", "model.num_feat=16", "--resume", "auto") == 2
+    assert train_tiny(comp, run, cache, "train.iterations=4", "model.num_feat=16", "--resume", "auto") == 2
     assert "holds another network than the config describes" in capsys.readouterr().err
     assert tree(run) == before  # config.yaml and command.txt too: "resume with its config" still works
-    assert _train(comp, run, cache, "train.iterations=4", "--resume", "auto") == 0
+    assert train_tiny(comp, run, cache, "train.iterations=4", "--resume", "auto") == 0
 
 
 def test_2_resuming_with_fewer_iterations_than_done_is_refused_by_name(comp, tmp_path, capsys):
     run, cache = tmp_path / "run", tmp_path / "cache"
-    assert _train(comp, run, cache, "train.iterations=4") == 0
+    assert train_tiny(comp, run, cache, "train.iterations=4") == 0
     before = tree(run)
     capsys.readouterr()
     for iterations in (2, 4):
-        assert _train(comp, run, cache, f"train.iterations={iterations}", "--resume", "auto") == 2
+        assert train_tiny(comp, run, cache, f"train.iterations={iterations}", "--resume", "auto") == 2
         err = capsys.readouterr().err
         assert f"the checkpoint is at step 4, and train.iterations is {iterations}: nothing is left " \
                "to train; to train on, raise train.iterations (e.g. train.iterations=8)" in err
@@ -70,28 +62,15 @@ def test_2_resuming_with_fewer_iterations_than_done_is_refused_by_name(comp, tmp
 
 def test_3_a_bad_extra_hr_leaves_no_run_folder_behind(comp, tmp_path, capsys):
     run, cache = tmp_path / "run", tmp_path / "cache"
-    assert _train(comp, run, cache, "train.iterations=1", f"data.extra_hr={tmp_path / 'nope'}") == 2
+    assert train_tiny(comp, run, cache, "train.iterations=1", f"data.extra_hr={tmp_path / 'nope'}") == 2
     assert f"data.extra_hr: {tmp_path / 'nope'}: no such folder" in capsys.readouterr().err
     assert not run.exists()
     extra = tmp_path / "extra"  # found only after the fingerprint was written: 16-bit samples
     images.write_image(extra / "deep.png", (photo("coffee")[:64, :64].astype(np.uint16) * 257))
-    assert _train(comp, run, cache, "train.iterations=1", f"data.extra_hr={extra}") == 2
+    assert train_tiny(comp, run, cache, "train.iterations=1", f"data.extra_hr={extra}") == 2
     assert "deep.png: 16-bit samples; training expects 8-bit" in capsys.readouterr().err
     assert not run.exists()  # no fingerprint.json, no synth/
-    assert _train(comp, run, cache, "train.iterations=1") == 0  # the corrected rerun is not blocked
-
-
-def test_4_a_plan_is_checked_whole_before_its_first_arm_trains(comp, tmp_path, capsys):
-    plan = tmp_path / "plan.yaml"
-    plan.write_text(f"base: smoke-cpu\ndata: {comp}\niterations: 2\nval_every: 2\n"
-                    "overrides: {data.workers: 0, model.num_block: 1}\n"
-                    "arms:\n  - name: a\n  - name: b\n    overrides: {model.num_feat: 0}\n"
-                    f"  - name: c\n    overrides: {{data.extra_hr: {tmp_path / 'none'}}}\n")
-    assert main(["experiment", str(plan), "--out", str(tmp_path / "exp"), "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert "2 problem(s) in the plan" in err and "arm b: model: " in err
-    assert f"arm c: data.extra_hr {tmp_path / 'none'}: no such folder" in err
-    assert not (tmp_path / "exp").exists()
+    assert train_tiny(comp, run, cache, "train.iterations=1") == 0  # the corrected rerun is not blocked
 
 
 @pytest.mark.parametrize("report_at, why", [
