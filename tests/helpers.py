@@ -158,3 +158,19 @@ def train_tiny(comp: Path, run: Path, cache: Path, *extra: str) -> int:
 
     return main(["train", "smoke-cpu", "--data", str(comp), "--run-dir", str(run), "--quiet",
                  *TINY_TRAIN, f"data.cache_dir={cache}", *extra])
+
+
+def assert_round_trips(model, lr: np.ndarray, folder: Path) -> None:
+    """Saved as upres's safetensors and as the authors' .pth layout, a model loads back strictly
+    as the same class and hyperparameters and upscales ``lr`` to the same pixels."""
+    from upres.inference.upscaler import Upscaler
+    from upres.io.loading import load_model, save_model
+
+    expect = Upscaler(model, backend="torch", dtype="fp32", tile=0).upscale_array(lr)
+    assert expect.shape[:2] == (lr.shape[0] * 4, lr.shape[1] * 4)
+    for suffix in ("safetensors", "pth"):
+        save_model(model, folder / f"m.{suffix}")
+        again = load_model(folder / f"m.{suffix}")
+        assert type(again) is type(model) and again.hparams == model.hparams
+        out = Upscaler(again, backend="torch", dtype="fp32", tile=0).upscale_array(lr)
+        assert np.array_equal(out, expect)

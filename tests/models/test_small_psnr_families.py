@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from helpers import assert_learns
+from helpers import assert_learns, assert_round_trips
 from upres.errors import InferenceError, WeightsError
 from upres.inference.upscaler import Upscaler
 from upres.io.loading import load_model, save_model
@@ -78,15 +78,7 @@ def test_it_learns_saves_reloads_strictly_and_upscales(arch, tmp_path, photo):
     assert_learns(model, size=20, steps=10)
     model.eval()
     assert describe(model).arch == arch and describe(model).scale == 4
-    lr = photo[:40, :36]
-    expect = Upscaler(model, backend="torch", dtype="fp32", tile=0).upscale_array(lr)
-    assert expect.shape == (160, 144, 3)
-    for suffix in ("safetensors", "pth"):  # upres's format, and the authors' .pth layout
-        save_model(model, tmp_path / f"m.{suffix}")
-        again = load_model(tmp_path / f"m.{suffix}")
-        assert type(again) is type(model) and again.hparams == model.hparams
-        out = Upscaler(again, backend="torch", dtype="fp32", tile=0).upscale_array(lr)
-        assert np.array_equal(out, expect)
+    assert_round_trips(model, photo[:40, :36], tmp_path)
 
 
 def test_a_truncated_file_names_the_missing_tensor(tmp_path):
