@@ -128,6 +128,7 @@ def config_page() -> str:
 
 def models_page() -> str:
     from upres.io.pretrained import PACKAGE_OF, PRETRAINED, PRETRAINED_PACKAGE, PURPOSE
+    from upres.io.published import PUBLISHED, how_to_get
     from upres.models import registry
 
     lines = ["# Models and presets", "",
@@ -137,7 +138,15 @@ def models_page() -> str:
     for name in PRETRAINED:
         package = PACKAGE_OF.get(name, PRETRAINED_PACKAGE).replace("_", "-")
         lines.append(f"- `{name}`: {PURPOSE.get(name, '')} (PyPI package `{package}`)")
-    lines += ["", "## Families", ""]
+    lines += ["", "## Published names", "",
+              "Each pinned to its size and sha256 (`upres/io/published.py`); installed only when "
+              "asked.", ""]
+    for name, pub in PUBLISHED.items():
+        lines += [f"### {name}", "", f"- {pub.family}, {pub.params:,} parameters, trained for "
+                  f"{pub.purpose} on {pub.data}; license: {pub.license}",
+                  f"- paper: {pub.paper}", f"- source: {pub.source}",
+                  f"- {pub.size:,} bytes, sha256 `{pub.sha256}`", f"- get it: {how_to_get(name)}", ""]
+    lines += ["## Families", ""]
     for entry in registry.ARCHITECTURES.values():
         lines += [f"### {entry.name}", "", entry.paper, ""]
         lines.append(f"- scales: {', '.join(map(str, entry.scales))}")

@@ -140,3 +140,49 @@ def test_an_experiment_arm_starting_from_a_published_name_is_checked_before_trai
     assert "arm pretrained" not in str(caught.value)
     published.add(published_file)
     check_arms(arms)
+
+
+def test_a_model_published_on_google_drive_says_where_to_get_it_and_is_added_by_its_sha256(
+        published_entry, published_file, monkeypatch, capsys):
+    """Google Drive serves large files to a browser only: pull fetches nothing and says the one
+    step that works; ``models add`` then installs a copy with the published bytes."""
+    drive = replace(published_entry, urls=("https://drive.google.com/file/d/abc",))
+    monkeypatch.setitem(published.PUBLISHED, "tiny-x4", drive)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("pull reached the network")
+
+    monkeypatch.setattr(published.urllib.request, "urlopen", no_network)
+    with pytest.raises(WeightsError) as err:
+        published.pull("tiny-x4", progress=False)
+    assert ("tiny-x4 is published on Google Drive, which does not serve it to a script: download "
+            "https://drive.google.com/file/d/abc in a browser (0 MB), then run `upres models add "
+            "FILE`") in str(err.value)
+    assert not published.folder().exists()
+    with pytest.raises(WeightsError, match=r"tiny-x4 is not installed: download https://drive"):
+        load_model("tiny-x4")
+    assert main(["models"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "tiny-x4" in x)
+    assert "not installed: download https://drive.google.com/file/d/abc in a browser" in line
+    assert published.add(published_file) == "tiny-x4"
+    assert published.installed_path("tiny-x4") is not None
+
+
+def test_the_large_psnr_models_are_registered_with_what_they_need(monkeypatch):
+    """The large published PSNR models: a family upres builds, the parameter count of that
+    family's preset, and the address users are sent to."""
+    from upres.errors import ArchitectureError
+    from upres.models.registry import build_model, hyperparameters
+
+    presets = {"rrdb-psnr-x4": "rrdbnet-x4plus", "dat-x4": "dat", "hat-l-x4": "hat-l",
+               "drct-l-x4": "drct-l"}
+    for name, preset in presets.items():
+        entry = published.PUBLISHED[name]
+        assert entry.purpose == "PSNR" and published.needs_browser(entry)
+        hparams = hyperparameters(entry.family, 4, preset)
+        try:
+            with torch.device("meta"):
+                model = build_model(entry.family, hparams)
+        except ArchitectureError:  # DAT computes at build time
+            model = build_model(entry.family, hparams)
+        assert sum(p.numel() for p in model.parameters()) == entry.params, name

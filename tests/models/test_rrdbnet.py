@@ -91,3 +91,35 @@ def test_bad_hparams_are_rejected():
         build_model("NoSuchNet", {})
     with pytest.raises(ArchitectureError, match="RRDBNet: bad hyperparameters .*num_feet"):
         build_model("RRDBNet", {"num_feet": 3})
+
+
+@pytest.mark.parametrize("layout", ["2019", "2018"])
+def test_the_original_esrgan_repositorys_files_load_strictly_in_either_layout(layout, tmp_path):
+    """RRDB_PSNR_x4.pth and its kin circulate in ESRGAN's own names (RRDB_trunk, upconv1, ...)
+    and in its older sequential ones (model.1.sub.N); both load as RRDBNet and compute the same."""
+    import re
+
+    from upres.io.loading import load_model
+
+    torch.manual_seed(0)
+    model = RRDBNet(num_feat=8, num_block=2, num_grow_ch=4).eval()
+    renamed = {}
+    for key, tensor in model.state_dict().items():
+        if layout == "2019":
+            for pattern, repl in ((r"^body\.", "RRDB_trunk."), (r"\.rdb(\d)\.", r".RDB\1."),
+                                  (r"^conv_body\.", "trunk_conv."), (r"^conv_up(\d)\.", r"upconv\1."),
+                                  (r"^conv_hr\.", "HRconv.")):
+                key = re.sub(pattern, repl, key)
+        elif m := re.match(r"body\.(\d+)\.rdb(\d)\.conv(\d)\.(.*)$", key):
+            key = f"model.1.sub.{m[1]}.RDB{m[2]}.conv{m[3]}.0.{m[4]}"
+        else:
+            head, rest = key.split(".", 1)
+            key = {"conv_first": "model.0", "conv_body": "model.1.sub.2", "conv_up1": "model.3",
+                   "conv_up2": "model.6", "conv_hr": "model.8", "conv_last": "model.10"}[head] + "." + rest
+        renamed[key] = tensor
+    assert "body.0.rdb1.conv1.weight" not in renamed and "conv_up1.weight" not in renamed
+    torch.save(renamed, tmp_path / "esrgan.pth")
+    loaded = load_model(tmp_path / "esrgan.pth")
+    x = torch.rand(1, 3, 12, 10)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

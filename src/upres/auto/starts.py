@@ -25,7 +25,7 @@ def _starts(run: AutoRun) -> tuple[list[str], list[str]]:
     """The weights to start from (named models installed, then the user's files), and why any
     asked-for start is missing."""
     from upres.io.pretrained import pretrained_available
-    from upres.io.published import PUBLISHED, installed_path
+    from upres.io.published import PUBLISHED, how_to_get, installed_path
 
     starts, missing = [], []
     for name in run.options.pretrained:
@@ -33,7 +33,7 @@ def _starts(run: AutoRun) -> tuple[list[str], list[str]]:
             if installed_path(name) is not None:
                 starts.append(name)
             else:
-                missing.append(f"{name}: not installed (upres models pull {name})")
+                missing.append(f"{name}: not installed ({how_to_get(name)})")
         elif pretrained_available(name):
             starts.append(name)
         else:

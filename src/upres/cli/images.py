@@ -175,7 +175,7 @@ def add_models(sub) -> None:
 def cmd_models(args: argparse.Namespace) -> int:
     from upres.io.files import cache_dir
     from upres.io.pretrained import PURPOSE, pretrained_available
-    from upres.io.published import PUBLISHED, installed_path
+    from upres.io.published import PUBLISHED, how_to_get, installed_path
     from upres.models import registry
 
     print("pretrained (upscale -n NAME; init.source: NAME):")
@@ -185,7 +185,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"  {name:26s} {PURPOSE[name]} ({state})")
     print("published PSNR-trained models (upscale -n NAME; init.source: NAME):")
     for name, entry in PUBLISHED.items():
-        state = "installed" if installed_path(name) else f"not installed: upres models pull {name}"
+        state = "installed" if installed_path(name) else f"not installed: {how_to_get(name)}"
         print(f"  {name:26s} {entry.family}, {entry.params / 1e6:.2f}M parameters, trained for "
               f"{entry.purpose}, {entry.license} ({state})")
     print("presets (upres train NAME: a family's published size, trained from scratch):")

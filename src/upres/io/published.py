@@ -106,7 +106,61 @@ _ENTRIES += [
                "MIT (NTIRE2023_ESR/LICENSE)", 237000, "NTIRE 2023 efficient SR challenge entry",
                "Sun et al., SAFMN, ICCV 2023"),
 ]
+# Large published PSNR-trained models. Their authors publish them on Google Drive only, which
+# does not serve large files to a script: ``upres models pull`` says where to download them in a
+# browser, and ``upres models add FILE`` checks the copy. Sizes and sha256 as OpenModelDB
+# records the authors' files (OpenModelDB/open-model-database, data/models/*.json).
+_OMDB = "OpenModelDB/open-model-database"
+_NOT_READ = ("no Set5/Set14 figure for this file could be read offline; bench_zoo_psnr.py prints "
+             "the measured PSNR beside bicubic")
+
+
+def _large(name: str, family: str, url: str, sha256: str, size: int, license: str, params: int,
+           data: str, source: str, paper: str) -> Published:
+    return Published(name, family, (url,), sha256, size, license, params, data, "PSNR", source,
+                     paper, {}, _NOT_READ)
+
+
+_ENTRIES += [
+    _large("rrdb-psnr-x4", "RRDBNet",
+           "https://drive.google.com/open?id=1ldwajXL50uC7PCS63B4Wato6Dnk-svNL",
+           "985fba37421353716ef2fbd7fbbab061e76409994d168cf52527aa8ee53f81ec", 66954395,
+           "Apache-2.0", 16697987, "DIV2K + Flickr2K, bicubic x4 pairs (ESRGAN's PSNR-oriented RRDB)",
+           f"RRDB_PSNR_x4.pth of xinntao/ESRGAN; size and sha256: {_OMDB} @ d575aef, "
+           "data/models/4x-PSNR.json", "Wang et al., ESRGAN, ECCVW 2018"),
+    _large("dat-x4", "DAT", "https://drive.google.com/file/d/1pEhXmg--IWHaZOwHUFdh7TEJqt2qeuYg",
+           "391a6ce69899dff5ea3214557e9d585608254579217169faf3d4c353caff049e", 154692051,
+           "Apache-2.0", 14802051, "DF2K, bicubic x4 pairs (the DAT paper)",
+           f"DAT_x4.pth of zhengchen1999/DAT; size and sha256: {_OMDB} @ 9a6f1b9, "
+           "data/models/4x-DAT.json", "Chen et al., Dual Aggregation Transformer, ICCV 2023"),
+    _large("hat-l-x4", "HAT", "https://drive.google.com/file/d/1uefIctjoNE3Tg6GTzelesTTshVogQdUf",
+           "5992bd38522f2b8faf11ea4bd8ee08de92465bb66892166576999afc36d60043", 165774123,
+           "none recorded (OpenModelDB lists none)", 40846575,
+           "ImageNet pre-training, then DF2K, bicubic x4 pairs (HAT-L_SRx4_ImageNet-pretrain)",
+           f"HAT-L_SRx4_ImageNet-pretrain.pth of XPixelGroup/HAT; size and sha256: {_OMDB} @ "
+           "0830744, data/models/4x-HAT-L-SRx4-ImageNet-pretrain.json", "Chen et al., HAT, CVPR 2023"),
+    _large("drct-l-x4", "DRCT", "https://drive.google.com/file/d/1bVxvA6QFbne2se0CQJ-jyHFy94UOi3h5",
+           "a99044c0275699d1a296ae21b8f322fa8c65d7b9be2213ee2a3dcc280ab8d64b", 485570697, "MIT",
+           27580719, "bicubic x4 pairs (the DRCT paper's DRCT-L)",
+           f"DRCT-L_X4.pth of ming053l/DRCT; size and sha256: {_OMDB} @ ecd8ba1, "
+           "data/models/4x-DRCT-L.json", "Hsu et al., DRCT, CVPRW 2024"),
+]
 PUBLISHED: dict[str, Published] = {entry.name: entry for entry in _ENTRIES}
+
+
+def needs_browser(entry: Published) -> bool:
+    """True when every address is a Google Drive page (a large file there is served to a browser
+    after a confirmation page, never to a plain download)."""
+    return all(url.startswith("https://drive.google.com/") for url in entry.urls)
+
+
+def how_to_get(name: str) -> str:
+    """The one command (or step) that installs ``name``."""
+    entry = PUBLISHED[name]
+    if needs_browser(entry):
+        return (f"download {entry.urls[0]} in a browser ({entry.size / 2**20:.0f} MB), then run "
+                "`upres models add FILE`")
+    return f"upres models pull {name}"
 
 
 def folder() -> Path:
@@ -131,6 +185,8 @@ def require(name: str) -> Path:
     """The installed file of ``name``, or an error saying the one command that gets it."""
     path = installed_path(name)
     if path is None:
+        if needs_browser(PUBLISHED[name]):
+            raise WeightsError(f"{name} is not installed: {how_to_get(name)}")
         raise WeightsError(f"{name} is not installed: run `upres models pull {name}` (downloads "
                            f"{PUBLISHED[name].size / 2**20:.1f} MB), or `upres models add FILE` "
                            "with a copy you have")
@@ -169,6 +225,9 @@ def pull(name: str, progress: bool = True, urls: tuple[str, ...] | None = None) 
     entry = PUBLISHED[name]
     if (path := installed_path(name)) is not None:
         return path
+    if urls is None and needs_browser(entry):
+        raise WeightsError(f"{name} is published on Google Drive, which does not serve it to a "
+                           f"script: {how_to_get(name)} (it checks the size and sha256)")
     failures = []
     for url in urls or entry.urls:
         try:

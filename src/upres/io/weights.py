@@ -21,6 +21,7 @@ from torch import nn
 from upres.errors import WeightsError
 from upres.io.files import atomic_path
 from upres.models.registry import ARCHITECTURES, describe, detect_architecture
+from upres.models.rrdbnet import basicsr_names
 
 FORMAT_TAG = "upres"
 
@@ -80,7 +81,7 @@ def read_pth(path: Path) -> LoadedWeights:
     except (RuntimeError, EOFError, OSError) as err:
         raise WeightsError(f"{path}: not a readable PyTorch weights file "
                            f"({torch_load_problem(err)})") from None
-    sd = unwrap_state_dict(obj, str(path))
+    sd = basicsr_names(unwrap_state_dict(obj, str(path)))
     arch, hparams = detect_architecture(sd, str(path))
     return LoadedWeights(sd, arch, hparams, str(path))
 

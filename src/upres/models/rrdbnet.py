@@ -182,6 +182,42 @@ def detect(state_dict: dict[str, torch.Tensor]) -> bool:
                                          "body.0.rdb1.conv1.weight"))
 
 
+# The original ESRGAN repository's two layouts -> BasicSR's names (the same tensors): the 2019
+# names (RRDB_trunk, trunk_conv, upconv1, ...) and the 2018 sequential ones (model.0, model.1.sub.N,
+# ...; "old arch" in chaiNNer), in which published files such as RRDB_PSNR_x4.pth circulate.
+_ESRGAN_NAMES = ((r"^RRDB_trunk\.", "body."), (r"\.RDB(\d)\.", r".rdb\1."), (r"^trunk_conv\.", "conv_body."),
+                 (r"^upconv(\d)\.", r"conv_up\1."), (r"^HRconv\.", "conv_hr."))
+_OLD_ARCH = {"model.0.": "conv_first.", "model.3.": "conv_up1.", "model.6.": "conv_up2.",
+             "model.8.": "conv_hr.", "model.10.": "conv_last."}
+
+
+def _old_arch_name(key: str, last_block: int) -> str:
+    if m := re.match(r"model\.1\.sub\.(\d+)\.(.*)$", key):
+        block, rest = int(m.group(1)), m.group(2)
+        if block == last_block:  # the trunk's closing convolution
+            return f"conv_body.{rest}"
+        rest = re.sub(r"^RDB(\d)\.conv(\d)\.0\.", r"rdb\1.conv\2.", rest)
+        return f"body.{block}.{rest}"
+    prefix = next((p for p in _OLD_ARCH if key.startswith(p)), None)
+    return _OLD_ARCH[prefix] + key[len(prefix):] if prefix else key
+
+
+def basicsr_names(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict in either of the original ESRGAN repository's layouts renamed to BasicSR's, so
+    those published files load strictly into ``RRDBNet``; any other state dict is returned as is."""
+    if "RRDB_trunk.0.RDB1.conv1.weight" in state_dict and "trunk_conv.weight" in state_dict:
+        renamed = {}
+        for key, tensor in state_dict.items():
+            for pattern, repl in _ESRGAN_NAMES:
+                key = re.sub(pattern, repl, key)
+            renamed[key] = tensor
+        return renamed
+    if "model.1.sub.0.RDB1.conv1.0.weight" in state_dict and "model.0.weight" in state_dict:
+        last = max(int(m.group(1)) for k in state_dict if (m := re.match(r"model\.1\.sub\.(\d+)\.", k)))
+        return {_old_arch_name(key, last): tensor for key, tensor in state_dict.items()}
+    return state_dict
+
+
 def infer_hparams(state_dict: dict[str, torch.Tensor], source: str = "state dict") -> dict:
     """Recover RRDBNet's hyperparameters from tensor shapes (scale from the unshuffle factor)."""
     try:

