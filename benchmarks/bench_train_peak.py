@@ -4,9 +4,13 @@ picked for it on minicomp (15 minutes, d9fe5a0), in fp32 and in bf16 autocast wi
 channels_last (what ``train.precision auto`` runs on a CPU with native bf16); the step's FLOPs
 counted by ``torch.utils.flop_counter``, and their rate as a share of this CPU's bf16 and fp32
 matmul peaks measured in the same run. Then the top operators of a bf16 step by self CPU time
-(``torch.profiler``): where the rest goes.
+(``torch.profiler``): where the rest goes. Then the levers over that bf16 step, each
+timed in the same run: Adam's fused CPU kernel, and ``torch.compile`` (inductor, no freezing),
+whose first batch is checked against eager as ``train.compile`` checks it, with its compile
+time.
 
     python benchmarks/bench_train_peak.py [--steps 5] [--models rrdbnet-x4plus,imdn,...]
+                                          [--variants fp32,bf16,fused,compile]
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from torch.nn import functional as F
 import records
 from bench_inference import matmul_peak
 from upres.models.registry import build_model, hyperparameters
+from upres.training.compiled import check_compiled
 
 # (crop, batch) that `upres auto` chose for each start on minicomp at 15 minutes (d9fe5a0)
 PICKED = {"rrdbnet-x4plus": ("RRDBNet", None, 64, 4), "imdn": ("IMDN", None, 192, 16),
@@ -29,23 +34,35 @@ PICKED = {"rrdbnet-x4plus": ("RRDBNet", None, 64, 4), "imdn": ("IMDN", None, 192
           "craft": ("CRAFT", "craft", 64, 4)}
 
 
-def step_fn(model, crop: int, batch: int, bf16: bool):
-    """One training step on random crops, as the loop runs it."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+VARIANTS = {"fp32": "fp32", "bf16": "bf16+channels_last", "fused": "bf16+channels_last+fused Adam",
+            "compile": "bf16+channels_last+compile"}
+
+
+def step_fn(model, crop: int, batch: int, variant: str):
+    """One training step on random crops, as the loop runs it; for ``compile`` also the check of
+    the compiled network against eager on this batch (``upres.training.compiled``)."""
+    bf16 = variant != "fp32"
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=variant == "fused")
     lr = torch.rand(batch, 3, crop // 4, crop // 4)
     hr = torch.rand(batch, 3, crop, crop)
     if bf16:
         model = model.to(memory_format=torch.channels_last)
         lr = lr.contiguous(memory_format=torch.channels_last)
+    net = torch.compile(model) if variant == "compile" else model
+    check, compile_s = None, 0.0
+    if variant == "compile":  # the first compiled call compiles
+        start = time.perf_counter()
+        check = check_compiled(model, net, model, lr, hr, F.mse_loss, torch.bfloat16, compare_grads=True)
+        compile_s = time.perf_counter() - start
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = F.mse_loss(model(lr).float(), hr)
+            loss = F.mse_loss(net(lr).float(), hr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    return step
+    return step, check, compile_s
 
 
 def timed(step, steps: int) -> float:
@@ -78,29 +95,42 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--models", default=",".join(PICKED))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
     bf16_peak, fp32_peak = matmul_peak(torch.bfloat16), matmul_peak(torch.float32)
     print(f"{torch.get_num_threads()} threads; matmul peak bf16 {bf16_peak:.0f} GFLOP/s, fp32 "
           f"{fp32_peak:.0f} GFLOP/s")
     for name in args.models.split(","):
         arch, preset, crop, batch = PICKED[name]
-        for bf16 in (False, True):
+        base, gflop = None, None
+        for key in args.variants.split(","):
             torch.manual_seed(0)
             model = build_model(arch, hyperparameters(arch, 4, preset)).train()
-            step = step_fn(model, crop, batch, bf16)
+            step, check, compile_s = step_fn(model, crop, batch, key)
             seconds = timed(step, args.steps)
-            gflop = flops(step) / 1e9
+            if gflop is None:  # the same arithmetic in every variant: counted once, eager
+                gflop = flops(step) / 1e9
             rate = gflop / seconds
-            variant = "bf16+channels_last" if bf16 else "fp32"
-            ops = top_ops(step) if bf16 else ""
+            variant = VARIANTS[key]
+            ops = top_ops(step) if key == "bf16" else ""
+            figures = {"step_s": round(seconds, 4), "gflop": round(gflop, 2), "gflop_s": round(rate, 1),
+                       "pct_bf16_peak": round(100 * rate / bf16_peak, 1),
+                       "pct_fp32_peak": round(100 * rate / fp32_peak, 1)}
+            base = seconds if key == "bf16" else base
+            if key in ("fused", "compile") and base:
+                figures["speedup_vs_bf16"] = round(base / seconds, 3)
+            if check is not None:
+                figures.update(compile_s=round(compile_s, 1), matches_eager=check.ok,
+                               output_rel_error=float(f"{check.output_error:.2e}"),
+                               grad_rel_error=float(f"{check.grad_error:.2e}"))
             print(f"{name} crop {crop} x batch {batch}, {variant}: {seconds:.3f} s a step, {gflop:.1f} "
                   f"GFLOP, {rate:.0f} GFLOP/s = {100 * rate / bf16_peak:.0f}% of bf16 peak, "
-                  f"{100 * rate / fp32_peak:.0f}% of fp32's" + (f"; top ops: {ops}" if ops else ""))
+                  f"{100 * rate / fp32_peak:.0f}% of fp32's"
+                  + (f", {figures['speedup_vs_bf16']}x bf16's step" if "speedup_vs_bf16" in figures else "")
+                  + (f"; compiled in {compile_s:.0f} s, {check.sentence()}" if check else "")
+                  + (f"; top ops: {ops}" if ops else ""))
             records.append("train-peak", {"model": name, "crop": crop, "batch": batch, "variant": variant},
-                           {"step_s": round(seconds, 4), "gflop": round(gflop, 2), "gflop_s": round(rate, 1),
-                            "pct_bf16_peak": round(100 * rate / bf16_peak, 1),
-                            "pct_fp32_peak": round(100 * rate / fp32_peak, 1),
-                            **({"top_ops": ops} if ops else {})})
+                           {**figures, **({"top_ops": ops} if ops else {})})
 
 
 if __name__ == "__main__":

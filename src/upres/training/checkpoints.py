@@ -41,6 +41,7 @@ class TrainState:
     started: float = 0.0  # time.monotonic() when this process began training
     deadline: float | None = None  # time.monotonic() at which train.time_budget is spent
     init_report: dict = field(default_factory=dict)
+    compiled: bool | None = None  # train.compile: None until checked against eager
 
     @property
     def eval_model(self) -> nn.Module:

@@ -44,6 +44,7 @@ from upres.training.checkpoints import (
     restore,
     save_checkpoint,
 )
+from upres.training.compiled import check_compiled
 from upres.training.config import Config, dump_config
 from upres.training.data import CropDataset, StepSampler, resolve_splits
 from upres.training.fits import check_step_fits
@@ -105,8 +106,10 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
         budget = tc.budget_seconds()
         state.deadline = None if budget is None else state.started + budget
         for lr_b, hr_b in loader:
+            if tc.compile and state.compiled is None:
+                forward = checked_forward(state, forward, lr_b, hr_b, cfg, shard, log)
             if state.step in stages and apply_freezing(state.model, tc, state.step):
-                forward = wrap_model(state.model, cfg, shard)
+                forward = wrap_model(state.model, cfg, shard, compile=state.compiled)
                 log.message(f"step {state.step}: {trainable_share(state.model)} of the "
                             "parameters train from here")
             state.step += 1
@@ -367,14 +370,35 @@ def trainable_share(model: nn.Module) -> str:
     return f"{sum(p.numel() for p in model.parameters() if p.requires_grad) / total:.0%}"
 
 
-def wrap_model(model: nn.Module, cfg: Config, shard: Shard) -> nn.Module:
-    """DDP across processes, then ``torch.compile`` if asked."""
+def wrap_model(model: nn.Module, cfg: Config, shard: Shard, compile: bool | None = None) -> nn.Module:
+    """DDP across processes, then ``torch.compile`` if asked (``compile``: as checked against
+    eager, else ``train.compile``)."""
     net = model
     if shard.world > 1:
         device = torch.device(shard.device)
         ids = [device.index] if device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    return torch.compile(net) if cfg.train.compile else net
+    return torch.compile(net) if (cfg.train.compile if compile is None else compile) else net
+
+
+def checked_forward(state: TrainState, forward: nn.Module, lr_b: torch.Tensor, hr_b: torch.Tensor,
+                    cfg: Config, shard: Shard, log: RunLog) -> nn.Module:
+    """``train.compile``'s first batch: the compiled network where it matches eager (outputs, and
+    gradients on one process), else eager, said in the log."""
+    tc = cfg.train
+    lr_b, hr_b = lr_b.to(state.device), hr_b.to(state.device)
+    if tc.channels_last:
+        lr_b = lr_b.contiguous(memory_format=torch.channels_last)
+    eager = wrap_model(state.model, cfg, shard, compile=False)
+    check = check_compiled(state.model, forward, eager, lr_b, hr_b,
+                           lambda sr, hr: loss_fn(tc.loss, sr, hr, tc.charbonnier_eps),
+                           state.amp_dtype, compare_grads=shard.world == 1)
+    state.compiled = check.ok
+    log.message(check.sentence())
+    log.record({"step": state.step, "compile_check": {
+        "ok": check.ok, "output_error": check.output_error, "grad_error": check.grad_error,
+        "tolerance": check.tolerance}})
+    return forward if check.ok else eager
 
 
 def make_loader(dataset: CropDataset, cfg: Config, shard: Shard, start_step: int,
