@@ -136,7 +136,9 @@ HEADERS = {"cpu": "CPU", "figures.vs_bicubic": "vs bicubic (dB)", "figures.test_
            "figures.seconds_per_mp": "s/MP", "figures.vs_fp32_db": "vs fp32 (dB)",
            "figures.photo_seconds": "photo (s)", "figures.vs_bf16": "speed vs bf16",
            "figures.step_s": "s/step", "figures.gflop": "GFLOP a step",
-           "figures.top_ops": "top ops (bf16 step)"}
+           "figures.top_ops": "top ops (bf16 step)", "figures.speedup_vs_bf16": "x bf16 step",
+           "figures.compile_s": "compile s", "figures.matches_eager": "matches eager",
+           "figures.output_rel_error": "output rel. error", "figures.grad_rel_error": "grad rel. error"}
 SIGNED = {"figures.vs_bicubic", "figures.vs_bicubic_by_recipe", "figures.end_vs_first", "figures.difference",
           "figures.val_psnr_vs_fp32_db", "figures.vs_fp32_db"}  # differences: shown with their sign
 
