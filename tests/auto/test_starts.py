@@ -29,25 +29,3 @@ def test_an_installed_published_model_is_a_default_start_and_loads(published_ent
     assert entry["name"] == "tiny-x4" and entry["arch"] == "RRDBNet"
     reference = torch.load(published_file, weights_only=True)["params_ema"]
     assert all(torch.equal(model.state_dict()[k], v) for k, v in reference.items())
-
-
-def test_at_most_four_named_starts_train_the_best_gan_one_among_them():
-    """Eleven starts left each halving arm seconds; the best four by step-0 PSNR train, one of
-    them the best GAN-trained start; presets from scratch and the order are kept."""
-    from upres.auto.probes import fewest_starts
-
-    def cand(name, psnr0, source=None):
-        return {"name": name, "psnr0": psnr0, "source": source or name}
-
-    cands = [cand("realesrgan-x4plus", 23.1), cand("realsr-df2k", 23.4), cand("craft-x4", 25.2),
-             cand("imdn-x4", 25.0), cand("rlfn-x4", 25.1), cand("mine", 24.9, "/w/mine.pth"),
-             cand("span-ch28-x4", 24.8), {"name": "preset-craft", "psnr0": None, "preset": "craft"}]
-    dropped = []
-    kept = fewest_starts(cands, dropped)
-    assert [c["name"] for c in kept] == ["realsr-df2k", "craft-x4", "imdn-x4", "rlfn-x4",
-                                         "preset-craft"]
-    assert [d["name"] for d in dropped] == ["realesrgan-x4plus", "mine", "span-ch28-x4"]
-    assert dropped[1]["why"] == ("step-0 validation PSNR 24.900 dB, under the 4 starts kept (at "
-                                 "most 4 train, the best GAN-trained one among them): not trained")
-    few = cands[:3]
-    assert fewest_starts(few, dropped) == few and len(dropped) == 3

@@ -15,7 +15,6 @@ from upres.auto.journal import AutoRun
 from upres.auto.measure import BICUBIC, FP32
 from upres.auto.starts import starts_that_leave_training
 from upres.io import images
-from upres.io.pretrained import PRETRAINED
 
 MIN_STEPS = 800  # steps an arm's schedule should get (else smaller crops or batches): at the same
 # HR pixels, RealSR on other6 scored 23.733 / 23.788 / 23.819 dB in 200 x 192^2 x 4, 448 x 128^2 x 4
@@ -31,11 +30,6 @@ LAYOUT_GAIN = 0.05  # channels_last is taken where a step is at least this share
 # step on minicomp, where it ran at 4 to 5 s (the cost per pixel grows with the crop), so a size
 # more than 1.5x the pixels of any timed one is timed before it is planned on
 SIZE_TIMINGS = 3
-# At most this many named starts are probed and trained: the best by step-0 validation PSNR,
-# with the best GAN-trained one kept in where one is installed (a GAN start's step-0 PSNR says
-# little of how it fine-tunes). With 11 starts on minicomp (15 minutes) the halving's first round
-# gave each arm 8.6 s of training, too little to rank them by anything but their step-0 scores.
-MAX_STARTS = 4
 SCRATCH_MIN_STEPS = 20_000  # a preset from scratch is a candidate only if it gets this many
 # A preset from scratch whose first timing (crop 64 x batch 4, the smallest) gives it under
 # 1/SCRATCH_SLACK of those steps is dropped untimed in other layouts and sizes: on an H200 with a
@@ -50,7 +44,6 @@ def probe_arms(run: AutoRun) -> dict:
     where the halving can judge it (``_tail_first_unjudged``; on minicomp it trailed by 0.08 dB
     after 10 minutes)."""
     cands, dropped = starts_that_leave_training(run)
-    cands = fewest_starts(cands, dropped)
     seconds = run.clock.left() - reserve_after_training(run, 1, False, starts=cands) if cands else 0.0
     arms = []
     probe_steps = int(min(PROBE_SHARE * seconds / max(len(cands), 1) / 3, 40))
@@ -82,24 +75,6 @@ def probe_arms(run: AutoRun) -> dict:
         return untrained_start(run, dropped)
     return {"arms": arms, "dropped": dropped, "training_seconds": round(seconds, 1),
             "probe_steps": probe_steps}
-
-
-def fewest_starts(cands: list[dict], dropped: list[dict], most: int = MAX_STARTS) -> list[dict]:
-    """The candidates kept for training (``MAX_STARTS``), in their order; each named start left
-    out is added to ``dropped`` with its step-0 score. Presets from scratch are kept: they are
-    judged by their own step counts."""
-    scored = [c for c in cands if c.get("psnr0") is not None]
-    if len(scored) <= most:
-        return cands
-    gan = [c for c in scored if c.get("source") in PRETRAINED]
-    keep = [max(gan, key=lambda c: c["psnr0"])] if gan else []
-    keep += sorted((c for c in scored if c not in keep), key=lambda c: -c["psnr0"])[:most - len(keep)]
-    for cand in scored:
-        if cand not in keep:
-            dropped.append({"name": cand["name"], "why": f"step-0 validation PSNR "
-                            f"{cand['psnr0']:.3f} dB, under the {most} starts kept (at most "
-                            f"{most} train, the best GAN-trained one among them): not trained"})
-    return [c for c in cands if c in keep or c.get("psnr0") is None]
 
 
 def _tail_first_unjudged(full: dict, round_seconds: float, finalist_seconds: float,
