@@ -292,3 +292,24 @@ def test_validation_runs_in_val_dtype_and_scores_beside_fp32(comp, tmp_path, mon
         scores[dtype] = train(cfg, tmp_path / dtype, progress=False).last_val["val_psnr"]
     assert asked == ["fp32", "bf16"]
     assert scores["bf16"] == pytest.approx(scores["fp32"], abs=0.05)
+
+
+def test_the_time_the_loop_waits_for_data_is_its_own_phase(comp, tmp_path, monkeypatch):
+    """Data on the critical path shows on the run's page: a loader that takes 0.1 s a crop (two a
+    batch, no workers) makes its phase at least 0.2 s a step, kept out of "training steps"."""
+    from upres.training.data import CropDataset
+
+    slow = CropDataset.__getitem__
+
+    def crop_slowly(self, index):
+        time.sleep(0.1)
+        return slow(self, index)
+
+    monkeypatch.setattr(CropDataset, "__getitem__", crop_slowly)
+    cfg = tiny_cfg(comp, tmp_path, "train.iterations=3", "data.workers=0", "train.batch_size=2",
+                   "train.val_every=1000", "train.val_at_start=false")
+    train(cfg, tmp_path / "run", progress=False)
+    records = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    phases = next(r["phase_seconds"] for r in records if "phase_seconds" in r)
+    assert phases["waiting for data"] >= 3 * 2 * 0.1
+    assert phases["training steps"] < phases["waiting for data"]

@@ -105,7 +105,9 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
         log.start_clock()
         budget = tc.budget_seconds()
         state.deadline = None if budget is None else state.started + budget
+        asked = time.perf_counter()  # the loop waiting for the loader: data on the critical path
         for lr_b, hr_b in loader:
+            clock.add("waiting for data", time.perf_counter() - asked)
             if tc.compile and state.compiled is None:
                 forward = checked_forward(state, forward, lr_b, hr_b, cfg, shard, log)
             if state.step in stages and apply_freezing(state.model, tc, state.step):
@@ -117,6 +119,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
                 outcome = train_step(state, forward, lr_b, hr_b, cfg, shard, run_dir, stop)
             if after_step(state, outcome, data, cfg, shard, run_dir, log, stop):
                 break
+            asked = time.perf_counter()
         if shard.main:
             with clock("export"):
                 export(state, run_dir, "last",
