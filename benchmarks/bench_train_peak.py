@@ -52,7 +52,7 @@ def step_fn(model, crop: int, batch: int, variant: str):
     check, compile_s = None, 0.0
     if variant == "compile":  # the first compiled call compiles
         start = time.perf_counter()
-        check = check_compiled(model, net, model, lr, hr, F.mse_loss, torch.bfloat16, compare_grads=True)
+        check = check_compiled(model, net, model, lr, hr, F.mse_loss, torch.bfloat16)
         compile_s = time.perf_counter() - start
 
     def step() -> None:

@@ -2,8 +2,8 @@
 
 Inductor has given wrong RRDBNet output on this project's CPU (with ``freezing=True``), so a
 compiled network is not trusted by default: on the first batch the compiled and eager forward
-passes, and (on one process) the gradients of the loss, are compared; where they differ by more
-than the precision explains, the run says so and trains eager.
+passes and the gradients of the loss are compared; where they differ by more than the precision
+explains, the run says so and trains eager.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 3e-2, torch.float16: 3e-2}
 class CompileCheck:
     ok: bool
     output_error: float  # relative error of the network's output
-    grad_error: float | None  # of the parameters' gradients; None where not compared (DDP)
+    grad_error: float  # of the parameters' gradients
     tolerance: float
 
     def sentence(self) -> str:
-        grads = "" if self.grad_error is None else f", gradients {self.grad_error:.1e}"
+        grads = f", gradients {self.grad_error:.1e}"
         if self.ok:
             return (f"train.compile: checked against eager on the first batch (relative error: "
                     f"output {self.output_error:.1e}{grads}; tolerance {self.tolerance:.0e})")
@@ -46,11 +46,9 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _loss_and_grads(net: Callable, model: nn.Module, lr: torch.Tensor, hr: torch.Tensor,
-                    loss: Callable, amp_dtype: torch.dtype, grads: bool) -> tuple:
+                    loss: Callable, amp_dtype: torch.dtype) -> tuple:
     with autocast_context(lr.device, amp_dtype):
         out = net(lr)
-    if not grads:
-        return out.detach(), None
     loss(out.float(), hr).backward()
     flat = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     model.zero_grad(set_to_none=True)
@@ -58,16 +56,15 @@ def _loss_and_grads(net: Callable, model: nn.Module, lr: torch.Tensor, hr: torch
 
 
 def check_compiled(model: nn.Module, compiled: Callable, eager: Callable, lr: torch.Tensor,
-                   hr: torch.Tensor, loss: Callable, amp_dtype: torch.dtype,
-                   compare_grads: bool) -> CompileCheck:
+                   hr: torch.Tensor, loss: Callable, amp_dtype: torch.dtype) -> CompileCheck:
     """Run ``compiled`` and ``eager`` (the same network, parameters shared) on one batch and
-    compare their outputs and, where ``compare_grads``, the loss's gradients. The parameters'
-    gradients are left cleared; nothing else changes (these networks draw no random numbers)."""
+    compare their outputs and the loss's gradients. The parameters' gradients are left cleared;
+    nothing else changes (these networks draw no random numbers)."""
     model.zero_grad(set_to_none=True)
-    out_c, grad_c = _loss_and_grads(compiled, model, lr, hr, loss, amp_dtype, compare_grads)
-    out_e, grad_e = _loss_and_grads(eager, model, lr, hr, loss, amp_dtype, compare_grads)
+    out_c, grad_c = _loss_and_grads(compiled, model, lr, hr, loss, amp_dtype)
+    out_e, grad_e = _loss_and_grads(eager, model, lr, hr, loss, amp_dtype)
     tolerance = TOLERANCE.get(amp_dtype, TOLERANCE[torch.float32])
     out_err = _relative(out_c, out_e)
-    grad_err = None if grad_c is None else _relative(grad_c, grad_e)
-    ok = out_err <= tolerance and (grad_err is None or grad_err <= tolerance)
+    grad_err = _relative(grad_c, grad_e)
+    ok = out_err <= tolerance and grad_err <= tolerance
     return CompileCheck(ok, out_err, grad_err, tolerance)

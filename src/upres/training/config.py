@@ -241,7 +241,7 @@ class TrainConfig(_Strict):
     channels_last: bool = _doc("channels_last memory layout (faster convolutions).", False)
     compile: bool = _doc(
         "torch.compile the network for training; used only once its first batch matches eager "
-        "(outputs, and gradients on one process), else the run trains eager and says why.", False)
+        "(outputs and gradients), else the run trains eager and says why.", False)
     freeze: list[str] = _doc(
         "Parameters that do not train at the start: regular expressions matched at the start of "
         "their names, e.g. ['conv_first', 'body\\.([0-9]|1[0-9])\\.'] (RRDBNet: the head and the "

@@ -109,7 +109,8 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None,
         for lr_b, hr_b in loader:
             clock.add("waiting for data", time.perf_counter() - asked)
             if tc.compile and state.compiled is None:
-                forward = checked_forward(state, forward, lr_b, hr_b, cfg, shard, log)
+                with clock("compile check"):
+                    forward = checked_forward(state, forward, lr_b, hr_b, cfg, shard, log)
             if state.step in stages and apply_freezing(state.model, tc, state.step):
                 forward = wrap_model(state.model, cfg, shard, compile=state.compiled)
                 log.message(f"step {state.step}: {trainable_share(state.model)} of the "
@@ -386,22 +387,25 @@ def wrap_model(model: nn.Module, cfg: Config, shard: Shard, compile: bool | None
 
 def checked_forward(state: TrainState, forward: nn.Module, lr_b: torch.Tensor, hr_b: torch.Tensor,
                     cfg: Config, shard: Shard, log: RunLog) -> nn.Module:
-    """``train.compile``'s first batch: the compiled network where it matches eager (outputs, and
-    gradients on one process), else eager, said in the log."""
+    """``train.compile``'s first batch: the compiled network where it matches eager (outputs and
+    gradients), else eager, said in the log. Across processes the bare network is compiled once
+    more for the check (a DDP forward without its backward would leave its reducer waiting), and
+    rank 0's verdict holds for every rank."""
     tc = cfg.train
     lr_b, hr_b = lr_b.to(state.device), hr_b.to(state.device)
     if tc.channels_last:
         lr_b = lr_b.contiguous(memory_format=torch.channels_last)
-    eager = wrap_model(state.model, cfg, shard, compile=False)
-    check = check_compiled(state.model, forward, eager, lr_b, hr_b,
+    compiled = forward if shard.world == 1 else torch.compile(state.model)
+    check = check_compiled(state.model, compiled, state.model, lr_b, hr_b,
                            lambda sr, hr: loss_fn(tc.loss, sr, hr, tc.charbonnier_eps),
-                           state.amp_dtype, compare_grads=shard.world == 1)
+                           state.amp_dtype)
+    check = shard.broadcast(check)
     state.compiled = check.ok
     log.message(check.sentence())
     log.record({"step": state.step, "compile_check": {
         "ok": check.ok, "output_error": check.output_error, "grad_error": check.grad_error,
         "tolerance": check.tolerance}})
-    return forward if check.ok else eager
+    return forward if check.ok else wrap_model(state.model, cfg, shard, compile=False)
 
 
 def make_loader(dataset: CropDataset, cfg: Config, shard: Shard, start_step: int,
