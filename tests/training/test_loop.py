@@ -165,11 +165,12 @@ def test_finetune_from_pretrained_runs(comp, tmp_path):
     assert result.last_val["val_psnr"] > 20
 
 
-def _ddp_worker(rank: int, world: int, port: int, comp: str, run: str, cache: str) -> None:
+def _ddp_worker(rank: int, world: int, port: int, comp: str, run: str, cache: str,
+                *extra: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     cfg = load_config(None, [*TINY, "train.iterations=1", "train.ema=0", "train.device=cpu",
-                             "train.val_every=1000"],
+                             "train.val_every=1000", *extra],
                       data={"data": {"root": comp, "cache_dir": cache}})
     train(cfg, run, progress=False)
     torch.distributed.destroy_process_group()
@@ -313,3 +314,17 @@ def test_the_time_the_loop_waits_for_data_is_its_own_phase(comp, tmp_path, monke
     phases = next(r["phase_seconds"] for r in records if "phase_seconds" in r)
     assert phases["waiting for data"] >= 3 * 2 * 0.1
     assert phases["training steps"] < phases["waiting for data"]
+
+
+def test_a_compiled_ddp_run_is_checked_once_and_trains_as_eager_ddp(comp, tmp_path):
+    """Across processes the check compiles the bare network (no DDP forward left without its
+    backward): two gloo processes with train.compile end where two eager ones do."""
+    for name, extra in (("eager", ()), ("compiled", ("train.compile=true",))):
+        mp.spawn(_ddp_worker, args=(2, free_port(), str(comp), str(tmp_path / name),
+                                    str(tmp_path / "cache"), *extra), nprocs=2, join=True)
+    records = [json.loads(x) for x in (tmp_path / "compiled/metrics.jsonl").read_text().splitlines()]
+    [check] = [r["compile_check"] for r in records if "compile_check" in r]  # rank 0 writes
+    assert check["ok"] and check["grad_error"] <= 1e-3
+    a, b = _final_weights(tmp_path / "compiled"), _final_weights(tmp_path / "eager")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-5)
