@@ -63,6 +63,7 @@ from upres.auto.precision import (
     END_TEST_PASSES,
     INT8_DB,
     PRECISION_DB,
+    QUANTIZE_COST,
     choose_end_backend,
     choose_precision,
     measure_test_costs,
@@ -93,6 +94,7 @@ from upres.auto.starts import (
 )
 from upres.cli import main
 from upres.errors import DataError
+from upres.inference.int8 import CROP_SIDE, CROPS
 from upres.io import images
 from upres.io.loading import load_weights, save_model
 from upres.scoring import metrics
@@ -585,6 +587,15 @@ def test_int8_runs_the_end_only_where_it_scores_within_its_drop_and_pays(auto_se
              for p in sorted((auto_set / "train" / "lr").iterdir())[:2]]
     psnr32, _ = score(nearest_rrdbnet().eval(), files, 4, "cpu")
     fp32, test_mp = {"dtype": "fp32", "speed_ratio": 1.0}, megapixels_of(files)
+    # PyTorch fp32 at 1,000 s a validation: quantizing 300 crops is estimated to cost more than
+    # int8 could save over the end's passes of OpenVINO's (fast) time, so it is not tried
+    record = choose_end_backend(starts[0], files, run, psnr32, 1e3, fp32, test_mp)
+    estimate = QUANTIZE_COST * CROPS * CROP_SIDE ** 2 / 1e6 * 1e3 / megapixels_of(files)
+    assert record["backend"] == "openvino" and not record["int8"]["keep"], record
+    assert record["int8"]["estimated_quantize_seconds"] == pytest.approx(estimate, abs=0.1)
+    assert record["int8"]["why"].startswith("int8 not tried: quantizing would take about ")
+    assert not list((run.out / "openvino").glob("int8-*.xml"))  # nothing quantized
+    monkeypatch.setattr(auto_precision, "QUANTIZE_COST", 0.0)  # a quantization that costs nothing
     record = choose_end_backend(starts[0], files, run, psnr32, 1e3, fp32, test_mp)
     q = record["int8"]
     assert q["quantize_seconds"] > 0 and list((run.out / "openvino").glob("int8-*.xml"))

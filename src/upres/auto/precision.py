@@ -33,6 +33,13 @@ OPENVINO_MIN_END = 60.0  # seconds of the end's PyTorch passes under which a con
 END_TEST_PASSES = 8
 _PASSES = f"a pass over validation and {END_TEST_PASSES} over the test set"
 INT8_DB = 0.05  # int8 may lose at most this against fp32 on validation (NNCF's accuracy control's drop)
+# int8's best time against OpenVINO bf16 measured here (bench_int8, x4plus at 640x480: 0.56x; on
+# known6's validation 0.60x): what a trial could save at most
+INT8_BEST_RATIO = 0.55
+# Quantizing costs this many times PyTorch fp32's inference over the calibration crops: on known6
+# x4plus took 270 s for 300 crops of 64x64 (1.23 MP at 94 s/MP is 115 s), a trial the end's
+# 76 s of savings could not repay, taken from a 30-minute budget
+QUANTIZE_COST = 2.3
 
 
 def measure_test_costs(run: AutoRun, first: tuple | None, files: list[dict], dtype: str,
@@ -187,7 +194,8 @@ def choose_end_backend(source, files: list[dict], run: AutoRun, psnr32: float, s
               f"{convert:.0f} s conversion"}
     if ok:
         record["speed_ratio"] = round(seconds / max(seconds32, 1e-9), 3)
-        record["int8"] = choose_int8(run, source, files, psnr32, record, share)
+        record["int8"] = choose_int8(run, source, files, psnr32, record, share,
+                                     seconds32 / megapixels_of(files))
         if record["int8"]["keep"]:
             ratio = record["int8"]["seconds"] / max(seconds32, 1e-9)
             record.update(dtype="int8", speed_ratio=round(ratio, 3))
@@ -197,20 +205,28 @@ def choose_end_backend(source, files: list[dict], run: AutoRun, psnr32: float, s
 
 
 def choose_int8(run: AutoRun, source, files: list[dict], psnr32: float, backend: dict,
-                share: float) -> dict:
+                share: float, fp32_per_mp: float) -> dict:
     """int8 for the end, where the CPU has int8 dot products: the reference start quantized on
     the test LR images, kept where it scores within ``INT8_DB`` of fp32 on validation, is
     ``BACKEND_GAIN`` faster than OpenVINO in the end's precision and saves more than its
-    quantization over the end's passes (each end model is quantized once: the
-    reserve counts it as a conversion). Validation is the accuracy control here: NNCF's own
-    ranks every layer group on the pairs first, which on x4plus (about 350 groups) costs minutes
-    a budget cannot give."""
-    from upres.inference.int8 import int8_refusal
+    quantization over the end's passes (each end model is quantized once: the reserve counts it
+    as a conversion). Not tried where the quantization, estimated from PyTorch fp32's speed
+    (``fp32_per_mp``), would cost more than int8 could save at its best ratio. Validation is the
+    accuracy control here: NNCF's own ranks every layer group on the pairs first, which on
+    x4plus (about 350 groups) costs minutes a budget cannot give."""
+    from upres.inference.int8 import CROP_SIDE, CROPS, int8_refusal
     from upres.inference.upscaler import Upscaler
 
     why = int8_refusal()
     if why:
         return {"keep": False, "why": why}
+    estimate = QUANTIZE_COST * CROPS * CROP_SIDE ** 2 / 1e6 * fp32_per_mp
+    at_most = backend["seconds"] * share * (1 - INT8_BEST_RATIO)
+    if estimate >= at_most:
+        return {"keep": False, "estimated_quantize_seconds": round(estimate, 1),
+                "why": f"int8 not tried: quantizing would take about {estimate:.0f} s ({CROPS} crops), "
+                       f"more than the {at_most:.0f} s it could save over {_PASSES} (at "
+                       f"{INT8_BEST_RATIO}x OpenVINO {backend['dtype']}'s time)"}
     calibration = {"calibrate": [str(p) for p in images.list_images(run.data / "test" / "lr")],
                    "pairs": []}
     run.say(f"  {short_name(source)} quantized to int8, to see if it runs the end faster")
