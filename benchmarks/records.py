@@ -119,7 +119,7 @@ TABLES: dict[str, Table] = {  # NAME or NAME:PART; NAME is the benchmark (result
     "zoo-psnr": Table(("config.model", "config.set")),
     "decoder-fuzz": Table(("config.format", "config.cases", "config.seed")),
     "int8": Table(("config.model", "config.precision", "config.set")),
-    "train-peak": Table(("config.model", "config.variant")),
+    "train-peak": Table(("config.model", "config.crop", "config.batch", "config.variant")),
     "experiment-levers-cpu": Table(("config.arm",)),
     "experiment-seed-ablation-cpu": Table(("config.arm",)),
     "experiment-arch-zoo-cpu": Table(("config.arm",)),
