@@ -663,6 +663,28 @@ def test_the_sizing_fits_a_step_overhead_and_plans_from_it():
     assert _step_model([(100, 2.0), (200, 1.0)]) == (0.0, 0.02)  # noise: the costlier reading
 
 
+def test_an_arm_trains_only_at_crops_its_family_takes():
+    """CRAFT's LR sides must be whole 16-pixel windows: the sizing that gives a 4-multiple arm
+    96 x 8 gives CRAFT a crop of 64's multiples (known6 at 30 minutes planned CRAFT at 96, and
+    training's preflight ended the run in its first halving round); the start's record carries
+    the multiple from its family's descriptor."""
+    from upres.auto.probes import crop_step
+    from upres.auto.starts import _candidate
+
+    def cost(crop, batch):
+        return 0.25 + 1e-5 * crop ** 2 * batch
+
+    model = _step_model([(64 ** 2 * 4, cost(64, 4))])
+    seconds = MIN_STEPS * 3.0
+    plain = _sized({"crop": 64, "batch": 4}, model, seconds, 500, 4)
+    craft = _sized({"crop": 64, "batch": 4, "size_multiple": 16}, model, seconds, 500, 4)
+    assert (plain["crop"], plain["batch"]) == (96, 8)
+    assert (craft["crop"], craft["batch"]) == (128, 4)  # 65,536 pixels, the most of 64's multiples
+    entry, _ = _candidate(None, "craft", 4)
+    assert entry["size_multiple"] == 16 and crop_step(entry, 4) == 64
+    assert _candidate(None, "span-ch28", 4)[0]["size_multiple"] == 1
+
+
 def test_the_validation_curve_sums_an_arm_s_minutes_across_its_rounds():
     """Each halving round and the final resume the arm in a new session whose clock starts at 0
     (minicomp at 60m: step 35 at 265 s, then step 39 at 35 s): the page's curve runs on."""

@@ -147,7 +147,8 @@ def _probe(run: AutoRun, cand: dict, variant: dict, steps: int, seconds: float, 
     from upres.training.lr_find import range_test
 
     scratch = variant["variant"] == "scratch"
-    arm = {**cand, **variant, "name": f"{cand['name']}-{variant['variant']}", "crop": 64,
+    arm = {**cand, **variant, "name": f"{cand['name']}-{variant['variant']}",
+           "crop": -(-64 // crop_step(cand, run.scale)) * crop_step(cand, run.scale),
            "batch": 4, "lr": DEFAULT_LR[scratch], "ema": 0.99, "checkpoint_every": 50}
     if known:  # the layout the same start measured faster
         arm["channels_last"], arm["layout"] = known["channels_last"], known["layout"]
@@ -245,15 +246,24 @@ def _step_model(timed: list[tuple[int, float]]) -> tuple[float, float]:
     return float(overhead), float(per_pixel)
 
 
+def crop_step(arm: dict, scale: int) -> int:
+    """HR crops an arm may train at are multiples of this: LR sides of whole 4-pixel steps and
+    of its family's size multiple (CRAFT's 16: a crop of 96 is refused by training's preflight,
+    which ended a 30-minute known6 run in its first halving round)."""
+    return scale * math.lcm(4, arm.get("size_multiple", 1))
+
+
 def _sized(arm: dict, model: tuple[float, float], seconds: float, min_side: int, scale: int) -> dict:
     """Crop and batch from the step-time ``model`` (``_step_model``): the most HR pixels per step
-    that still give ``MIN_STEPS`` in the arm's time, crops of at least 64 that fit the smallest
-    image, batches of at least 4; the EMA and checkpoint interval follow the steps."""
+    that still give ``MIN_STEPS`` in the arm's time, crops of at least 64 (of ``crop_step``'s
+    multiples) that fit the smallest image, batches of at least 4; the EMA and checkpoint
+    interval follow the steps."""
     overhead, per_pixel = model
     pixels = (seconds / MIN_STEPS - overhead) / per_pixel
-    least = min(64, min_side // (4 * scale) * 4 * scale) or 4 * scale  # crops of 64, batches of 4
+    unit = crop_step(arm, scale)
+    least = min(max(64, unit), min_side // unit * unit) or unit  # crops of 64, batches of 4
     options = [(c, b) for c in (32, 48, 64, 96, 128, 192, 256) for b in (4, 8, 16, 32)
-               if least <= c <= min_side and c % (4 * scale) == 0] or [(least, 4)]
+               if least <= c <= min_side and c % unit == 0] or [(least, 4)]
     fitting = [o for o in options if o[0] ** 2 * o[1] <= pixels] or [min(options)]
     crop, batch = max(fitting, key=lambda o: (o[0] ** 2 * o[1], o[1] >= 4, o[0]))
     step = overhead + per_pixel * crop ** 2 * batch

@@ -138,7 +138,8 @@ def _fastest(precision: dict, backend: dict) -> float:
 
 
 def _candidate(source: str | None, preset: str | None, scale: int) -> tuple[dict, object]:
-    """A start's record (name, architecture, the dtypes and backends its family runs in) and
+    """A start's record (name, architecture, the dtypes and backends its family runs in, the
+    multiple its LR sides must be: CRAFT's windows take 16) and
     its model: the weights loaded, or a preset built from scratch."""
     from upres.inference.backends import openvino_refusal
     from upres.io.loading import load_weights, model_from_weights
@@ -154,8 +155,9 @@ def _candidate(source: str | None, preset: str | None, scale: int) -> tuple[dict
         model = model_from_weights(weights)
         entry = {"name": short_name(source), "source": str(source), "arch": weights.arch,
                  "hparams": weights.hparams}
-    return {**entry, "dtypes": list(describe(model).dtypes),
-            "openvino": openvino_refusal(model, describe(model)) is None}, model
+    descriptor = describe(model)
+    return {**entry, "dtypes": list(descriptor.dtypes), "size_multiple": descriptor.size_multiple,
+            "openvino": openvino_refusal(model, descriptor) is None}, model
 
 
 def _reference(run: AutoRun, timed: list[dict], files: list[dict]) -> dict:
