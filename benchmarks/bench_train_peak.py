@@ -154,7 +154,7 @@ def measure(name: str, arch: str | None, preset: str | None, crop: int, batch: i
         variant = VARIANTS[key]
         ops = top_ops(step) if key == "bf16" else ""
         figures = {"step_s": round(seconds, 4), "gflop": round(gflop, 2), "gflop_s": round(rate, 1),
-                   "pct_bf16_peak": round(100 * rate / bf16_peak, 1),
+                   "bf16_peak_gflop_s": round(bf16_peak), "pct_bf16_peak": round(100 * rate / bf16_peak, 1),
                    "pct_fp32_peak": round(100 * rate / fp32_peak, 1)}
         base = seconds if key == "bf16" else base
         if key in ("fused", "compile") and base:

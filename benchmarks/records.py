@@ -127,6 +127,7 @@ TABLES: dict[str, Table] = {  # NAME or NAME:PART; NAME is the benchmark (result
 }
 HEADERS = {"cpu": "CPU", "figures.vs_bicubic": "vs bicubic (dB)", "figures.test_psnr": "test PSNR (dB)",
            "figures.it_s": "it/s", "figures.output_mp_s": "output MP/s", "figures.gflop_s": "GFLOP/s",
+           "figures.bf16_peak_gflop_s": "bf16 peak GFLOP/s",
            "figures.pct_bf16_peak": "% bf16 peak", "figures.pct_fp32_peak": "% fp32 peak",
            "figures.peak_rss_gib": "peak RSS (GiB)", "figures.wall_min": "wall (min)",
            "figures.vs_bicubic_by_recipe": "vs bicubic by recipe (dB)", "figures.x8_s": "x8 s",
