@@ -1,5 +1,6 @@
-"""The final: the winner trains for the time the levers leave; a runner-up's specialist trains on
-the recipe groups it leads, where that pays."""
+"""The final: the winner trains for the time the levers leave, shared with the runner-up where the
+ensemble keeps it and its validations say its training buys more; a runner-up's specialist trains
+on the recipe groups it leads, where that pays."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from upres.auto.costs import (
     val_seconds,
 )
 from upres.auto.journal import AutoRun
-from upres.auto.levers import kept_transforms
+from upres.auto.levers import kept_transforms, log_step_slope
 from upres.auto.measure import arm_metrics, arm_psnr, best_weights, trains
 
 SPECIALIST_STEPS = 10  # a runner-up's specialist that cannot train this many steps is not trained
@@ -59,6 +60,12 @@ def run_final(run: AutoRun) -> None:
     if "specialist" not in record:
         record["specialist"] = train_specialist(run, run.clock.left() - reserve)
         run.journal.save(run.clock)
+    if "runner_up" not in record:
+        record["runner_up"] = plan_runner_up(run, arm, run.clock.left() - reserve)
+        run.journal.save(run.clock)
+    if record["runner_up"].get("seconds") and "psnr" not in record["runner_up"]:
+        record["runner_up"].update(train_runner_up(run, record["runner_up"]))
+        run.journal.save(run.clock)
     seconds = run.clock.left() - reserve
     records = arm_metrics(run.out / "arms" / arm["name"])
     rates = [r["it_per_s"] for r in records if "it_per_s" in r]
@@ -80,6 +87,72 @@ def run_final(run: AutoRun) -> None:
     record.update(done=True, psnr=None if psnr is None else round(psnr, 4), reached_step=reached,
                   seconds=round(run.clock.elapsed() - record["began"], 2))
     run.journal.save(run.clock)
+
+
+def plan_runner_up(run: AutoRun, winner: dict, seconds: float) -> dict:
+    """The runner-up's share of the final's ``seconds`` where the ensemble keeps it
+    (``share_final`` over both members' validations, weighted by the ensemble's weights), else
+    none and why. The winner's validation may have levelled off where the runner-up's still
+    rises: on known6 at 30m SAFMN's peaked at step 137 and its 8.5-minute final to step 1,225
+    added nothing, while the GAN-trained start it beat rose all its final."""
+    halving, ensemble = run.journal["halving"], run.journal["levers"]["ensemble"]
+    other = next((a for a in run.journal["probes"]["arms"] if a["name"] == halving.get("runner_up")), None)
+    why = ("no ensemble with the runner-up" if other is None or not ensemble.get("keep")
+           else "the runner-up does not train" if not trains(other) else "")
+    if why:
+        return {"why": why}
+    members = [_curve(run, winner, ensemble["weights"][0]), _curve(run, other, ensemble["weights"][1])]
+    if any(m["slope"] is None for m in members):
+        return {"name": other["name"], "why": "a member's validations span too few steps for a slope"}
+    share = share_final(seconds, members)[1]
+    plan = {"name": other["name"], "curves": members, "seconds": round(share, 1)}
+    if share * members[1]["rate"] < SPECIALIST_STEPS:
+        return {**plan, "seconds": 0.0, "why": "its validations buy less from training than the winner's"}
+    return plan
+
+
+def _curve(run: AutoRun, arm: dict, weight: float) -> dict:
+    """An arm's fitted validation slope (dB per e-fold of steps), step, speed and ensemble weight."""
+    records = arm_metrics(run.out / "arms" / arm["name"])
+    scores = sorted({r["step"]: r["val_psnr"] for r in records if "val_psnr" in r and r["step"] > 0}.items())
+    rates = [r["it_per_s"] for r in records if "it_per_s" in r]
+    slope = log_step_slope(scores)
+    return {"slope": None if slope is None else round(slope, 4), "weight": round(max(float(weight), 0.0), 4),
+            "step": max((r["step"] for r in records), default=0),
+            "rate": round(float(np.median(rates)) if rates else 1 / arm["seconds_per_step"], 4)}
+
+
+def share_final(seconds: float, members: list[dict]) -> list[float]:
+    """The seconds of each member (``slope`` b, ``weight`` w, ``step`` s, steps a second ``rate`` r)
+    that maximize the weighted gain their fitted curves predict, sum of w b ln(1 + r t / s) with
+    the t summing to ``seconds``: each t = w b K - s / r for the K that fills the time (water
+    filling), members whose t would be negative given none. No slope anywhere: all to the first."""
+    active = [i for i, m in enumerate(members) if m["weight"] * m["slope"] > 0]
+    t = [0.0] * len(members)
+    while active:
+        lead = [max(members[i]["step"], 1) / members[i]["rate"] for i in active]
+        k = (seconds + sum(lead)) / sum(members[i]["weight"] * members[i]["slope"] for i in active)
+        t = [0.0] * len(members)
+        for i, s in zip(active, lead):
+            t[i] = members[i]["weight"] * members[i]["slope"] * k - s
+        if min(t[i] for i in active) >= 0:
+            return t
+        active = [i for i in active if t[i] > 0]
+    return [seconds] + [0.0] * (len(members) - 1)
+
+
+def train_runner_up(run: AutoRun, plan: dict) -> dict:
+    """The runner-up trains its share, its cosine stretched to end with it (as the winner's)."""
+    arm = next(a for a in run.journal["probes"]["arms"] if a["name"] == plan["name"])
+    curve = plan["curves"][1]
+    steps = int(FINAL_OVERSHOOT * max(plan["seconds"] - training_val_seconds(run, arm), 0) * curve["rate"])
+    iterations = run.shard.broadcast(curve["step"] + steps)
+    run.say(f"[{minutes(run.clock.elapsed())}] final: the runner-up {arm['name']} trains "
+            f"{plan['seconds'] / 60:.1f} min, to step {iterations}")
+    train_arm(run, arm, plan["seconds"], iterations)
+    psnr, reached = arm_psnr(run, arm["name"]) if run.shard.main else (None, None)
+    return {"iterations": iterations, "psnr": None if psnr is None else round(psnr, 4),
+            "reached_step": reached}
 
 
 def fill_budget(run: AutoRun, arm: dict, reserve: float, record: dict) -> None:

@@ -240,7 +240,8 @@ def _later_sections(record: dict) -> list[str]:
                      f"{final.get('iterations')} (from the {final.get('rate_from', 'measured')} speed)"
                      + (f", stopped at step {final['reached_step']}" if final.get("reached_step") else "")
                      + f", val PSNR {final.get('psnr')} dB." + _extended(final) + "</p>"
-                     + _why_won(record) + _specialist(final.get("specialist")))
+                     + _why_won(record) + _specialist(final.get("specialist"))
+                     + _runner_up_final(final.get("runner_up")))
     levers, end = p.get("levers", {}), p.get("end", {})
     rows = []
     grouped = _group_weights(end.get("weights_by_group") or {})
@@ -306,6 +307,23 @@ def _specialist(record: dict | None) -> str:
             f"{record['planned_seconds'] / 60:.1f} min ({record['share']:.0%} of the final) on recipe "
             f"group(s) {groups}, where the runner-up led on validation: to step "
             f"{record.get('reached_step')}, val PSNR {record.get('psnr')} dB on those groups' pairs.</p>")
+
+
+def _runner_up_final(record: dict | None) -> str:
+    """The runner-up's share of the final, from both members' fitted validation curves, or why
+    it had none."""
+    if not record or "name" not in record:
+        return f"<p>The runner-up did not train in the final: {_esc(record['why'])}.</p>" if record else ""
+    curves = record.get("curves") or []
+    fitted = "; ".join(f"{who} {c['slope']:.3f} dB per e-fold of steps at step {c['step']}, weight "
+                       f"{c['weight']:.2f}" for who, c in zip(("winner", "runner-up"), curves))
+    if not record.get("seconds"):
+        return (f"<p>The runner-up {_esc(record['name'])} did not train in the final: "
+                f"{_esc(record['why'])}" + (f" ({fitted})" if fitted else "") + ".</p>")
+    return (f"<p>The runner-up <b>{_esc(record['name'])}</b> trained {record['seconds'] / 60:.1f} min "
+            f"of the final, the share where the members' fitted validation curves ({fitted}) "
+            f"predict the most for the ensemble: to step {record.get('reached_step')}, val PSNR "
+            f"{record.get('psnr')} dB.</p>")
 
 
 def _group_weights(record: dict) -> list[tuple[str, dict]]:
