@@ -105,6 +105,19 @@ def make_recipe_set(root: Path) -> Path:
     return root
 
 
+class FakeClock:
+    """An ``auto`` clock that moves only when a fake training says it trained."""
+
+    def __init__(self, budget: float) -> None:
+        self.budget, self.now = budget, 0.0
+
+    def elapsed(self) -> float:
+        return self.now
+
+    def left(self) -> float:
+        return self.budget - self.now
+
+
 def patch_in(monkeypatch, name: str, value, *modules) -> None:
     """Replaces NAME in each module that uses it (upres.auto's phase modules import it by name)."""
     for module in modules:

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from helpers import patch_in
+from helpers import FakeClock, patch_in
 from upres.auto import arms as auto_arms
 from upres.auto import ending as auto_ending
 from upres.auto import final as auto_final
@@ -21,19 +21,6 @@ from upres.auto.ending import UNUSED_SHARE, unused_budget
 from upres.auto.final import FINAL_OVERSHOOT, PROBE_OVERSHOOT, run_final
 from upres.auto.journal import Journal
 from upres.auto.report import write_report
-
-
-class FakeClock:
-    """A clock that moves only when the fake training says it trained."""
-
-    def __init__(self, budget: float) -> None:
-        self.budget, self.now = budget, 0.0
-
-    def elapsed(self) -> float:
-        return self.now
-
-    def left(self) -> float:
-        return self.budget - self.now
 
 
 def test_a_final_planned_from_a_slow_probe_trains_on_until_its_time_is_spent(tmp_path, monkeypatch):

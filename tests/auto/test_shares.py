@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from helpers import patch_in
+from helpers import FakeClock, patch_in
 from upres.auto import arms as auto_arms
 from upres.auto import final as auto_final
 from upres.auto import halving as auto_halving
@@ -24,17 +24,6 @@ from upres.auto.journal import Journal
 from upres.auto.report import write_report
 
 BICUBIC = 22.79
-
-
-class FakeClock:
-    def __init__(self, budget: float) -> None:
-        self.budget, self.now = budget, 0.0
-
-    def elapsed(self) -> float:
-        return self.now
-
-    def left(self) -> float:
-        return self.budget - self.now
 
 
 def _arms(psnr0: dict[str, float | None]) -> dict[str, dict]:
