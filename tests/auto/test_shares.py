@@ -21,7 +21,7 @@ from upres.auto import starts as auto_starts
 from upres.auto.final import run_final, share_final
 from upres.auto.halving import kept_arms, run_halving
 from upres.auto.journal import Journal
-from upres.auto.report import write_report
+from upres.auto.report import _later_sections, write_report
 
 BICUBIC = 22.79
 
@@ -75,6 +75,8 @@ def test_the_halving_carries_a_start_that_must_unlearn_to_its_last_round(tmp_pat
     assert [r.get("kept_unlearning") for r in rounds] == ["realsr", "realsr", None]
     assert phases["halving"]["winner"] == "realsr" and phases["halving"]["runner_up"] == "a"
     assert trained == {"a": 3, "b": 2, "c": 1, "d": 1, "realsr": 3}
+    page = "".join(_later_sections({"phases": {"halving": phases["halving"]}}))
+    assert page.count("kept: began under bicubic, still unlearning") == 2  # rounds 1 and 2
 
 
 def _gain(members: list[dict], t: list[float]) -> float:

@@ -227,7 +227,9 @@ def _later_sections(record: dict) -> list[str]:
     parts = []
     for i, rnd in enumerate(halving.get("rounds", []), start=1):
         ranked = sorted(rnd["psnr"].items(), key=lambda kv: -kv[1])
-        rows = [[_esc(n), f"{v:.3f}", "kept" if n in rnd["kept"] else "dropped"] for n, v in ranked]
+        rows = [[_esc(n), f"{v:.3f}", "kept: began under bicubic, still unlearning"
+                 if n == rnd.get("kept_unlearning") else "kept" if n in rnd["kept"] else "dropped"]
+                for n, v in ranked]
         parts.append(f"<h2>Halving round {i} ({rnd['seconds'] / 60:.1f} min each)</h2>"
                      + _table(["arm", "val PSNR (dB)", ""], rows, best=0))
     if halving.get("winner") and p.get("final", {}).get("untrained"):
