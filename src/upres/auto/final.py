@@ -18,7 +18,7 @@ from upres.auto.costs import (
     val_seconds,
 )
 from upres.auto.journal import AutoRun
-from upres.auto.levers import kept_transforms, log_step_slope
+from upres.auto.levers import arm_curve, kept_transforms, log_step_slope
 from upres.auto.measure import arm_metrics, arm_psnr, best_weights, trains
 
 SPECIALIST_STEPS = 10  # a runner-up's specialist that cannot train this many steps is not trained
@@ -61,7 +61,8 @@ def run_final(run: AutoRun) -> None:
         record["specialist"] = train_specialist(run, run.clock.left() - reserve)
         run.journal.save(run.clock)
     if "runner_up" not in record:
-        record["runner_up"] = plan_runner_up(run, arm, run.clock.left() - reserve)
+        # rank 0's plan on every rank, as the winner's below
+        record["runner_up"] = run.shard.broadcast(plan_runner_up(run, arm, run.clock.left() - reserve))
         run.journal.save(run.clock)
     if record["runner_up"].get("seconds") and "psnr" not in record["runner_up"]:
         record["runner_up"].update(train_runner_up(run, record["runner_up"]))
@@ -113,13 +114,10 @@ def plan_runner_up(run: AutoRun, winner: dict, seconds: float) -> dict:
 
 def _curve(run: AutoRun, arm: dict, weight: float) -> dict:
     """An arm's fitted validation slope (dB per e-fold of steps), step, speed and ensemble weight."""
-    records = arm_metrics(run.out / "arms" / arm["name"])
-    scores = sorted({r["step"]: r["val_psnr"] for r in records if "val_psnr" in r and r["step"] > 0}.items())
-    rates = [r["it_per_s"] for r in records if "it_per_s" in r]
+    scores, rate, step = arm_curve(run, arm)
     slope = log_step_slope(scores)
     return {"slope": None if slope is None else round(slope, 4), "weight": round(max(float(weight), 0.0), 4),
-            "step": max((r["step"] for r in records), default=0),
-            "rate": round(float(np.median(rates)) if rates else 1 / arm["seconds_per_step"], 4)}
+            "step": step, "rate": round(rate, 4)}
 
 
 def share_final(seconds: float, members: list[dict]) -> list[float]:

@@ -35,11 +35,7 @@ def training_value(run: AutoRun) -> dict:
     it (0.19 per e-fold)."""
     halving = run.journal["halving"]
     arm = next(a for a in run.journal["probes"]["arms"] if a["name"] == halving["winner"])
-    records = arm_metrics(run.out / "arms" / arm["name"])
-    scores = sorted({r["step"]: r["val_psnr"] for r in records if "val_psnr" in r and r["step"] > 0}.items())
-    rates = [r["it_per_s"] for r in records if "it_per_s" in r]
-    rate = float(np.median(rates)) if rates else 1 / arm["seconds_per_step"] if trains(arm) else 0.0
-    step = max((r["step"] for r in records), default=0)
+    scores, rate, step = arm_curve(run, arm)
     seconds = max(run.clock.left() - reserve_after_training(run, 1, False), 0.0)
     value = {"from_step": step, "steps_per_second": round(rate, 4), "final_seconds": round(seconds, 1),
              "slope_db_per_log_step": None if trains(arm) else 0.0}  # untrained: nothing to lose
@@ -48,6 +44,16 @@ def training_value(run: AutoRun) -> dict:
         value["slope_db_per_log_step"] = round(slope, 4)
         value["points"] = [[s, round(p, 4)] for s, p in scores]
     return value
+
+
+def arm_curve(run: AutoRun, arm: dict) -> tuple[list[tuple[int, float]], float, int]:
+    """An arm's validations (step, PSNR) in step order, its median logged speed in steps a second
+    (the probe's where none was logged; 0 for an untrained start) and the step it reached."""
+    records = arm_metrics(run.out / "arms" / arm["name"])
+    scores = sorted({r["step"]: r["val_psnr"] for r in records if "val_psnr" in r and r["step"] > 0}.items())
+    rates = [r["it_per_s"] for r in records if "it_per_s" in r]
+    rate = float(np.median(rates)) if rates else 1 / arm["seconds_per_step"] if trains(arm) else 0.0
+    return scores, rate, max((r["step"] for r in records), default=0)
 
 
 def log_step_slope(scores: list[tuple[int, float]]) -> float | None:
