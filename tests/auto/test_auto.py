@@ -43,7 +43,14 @@ from upres.auto.costs import (
 )
 from upres.auto.dataset import split_validation, val_files, val_groups
 from upres.auto.driver import run_auto
-from upres.auto.ending import fit_specialist, floor_at_bicubic, led_priors, specialist_weights
+from upres.auto.ending import (
+    end_coefficients,
+    fit_specialist,
+    floor_at_bicubic,
+    led_priors,
+    specialist_weights,
+    winner_where_unseen,
+)
 from upres.auto.final import FINAL_OVERSHOOT, PROBE_OVERSHOOT, SPECIALIST_STEPS, run_final
 from upres.auto.journal import AutoError, AutoOptions, Journal
 from upres.auto.levers import (
@@ -1212,6 +1219,51 @@ def test_groups_the_runner_up_led_shrink_toward_the_pooled_weights_swapped(tmp_p
     two = led_priors(pooled[:2], [0])  # the end's fit without a specialist
     np.testing.assert_allclose(two[0], pooled[[1, 0]])
 
+
+
+def test_groups_no_validation_pair_showed_run_the_winner_alone(tmp_path, monkeypatch):
+    """Validation pairs of groups 0 and 1 of a three-group fingerprint: images labelled as group 2
+    get the winner alone, the others the fitted weights (per group where kept, else pooled); the
+    journal's record gives the submission the same coefficients; a validation that saw every
+    group changes nothing."""
+    from types import SimpleNamespace
+
+    from upres.auto.report import write_report
+    from upres.inference.ensemble import GroupWeights
+
+    def label(lr_rgb):  # the grey level names the group, of all three
+        return round(float(lr_rgb.mean()) * 255 / 60) - 1, 0.9
+
+    val = SimpleNamespace(lrs=[np.full((8, 8, 3), 60 * (g + 1) / 255) for g in (0, 1, 1)])
+    image = {g: np.full((8, 8, 3), 60 * (g + 1) / 255) for g in range(3)}
+    pooled = np.array([0.3, 0.7])
+    fused, unseen = winner_where_unseen(pooled, val, label, groups=3)
+    assert unseen == {"groups": [2], "weights": [1.0, 0.0]}
+    np.testing.assert_array_equal(fused(image[2]), [1.0, 0.0])
+    for g in (0, 1):
+        np.testing.assert_array_equal(fused(image[g]), pooled)
+    grouped = GroupWeights(pooled, {0: np.array([0.9, 0.1]), 1: np.array([0.2, 0.8])}, label)
+    fused, unseen = winner_where_unseen(grouped, val, label, groups=3)
+    np.testing.assert_array_equal(fused(image[0]), [0.9, 0.1])
+    np.testing.assert_array_equal(fused(image[2]), [1.0, 0.0])
+    assert winner_where_unseen(grouped, val, label, groups=2) == (grouped, None)
+
+    monkeypatch.setattr("upres.degradation.refine.Refiner", lambda fp: SimpleNamespace(label=label))
+    fingerprint = SimpleNamespace(groups=[None] * 3)
+    for keep, group0 in ((True, [0.9, 0.1]), (False, [0.3, 0.7])):
+        end = {"weights": pooled.tolist(), "weights_by_group": {
+            "keep": keep, "gain_db": 0.02, "weights": {"0": [0.9, 0.1], "1": [0.2, 0.8]},
+            "unseen": {"groups": [2], "weights": [1.0, 0.0]}}}
+        coefficients = end_coefficients(end, fingerprint)
+        np.testing.assert_array_equal(coefficients(image[0]), group0)
+        np.testing.assert_array_equal(coefficients(image[2]), [1.0, 0.0])
+    record = {"phases": {"levers": {"ensemble": {"keep": True, "gain_db": 0.05}}, "end": {
+        **end, "models": ["w", "r"], "refine": {"keep": False}}}, "spent": 1.0, "options": {"budget": 2.0}}
+    page = write_report(record, tmp_path).read_text()
+    assert re.search(r"the winner alone on recipe group 2</td>.*<span class=keep>kept</span> \(no "
+                     r"validation pair showed them", page)
+    del end["weights_by_group"]["unseen"]
+    np.testing.assert_array_equal(end_coefficients(end, fingerprint), pooled)  # not kept: pooled
 
 @pytest.fixture(scope="module")
 def two_recipe_set(tmp_path_factory) -> Path:

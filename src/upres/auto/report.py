@@ -329,7 +329,8 @@ def _runner_up_final(record: dict | None) -> str:
 
 
 def _group_weights(record: dict) -> list[tuple[str, dict]]:
-    """The ensemble weights fitted per recipe group, as a lever row (its weights in the why)."""
+    """The ensemble weights fitted per recipe group, as a lever row (its weights in the why), and
+    the groups where the winner runs alone."""
     if "gain_db" not in record:
         return []
     weights = "; ".join(f"group {g}: " + "/".join(f"{w:.2f}" for w in ws)
@@ -337,7 +338,13 @@ def _group_weights(record: dict) -> list[tuple[str, dict]]:
     led = record.get("led") or []
     swapped = (f" (group{'s' * (len(led) > 1)} {', '.join(map(str, led))}, led by the runner-up, "
                "shrunk toward the pooled weights exchanged)") if led else ""
-    return [("ensemble weights per recipe group", {**record, "why": f"weights {weights}{swapped}"})]
+    unseen = record.get("unseen")
+    alone = [(f"the winner alone on recipe group{'s' * (len(unseen['groups']) > 1)} "
+              f"{', '.join(map(str, unseen['groups']))}",
+              {"keep": True, "why": "no validation pair showed them: the ensemble's weights say "
+                                    "nothing of them"})] if unseen else []
+    return [("ensemble weights per recipe group", {**record, "why": f"weights {weights}{swapped}"}),
+            *alone]
 
 
 def _slope(value: dict | None) -> str:
