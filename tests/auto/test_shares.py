@@ -161,3 +161,61 @@ def test_the_runner_up_trains_its_share_then_the_winner_the_rest(tmp_path, monke
     write_report({"phases": phases, "options": {"budget": 1000}, "spent": 1000.0}, tmp_path / "b" / "run")
     assert ("The runner-up did not train in the final: no ensemble with the runner-up"
             in (tmp_path / "b" / "run" / "report.html").read_text())
+
+
+def _checkpoint(folder, step: int) -> None:
+    """A checkpoint file named for ``step`` (its contents are not read here)."""
+    (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (folder / "checkpoints" / f"step_{step:09d}.pt").write_bytes(b"")
+
+
+def test_a_resumed_final_trains_what_is_left_of_the_runner_up_s_share(tmp_path, monkeypatch):
+    """Killed while the runner-up trained its 1000 s from step 100 at 1 step a second, with a
+    checkpoint at step 400: resumed, it trains the 700 s left to the same end step, then the
+    winner the rest; a share whose steps are all checkpointed trains 0 s more."""
+    clock, calls = FakeClock(1000.0), []
+
+    def fake_train(run, arm, seconds, iterations):
+        clock.now += seconds
+        calls.append((arm["name"], round(seconds, 1), iterations))
+
+    patch_in(monkeypatch, "reserve_after_training", lambda *_, **__: 0.0,
+             auto_starts, auto_probes, auto_levers, auto_final)
+    patch_in(monkeypatch, "training_val_seconds", lambda *_: 0.0, auto_arms, auto_final)
+    monkeypatch.setattr(auto_final, "time_on_test_image", lambda *_: None)
+    patch_in(monkeypatch, "train_arm", fake_train, auto_halving, auto_final)
+    monkeypatch.setattr(auto_final, "kept_transforms", lambda _: 1)
+    winner = [{"step": 400, "it_per_s": 2.0}] + [{"step": s, "val_psnr": 23.80} for s in (100, 200, 400)]
+    runner = [{"step": 100, "it_per_s": 1.0}] + [{"step": s, "val_psnr": p}
+                                                 for s, p in ((10, 23.3), (50, 23.6), (100, 23.7))]
+    run, phases = _final_run(tmp_path, clock, True, winner, runner)
+    run_final(run)
+    end_step = calls[0][2]
+    plan = {k: v for k, v in phases["final"]["runner_up"].items()
+            if k not in ("iterations", "psnr", "reached_step")}  # as journalled before it trained
+    for checkpointed, left in ((400, 700.0), (100 + 2000, 0.0)):
+        calls.clear()
+        clock.now = 0.0
+        run, phases = _final_run(tmp_path / str(checkpointed), clock, True, winner, runner)
+        phases["final"] = {"began": 0.0, "specialist": {"groups": [], "why": "none led"},
+                           "runner_up": dict(plan)}
+        _checkpoint(run.out / "arms" / "r-full", checkpointed)
+        run_final(run)
+        assert calls[0] == ("r-full", left, end_step)
+        assert phases["final"]["runner_up"]["psnr"] == 23.7
+
+
+def test_a_resumed_specialist_trains_what_is_left_of_its_time(tmp_path, monkeypatch):
+    """The specialist's plan is journalled before it trains; resumed with a checkpoint at step 50
+    of a plan at 0.5 steps a second, it is given the planned seconds less 100."""
+    budgets = []
+    monkeypatch.setattr(auto_final, "arm_config", lambda run, arm, steps, seconds, extra: (steps, seconds))
+    monkeypatch.setattr("upres.training.loop.train", lambda cfg, *_, **__: budgets.append(cfg))
+    run, phases = _final_run(tmp_path, FakeClock(1000.0), True, [], [])
+    run.options = SimpleNamespace(progress=False)
+    plan = {"groups": [3], "of": "r-full", "share": 0.2, "planned_seconds": 180.0, "iterations": 99,
+            "rate": 0.5, "name": "r-full-specialist"}
+    assert auto_final.train_specialist(run, plan)["reached_step"] == 0
+    _checkpoint(run.out / "arms" / "r-full-specialist", 50)
+    auto_final.train_specialist(run, plan)
+    assert budgets == [(99, 180.0), (99, 80.0)]

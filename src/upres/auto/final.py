@@ -20,6 +20,7 @@ from upres.auto.costs import (
 from upres.auto.journal import AutoRun
 from upres.auto.levers import arm_curve, kept_transforms, log_step_slope
 from upres.auto.measure import arm_metrics, arm_psnr, best_weights, trains
+from upres.training.checkpoints import latest_step
 
 SPECIALIST_STEPS = 10  # a runner-up's specialist that cannot train this many steps is not trained
 # The final schedule's steps over what its measured speed fits: stopped by time at 1/1.1 of its
@@ -57,8 +58,11 @@ def run_final(run: AutoRun) -> None:
     if record.get("test_seconds_per_mp"):
         run.test_per_mp[arm["name"]] = record["test_seconds_per_mp"]
     reserve = reserve_after_training(run, kept_transforms(levers), levers["ensemble"]["keep"])
-    if "specialist" not in record:
-        record["specialist"] = train_specialist(run, run.clock.left() - reserve)
+    if "specialist" not in record:  # planned, then trained: a resumed run trains what is left
+        record["specialist"] = run.shard.broadcast(plan_specialist(run, run.clock.left() - reserve))
+        run.journal.save(run.clock)
+    if record["specialist"].get("name") and "psnr" not in record["specialist"]:
+        record["specialist"].update(train_specialist(run, record["specialist"]))
         run.journal.save(run.clock)
     if "runner_up" not in record:
         # rank 0's plan on every rank, as the winner's below
@@ -140,17 +144,28 @@ def share_final(seconds: float, members: list[dict]) -> list[float]:
 
 
 def train_runner_up(run: AutoRun, plan: dict) -> dict:
-    """The runner-up trains its share, its cosine stretched to end with it (as the winner's)."""
+    """The runner-up trains its share (what is left of it, resumed), its cosine stretched to end
+    with the share (as the winner's)."""
     arm = next(a for a in run.journal["probes"]["arms"] if a["name"] == plan["name"])
     curve = plan["curves"][1]
     steps = int(FINAL_OVERSHOOT * max(plan["seconds"] - training_val_seconds(run, arm), 0) * curve["rate"])
     iterations = run.shard.broadcast(curve["step"] + steps)
+    seconds = run.shard.broadcast(share_left(run, arm["name"], plan["seconds"], curve["step"], curve["rate"]))
     run.say(f"[{minutes(run.clock.elapsed())}] final: the runner-up {arm['name']} trains "
-            f"{plan['seconds'] / 60:.1f} min, to step {iterations}")
-    train_arm(run, arm, plan["seconds"], iterations)
+            f"{seconds / 60:.1f} min, to step {iterations}")
+    train_arm(run, arm, seconds, iterations)
     psnr, reached = arm_psnr(run, arm["name"]) if run.shard.main else (None, None)
     return {"iterations": iterations, "psnr": None if psnr is None else round(psnr, 4),
             "reached_step": reached}
+
+
+def share_left(run: AutoRun, name: str, seconds: float, from_step: int, rate: float) -> float:
+    """The seconds of an arm's planned share still to train: all of them, or where a killed run
+    resumes it, those less the steps its latest checkpoint holds past ``from_step``, at the
+    planned ``rate`` (a resumed training is given its whole ``train.time_budget`` again, so the
+    runner-up killed in its share retrained all of it)."""
+    done = max(latest_step(run.out / "arms" / name) - from_step, 0) / rate if rate > 0 else 0.0
+    return max(seconds - done, 0.0)
 
 
 def fill_budget(run: AutoRun, arm: dict, reserve: float, record: dict) -> None:
@@ -200,15 +215,14 @@ def specialist_name(arm: str) -> str:
     return f"{arm}-specialist"
 
 
-def train_specialist(run: AutoRun, seconds: float) -> dict:
-    """A copy of the runner-up trained on the groups it leads, for their share of the final's
+def plan_specialist(run: AutoRun, seconds: float) -> dict:
+    """A copy of the runner-up to train on the groups it leads, for their share of the final's
     ``seconds`` (less its pass over validation and its conversion at the end), at the runner-up's
-    crop, batch and rate: on other6 (o30) 80 s of the x4plus arm on the JPEG group's 8 training pairs
-    raised that group's test PSNR by 0.081 dB, 80 s on all 52 pairs by 0.024, and RealSR's
-    winner gained 0.143 from a JPEG specialist of its own but stayed 0.36 dB under x4plus's.
-    ``decide_end`` uses it on those groups' images where validation rises."""
-    from upres.training.loop import train
-
+    crop, batch and rate (``train_specialist``); else why not. On other6 (o30) 80 s of the x4plus
+    arm on the JPEG group's 8 training pairs raised that group's test PSNR by 0.081 dB, 80 s on
+    all 52 pairs by 0.024, and RealSR's winner gained 0.143 from a JPEG specialist of its own
+    but stayed 0.36 dB under x4plus's. ``decide_end`` uses it on those groups' images where
+    validation rises."""
     arm, groups, share, why = specialist_plan(run)
     if arm is None:
         return {"groups": [], "why": why}
@@ -216,19 +230,29 @@ def train_specialist(run: AutoRun, seconds: float) -> dict:
     budget = share * seconds - cost - training_val_seconds(run, arm)
     rates = [r["it_per_s"] for r in arm_metrics(run.out / "arms" / arm["name"]) if "it_per_s" in r]
     rate = float(np.median(rates)) if rates else 1 / arm["seconds_per_step"]
-    steps = run.shard.broadcast(int(FINAL_OVERSHOOT * budget * rate))
+    steps = int(FINAL_OVERSHOOT * budget * rate)
     plan = {"groups": groups, "of": arm["name"], "share": round(share, 4),
-            "planned_seconds": round(budget, 1), "iterations": steps}
+            "planned_seconds": round(budget, 1), "iterations": steps, "rate": round(rate, 4)}
     if steps < SPECIALIST_STEPS:
         return {**plan, "groups": [], "why": f"{steps} steps in its share (fewer than {SPECIALIST_STEPS})"}
-    name = specialist_name(arm["name"])
-    run.say(f"[{minutes(run.clock.elapsed())}] final: {name} trains {budget / 60:.1f} min on "
+    return {**plan, "name": specialist_name(arm["name"])}
+
+
+def train_specialist(run: AutoRun, plan: dict) -> dict:
+    """The specialist trains its planned seconds (what is left of them, resumed) from the
+    runner-up's best weights on its groups' pairs: its step reached and validation PSNR."""
+    from upres.training.loop import train
+
+    arm = next(a for a in run.journal["probes"]["arms"] if a["name"] == plan["of"])
+    name, groups = plan["name"], plan["groups"]
+    seconds = run.shard.broadcast(share_left(run, name, plan["planned_seconds"], 0, plan["rate"]))
+    run.say(f"[{minutes(run.clock.elapsed())}] final: {name} trains {seconds / 60:.1f} min on "
             f"group{'s' * (len(groups) > 1)} {', '.join(map(str, groups))}, where {arm['name']} led")
     fingerprint = run.out / "fingerprint" / "fingerprint.json"
-    cfg = arm_config(run, {**arm, "name": name}, steps, budget, [
+    cfg = arm_config(run, {**arm, "name": name}, plan["iterations"], seconds, [
         f"init.source={json.dumps(str(best_weights(run, arm['name'])))}",
         f"data.fingerprint={json.dumps(str(fingerprint))}", f"data.groups={json.dumps(groups)}"])
     train(cfg, run.out / "arms" / name, resume="auto", command=["upres", "auto", name],
           progress=run.options.progress)
     psnr, reached = arm_psnr(run, name) if run.shard.main else (None, None)
-    return {**plan, "name": name, "psnr": None if psnr is None else round(psnr, 4), "reached_step": reached}
+    return {"psnr": None if psnr is None else round(psnr, 4), "reached_step": reached}

@@ -58,6 +58,12 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def latest_step(run_dir: Path) -> int:
+    """The step of a run's latest checkpoint (named by it), 0 where it has none."""
+    path = latest_checkpoint(run_dir)
+    return int(path.stem.split("_")[1]) if path else 0
+
+
 def read_checkpoint(path: Path) -> dict:
     """A checkpoint's contents (tensors only, never arbitrary pickles), or a named error."""
     try:
