@@ -46,10 +46,10 @@ from upres.auto.driver import run_auto
 from upres.auto.ending import (
     end_coefficients,
     fit_specialist,
+    fit_unseen_groups,
     floor_at_bicubic,
     led_priors,
     specialist_weights,
-    winner_where_unseen,
 )
 from upres.auto.final import FINAL_OVERSHOOT, PROBE_OVERSHOOT, SPECIALIST_STEPS, run_final
 from upres.auto.journal import AutoError, AutoOptions, Journal
@@ -642,6 +642,9 @@ def test_the_end_s_openvino_speed_and_conversions_count_for_families_it_converts
     assert _per_mp(run, "p-full", end=True) == 4.0 and _per_mp(run, "a-full") == 10.0
     assert reserve_after_training(run, 1, False) == pytest.approx(1.1 * (0.3 + 6) + 5 + 10)
     assert reserve_after_training(run, 1, True) == pytest.approx(1.1 * (0.7 + 14) + 5 + 10)
+    phases["fingerprint"], phases["candidates"]["val_used"] = {"groups": 7}, 4  # 3 groups unseen, at most
+    assert reserve_after_training(run, 1, True) == pytest.approx(1.1 * (2.5 * 0.7 + 14) + 5 + 10)
+    assert reserve_after_training(run, 1, False) == pytest.approx(1.1 * (0.3 + 6) + 5 + 10)  # one model
     options = end_options(run, "fp32", tile=0)
     assert options.backend == "auto" and options.convert_cache == tmp_path / "openvino"
     phases["candidates"]["end_backend"] = {"backend": "torch"}
@@ -1221,47 +1224,72 @@ def test_groups_the_runner_up_led_shrink_toward_the_pooled_weights_swapped(tmp_p
 
 
 
-def test_groups_no_validation_pair_showed_run_the_winner_alone(tmp_path, monkeypatch):
-    """Validation pairs of groups 0 and 1 of a three-group fingerprint: images labelled as group 2
-    get the winner alone, the others the fitted weights (per group where kept, else pooled); the
-    journal's record gives the submission the same coefficients; a validation that saw every
-    group changes nothing."""
+def test_groups_no_validation_pair_showed_get_weights_fitted_on_their_training_pairs(tmp_path,
+                                                                                   monkeypatch):
+    """Validation pairs of groups 0 and 1 of a four-group fingerprint: images labelled as group 2
+    get the weights fitted on its two training pairs (where the runner-up is exact: 1.0 to it),
+    shrunk toward the winner alone by one pair's worth; group 3, with no training pair outside
+    validation, the winner alone; the others the fitted weights (per group where kept, else
+    pooled). The journal's record gives the submission the same coefficients and the page names
+    the groups; a validation that saw every group changes nothing."""
     from types import SimpleNamespace
 
     from upres.auto.report import write_report
     from upres.inference.ensemble import GroupWeights
+    from upres.io.pairs import Pair
 
-    def label(lr_rgb):  # the grey level names the group, of all three
+    def label(lr_rgb):  # the grey level names the group, of all four
         return round(float(lr_rgb.mean()) * 255 / 60) - 1, 0.9
 
-    val = SimpleNamespace(lrs=[np.full((8, 8, 3), 60 * (g + 1) / 255) for g in (0, 1, 1)])
-    image = {g: np.full((8, 8, 3), 60 * (g + 1) / 255) for g in range(3)}
+    image = {g: np.full((8, 8, 3), 60 * (g + 1) / 255) for g in range(4)}
+    val = SimpleNamespace(lrs=[image[0], image[1], image[1]])
+    group_of = {"v0": 0, "v1": 1, "a": 0, "c2": 2, "c1": 2, "c3": 2, "d": 3}
+    pairs = [Pair(n, tmp_path / f"{n}-lr.png", tmp_path / f"{n}-hr.png") for n in group_of]
+    for pair in pairs:
+        images.write_image(pair.lr, np.full((8, 8, 3), 60 * (group_of[pair.name] + 1), np.uint8))
+        images.write_image(pair.hr, np.full((32, 32, 3), 9, np.uint8))
+    rng, fitted_on = np.random.default_rng(7), []
+
+    def validate_files(files, scale):  # the runner-up exact, the winner noisy
+        fitted_on.append([f["lr"].name for f in files])
+        targets = [rng.uniform(0.1, 0.9, (32, 32, 3)) for _ in files]
+        return SimpleNamespace(targets=targets, preds=[np.stack([t + rng.normal(0, 0.1, t.shape), t])
+                                                       for t in targets])
+
+    journal = {"split": {"val": ["v0", "v1", "d"]}, "fingerprint": {"group_of": group_of}}
+    run = SimpleNamespace(journal=journal, pairs=pairs, out=tmp_path / "run", scale=4)
+    predictor = SimpleNamespace(validate_files=validate_files)
     pooled = np.array([0.3, 0.7])
-    fused, unseen = winner_where_unseen(pooled, val, label, groups=3)
-    assert unseen == {"groups": [2], "weights": [1.0, 0.0]}
-    np.testing.assert_array_equal(fused(image[2]), [1.0, 0.0])
+    fused, unseen = fit_unseen_groups(run, predictor, pooled, val, label, groups=4)
+    assert fitted_on == [["c1-lr.png", "c2-lr.png"]]  # UNSEEN_PAIRS of its pairs, by name
+    assert unseen["groups"] == [2, 3] and unseen["pairs"] == {"2": ["c1-lr", "c2-lr"], "3": []}
+    np.testing.assert_allclose(fused(image[2]), [1 / 3, 2 / 3], atol=1e-3)  # (2 x [0, 1] + [1, 0]) / 3
+    np.testing.assert_array_equal(fused(image[3]), [1.0, 0.0])
+    assert unseen["weights"]["3"] == [1.0, 0.0]
     for g in (0, 1):
         np.testing.assert_array_equal(fused(image[g]), pooled)
     grouped = GroupWeights(pooled, {0: np.array([0.9, 0.1]), 1: np.array([0.2, 0.8])}, label)
-    fused, unseen = winner_where_unseen(grouped, val, label, groups=3)
+    fused, _ = fit_unseen_groups(run, predictor, grouped, val, label, groups=4)
     np.testing.assert_array_equal(fused(image[0]), [0.9, 0.1])
-    np.testing.assert_array_equal(fused(image[2]), [1.0, 0.0])
-    assert winner_where_unseen(grouped, val, label, groups=2) == (grouped, None)
+    np.testing.assert_allclose(fused(image[2]), [1 / 3, 2 / 3], atol=1e-3)
+    assert fit_unseen_groups(run, predictor, grouped, val, label, groups=2) == (grouped, None)
 
     monkeypatch.setattr("upres.degradation.refine.Refiner", lambda fp: SimpleNamespace(label=label))
-    fingerprint = SimpleNamespace(groups=[None] * 3)
+    fingerprint = SimpleNamespace(groups=[None] * 4)
     for keep, group0 in ((True, [0.9, 0.1]), (False, [0.3, 0.7])):
         end = {"weights": pooled.tolist(), "weights_by_group": {
-            "keep": keep, "gain_db": 0.02, "weights": {"0": [0.9, 0.1], "1": [0.2, 0.8]},
-            "unseen": {"groups": [2], "weights": [1.0, 0.0]}}}
+            "keep": keep, "gain_db": 0.02, "weights": {"0": [0.9, 0.1], "1": [0.2, 0.8]}, "unseen": unseen}}
         coefficients = end_coefficients(end, fingerprint)
         np.testing.assert_array_equal(coefficients(image[0]), group0)
-        np.testing.assert_array_equal(coefficients(image[2]), [1.0, 0.0])
+        np.testing.assert_allclose(coefficients(image[2]), unseen["weights"]["2"])
+        np.testing.assert_array_equal(coefficients(image[3]), [1.0, 0.0])
     record = {"phases": {"levers": {"ensemble": {"keep": True, "gain_db": 0.05}}, "end": {
         **end, "models": ["w", "r"], "refine": {"keep": False}}}, "spent": 1.0, "options": {"budget": 2.0}}
     page = write_report(record, tmp_path).read_text()
-    assert re.search(r"the winner alone on recipe group 2</td>.*<span class=keep>kept</span> \(no "
-                     r"validation pair showed them", page)
+    assert re.search(r"weights fitted on their training pairs for recipe groups 2, 3</td>.*"
+                     r"<span class=keep>kept</span> \(no validation pair showed them; group 2: "
+                     r"0\.3\d/0\.6\d \(c1-lr, c2-lr\); group 3: 1\.00/0\.00 \(no training pair: "
+                     r"the winner alone\)", page)
     del end["weights_by_group"]["unseen"]
     np.testing.assert_array_equal(end_coefficients(end, fingerprint), pooled)  # not kept: pooled
 

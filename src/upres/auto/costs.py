@@ -3,6 +3,7 @@ so that training stops in time for the end to fit the budget."""
 
 from __future__ import annotations
 
+from upres.auto.dataset import UNSEEN_PAIRS
 from upres.auto.journal import AutoRun
 from upres.auto.measure import (
     FP32,
@@ -19,18 +20,29 @@ from upres.io import images
 
 def reserve_after_training(run: AutoRun, transforms: int, ensemble: bool,
                            starts: list[dict] | None = None) -> float:
-    """Seconds the end needs: validating the final model(s), predicting the test set (each
+    """Seconds the end needs: validating the final model(s) (an ensemble also on the training
+    pairs of groups validation may not see), predicting the test set (each
     image ``transforms`` times: a self-ensemble's flips/rotations), writing the report; from
     the measured speed of the models it will run (before the halving has chosen, the slowest
     of ``starts``, by default of every start)."""
     halving = run.journal.data["phases"].get("halving", {})
     names = [halving.get("winner")] + ([halving.get("runner_up")] if ensemble else [])
-    passes = sum(val_seconds(run, n, end=True, starts=starts) + seconds_on_test(run, n, starts) * transforms
-                 for n in names)
+    vals = 1 + (unseen_share(run) if ensemble else 0.0)
+    passes = sum(vals * val_seconds(run, n, end=True, starts=starts)
+                 + seconds_on_test(run, n, starts) * transforms for n in names)
     refine = run.journal["candidates"].get("test_costs", {}).get("refine_seconds_per_mp", 0.0)
     passes += refine * run.journal["check"]["test_megapixels"]
     report = min(10.0, 0.02 * run.options.budget)  # the report and the zip
     return 1.1 * passes + conversions(run, names, starts) + report
+
+
+def unseen_share(run: AutoRun) -> float:
+    """The training pairs an ensemble's end may score for the recipe groups validation did not
+    see (``fit_unseen_groups``), as a share of a validation pass: ``UNSEEN_PAIRS`` for each
+    fingerprint group beyond the validation's pairs."""
+    groups = run.journal.data["phases"].get("fingerprint", {}).get("groups", 1)
+    used = run.journal["candidates"].get("val_used") or groups
+    return UNSEEN_PAIRS * max(groups - used, 0) / max(used, 1)
 
 
 def conversions(run: AutoRun, names: list[str | None], starts: list[dict] | None) -> float:

@@ -102,17 +102,49 @@ def crop_validation(run: AutoRun, files: list[dict[str, Path]]) -> int | None:
     so a validation could afford two images (step-0 scoring took 438 s of a 20-minute budget,
     79 s on four centres); crops let it see more images for the time.
     Files are numbered in the stratified order, so that training's first N are auto's."""
-    sizes = [images.header_size(f["lr"]) for f in files]
-    if max(w * h for w, h in sizes) <= 2 * VAL_CROP ** 2:
+    if not _large(files):
         return None
+    centre_crops(files, run.out / "val", run.scale)
+    return VAL_CROP
+
+
+def _large(files: list[dict[str, Path]]) -> bool:
+    return max(w * h for w, h in (images.header_size(f["lr"]) for f in files)) > 2 * VAL_CROP ** 2
+
+
+def centre_crops(files: list[dict[str, Path]], folder: Path, scale: int) -> list[dict[str, Path]]:
+    """Each pair's centre, ``VAL_CROP`` LR pixels a side and the HR aligned, written to
+    ``folder/lr`` and ``folder/hr`` numbered in order: the pairs as files."""
+    crops = []
     for i, f in enumerate(files):
         lr, hr = images.read_image(f["lr"]), images.read_image(f["hr"])
         h, w = lr.shape[:2]
-        y, x, s, c = max(h - VAL_CROP, 0) // 2, max(w - VAL_CROP, 0) // 2, run.scale, VAL_CROP
+        y, x, s, c = max(h - VAL_CROP, 0) // 2, max(w - VAL_CROP, 0) // 2, scale, VAL_CROP
         name = f"{i:03d}-{f['lr'].stem}.png"
-        images.write_image(run.out / "val" / "lr" / name, lr[y:y + c, x:x + c])
-        images.write_image(run.out / "val" / "hr" / name, hr[y * s:(y + c) * s, x * s:(x + c) * s])
-    return VAL_CROP
+        crops.append({"lr": folder / "lr" / name, "hr": folder / "hr" / name})
+        images.write_image(crops[-1]["lr"], lr[y:y + c, x:x + c])
+        images.write_image(crops[-1]["hr"], hr[y * s:(y + c) * s, x * s:(x + c) * s])
+    return crops
+
+
+UNSEEN_PAIRS = 2  # training pairs per recipe group that validation did not see, for the end's weights
+
+
+def training_pairs_of(run: AutoRun, groups: list[int]) -> dict[int, list[dict[str, Path]]]:
+    """Up to ``UNSEEN_PAIRS`` training pairs of each fingerprint group (by name; validation's
+    held out), as files: their centres in ``RUN/unseen`` where they are large, as validation's."""
+    held = set(run.journal["split"]["val"] or [])
+    group_of = run.journal["fingerprint"]["group_of"]
+    chosen = {g: sorted(n for n, h in group_of.items() if h == g and n not in held)[:UNSEEN_PAIRS]
+              for g in groups}
+    by_name = {p.name: {"lr": p.lr, "hr": p.hr} for p in run.pairs}
+    files = [by_name[n] for g in groups for n in chosen[g]]
+    if files and _large(files):
+        files = centre_crops(files, run.out / "unseen", run.scale)
+    found, k = {}, 0
+    for g in groups:
+        found[g], k = files[k:k + len(chosen[g])], k + len(chosen[g])
+    return found
 
 
 def val_files(run: AutoRun, count: int | None = None, split: dict | None = None) -> list[dict[str, Path]]:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from upres.auto.dataset import val_files, val_groups
+from upres.auto.dataset import training_pairs_of, val_files, val_groups
 from upres.auto.journal import AutoRun
 from upres.auto.levers import KEEP_DB, kept_transforms
 from upres.auto.measure import best_weights, end_dtype, end_options
@@ -18,9 +18,9 @@ from upres.auto.zeroshot import prefer_zero_shot
 def decide_end(run: AutoRun) -> dict:
     """The final models and weights on validation (per fingerprint group where that raises
     validation PSNR by ``KEEP_DB``), and LR-consistency refinement kept for the groups (and
-    label confidences) where it raises validation PSNR; the winner alone on groups validation did
-    not see (``winner_where_unseen``); the zero-shot ensemble of the starts instead where it
-    scored higher and fits (``prefer_zero_shot``)."""
+    label confidences) where it raises validation PSNR; weights for the groups validation did not
+    see fitted on their training pairs (``fit_unseen_groups``); the zero-shot ensemble of the
+    starts instead where it scored higher and fits (``prefer_zero_shot``)."""
     from upres.degradation.fingerprint import Fingerprint
     from upres.degradation.refine import Refiner
     from upres.inference.ensemble import (
@@ -58,7 +58,7 @@ def decide_end(run: AutoRun) -> dict:
                                     for g, c in grouped.by_group.items()}}
             fused = grouped if by_group["keep"] else weights
         if len(models) > 1:
-            fused, unseen = winner_where_unseen(fused, val, label, len(fp.groups))
+            fused, unseen = fit_unseen_groups(run, predictor, fused, val, label, len(fp.groups))
             by_group.update({"unseen": unseen} if unseen else {})
         refiner = Refiner(fp)
         refine = choose_refinement(refiner, val, fused, val_groups(run, len(val.files)))
@@ -164,14 +164,19 @@ def floor_at_bicubic(end: dict, bicubic: dict, say: Callable[[str], None]) -> di
     return {**bicubic, "instead_of": {"models": end["models"], "val_psnr": end["val_psnr"]}}
 
 
-def winner_where_unseen(fused, val, label, groups: int):
-    """The fusion, with the winner alone for images the blind classifier labels as a group that
-    no validation pair was labelled as, and which of them (None where validation saw every
-    group): the ensemble's weights are fitted on the groups validation holds and say nothing of
-    the others. On held6 at 30m (4 validation pairs of 15, none blurred or JPEG) the pooled fit
-    gave CRAFT 0.59 against RealSR, the winner, and the blur2.0 test pairs scored 25.25 dB where
-    RealSR alone scored 25.96 (``bench_fusions.py``)."""
-    from upres.inference.ensemble import GroupWeights
+def fit_unseen_groups(run: AutoRun, predictor, fused, val, label, groups: int):
+    """The fusion, with weights for the groups no validation pair was labelled as (and the
+    record of them; None where validation saw every group): fitted on a few of each group's
+    training pairs (``training_pairs_of``) and shrunk toward the winner alone by one pair's
+    worth, or the winner alone where it has none. The ensemble's weights are fitted on the
+    groups validation holds and say nothing of the others. On held6 at 30m (4 validation pairs
+    of 15, none blurred or JPEG) the pooled fit gave CRAFT 0.59 against RealSR, the winner, and
+    the blur2.0 test pairs scored 25.25 dB where RealSR alone scored 25.96; the winner alone
+    there cost the GAN-only run, whose runner-up x4plus-anime leads on JPEG, 0.27 dB on the
+    jpeg50 pairs; the groups' training pairs fitted RealSR 1.0 on the JPEG group in the first
+    run and x4plus-anime 1.0 in the second. The pairs are in-sample (the arms trained on them),
+    which favours the member that trained longer, the winner."""
+    from upres.inference.ensemble import GroupWeights, fit_coefficients
 
     seen = {label(lr)[0] for lr in val.lrs}
     unseen = sorted(set(range(groups)) - seen)
@@ -182,13 +187,24 @@ def winner_where_unseen(fused, val, label, groups: int):
     winner = np.zeros(len(pooled))
     winner[0] = 1.0
     by_group = {g: (fused.by_group.get(g, pooled) if grouped else pooled) for g in sorted(seen)}
-    return GroupWeights(winner, by_group, label), {"groups": unseen, "weights": winner.tolist()}
+    pairs = training_pairs_of(run, unseen)
+    for g in unseen:
+        if not pairs[g]:
+            by_group[g] = winner
+            continue
+        fitted = predictor.validate_files(pairs[g], run.scale)
+        fit = np.zeros(len(pooled))
+        fit[:2] = fit_coefficients([p[:2] for p in fitted.preds], fitted.targets)
+        by_group[g] = (len(pairs[g]) * fit + winner) / (len(pairs[g]) + 1)
+    record = {"groups": unseen, "pairs": {str(g): [f["lr"].stem for f in pairs[g]] for g in unseen},
+              "weights": {str(g): [round(float(w), 4) for w in by_group[g]] for g in unseen}}
+    return GroupWeights(pooled, by_group, label), record
 
 
 def end_coefficients(end: dict, fingerprint):
     """The fusion's coefficients that ``decide_end`` chose: per group (labelled by the
-    fingerprint's blind classifier) where it kept them, else the pooled fit; the winner alone
-    for the groups validation did not see (``winner_where_unseen``)."""
+    fingerprint's blind classifier) where it kept them, else the pooled fit; for the groups
+    validation did not see, those fitted on their training pairs (``fit_unseen_groups``)."""
     from upres.degradation.refine import Refiner
     from upres.inference.ensemble import GroupWeights
 
@@ -198,8 +214,8 @@ def end_coefficients(end: dict, fingerprint):
     if not (by_group.get("keep") or unseen):
         return pooled
     groups = {int(g): np.asarray(w) for g, w in by_group["weights"].items()} if by_group.get("keep") else {}
-    if not unseen:
-        return GroupWeights(pooled, groups, Refiner(fingerprint).label)
-    seen = set(range(len(fingerprint.groups))) - set(unseen["groups"])
-    return GroupWeights(np.asarray(unseen["weights"]), {g: groups.get(g, pooled) for g in seen},
-                        Refiner(fingerprint).label)
+    if unseen:
+        seen = set(range(len(fingerprint.groups))) - set(unseen["groups"])
+        groups = {**{g: groups.get(g, pooled) for g in seen},
+                  **{int(g): np.asarray(w) for g, w in unseen["weights"].items()}}
+    return GroupWeights(pooled, groups, Refiner(fingerprint).label)

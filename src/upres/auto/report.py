@@ -338,13 +338,20 @@ def _group_weights(record: dict) -> list[tuple[str, dict]]:
     led = record.get("led") or []
     swapped = (f" (group{'s' * (len(led) > 1)} {', '.join(map(str, led))}, led by the runner-up, "
                "shrunk toward the pooled weights exchanged)") if led else ""
-    unseen = record.get("unseen")
-    alone = [(f"the winner alone on recipe group{'s' * (len(unseen['groups']) > 1)} "
-              f"{', '.join(map(str, unseen['groups']))}",
-              {"keep": True, "why": "no validation pair showed them: the ensemble's weights say "
-                                    "nothing of them"})] if unseen else []
     return [("ensemble weights per recipe group", {**record, "why": f"weights {weights}{swapped}"}),
-            *alone]
+            *_unseen_weights(record.get("unseen"))]
+
+
+def _unseen_weights(unseen: dict | None) -> list[tuple[str, dict]]:
+    """The weights of the groups validation did not see, fitted on their training pairs."""
+    if not unseen:
+        return []
+    fits = "; ".join(f"group {g}: " + "/".join(f"{w:.2f}" for w in unseen["weights"][str(g)]) + (
+        f" ({', '.join(unseen['pairs'][str(g)])})" if unseen["pairs"][str(g)]
+        else " (no training pair: the winner alone)") for g in unseen["groups"])
+    return [(f"weights fitted on their training pairs for recipe group{'s' * (len(unseen['groups']) > 1)} "
+             f"{', '.join(map(str, unseen['groups']))}",
+             {"keep": True, "why": f"no validation pair showed them; {fits}"})]
 
 
 def _slope(value: dict | None) -> str:
