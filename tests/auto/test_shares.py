@@ -122,10 +122,10 @@ def _final_run(tmp_path, clock, keep: bool, winner_rows, runner_rows):
                            out=out, say=lambda _: None, test_per_mp={}), phases
 
 
-def test_the_runner_up_trains_its_share_then_the_winner_the_rest(tmp_path, monkeypatch):
-    """The winner's validation levelled off (steps 100 to 400), the runner-up's rises: the
-    runner-up trains first, for the seconds ``share_final`` gives it, the winner the rest; the
-    page says so. Without the ensemble the winner trains it all, and the page says why."""
+def _levelled_winner(monkeypatch):
+    """A final whose training is faked (each call advances the clock by its seconds and is
+    listed), with the metrics of a winner levelled off from step 100 to 400 and a runner-up
+    still rising at step 100."""
     clock, calls = FakeClock(1000.0), []
 
     def fake_train(run, arm, seconds, iterations):
@@ -141,6 +141,14 @@ def test_the_runner_up_trains_its_share_then_the_winner_the_rest(tmp_path, monke
     winner = [{"step": 400, "it_per_s": 2.0}] + [{"step": s, "val_psnr": 23.80} for s in (100, 200, 400)]
     runner = [{"step": 100, "it_per_s": 1.0}] + [{"step": s, "val_psnr": p}
                                                  for s, p in ((10, 23.3), (50, 23.6), (100, 23.7))]
+    return clock, calls, winner, runner
+
+
+def test_the_runner_up_trains_its_share_then_the_winner_the_rest(tmp_path, monkeypatch):
+    """The winner's validation levelled off (steps 100 to 400), the runner-up's rises: the
+    runner-up trains first, for the seconds ``share_final`` gives it, the winner the rest; the
+    page says so. Without the ensemble the winner trains it all, and the page says why."""
+    clock, calls, winner, runner = _levelled_winner(monkeypatch)
     run, phases = _final_run(tmp_path, clock, True, winner, runner)
     run_final(run)
     plan = phases["final"]["runner_up"]
@@ -173,21 +181,7 @@ def test_a_resumed_final_trains_what_is_left_of_the_runner_up_s_share(tmp_path, 
     """Killed while the runner-up trained its 1000 s from step 100 at 1 step a second, with a
     checkpoint at step 400: resumed, it trains the 700 s left to the same end step, then the
     winner the rest; a share whose steps are all checkpointed trains 0 s more."""
-    clock, calls = FakeClock(1000.0), []
-
-    def fake_train(run, arm, seconds, iterations):
-        clock.now += seconds
-        calls.append((arm["name"], round(seconds, 1), iterations))
-
-    patch_in(monkeypatch, "reserve_after_training", lambda *_, **__: 0.0,
-             auto_starts, auto_probes, auto_levers, auto_final)
-    patch_in(monkeypatch, "training_val_seconds", lambda *_: 0.0, auto_arms, auto_final)
-    monkeypatch.setattr(auto_final, "time_on_test_image", lambda *_: None)
-    patch_in(monkeypatch, "train_arm", fake_train, auto_halving, auto_final)
-    monkeypatch.setattr(auto_final, "kept_transforms", lambda _: 1)
-    winner = [{"step": 400, "it_per_s": 2.0}] + [{"step": s, "val_psnr": 23.80} for s in (100, 200, 400)]
-    runner = [{"step": 100, "it_per_s": 1.0}] + [{"step": s, "val_psnr": p}
-                                                 for s, p in ((10, 23.3), (50, 23.6), (100, 23.7))]
+    clock, calls, winner, runner = _levelled_winner(monkeypatch)
     run, phases = _final_run(tmp_path, clock, True, winner, runner)
     run_final(run)
     end_step = calls[0][2]
