@@ -1286,7 +1286,7 @@ def test_groups_no_validation_pair_showed_get_weights_fitted_on_their_training_p
     record = {"phases": {"levers": {"ensemble": {"keep": True, "gain_db": 0.05}}, "end": {
         **end, "models": ["w", "r"], "refine": {"keep": False}}}, "spent": 1.0, "options": {"budget": 2.0}}
     page = write_report(record, tmp_path).read_text()
-    assert re.search(r"weights fitted on their training pairs for recipe groups 2, 3</td>.*"
+    assert re.search(r"weights fitted on their training pairs for recipe groups 2, 3</td><td>-</td>.*"
                      r"<span class=keep>kept</span> \(no validation pair showed them; group 2: "
                      r"0\.3\d/0\.6\d \(c1-lr, c2-lr\); group 3: 1\.00/0\.00 \(no training pair: "
                      r"the winner alone\)", page)

@@ -256,7 +256,7 @@ def _later_sections(record: dict) -> list[str]:
         timed = "test_seconds" in lever
         label = f"self-ensemble x{lever['transforms']}" if lever.get("transforms") else name
         loss = lever.get("training_loss_db")
-        rows.append([_esc(label), f"{lever.get('gain_db', 0):+.3f}",
+        rows.append([_esc(label), f"{lever['gain_db']:+.3f}" if "gain_db" in lever else "-",
                      f"{lever['test_seconds']:.0f}" if timed else "-",
                      f"{lever.get('db_per_minute', 0):+.3f}" if timed else "-",
                      "-" if not timed else "all of it" if loss is None else f"{loss:.3f}",
