@@ -330,7 +330,7 @@ def _runner_up_final(record: dict | None) -> str:
 
 def _group_weights(record: dict) -> list[tuple[str, dict]]:
     """The ensemble weights fitted per recipe group, as a lever row (its weights in the why), and
-    the groups where the winner runs alone."""
+    those of the groups validation did not see (``_unseen_weights``)."""
     if "gain_db" not in record:
         return []
     weights = "; ".join(f"group {g}: " + "/".join(f"{w:.2f}" for w in ws)
