@@ -1227,8 +1227,8 @@ def test_groups_the_runner_up_led_shrink_toward_the_pooled_weights_swapped(tmp_p
 def test_groups_no_validation_pair_showed_get_weights_fitted_on_their_training_pairs(tmp_path,
                                                                                    monkeypatch):
     """Validation pairs of groups 0 and 1 of a four-group fingerprint: images labelled as group 2
-    get the weights fitted on its two training pairs (where the runner-up is exact: 1.0 to it),
-    shrunk toward the winner alone by one pair's worth; group 3, with no training pair outside
+    get the weights fitted on its two training pairs (where the runner-up is exact: 1.0 to it,
+    not shrunk toward the winner); group 3, with no training pair outside
     validation, the winner alone; the others the fitted weights (per group where kept, else
     pooled). The journal's record gives the submission the same coefficients and the page names
     the groups; a validation that saw every group changes nothing."""
@@ -1263,7 +1263,7 @@ def test_groups_no_validation_pair_showed_get_weights_fitted_on_their_training_p
     fused, unseen = fit_unseen_groups(run, predictor, pooled, val, label, groups=4)
     assert fitted_on == [["c1-lr.png", "c2-lr.png"]]  # UNSEEN_PAIRS of its pairs, by name
     assert unseen["groups"] == [2, 3] and unseen["pairs"] == {"2": ["c1-lr", "c2-lr"], "3": []}
-    np.testing.assert_allclose(fused(image[2]), [1 / 3, 2 / 3], atol=1e-3)  # (2 x [0, 1] + [1, 0]) / 3
+    np.testing.assert_allclose(fused(image[2]), [0.0, 1.0], atol=1e-3)
     np.testing.assert_array_equal(fused(image[3]), [1.0, 0.0])
     assert unseen["weights"]["3"] == [1.0, 0.0]
     for g in (0, 1):
@@ -1271,7 +1271,7 @@ def test_groups_no_validation_pair_showed_get_weights_fitted_on_their_training_p
     grouped = GroupWeights(pooled, {0: np.array([0.9, 0.1]), 1: np.array([0.2, 0.8])}, label)
     fused, _ = fit_unseen_groups(run, predictor, grouped, val, label, groups=4)
     np.testing.assert_array_equal(fused(image[0]), [0.9, 0.1])
-    np.testing.assert_allclose(fused(image[2]), [1 / 3, 2 / 3], atol=1e-3)
+    np.testing.assert_allclose(fused(image[2]), [0.0, 1.0], atol=1e-3)
     assert fit_unseen_groups(run, predictor, grouped, val, label, groups=2) == (grouped, None)
 
     monkeypatch.setattr("upres.degradation.refine.Refiner", lambda fp: SimpleNamespace(label=label))
@@ -1288,7 +1288,7 @@ def test_groups_no_validation_pair_showed_get_weights_fitted_on_their_training_p
     page = write_report(record, tmp_path).read_text()
     assert re.search(r"weights fitted on their training pairs for recipe groups 2, 3</td><td>-</td>.*"
                      r"<span class=keep>kept</span> \(no validation pair showed them; group 2: "
-                     r"0\.3\d/0\.6\d \(c1-lr, c2-lr\); group 3: 1\.00/0\.00 \(no training pair: "
+                     r"0\.0\d/1\.00 \(c1-lr, c2-lr\); group 3: 1\.00/0\.00 \(no training pair: "
                      r"the winner alone\)", page)
     del end["weights_by_group"]["unseen"]
     np.testing.assert_array_equal(end_coefficients(end, fingerprint), pooled)  # not kept: pooled
