@@ -186,3 +186,37 @@ def test_the_large_psnr_models_are_registered_with_what_they_need(monkeypatch):
         except ArchitectureError:  # DAT computes at build time
             model = build_model(entry.family, hparams)
         assert sum(p.numel() for p in model.parameters()) == entry.params, name
+
+
+def test_the_large_psnr_models_on_github_releases_are_pulled_not_sent_to_a_browser():
+    """RealESRNet (Real-ESRGAN's L1-trained first stage, which knows JPEG and noise) and SwinIR's
+    classical x4 live on GitHub releases: `pull` fetches them; each builds in its family's
+    preset with the parameter count the entry records."""
+    from upres.models.registry import build_model, hyperparameters
+
+    for name, preset in {"realesrnet-x4plus": "rrdbnet-x4plus", "swinir-classical-x4": "swinir-m"}.items():
+        entry = published.PUBLISHED[name]
+        assert entry.purpose == "PSNR" and not published.needs_browser(entry)
+        assert all(url.startswith("https://github.com/") and "/releases/download/" in url
+                   for url in entry.urls)
+        assert published.how_to_get(name) == f"upres models pull {name}"
+        model = build_model(entry.family, hyperparameters(entry.family, 4, preset))
+        assert sum(p.numel() for p in model.parameters()) == entry.params, name
+
+
+def test_a_file_of_the_swinir_release_layout_loads_as_the_classical_preset(tmp_path):
+    """SwinIR's release files hold ``{"params": state dict}`` of the classical x4 network: a file
+    of that layout (random weights) loads strictly as SwinIR with the ``swinir-m`` preset's
+    hyperparameters and gives the network's own output."""
+    from upres.models.registry import build_model, hyperparameters
+
+    pytest.importorskip("spandrel")
+    torch.manual_seed(0)
+    net = build_model("SwinIR", hyperparameters("SwinIR", 4, "swinir-m")).eval()
+    torch.save({"params": net.state_dict()}, tmp_path / "001_classicalSR_x4.pth")
+    again = load_model(tmp_path / "001_classicalSR_x4.pth").eval()
+    assert type(again) is type(net)
+    assert sum(p.numel() for p in again.parameters()) == published.PUBLISHED["swinir-classical-x4"].params
+    probe = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(again(probe), net(probe))

@@ -145,6 +145,33 @@ _ENTRIES += [
            f"DRCT-L_X4.pth of ming053l/DRCT; size and sha256: {_OMDB} @ ecd8ba1, "
            "data/models/4x-DRCT-L.json", "Hsu et al., DRCT, CVPRW 2024"),
 ]
+# Large published PSNR-trained models that their authors attach to GitHub releases, which serve
+# them to a script: ``upres models pull NAME`` downloads them. Neither release publishes a
+# checksum; the sha256 pinned here is the one that independent public projects pin for the same
+# release asset (seven for RealESRNet, against one that pins another value; six for SwinIR), and
+# the size the one they record. A wrong pin refuses the download and keeps nothing.
+_ENTRIES += [
+    Published(
+        "realesrnet-x4plus", "RRDBNet",
+        ("https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.1/RealESRNet_x4plus.pth",),
+        "a820b9bde89a874d7599d545567308ce6c128fc8754a53208eda016d40aa81df", 67040989,
+        "BSD-3-Clause", 16697987,
+        "DF2K + OST with Real-ESRGAN's synthetic degradations (blur, resizing, noise, JPEG, twice); "
+        "L1 loss only: Real-ESRGAN's first stage, before its GAN", "PSNR",
+        "xinntao/Real-ESRGAN release v0.1.1, RealESRNet_x4plus.pth",
+        "Wang et al., Real-ESRGAN, ICCVW 2021", {},
+        "none: trained for real-world degradations, not bicubic x4; bench_zoo_psnr.py prints the "
+        "measured PSNR beside bicubic"),
+    Published(
+        "swinir-classical-x4", "SwinIR",
+        ("https://github.com/JingyunLiang/SwinIR/releases/download/v0.0/"
+         "001_classicalSR_DF2K_s64w8_SwinIR-M_x4.pth",),
+        "4e78e33f22c1aa8a773db0cf4a7381bae97c2362c717f155439ebc690cbd9215", 67869037,
+        "Apache-2.0", 11900199, "DF2K, bicubic x4 pairs (SwinIR classical SR, 64-pixel LR patches, "
+        "window 8)", "PSNR",
+        "JingyunLiang/SwinIR release v0.0, 001_classicalSR_DF2K_s64w8_SwinIR-M_x4.pth",
+        "Liang et al., SwinIR, ICCVW 2021", {}, _NOT_READ),
+]
 PUBLISHED: dict[str, Published] = {entry.name: entry for entry in _ENTRIES}
 
 
