@@ -147,17 +147,17 @@ _ENTRIES += [
 ]
 # Large published PSNR-trained models that their authors attach to GitHub releases, which serve
 # them to a script: ``upres models pull NAME`` downloads them. Neither release publishes a
-# checksum; the sha256 pinned here is the one that independent public projects pin for the same
-# release asset (seven for RealESRNet, against one that pins another value; six for SwinIR), and
-# the size the one they record. A wrong pin refuses the download and keeps nothing.
+# checksum; the sha256 pinned here is the one public projects pin for the same release asset
+# (nine files each, against one file that pins another value for RealESRNet), and the size the
+# one they record. A wrong pin refuses the download and keeps nothing.
 _ENTRIES += [
     Published(
         "realesrnet-x4plus", "RRDBNet",
         ("https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.1/RealESRNet_x4plus.pth",),
         "a820b9bde89a874d7599d545567308ce6c128fc8754a53208eda016d40aa81df", 67040989,
         "BSD-3-Clause", 16697987,
-        "DF2K + OST with Real-ESRGAN's synthetic degradations (blur, resizing, noise, JPEG, twice); "
-        "L1 loss only: Real-ESRGAN's first stage, before its GAN", "PSNR",
+        "DF2K + OST with Real-ESRGAN's synthetic degradations (blur, resizing, noise and JPEG, "
+        "applied twice); L1 loss only: Real-ESRGAN's first stage, before its GAN", "PSNR",
         "xinntao/Real-ESRGAN release v0.1.1, RealESRNet_x4plus.pth",
         "Wang et al., Real-ESRGAN, ICCVW 2021", {},
         "none: trained for real-world degradations, not bicubic x4; bench_zoo_psnr.py prints the "
